@@ -1,0 +1,12 @@
+//! `ballot-sim`: a deterministic whole-cluster simulator for `ballot-raft`, and its checkers.
+//!
+//! One `u64` seed drives everything: the network's drops, delays, reorders, duplicates and
+//! partitions, crashes and restarts, pauses, tick skew, the clients' requests, membership changes,
+//! leadership transfers and snapshots. After every step the Raft safety invariants are checked;
+//! at the end of a run the client history is checked for linearizability.
+
+pub mod fingerprint;
+pub mod history;
+pub mod kv;
+pub mod linearizability;
+pub mod rng;
