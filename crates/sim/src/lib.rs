@@ -7,6 +7,9 @@
 
 pub mod fingerprint;
 pub mod history;
+pub mod invariants;
 pub mod kv;
 pub mod linearizability;
+pub mod network;
 pub mod rng;
+pub mod trace;
