@@ -1,1 +1,3 @@
-fn main() {}
+fn main() {
+    // Wired up by the CLI work (crates/server/src/cli.rs).
+}

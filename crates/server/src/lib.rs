@@ -1,0 +1,15 @@
+//! Ballot: the node that wires the Raft core, the WAL and the MVCC store into an etcd v3-compatible
+//! server. The binary (`src/main.rs`) is a thin shell over this library so that the process-level
+//! tests can reuse its pieces (configuration parsing, the bench client).
+
+pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod server;
+pub mod storage;
+pub mod transport;
