@@ -52,6 +52,13 @@ impl Inflights {
         }
     }
 
+    /// Frees the oldest message (it was probably lost), so that one more may be sent.
+    pub fn free_first(&mut self) {
+        if let Some((_, bytes)) = self.messages.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
     /// True when no further Append may be sent: the count or the byte budget is used up. A
     /// single message larger than the byte budget is still allowed into an empty window, so a
     /// large entry cannot block replication forever.

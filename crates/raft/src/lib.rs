@@ -7,12 +7,16 @@
 //! `docs/raft.md` for the design.
 
 pub mod codec;
+mod confchange;
 pub mod config;
 pub mod error;
 pub mod inflights;
+mod log;
 pub mod node;
+pub mod progress;
 pub mod quorum;
 mod raft;
+mod read_only;
 pub mod types;
 
 #[cfg(feature = "defects")]
