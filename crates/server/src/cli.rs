@@ -1,1 +1,231 @@
-//! (to be written)
+//! The `ballot` command line, declared with clap's derive API.
+//!
+//! With no subcommand `ballot` runs a member, taking etcd's flag names and meanings so that an
+//! etcd deployment script can start Ballot by changing only the binary name. The flags are parsed
+//! here as plain strings and numbers; [`crate::config::ServerConfig::from_args`] validates them
+//! and turns them into the typed configuration the server runs from.
+//!
+//! Like etcd (which reads `ETCD_NAME`, `ETCD_DATA_DIR`, ...), every member flag can also be given
+//! in the environment as `BALLOT_<FLAG>` (`BALLOT_NAME`, `BALLOT_DATA_DIR`, ...); a flag on the
+//! command line wins over the environment.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::bench::BenchArgs;
+use crate::dev::DevArgs;
+
+/// etcd's default client URL: clients reach a default member on 127.0.0.1:2379.
+pub const DEFAULT_CLIENT_URL: &str = "http://127.0.0.1:2379";
+/// etcd's default peer URL.
+pub const DEFAULT_PEER_URL: &str = "http://127.0.0.1:2380";
+/// etcd's default member name.
+pub const DEFAULT_NAME: &str = "default";
+/// Cluster token used when `--initial-cluster-token` is not given. etcd uses "etcd-cluster".
+pub const DEFAULT_CLUSTER_TOKEN: &str = "ballot-cluster";
+/// etcd's `--max-request-bytes` default, 1.5 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1536 * 1024;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ballot",
+    version,
+    about = "Ballot: a Raft-replicated key-value store speaking the etcd v3 API",
+    long_about = "Ballot: a Raft-replicated key-value store speaking the etcd v3 API.\n\n\
+        With no subcommand, runs a cluster member; with no flags at all, a one-member cluster \
+        serving clients on 127.0.0.1:2379 with its data in ./default.ballot, like etcd.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub member: MemberArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a local N-member cluster as child processes on free loopback ports.
+    Dev(DevArgs),
+    /// Closed-loop load generator for any etcd v3 endpoint (Ballot or etcd).
+    Bench(BenchArgs),
+}
+
+/// The flags of a cluster member, named and defaulted as etcd names and defaults them.
+///
+/// URL lists are comma-separated, as in etcd.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Member")]
+pub struct MemberArgs {
+    /// Human-readable name of this member.
+    #[arg(long, env = "BALLOT_NAME", default_value = DEFAULT_NAME)]
+    pub name: String,
+
+    /// Directory for this member's data [default: ./<name>.ballot].
+    #[arg(long, env = "BALLOT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// URLs to listen on for client traffic (gRPC and HTTP on the same port).
+    #[arg(long, env = "BALLOT_LISTEN_CLIENT_URLS", default_value = DEFAULT_CLIENT_URL)]
+    pub listen_client_urls: String,
+
+    /// This member's client URLs to advertise to the rest of the cluster and to clients.
+    #[arg(long, env = "BALLOT_ADVERTISE_CLIENT_URLS", default_value = DEFAULT_CLIENT_URL)]
+    pub advertise_client_urls: String,
+
+    /// URLs to listen on for traffic from the other members.
+    #[arg(long, env = "BALLOT_LISTEN_PEER_URLS", default_value = DEFAULT_PEER_URL)]
+    pub listen_peer_urls: String,
+
+    /// This member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, env = "BALLOT_INITIAL_ADVERTISE_PEER_URLS", default_value = DEFAULT_PEER_URL)]
+    pub initial_advertise_peer_urls: String,
+
+    /// Initial cluster configuration for bootstrapping: name=peer-url pairs, comma-separated
+    /// [default: <name>=<initial-advertise-peer-urls>].
+    #[arg(long, env = "BALLOT_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// `new` when every member in --initial-cluster starts together; `existing` to join a
+    /// running cluster after `member add`.
+    #[arg(long, env = "BALLOT_INITIAL_CLUSTER_STATE", value_enum, default_value_t = ClusterStateArg::New)]
+    pub initial_cluster_state: ClusterStateArg,
+
+    /// Token that makes the member and cluster IDs of this cluster unique among clusters
+    /// bootstrapped with the same peer URLs.
+    #[arg(long, env = "BALLOT_INITIAL_CLUSTER_TOKEN", default_value = DEFAULT_CLUSTER_TOKEN)]
+    pub initial_cluster_token: String,
+
+    /// Time between leader heartbeats, in milliseconds (one Raft tick).
+    #[arg(
+        long,
+        env = "BALLOT_HEARTBEAT_INTERVAL",
+        default_value_t = 100,
+        value_name = "MS"
+    )]
+    pub heartbeat_interval: u64,
+
+    /// Time a follower waits without hearing from a leader before campaigning, in milliseconds.
+    #[arg(
+        long,
+        env = "BALLOT_ELECTION_TIMEOUT",
+        default_value_t = 1000,
+        value_name = "MS"
+    )]
+    pub election_timeout: u64,
+
+    /// Number of applied entries between snapshots; the log is compacted behind each snapshot.
+    #[arg(long, env = "BALLOT_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+
+    /// Log level.
+    #[arg(long, env = "BALLOT_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Largest client request accepted, in bytes; larger requests get
+    /// "etcdserver: request is too large".
+    #[arg(long, env = "BALLOT_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: u64,
+
+    /// Skip fsync of the log. An acknowledged write can be lost on power failure: for
+    /// benchmarks only.
+    #[arg(long, env = "BALLOT_UNSAFE_NO_FSYNC")]
+    pub unsafe_no_fsync: bool,
+
+    /// Extra URLs to serve /metrics and /health on (HTTP only), besides the client URLs.
+    #[arg(long, env = "BALLOT_LISTEN_METRICS_URLS")]
+    pub listen_metrics_urls: Option<String>,
+}
+
+/// `--initial-cluster-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClusterStateArg {
+    New,
+    Existing,
+}
+
+/// `--log-level`, etcd's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    /// The `tracing` filter directive for this level.
+    pub fn as_filter(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_arguments_runs_a_default_member() {
+        let cli = Cli::try_parse_from(["ballot"]).expect("no arguments must parse");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.member.name, "default");
+        assert_eq!(cli.member.listen_client_urls, "http://127.0.0.1:2379");
+        assert_eq!(
+            cli.member.initial_advertise_peer_urls,
+            "http://127.0.0.1:2380"
+        );
+        assert_eq!(cli.member.heartbeat_interval, 100);
+        assert_eq!(cli.member.election_timeout, 1000);
+        assert_eq!(cli.member.initial_cluster_state, ClusterStateArg::New);
+        assert_eq!(cli.member.max_request_bytes, 1_572_864);
+        assert!(!cli.member.unsafe_no_fsync);
+    }
+
+    #[test]
+    fn etcd_style_flags_parse_in_both_spellings() {
+        let cli = Cli::try_parse_from([
+            "ballot",
+            "--name",
+            "m1",
+            "--initial-cluster=m1=http://127.0.0.1:12380",
+            "--initial-cluster-state",
+            "existing",
+            "--log-level=warn",
+        ])
+        .expect("etcd flags must parse");
+        assert_eq!(cli.member.name, "m1");
+        assert_eq!(
+            cli.member.initial_cluster.as_deref(),
+            Some("m1=http://127.0.0.1:12380")
+        );
+        assert_eq!(cli.member.initial_cluster_state, ClusterStateArg::Existing);
+        assert_eq!(cli.member.log_level, LogLevel::Warn);
+    }
+
+    #[test]
+    fn unknown_cluster_state_is_rejected() {
+        let err = Cli::try_parse_from(["ballot", "--initial-cluster-state", "old"])
+            .expect_err("an unknown state must be rejected");
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn member_flags_do_not_mix_with_subcommands() {
+        let err = Cli::try_parse_from(["ballot", "--name", "x", "dev"])
+            .expect_err("member flags before a subcommand must be rejected");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+}

@@ -1,1 +1,886 @@
-//! (to be written)
+//! The validated configuration a member runs from, built from the command line.
+//!
+//! [`ServerConfig::from_args`] checks everything that can be checked before touching the network
+//! or the disk, the way etcd's `embed.Config.Validate` does, so that a typo fails at start-up with
+//! a message naming the flag instead of as a cluster that never forms. Binding the listeners (a
+//! port in use) and opening the data directory (one of another member or cluster) are checked by
+//! the server when it starts.
+//!
+//! The member and cluster IDs are derived here, deterministically, so that every member of a
+//! cluster bootstrapped with the same `--initial-cluster` and `--initial-cluster-token` computes
+//! the same IDs for everyone without exchanging a message (etcd does the same with SHA-1 in
+//! `membership.NewMember` and `RaftCluster.genID`).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::cli::{ClusterStateArg, LogLevel, MemberArgs};
+
+/// etcd refuses election timeouts above 50 s (`maxElectionMs`); so do we.
+pub const ELECTION_TIMEOUT_MAX_MS: u64 = 50_000;
+/// etcd requires the election timeout to be at least five heartbeats, so that a few lost
+/// heartbeats never start an election.
+pub const ELECTION_TIMEOUT_MIN_HEARTBEATS: u64 = 5;
+
+/// A Raft member ID. Never 0: Raft uses 0 for "no leader / no vote".
+pub type MemberId = u64;
+/// A cluster ID, carried in every response header and every peer frame.
+pub type ClusterId = u64;
+
+/// Whether this member bootstraps a new cluster or joins an existing one (`--initial-cluster-state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Every member of `initial_cluster` starts together and they elect a first leader.
+    New,
+    /// The cluster is running and this member was added with `member add`; it learns the
+    /// membership and the data from the leader.
+    Existing,
+}
+
+/// One member of `--initial-cluster`, with its derived ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    pub name: String,
+    /// The member's peer URLs, in the order first given (etcd allows a name to appear several
+    /// times in `--initial-cluster`, one URL each; they are gathered here).
+    pub peer_urls: Vec<String>,
+    pub member_id: MemberId,
+}
+
+/// The validated configuration of one member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// This member's name (`--name`).
+    pub name: String,
+    /// This member's data directory (`--data-dir`, default `./<name>.ballot`).
+    pub data_dir: PathBuf,
+    /// Addresses to bind for clients: gRPC (and HTTP `/health`, `/metrics`, `/version`).
+    pub client_listen_addrs: Vec<SocketAddr>,
+    /// Client URLs this member advertises (`--advertise-client-urls`), normalised to
+    /// `http://host:port`.
+    pub advertise_client_urls: Vec<String>,
+    /// Addresses to bind for peer traffic.
+    pub peer_listen_addrs: Vec<SocketAddr>,
+    /// Peer URLs this member advertises (`--initial-advertise-peer-urls`), normalised.
+    pub advertise_peer_urls: Vec<String>,
+    /// Extra HTTP-only listeners for `/metrics` and `/health` (`--listen-metrics-urls`).
+    pub metrics_listen_addrs: Vec<SocketAddr>,
+    /// The bootstrap membership, in the order given; contains this member.
+    pub initial_cluster: Vec<InitialMember>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    /// This member's ID, derived from its peer URLs and the cluster token.
+    pub member_id: MemberId,
+    /// The cluster ID, derived from the IDs of `initial_cluster`. A member joining with
+    /// `ClusterState::Existing` must adopt the ID the running cluster reports instead.
+    pub cluster_id: ClusterId,
+    /// One Raft tick: the leader heartbeats every tick.
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+    /// Applied entries between snapshots.
+    pub snapshot_count: u64,
+    /// Largest client request accepted; the gRPC receive limit is this plus 512 KiB, as in etcd.
+    pub max_request_bytes: u64,
+    /// Skip fsync (benchmarks only; an acknowledged write can be lost on power failure).
+    pub unsafe_no_fsync: bool,
+    pub log_level: LogLevel,
+}
+
+/// What is wrong with the command line, in words that name the flag to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--name must not be empty")]
+    EmptyName,
+    #[error("--{flag}: invalid URL '{url}': {reason}")]
+    InvalidUrl {
+        flag: &'static str,
+        url: String,
+        reason: String,
+    },
+    #[error("--{flag} must name at least one URL")]
+    NoUrls { flag: &'static str },
+    #[error("--{flag}: expected an IP address or 'localhost' in URL for binding ({url})")]
+    HostnameForBinding { flag: &'static str, url: String },
+    #[error("--initial-cluster: invalid entry '{entry}': expected name=peer-url")]
+    InvalidInitialClusterEntry { entry: String },
+    #[error("--initial-cluster has no entry for member '{name}' (names: {names})")]
+    NotInInitialCluster { name: String, names: String },
+    #[error(
+        "--initial-cluster has {name}={cluster_urls} but --initial-advertise-peer-urls is {advertised}; they must list the same URLs"
+    )]
+    AdvertisePeerMismatch {
+        name: String,
+        cluster_urls: String,
+        advertised: String,
+    },
+    #[error("--initial-cluster: peer URL {url} is given for both '{first}' and '{second}'")]
+    DuplicatePeerUrl {
+        url: String,
+        first: String,
+        second: String,
+    },
+    #[error("--initial-cluster: members '{first}' and '{second}' derive the same member ID {id:x}")]
+    DuplicateMemberId {
+        first: String,
+        second: String,
+        id: MemberId,
+    },
+    #[error("--initial-cluster-token must not be empty")]
+    EmptyClusterToken,
+    #[error("--heartbeat-interval must be at least 1 ms")]
+    ZeroHeartbeat,
+    #[error(
+        "--election-timeout[{election_ms}ms] should be at least 5 times --heartbeat-interval[{heartbeat_ms}ms]"
+    )]
+    ElectionTimeoutTooShort { election_ms: u64, heartbeat_ms: u64 },
+    #[error(
+        "--election-timeout[{election_ms}ms] is too long, and should be set less than {max_ms}ms"
+    )]
+    ElectionTimeoutTooLong { election_ms: u64, max_ms: u64 },
+    #[error("--snapshot-count must be at least 1")]
+    ZeroSnapshotCount,
+    #[error("--max-request-bytes must be at least 1")]
+    ZeroMaxRequestBytes,
+    #[error("address {addr} is given both as {first} and as {second}")]
+    ListenAddressReused {
+        addr: SocketAddr,
+        first: &'static str,
+        second: &'static str,
+    },
+}
+
+impl ServerConfig {
+    /// Validates the member flags and derives the IDs.
+    pub fn from_args(args: &MemberArgs) -> Result<ServerConfig, ConfigError> {
+        if args.name.is_empty() {
+            return Err(ConfigError::EmptyName);
+        }
+        if args.initial_cluster_token.is_empty() {
+            return Err(ConfigError::EmptyClusterToken);
+        }
+        check_timeouts(args.heartbeat_interval, args.election_timeout)?;
+        if args.snapshot_count == 0 {
+            return Err(ConfigError::ZeroSnapshotCount);
+        }
+        if args.max_request_bytes == 0 {
+            return Err(ConfigError::ZeroMaxRequestBytes);
+        }
+
+        let client_listen = parse_url_list("listen-client-urls", &args.listen_client_urls)?;
+        let advertise_client =
+            parse_url_list("advertise-client-urls", &args.advertise_client_urls)?;
+        let peer_listen = parse_url_list("listen-peer-urls", &args.listen_peer_urls)?;
+        let advertise_peer = parse_url_list(
+            "initial-advertise-peer-urls",
+            &args.initial_advertise_peer_urls,
+        )?;
+        let metrics_listen = match &args.listen_metrics_urls {
+            Some(list) => parse_url_list("listen-metrics-urls", list)?,
+            None => Vec::new(),
+        };
+
+        let client_listen_addrs = bind_addrs("listen-client-urls", &client_listen)?;
+        let peer_listen_addrs = bind_addrs("listen-peer-urls", &peer_listen)?;
+        let metrics_listen_addrs = bind_addrs("listen-metrics-urls", &metrics_listen)?;
+        check_no_reused_addr(&[
+            ("--listen-client-urls", &client_listen_addrs),
+            ("--listen-peer-urls", &peer_listen_addrs),
+            ("--listen-metrics-urls", &metrics_listen_addrs),
+        ])?;
+
+        let advertise_peer_urls: Vec<String> =
+            advertise_peer.iter().map(HttpUrl::to_string).collect();
+        let initial_cluster_text = match &args.initial_cluster {
+            Some(text) => text.clone(),
+            // etcd's default: this member alone, at its advertised peer URLs.
+            None => advertise_peer_urls
+                .iter()
+                .map(|url| format!("{}={url}", args.name))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let initial_cluster =
+            parse_initial_cluster(&initial_cluster_text, &args.initial_cluster_token)?;
+        let this_member = find_self(&initial_cluster, &args.name)?;
+        check_advertised_peer_urls(this_member, &advertise_peer_urls)?;
+        let member_id = this_member.member_id;
+        let cluster_id = cluster_id(initial_cluster.iter().map(|member| member.member_id));
+
+        Ok(ServerConfig {
+            name: args.name.clone(),
+            data_dir: args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.ballot", args.name))),
+            client_listen_addrs,
+            advertise_client_urls: advertise_client.iter().map(HttpUrl::to_string).collect(),
+            peer_listen_addrs,
+            advertise_peer_urls,
+            metrics_listen_addrs,
+            initial_cluster,
+            initial_cluster_state: match args.initial_cluster_state {
+                ClusterStateArg::New => ClusterState::New,
+                ClusterStateArg::Existing => ClusterState::Existing,
+            },
+            initial_cluster_token: args.initial_cluster_token.clone(),
+            member_id,
+            cluster_id,
+            heartbeat_interval: Duration::from_millis(args.heartbeat_interval),
+            election_timeout: Duration::from_millis(args.election_timeout),
+            snapshot_count: args.snapshot_count,
+            max_request_bytes: args.max_request_bytes,
+            unsafe_no_fsync: args.unsafe_no_fsync,
+            log_level: args.log_level,
+        })
+    }
+
+    /// The election timeout in Raft ticks (one tick per heartbeat interval), at least
+    /// [`ELECTION_TIMEOUT_MIN_HEARTBEATS`].
+    pub fn election_timeout_ticks(&self) -> u64 {
+        let heartbeat_ms = self.heartbeat_interval.as_millis().max(1);
+        let ticks = self.election_timeout.as_millis() / heartbeat_ms;
+        u64::try_from(ticks).unwrap_or(u64::MAX)
+    }
+
+    /// The gRPC receive limit: etcd accepts messages up to `--max-request-bytes` plus 512 KiB of
+    /// gRPC framing, so that an oversized request reaches the server and gets etcd's
+    /// "request is too large" error instead of a transport error.
+    pub fn grpc_max_receive_bytes(&self) -> usize {
+        let limit = self.max_request_bytes.saturating_add(512 * 1024);
+        usize::try_from(limit).unwrap_or(usize::MAX)
+    }
+
+    /// The members other than this one, from the initial cluster.
+    pub fn initial_peers(&self) -> impl Iterator<Item = &InitialMember> {
+        self.initial_cluster
+            .iter()
+            .filter(|member| member.member_id != self.member_id)
+    }
+}
+
+fn check_timeouts(heartbeat_ms: u64, election_ms: u64) -> Result<(), ConfigError> {
+    if heartbeat_ms == 0 {
+        return Err(ConfigError::ZeroHeartbeat);
+    }
+    if election_ms < heartbeat_ms.saturating_mul(ELECTION_TIMEOUT_MIN_HEARTBEATS) {
+        return Err(ConfigError::ElectionTimeoutTooShort {
+            election_ms,
+            heartbeat_ms,
+        });
+    }
+    if election_ms > ELECTION_TIMEOUT_MAX_MS {
+        return Err(ConfigError::ElectionTimeoutTooLong {
+            election_ms,
+            max_ms: ELECTION_TIMEOUT_MAX_MS,
+        });
+    }
+    Ok(())
+}
+
+fn find_self<'a>(
+    cluster: &'a [InitialMember],
+    name: &str,
+) -> Result<&'a InitialMember, ConfigError> {
+    cluster
+        .iter()
+        .find(|member| member.name == name)
+        .ok_or_else(|| ConfigError::NotInInitialCluster {
+            name: name.to_owned(),
+            names: cluster
+                .iter()
+                .map(|member| member.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// etcd checks that this member's entry in `--initial-cluster` lists exactly the URLs it
+/// advertises (`ServerConfig.advertiseMatchesCluster`); otherwise the others would dial an
+/// address this member does not answer at.
+fn check_advertised_peer_urls(
+    this_member: &InitialMember,
+    advertised: &[String],
+) -> Result<(), ConfigError> {
+    let in_cluster: BTreeSet<&str> = this_member.peer_urls.iter().map(String::as_str).collect();
+    let in_flag: BTreeSet<&str> = advertised.iter().map(String::as_str).collect();
+    if in_cluster == in_flag {
+        return Ok(());
+    }
+    Err(ConfigError::AdvertisePeerMismatch {
+        name: this_member.name.clone(),
+        cluster_urls: this_member.peer_urls.join(","),
+        advertised: advertised.join(","),
+    })
+}
+
+fn check_no_reused_addr(groups: &[(&'static str, &[SocketAddr])]) -> Result<(), ConfigError> {
+    let mut seen: Vec<(SocketAddr, &'static str)> = Vec::new();
+    for (flag, addrs) in groups {
+        for addr in addrs.iter() {
+            // Port 0 asks the kernel for a fresh port each time, so it never collides.
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some((_, first)) = seen.iter().find(|(other, _)| other == addr) {
+                return Err(ConfigError::ListenAddressReused {
+                    addr: *addr,
+                    first,
+                    second: flag,
+                });
+            }
+            seen.push((*addr, flag));
+        }
+    }
+    Ok(())
+}
+
+/// Parses `name=url,name=url,...`, gathering repeated names, and derives each member's ID.
+pub fn parse_initial_cluster(
+    text: &str,
+    cluster_token: &str,
+) -> Result<Vec<InitialMember>, ConfigError> {
+    let mut members: Vec<InitialMember> = Vec::new();
+    for entry in text
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+    {
+        let Some((name, url)) = entry.split_once('=') else {
+            return Err(ConfigError::InvalidInitialClusterEntry {
+                entry: entry.to_owned(),
+            });
+        };
+        if name.is_empty() {
+            return Err(ConfigError::InvalidInitialClusterEntry {
+                entry: entry.to_owned(),
+            });
+        }
+        let url = HttpUrl::parse("initial-cluster", url)?.to_string();
+        if let Some(owner) = members
+            .iter()
+            .find(|member| member.peer_urls.contains(&url))
+        {
+            return Err(ConfigError::DuplicatePeerUrl {
+                url,
+                first: owner.name.clone(),
+                second: name.to_owned(),
+            });
+        }
+        match members.iter_mut().find(|member| member.name == name) {
+            Some(member) => member.peer_urls.push(url),
+            None => members.push(InitialMember {
+                name: name.to_owned(),
+                peer_urls: vec![url],
+                member_id: 0,
+            }),
+        }
+    }
+    if members.is_empty() {
+        return Err(ConfigError::NoUrls {
+            flag: "initial-cluster",
+        });
+    }
+    for member in &mut members {
+        member.member_id = member_id(&member.peer_urls, cluster_token);
+    }
+    check_distinct_ids(&members)?;
+    Ok(members)
+}
+
+fn check_distinct_ids(members: &[InitialMember]) -> Result<(), ConfigError> {
+    for (index, first) in members.iter().enumerate() {
+        if let Some(second) = members[index + 1..]
+            .iter()
+            .find(|other| other.member_id == first.member_id)
+        {
+            return Err(ConfigError::DuplicateMemberId {
+                first: first.name.clone(),
+                second: second.name.clone(),
+                id: first.member_id,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A member's ID: the first 8 bytes (big-endian) of SHA-256 over its sorted peer URLs and the
+/// cluster token, as etcd derives it with SHA-1 in `membership.NewMember`. Sorting makes the ID
+/// independent of the order the URLs were listed in. Never 0.
+pub fn member_id<S: AsRef<str>>(peer_urls: &[S], cluster_token: &str) -> MemberId {
+    member_id_salted(peer_urls, cluster_token, None)
+}
+
+/// The ID for a member added at run time (`member add`). etcd mixes the current time into the
+/// hash so that removing a member and adding one back at the same URL gives a new ID: an old
+/// incarnation's messages must never be taken for the new one's.
+pub fn added_member_id<S: AsRef<str>>(
+    peer_urls: &[S],
+    cluster_token: &str,
+    unix_time_secs: u64,
+) -> MemberId {
+    member_id_salted(peer_urls, cluster_token, Some(unix_time_secs))
+}
+
+fn member_id_salted<S: AsRef<str>>(
+    peer_urls: &[S],
+    cluster_token: &str,
+    salt: Option<u64>,
+) -> MemberId {
+    let mut sorted: Vec<&str> = peer_urls.iter().map(AsRef::as_ref).collect();
+    sorted.sort_unstable();
+    let mut hasher = Sha256::new();
+    for url in sorted {
+        hasher.update(url.as_bytes());
+        // A separator keeps ["ab", "c"] and ["a", "bc"] apart.
+        hasher.update([0u8]);
+    }
+    hasher.update(cluster_token.as_bytes());
+    if let Some(salt) = salt {
+        hasher.update(salt.to_be_bytes());
+    }
+    nonzero_prefix(&hasher.finalize())
+}
+
+/// The cluster ID: the first 8 bytes of SHA-256 over the sorted member IDs (big-endian), as etcd
+/// derives it in `RaftCluster.genID`. Never 0.
+pub fn cluster_id(member_ids: impl IntoIterator<Item = MemberId>) -> ClusterId {
+    let mut sorted: Vec<MemberId> = member_ids.into_iter().collect();
+    sorted.sort_unstable();
+    let mut hasher = Sha256::new();
+    for id in sorted {
+        hasher.update(id.to_be_bytes());
+    }
+    nonzero_prefix(&hasher.finalize())
+}
+
+fn nonzero_prefix(digest: &[u8]) -> u64 {
+    let mut prefix = [0u8; 8];
+    prefix.copy_from_slice(&digest[..8]);
+    // 0 means "none" to Raft; a digest starting with eight zero bytes is mapped to 1.
+    u64::from_be_bytes(prefix).max(1)
+}
+
+/// An `http://host:port` URL as etcd accepts for its listeners. TLS (`https`) and unix sockets
+/// are not supported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// Host as written, without IPv6 brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl HttpUrl {
+    /// Parses one URL; `flag` names the flag in the error.
+    pub fn parse(flag: &'static str, text: &str) -> Result<HttpUrl, ConfigError> {
+        let invalid = |reason: &str| ConfigError::InvalidUrl {
+            flag,
+            url: text.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let Some((scheme, rest)) = text.split_once("://") else {
+            return Err(invalid("expected http://host:port"));
+        };
+        match scheme {
+            "http" => {}
+            "https" | "unixs" => return Err(invalid("TLS is not supported")),
+            _ => return Err(invalid("the scheme must be http")),
+        }
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains('/') || authority.contains('?') || authority.contains('#') {
+            return Err(invalid("a path is not allowed"));
+        }
+        if authority.contains('@') {
+            return Err(invalid("user information is not allowed"));
+        }
+        let (host, port_text) =
+            split_host_port(authority).ok_or_else(|| invalid("expected host:port"))?;
+        if host.is_empty() {
+            return Err(invalid("the host is empty"));
+        }
+        if port_text.is_empty() {
+            return Err(invalid("the port is missing"));
+        }
+        let port = port_text
+            .parse::<u16>()
+            .map_err(|_| invalid("the port must be a number from 0 to 65535"))?;
+        Ok(HttpUrl {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// The address to bind: an IP literal, or 127.0.0.1 for `localhost`. etcd too refuses other
+    /// host names for listeners.
+    pub fn bind_addr(&self, flag: &'static str) -> Result<SocketAddr, ConfigError> {
+        let ip = if self.host.eq_ignore_ascii_case("localhost") {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            self.host
+                .parse::<IpAddr>()
+                .map_err(|_| ConfigError::HostnameForBinding {
+                    flag,
+                    url: self.to_string(),
+                })?
+        };
+        Ok(SocketAddr::new(ip, self.port))
+    }
+}
+
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(formatter, "http://[{}]:{}", self.host, self.port)
+        } else {
+            write!(formatter, "http://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+fn split_host_port(authority: &str) -> Option<(&str, &str)> {
+    if let Some(bracketed) = authority.strip_prefix('[') {
+        let (host, after) = bracketed.split_once(']')?;
+        let port = after.strip_prefix(':')?;
+        return Some((host, port));
+    }
+    let (host, port) = authority.rsplit_once(':')?;
+    if host.contains(':') {
+        // An IPv6 literal must be bracketed to carry a port.
+        return None;
+    }
+    Some((host, port))
+}
+
+/// Parses a comma-separated URL list.
+pub fn parse_url_list(flag: &'static str, text: &str) -> Result<Vec<HttpUrl>, ConfigError> {
+    let urls = text
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| HttpUrl::parse(flag, url))
+        .collect::<Result<Vec<_>, _>>()?;
+    if urls.is_empty() {
+        return Err(ConfigError::NoUrls { flag });
+    }
+    Ok(urls)
+}
+
+fn bind_addrs(flag: &'static str, urls: &[HttpUrl]) -> Result<Vec<SocketAddr>, ConfigError> {
+    urls.iter().map(|url| url.bind_addr(flag)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    use crate::cli::Cli;
+
+    fn config(args: &[&str]) -> Result<ServerConfig, ConfigError> {
+        let argv = std::iter::once("ballot").chain(args.iter().copied());
+        let cli = Cli::try_parse_from(argv).expect("test arguments must parse");
+        ServerConfig::from_args(&cli.member)
+    }
+
+    const THREE: &str =
+        "a=http://127.0.0.1:12380,b=http://127.0.0.1:22380,c=http://127.0.0.1:32380";
+
+    fn member_b() -> Vec<&'static str> {
+        vec![
+            "--name",
+            "b",
+            "--initial-cluster",
+            THREE,
+            "--listen-peer-urls",
+            "http://127.0.0.1:22380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:22380",
+            "--listen-client-urls",
+            "http://127.0.0.1:22379",
+            "--advertise-client-urls",
+            "http://127.0.0.1:22379",
+        ]
+    }
+
+    #[test]
+    fn defaults_give_a_one_member_cluster_like_etcd() {
+        let config = config(&[]).expect("defaults must be valid");
+        assert_eq!(config.name, "default");
+        assert_eq!(config.data_dir, PathBuf::from("default.ballot"));
+        assert_eq!(
+            config.client_listen_addrs,
+            vec!["127.0.0.1:2379".parse().unwrap()]
+        );
+        assert_eq!(config.advertise_client_urls, vec!["http://127.0.0.1:2379"]);
+        assert_eq!(
+            config.peer_listen_addrs,
+            vec!["127.0.0.1:2380".parse().unwrap()]
+        );
+        assert_eq!(config.advertise_peer_urls, vec!["http://127.0.0.1:2380"]);
+        assert_eq!(config.initial_cluster.len(), 1);
+        assert_eq!(config.initial_cluster[0].name, "default");
+        assert_eq!(
+            config.initial_cluster[0].peer_urls,
+            vec!["http://127.0.0.1:2380"]
+        );
+        assert_eq!(config.initial_cluster[0].member_id, config.member_id);
+        assert_eq!(config.initial_cluster_state, ClusterState::New);
+        assert_eq!(config.heartbeat_interval, Duration::from_millis(100));
+        assert_eq!(config.election_timeout, Duration::from_millis(1000));
+        assert_eq!(config.election_timeout_ticks(), 10);
+        assert_eq!(config.snapshot_count, 100_000);
+        assert_eq!(config.max_request_bytes, 1_572_864);
+        assert_eq!(config.grpc_max_receive_bytes(), 1_572_864 + 524_288);
+        assert!(config.metrics_listen_addrs.is_empty());
+        assert_eq!(config.initial_peers().count(), 0);
+    }
+
+    #[test]
+    fn data_dir_defaults_to_the_member_name() {
+        let config = config(&[
+            "--name",
+            "m7",
+            "--initial-cluster",
+            "m7=http://127.0.0.1:2380",
+        ])
+        .expect("valid");
+        assert_eq!(config.data_dir, PathBuf::from("m7.ballot"));
+    }
+
+    #[test]
+    fn initial_cluster_defaults_to_this_member_at_its_advertised_peer_urls() {
+        let config = config(&[
+            "--name",
+            "solo",
+            "--initial-advertise-peer-urls",
+            "http://localhost:9380",
+        ])
+        .expect("valid");
+        assert_eq!(config.initial_cluster[0].name, "solo");
+        assert_eq!(
+            config.initial_cluster[0].peer_urls,
+            vec!["http://localhost:9380"]
+        );
+    }
+
+    #[test]
+    fn three_member_cluster_gives_every_member_the_same_ids() {
+        let b = config(&member_b()).expect("member b is valid");
+        assert_eq!(b.initial_cluster.len(), 3);
+        assert_eq!(
+            b.initial_peers()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "c"]
+        );
+        let a = config(&[
+            "--name",
+            "a",
+            "--initial-cluster",
+            THREE,
+            "--listen-peer-urls",
+            "http://127.0.0.1:12380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:12380",
+            "--listen-client-urls",
+            "http://127.0.0.1:12379",
+        ])
+        .expect("member a is valid");
+        assert_eq!(a.cluster_id, b.cluster_id);
+        assert_eq!(a.initial_cluster, b.initial_cluster);
+        assert_ne!(a.member_id, b.member_id);
+        assert_eq!(
+            b.member_id,
+            member_id(&["http://127.0.0.1:22380"], "ballot-cluster")
+        );
+    }
+
+    #[test]
+    fn ids_depend_on_token_but_not_on_url_order() {
+        let one = member_id(&["http://10.0.0.1:2380", "http://10.0.0.2:2380"], "t");
+        let swapped = member_id(&["http://10.0.0.2:2380", "http://10.0.0.1:2380"], "t");
+        let other_token = member_id(&["http://10.0.0.1:2380", "http://10.0.0.2:2380"], "u");
+        assert_eq!(one, swapped);
+        assert_ne!(one, other_token);
+        assert_eq!(cluster_id([1, 2, 3]), cluster_id([3, 1, 2]));
+        assert_ne!(cluster_id([1, 2, 3]), cluster_id([1, 2, 4]));
+        assert_ne!(
+            added_member_id(&["http://10.0.0.1:2380"], "t", 1),
+            added_member_id(&["http://10.0.0.1:2380"], "t", 2)
+        );
+    }
+
+    #[test]
+    fn member_missing_from_initial_cluster_is_named() {
+        let err = config(&["--name", "x", "--initial-cluster", THREE]).expect_err("must fail");
+        assert_eq!(
+            err.to_string(),
+            "--initial-cluster has no entry for member 'x' (names: a, b, c)"
+        );
+    }
+
+    #[test]
+    fn advertised_peer_url_must_match_initial_cluster() {
+        let mut args = member_b();
+        args[7] = "http://127.0.0.1:22999";
+        let err = config(&args).expect_err("must fail");
+        assert_eq!(
+            err,
+            ConfigError::AdvertisePeerMismatch {
+                name: "b".into(),
+                cluster_urls: "http://127.0.0.1:22380".into(),
+                advertised: "http://127.0.0.1:22999".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_name_may_list_several_peer_urls() {
+        let config = config(&[
+            "--initial-cluster",
+            "default=http://127.0.0.1:2380,default=http://127.0.0.2:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.2:2380,http://127.0.0.1:2380",
+        ])
+        .expect("valid");
+        assert_eq!(config.initial_cluster.len(), 1);
+        assert_eq!(config.initial_cluster[0].peer_urls.len(), 2);
+    }
+
+    #[test]
+    fn duplicate_peer_urls_are_rejected() {
+        let err = config(&[
+            "--initial-cluster",
+            "default=http://127.0.0.1:2380,b=http://127.0.0.1:2380",
+        ])
+        .expect_err("must fail");
+        assert!(matches!(err, ConfigError::DuplicatePeerUrl { .. }), "{err}");
+    }
+
+    #[test]
+    fn timeouts_follow_etcd_rules() {
+        assert_eq!(
+            config(&["--heartbeat-interval", "300"])
+                .expect_err("must fail")
+                .to_string(),
+            "--election-timeout[1000ms] should be at least 5 times --heartbeat-interval[300ms]"
+        );
+        assert_eq!(
+            config(&["--heartbeat-interval", "0"]).expect_err("must fail"),
+            ConfigError::ZeroHeartbeat
+        );
+        assert!(matches!(
+            config(&["--election-timeout", "60000"]).expect_err("must fail"),
+            ConfigError::ElectionTimeoutTooLong { .. }
+        ));
+        let fast =
+            config(&["--heartbeat-interval", "10", "--election-timeout", "50"]).expect("valid");
+        assert_eq!(fast.election_timeout_ticks(), 5);
+    }
+
+    #[test]
+    fn bad_urls_name_the_flag_and_the_problem() {
+        let cases = [
+            (
+                vec!["--listen-client-urls", "127.0.0.1:2379"],
+                "--listen-client-urls: invalid URL '127.0.0.1:2379': expected http://host:port",
+            ),
+            (
+                vec!["--listen-client-urls", "https://127.0.0.1:2379"],
+                "--listen-client-urls: invalid URL 'https://127.0.0.1:2379': TLS is not supported",
+            ),
+            (
+                vec!["--listen-client-urls", "http://127.0.0.1"],
+                "--listen-client-urls: invalid URL 'http://127.0.0.1': expected host:port",
+            ),
+            (
+                vec!["--listen-client-urls", "http://127.0.0.1:99999"],
+                "--listen-client-urls: invalid URL 'http://127.0.0.1:99999': the port must be a number from 0 to 65535",
+            ),
+            (
+                vec!["--listen-client-urls", "http://example.com:2379"],
+                "--listen-client-urls: expected an IP address or 'localhost' in URL for binding (http://example.com:2379)",
+            ),
+            (
+                vec!["--listen-client-urls", ""],
+                "--listen-client-urls must name at least one URL",
+            ),
+            (
+                vec!["--advertise-client-urls", "http://h:1/path"],
+                "--advertise-client-urls: invalid URL 'http://h:1/path': a path is not allowed",
+            ),
+            (
+                vec!["--initial-cluster", "default"],
+                "--initial-cluster: invalid entry 'default': expected name=peer-url",
+            ),
+        ];
+        for (args, expected) in cases {
+            let err = config(&args).expect_err("must fail");
+            assert_eq!(err.to_string(), expected, "for {args:?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_and_host_names_are_accepted_where_valid() {
+        let config = config(&[
+            "--listen-client-urls",
+            "http://[::1]:2379,http://0.0.0.0:3379",
+            "--advertise-client-urls",
+            "http://node1.example:2379",
+        ])
+        .expect("valid");
+        assert_eq!(
+            config.client_listen_addrs,
+            vec![
+                "[::1]:2379".parse().unwrap(),
+                "0.0.0.0:3379".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            config.advertise_client_urls,
+            vec!["http://node1.example:2379"]
+        );
+    }
+
+    #[test]
+    fn the_same_address_cannot_serve_clients_and_peers() {
+        let err =
+            config(&["--listen-client-urls", "http://127.0.0.1:2380"]).expect_err("must fail");
+        assert_eq!(
+            err.to_string(),
+            "address 127.0.0.1:2380 is given both as --listen-client-urls and as --listen-peer-urls"
+        );
+        // Port 0 asks for a fresh port each time and never collides.
+        config(&[
+            "--listen-client-urls",
+            "http://127.0.0.1:0",
+            "--listen-peer-urls",
+            "http://127.0.0.1:0",
+        ])
+        .expect("port 0 twice is valid");
+    }
+
+    #[test]
+    fn other_numbers_are_validated() {
+        assert_eq!(
+            config(&["--snapshot-count", "0"]).expect_err("must fail"),
+            ConfigError::ZeroSnapshotCount
+        );
+        assert_eq!(
+            config(&["--max-request-bytes", "0"]).expect_err("must fail"),
+            ConfigError::ZeroMaxRequestBytes
+        );
+        assert_eq!(
+            config(&["--name", ""]).expect_err("must fail"),
+            ConfigError::EmptyName
+        );
+        assert_eq!(
+            config(&["--initial-cluster-token", ""]).expect_err("must fail"),
+            ConfigError::EmptyClusterToken
+        );
+    }
+}

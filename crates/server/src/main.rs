@@ -1,3 +1,50 @@
-fn main() {
-    // Wired up by the CLI work (crates/server/src/cli.rs).
+//! The `ballot` binary: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use ballot::cli::{Cli, Command, LogLevel};
+use ballot::config::ServerConfig;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        None => run_member(&cli),
+        Some(Command::Dev(_)) | Some(Command::Bench(_)) => {
+            eprintln!("ballot: this subcommand is not yet implemented");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_member(cli: &Cli) -> ExitCode {
+    let config = match ServerConfig::from_args(&cli.member) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("ballot: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_level);
+    tracing::info!(
+        name = %config.name,
+        member_id = %format_args!("{:x}", config.member_id),
+        cluster_id = %format_args!("{:x}", config.cluster_id),
+        "starting member"
+    );
+    // The server entry point is `ballot::server::run(config: ServerConfig) -> Result<(), ServerError>`
+    // (async); it is wired here once crates/server/src/server.rs provides it.
+    eprintln!("ballot: server not yet implemented");
+    ExitCode::FAILURE
+}
+
+/// Logs go to stderr. `RUST_LOG`, when set, overrides `--log-level` for finer filtering.
+fn init_tracing(level: LogLevel) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_filter()));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
