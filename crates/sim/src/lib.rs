@@ -3,13 +3,18 @@
 //! One `u64` seed drives everything: the network's drops, delays, reorders, duplicates and
 //! partitions, crashes and restarts, pauses, tick skew, the clients' requests, membership changes,
 //! leadership transfers and snapshots. After every step the Raft safety invariants are checked;
-//! at the end of a run the client history is checked for linearizability.
+//! at the end of a run the client history is checked for linearizability. See `docs/sim.md`.
 
 pub mod fingerprint;
 pub mod history;
+pub mod host;
 pub mod invariants;
 pub mod kv;
 pub mod linearizability;
 pub mod network;
 pub mod rng;
+pub mod simulation;
 pub mod trace;
+pub mod world;
+
+pub use simulation::{SeedReport, SimOptions, run_seed};

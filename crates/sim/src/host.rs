@@ -1,0 +1,647 @@
+//! One simulated server: a `RaftNode`, its simulated disk, its state machine, and the glue a real
+//! server would have between them (the application side of the `Ready` contract).
+//!
+//! The disk is modelled as a FIFO of pending writes, each durable only after a random delay; a
+//! crash loses every write not yet durable. `persisted_messages` wait in the same FIFO, so they
+//! leave only once their Ready and every earlier one are durable, as the contract demands.
+
+use std::collections::VecDeque;
+
+use ballot_raft::{
+    Config, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, RaftNode, Ready,
+    RestoreState, Role, SnapshotMeta, Term,
+};
+use bytes::Bytes;
+
+use crate::fingerprint::Fingerprint;
+use crate::invariants::{LogMirror, Violation, chain_fingerprint};
+use crate::kv::{Applied, Command, KvStore};
+use crate::network::Time;
+use crate::rng::SimRng;
+use crate::world::World;
+
+/// What survives a crash.
+#[derive(Clone, Debug, Default)]
+pub struct DurableStore {
+    pub hard_state: HardState,
+    pub snapshot: Option<(SnapshotMeta, Bytes)>,
+    /// The log after the snapshot (or from index 1), contiguous.
+    pub entries: Vec<Entry>,
+}
+
+impl DurableStore {
+    fn is_empty(&self) -> bool {
+        self.snapshot.is_none()
+            && self.entries.is_empty()
+            && self.hard_state == HardState::default()
+    }
+
+    fn snapshot_index(&self) -> Index {
+        self.snapshot.as_ref().map_or(0, |(meta, _)| meta.index)
+    }
+
+    /// Appends entries, first truncating the stored suffix they replace (the Ready contract,
+    /// step 2). Entries at or below the snapshot are already covered by it.
+    fn append(&mut self, entries: &[Entry]) {
+        let snapshot_index = self.snapshot_index();
+        let entries: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| e.index > snapshot_index)
+            .collect();
+        let Some(first) = entries.first() else {
+            return;
+        };
+        let keep = self
+            .entries
+            .iter()
+            .take_while(|e| e.index < first.index)
+            .count();
+        self.entries.truncate(keep);
+        self.entries.extend(entries.into_iter().cloned());
+    }
+
+    /// Drops entries the snapshot covers.
+    fn trim_to_snapshot(&mut self) {
+        let snapshot_index = self.snapshot_index();
+        self.entries.retain(|e| e.index > snapshot_index);
+    }
+}
+
+/// One Ready's worth of disk work, durable at `durable_at`.
+#[derive(Debug)]
+struct PendingWrite {
+    durable_at: Time,
+    /// The Ready number to report, when the Ready had something to persist.
+    ready_number: Option<u64>,
+    hard_state: Option<HardState>,
+    snapshot: Option<(SnapshotMeta, Bytes)>,
+    entries: Vec<Entry>,
+    persisted_messages: Vec<Message>,
+}
+
+/// How this node joined: the first members bootstrap together, later ones join empty.
+#[derive(Clone, Debug)]
+pub enum Origin {
+    Bootstrap { voters: Vec<NodeId> },
+    Join,
+}
+
+/// A message with the out-of-band snapshot data attached, as a real transport would stream it.
+#[derive(Clone, Debug)]
+pub struct SimMessage {
+    pub message: Message,
+    pub snapshot_data: Option<Bytes>,
+    /// The sender's incarnation, so a snapshot's outcome is reported only to the process that
+    /// sent it.
+    pub sender_incarnation: u32,
+}
+
+pub struct Host {
+    pub id: NodeId,
+    pub origin: Origin,
+    config: Config,
+    /// Bumped at every restart.
+    pub incarnation: u32,
+    /// `None` while crashed.
+    pub raft: Option<RaftNode>,
+    pub durable: DurableStore,
+    pending_writes: VecDeque<PendingWrite>,
+    pub mirror: LogMirror,
+    pub kv: KvStore,
+    pub role: Role,
+    pub term: Term,
+    pub leader: NodeId,
+    pub tick_interval_steps: Time,
+    pub next_tick_at: Time,
+    pub paused_until: Time,
+    pub restart_at: Option<Time>,
+    disk_delay_max_steps: Time,
+    /// Apply this many entries between snapshots.
+    snapshot_every_entries: u64,
+    last_snapshot_index: Index,
+    /// Data of the latest snapshot received from a leader, waiting for the core to accept it.
+    received_snapshot: Option<(SnapshotMeta, Bytes)>,
+}
+
+impl Host {
+    pub fn new(
+        id: NodeId,
+        origin: Origin,
+        config: Config,
+        rng: &mut SimRng,
+        tick_steps: Time,
+        now: Time,
+    ) -> Host {
+        let mut host = Host {
+            id,
+            origin,
+            config,
+            incarnation: 0,
+            raft: None,
+            durable: DurableStore::default(),
+            pending_writes: VecDeque::new(),
+            mirror: LogMirror::default(),
+            kv: KvStore::default(),
+            role: Role::Follower,
+            term: 0,
+            leader: 0,
+            tick_interval_steps: tick_steps,
+            next_tick_at: now + rng.range(1, tick_steps),
+            paused_until: 0,
+            restart_at: None,
+            disk_delay_max_steps: if rng.chance(300_000) {
+                0
+            } else {
+                rng.range(1, 3 * tick_steps)
+            },
+            snapshot_every_entries: rng.range(30, 100),
+            last_snapshot_index: 0,
+            received_snapshot: None,
+        };
+        host.tick_interval_steps = skewed_tick_interval(rng, tick_steps);
+        host
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.raft.is_some()
+    }
+
+    pub fn is_paused(&self, now: Time) -> bool {
+        now < self.paused_until
+    }
+
+    pub fn set_tick_skew(&mut self, rng: &mut SimRng, tick_steps: Time) {
+        self.tick_interval_steps = skewed_tick_interval(rng, tick_steps);
+    }
+
+    /// Starts (or restarts) the process from what is durable.
+    pub fn start(&mut self, world: &mut World) -> Result<(), Violation> {
+        self.incarnation += 1;
+        self.config.seed = world.rng.next_u64();
+        self.pending_writes.clear();
+        self.received_snapshot = None;
+        self.role = Role::Follower;
+        self.leader = 0;
+        self.restart_at = None;
+        let raft = if self.durable.is_empty() {
+            match &self.origin {
+                Origin::Bootstrap { voters } => RaftNode::bootstrap(self.config.clone(), voters),
+                Origin::Join => RaftNode::join(self.config.clone()),
+            }
+            .map_err(|error| Violation {
+                invariant: "node starts",
+                detail: format!("node {} could not start: {error}", self.id),
+            })?
+        } else {
+            self.restore_from_disk(world)?
+        };
+        self.raft = Some(raft);
+        self.drive(world)
+    }
+
+    fn restore_from_disk(&mut self, world: &mut World) -> Result<RaftNode, Violation> {
+        let snapshot = self.durable.snapshot.clone();
+        let (snapshot_meta, kv) = match &snapshot {
+            Some((meta, data)) => {
+                let kv = KvStore::decode_snapshot(data).map_err(|error| Violation {
+                    invariant: "snapshot data",
+                    detail: format!(
+                        "node {}'s durable snapshot does not decode: {error}",
+                        self.id
+                    ),
+                })?;
+                (Some(meta.clone()), kv)
+            }
+            None => (None, KvStore::default()),
+        };
+        let base_index = snapshot_meta.as_ref().map_or(0, |m| m.index);
+        let base_term = snapshot_meta.as_ref().map_or(0, |m| m.term);
+        let base_fingerprint = world
+            .checker
+            .written_fingerprint(base_index, base_term)
+            .ok_or_else(|| Violation {
+                invariant: "log matching",
+                detail: format!(
+                    "node {} holds a snapshot at (index {base_index}, term {base_term}) that no node ever wrote",
+                    self.id
+                ),
+            })?;
+        self.mirror = LogMirror::default();
+        self.mirror
+            .reset_to(base_index, base_term, base_fingerprint);
+        let digests = entry_digests(&self.durable.entries);
+        world
+            .checker
+            .observe_append(self.id, &mut self.mirror, &digests, None)?;
+        self.kv = kv;
+        self.last_snapshot_index = base_index;
+        let hard_state = self.durable.hard_state;
+        self.term = hard_state.term;
+        world.trace.event(world.now, || {
+            format!(
+                "n{} restarts from disk: {hard_state:?}, snapshot {base_index}, entries ({base_index}, {}]",
+                self.id,
+                self.mirror.last_index()
+            )
+        });
+        let state = RestoreState {
+            hard_state,
+            snapshot: snapshot_meta,
+            entries: self.durable.entries.clone(),
+            applied: base_index,
+        };
+        RaftNode::restore(self.config.clone(), state).map_err(|error| Violation {
+            invariant: "restart from durable state",
+            detail: format!("node {} refused its own durable state: {error}", self.id),
+        })
+    }
+
+    /// Crash: everything not yet durable is lost, as is all volatile state.
+    pub fn crash(&mut self, world: &mut World, restart_at: Time) {
+        self.raft = None;
+        let lost = self.pending_writes.len();
+        self.pending_writes.clear();
+        self.received_snapshot = None;
+        self.kv = KvStore::default();
+        self.role = Role::Follower;
+        self.leader = 0;
+        self.restart_at = Some(restart_at);
+        world.trace.event(world.now, || {
+            format!(
+                "n{} CRASHES ({lost} writes not yet durable are lost)",
+                self.id
+            )
+        });
+        world.fail_requests_at(self.id);
+    }
+
+    pub fn tick(&mut self, world: &mut World) -> Result<(), Violation> {
+        self.next_tick_at = world.now + self.tick_interval_steps;
+        if let Some(raft) = self.raft.as_mut() {
+            raft.tick();
+        }
+        self.drive(world)
+    }
+
+    /// Delivers a message from the network.
+    pub fn receive(&mut self, world: &mut World, message: SimMessage) -> Result<(), Violation> {
+        let Some(raft) = self.raft.as_mut() else {
+            return Ok(());
+        };
+        if let (MessageBody::Snapshot { meta }, Some(data)) =
+            (&message.message.body, &message.snapshot_data)
+        {
+            self.received_snapshot = Some((meta.clone(), data.clone()));
+        }
+        let description = message.message.body.name();
+        let from = message.message.from;
+        if let Err(error) = raft.step(message.message) {
+            return Err(Violation {
+                invariant: "peer input accepted",
+                detail: format!(
+                    "node {} refused a well-formed {description} from node {from}: {error}",
+                    self.id
+                ),
+            });
+        }
+        self.drive(world)
+    }
+
+    /// Runs the core until it has nothing more to say: makes due writes durable, then handles
+    /// each Ready.
+    pub fn drive(&mut self, world: &mut World) -> Result<(), Violation> {
+        loop {
+            self.complete_due_writes(world);
+            let Some(raft) = self.raft.as_mut() else {
+                return Ok(());
+            };
+            if !raft.has_ready() {
+                return Ok(());
+            }
+            let ready = raft.ready();
+            self.handle_ready(world, ready)?;
+        }
+    }
+
+    /// Makes durable every pending write whose time has come, in order, then reports it and
+    /// releases the messages that waited for it.
+    fn complete_due_writes(&mut self, world: &mut World) {
+        while self
+            .pending_writes
+            .front()
+            .is_some_and(|write| write.durable_at <= world.now)
+        {
+            let Some(write) = self.pending_writes.pop_front() else {
+                break;
+            };
+            if let Some((meta, data)) = write.snapshot {
+                // An installed snapshot replaces the whole log (Ready contract, step 2).
+                self.durable.entries.clear();
+                if meta.index > self.durable.snapshot_index() {
+                    self.durable.snapshot = Some((meta, data));
+                }
+            }
+            self.durable.append(&write.entries);
+            if let Some(hard_state) = write.hard_state {
+                self.durable.hard_state = hard_state;
+            }
+            if let (Some(number), Some(raft)) = (write.ready_number, self.raft.as_mut()) {
+                raft.on_persisted(number);
+            }
+            for message in write.persisted_messages {
+                world.send(self.id, self.incarnation, message, None);
+            }
+        }
+    }
+
+    fn handle_ready(&mut self, world: &mut World, ready: Ready) -> Result<(), Violation> {
+        let leader_before = (self.role == Role::Leader).then_some(self.term);
+        if let Some(soft) = ready.soft_state {
+            if soft.role == Role::Leader && self.role != Role::Leader {
+                world.stats.leaders_elected += 1;
+            }
+            if soft.role != self.role || soft.leader != self.leader {
+                world.trace.event(world.now, || {
+                    format!(
+                        "n{} becomes {:?} (leader n{})",
+                        self.id, soft.role, soft.leader
+                    )
+                });
+            }
+            self.role = soft.role;
+            self.leader = soft.leader;
+        }
+        let installed = match &ready.snapshot {
+            Some(meta) => Some(self.install_snapshot(world, meta)?),
+            None => None,
+        };
+        if let Some(hard_state) = ready.hard_state {
+            self.term = hard_state.term;
+        }
+        let leader_term =
+            leader_before.filter(|term| self.role == Role::Leader && *term == self.term);
+        let digests = entry_digests(&ready.entries);
+        if let (Some(first), Some(last)) = (ready.entries.first(), ready.entries.last()) {
+            world.trace.event(world.now, || {
+                format!(
+                    "n{} writes entries [{}, {}] (terms {}..{})",
+                    self.id, first.index, last.index, first.term, last.term
+                )
+            });
+        }
+        world
+            .checker
+            .observe_append(self.id, &mut self.mirror, &digests, leader_term)?;
+        if let Some(hard_state) = ready.hard_state {
+            world.checker.observe_commit(
+                self.id,
+                &self.mirror,
+                hard_state.term,
+                hard_state.commit,
+            )?;
+        }
+        if self.role == Role::Leader {
+            world.checker.observe_leader(self.id, self.term)?;
+            world
+                .checker
+                .check_leader_completeness(self.id, &self.mirror, self.term)?;
+        }
+        for message in ready.messages {
+            let data = self.snapshot_data_for(&message);
+            world.send(self.id, self.incarnation, message, data);
+        }
+        self.queue_write(
+            world,
+            &ready.hard_state,
+            installed,
+            ready.entries,
+            ready.number,
+            ready.persisted_messages,
+        );
+        self.apply(world, &ready.committed_entries)?;
+        for read in ready.read_states {
+            world.read_index_known(self.id, self.incarnation, read.ctx, read.index);
+        }
+        world.serve_reads(self.id, self.incarnation, &self.kv);
+        self.maybe_take_snapshot(world);
+        Ok(())
+    }
+
+    fn queue_write(
+        &mut self,
+        world: &mut World,
+        hard_state: &Option<HardState>,
+        snapshot: Option<(SnapshotMeta, Bytes)>,
+        entries: Vec<Entry>,
+        ready_number: u64,
+        persisted_messages: Vec<Message>,
+    ) {
+        let must_persist = hard_state.is_some() || snapshot.is_some() || !entries.is_empty();
+        if !must_persist && persisted_messages.is_empty() {
+            return;
+        }
+        let earliest = self.pending_writes.back().map_or(0, |w| w.durable_at);
+        let delay = world.rng.range(0, self.disk_delay_max_steps);
+        self.pending_writes.push_back(PendingWrite {
+            durable_at: earliest.max(world.now + delay),
+            ready_number: must_persist.then_some(ready_number),
+            hard_state: *hard_state,
+            snapshot,
+            entries,
+            persisted_messages,
+        });
+    }
+
+    /// The Ready asked to install a snapshot: it must be the one a leader sent us.
+    fn install_snapshot(
+        &mut self,
+        world: &mut World,
+        meta: &SnapshotMeta,
+    ) -> Result<(SnapshotMeta, Bytes), Violation> {
+        let data = match &self.received_snapshot {
+            Some((received, data))
+                if received.index == meta.index && received.term == meta.term =>
+            {
+                data.clone()
+            }
+            _ => {
+                return Err(Violation {
+                    invariant: "snapshot install",
+                    detail: format!(
+                        "node {} was told to install snapshot (index {}, term {}) it never received",
+                        self.id, meta.index, meta.term
+                    ),
+                });
+            }
+        };
+        let kv = KvStore::decode_snapshot(&data).map_err(|error| Violation {
+            invariant: "snapshot data",
+            detail: format!(
+                "node {} received snapshot data that does not decode: {error}",
+                self.id
+            ),
+        })?;
+        let base_fingerprint = world
+            .checker
+            .written_fingerprint(meta.index, meta.term)
+            .ok_or_else(|| Violation {
+                invariant: "snapshot install",
+                detail: format!(
+                    "node {} installs a snapshot at (index {}, term {}) that no node ever wrote",
+                    self.id, meta.index, meta.term
+                ),
+            })?;
+        world
+            .checker
+            .observe_state(self.id, meta.index, kv.fingerprint())?;
+        world.trace.event(world.now, || {
+            format!(
+                "n{} installs snapshot (index {}, term {})",
+                self.id, meta.index, meta.term
+            )
+        });
+        self.mirror
+            .reset_to(meta.index, meta.term, base_fingerprint);
+        self.kv = kv;
+        self.last_snapshot_index = meta.index;
+        Ok((meta.clone(), data))
+    }
+
+    /// The data to stream with a `Snapshot` message: this node's latest durable snapshot.
+    fn snapshot_data_for(&self, message: &Message) -> Option<Bytes> {
+        let MessageBody::Snapshot { meta } = &message.body else {
+            return None;
+        };
+        match &self.durable.snapshot {
+            Some((durable, data)) if durable.index == meta.index => Some(data.clone()),
+            _ => None,
+        }
+    }
+
+    fn apply(&mut self, world: &mut World, entries: &[Entry]) -> Result<(), Violation> {
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        for entry in entries {
+            if entry.index <= self.kv.applied_index() {
+                return Err(Violation {
+                    invariant: "apply order",
+                    detail: format!(
+                        "node {} was handed entry {} to apply after applying through {}",
+                        self.id,
+                        entry.index,
+                        self.kv.applied_index()
+                    ),
+                });
+            }
+            let previous = self
+                .mirror
+                .at(entry.index - 1)
+                .map(|(_, fingerprint)| fingerprint)
+                .or_else(|| world.checker.committed_at(entry.index - 1).map(|(_, f)| f))
+                .unwrap_or_default();
+            let fingerprint =
+                chain_fingerprint(previous, entry.index, entry.term, entry_digest(entry));
+            let applied = self.apply_entry(world, entry)?;
+            world.checker.observe_apply(
+                self.id,
+                entry.index,
+                Some(fingerprint),
+                self.kv.fingerprint(),
+            )?;
+            if let Some((request, result)) = applied {
+                world.proposal_applied(self.id, self.incarnation, request, result);
+            }
+        }
+        if let Some(raft) = self.raft.as_mut() {
+            raft.on_applied(last.index);
+        }
+        Ok(())
+    }
+
+    fn apply_entry(
+        &mut self,
+        world: &mut World,
+        entry: &Entry,
+    ) -> Result<Option<(u64, Applied)>, Violation> {
+        if entry.kind == EntryKind::ConfChange || entry.data.is_empty() {
+            self.kv.advance(entry.index);
+            if entry.kind == EntryKind::ConfChange {
+                world.trace.event(world.now, || {
+                    format!("n{} applies conf change at {}", self.id, entry.index)
+                });
+            }
+            return Ok(None);
+        }
+        let command = Command::decode(&entry.data).map_err(|error| Violation {
+            invariant: "entry data",
+            detail: format!(
+                "node {} applies entry {} whose data is not a command: {error}",
+                self.id, entry.index
+            ),
+        })?;
+        let result = self.kv.apply(entry.index, &command);
+        Ok(Some((command.request(), result)))
+    }
+
+    /// Takes a snapshot of the state machine every few dozen entries and compacts the log
+    /// behind it, so the snapshot paths (taking, sending, installing, restoring) run constantly.
+    fn maybe_take_snapshot(&mut self, world: &mut World) {
+        let applied = self.kv.applied_index();
+        if applied < self.last_snapshot_index + self.snapshot_every_entries
+            || self.pending_writes.iter().any(|w| w.snapshot.is_some())
+        {
+            return;
+        }
+        let Some(raft) = self.raft.as_mut() else {
+            return;
+        };
+        let Some(meta) = raft.snapshot_meta(applied) else {
+            return;
+        };
+        // The snapshot file is written and synced before the core hears of it.
+        self.durable.snapshot = Some((meta.clone(), self.kv.encode_snapshot()));
+        self.durable.trim_to_snapshot();
+        raft.snapshot_taken(meta);
+        // Keep a short tail of entries sometimes, so slow followers are served from the log.
+        let keep = world.rng.range(0, 20).min(applied);
+        let compact_to = applied - keep;
+        if compact_to > 0 && raft.compact(compact_to).is_ok() {
+            self.mirror.compact_to(compact_to);
+        }
+        self.last_snapshot_index = applied;
+        world.trace.event(world.now, || {
+            format!(
+                "n{} snapshots at {applied}, compacts to {compact_to}",
+                self.id
+            )
+        });
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+fn skewed_tick_interval(rng: &mut SimRng, tick_steps: Time) -> Time {
+    // Up to 20% faster or slower than the nominal tick.
+    let skew = tick_steps / 5;
+    rng.range(tick_steps - skew, tick_steps + skew).max(1)
+}
+
+pub fn entry_digest(entry: &Entry) -> u64 {
+    let mut hash = Fingerprint::new();
+    hash.write_u64(match entry.kind {
+        EntryKind::Normal => 1,
+        EntryKind::ConfChange => 2,
+    });
+    hash.write_bytes(&entry.data);
+    hash.finish()
+}
+
+fn entry_digests(entries: &[Entry]) -> Vec<(Index, Term, u64)> {
+    entries
+        .iter()
+        .map(|entry| (entry.index, entry.term, entry_digest(entry)))
+        .collect()
+}
