@@ -28,6 +28,8 @@ pub struct Progress {
     /// removed it. The leader keeps replicating to it until it has that entry, so that it
     /// learns of its removal and stops campaigning (Raft thesis §4.2.3).
     pub removed_at: Index,
+    /// Election timeouts seen since the removal committed (see `Raft::forget_removed_members`).
+    pub removed_timeouts: u32,
 }
 
 impl Progress {
@@ -43,6 +45,7 @@ impl Progress {
             inflights: Inflights::new(max_msgs, max_bytes),
             acked_round: 0,
             removed_at: 0,
+            removed_timeouts: 0,
         }
     }
 

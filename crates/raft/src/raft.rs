@@ -262,10 +262,18 @@ impl Raft {
         self.conf.current()
     }
 
-    /// A voter of the configuration in effect may campaign; a learner, a removed node or a
-    /// node that has not learned any configuration never does.
+    /// Whether this node may campaign. A voter of the configuration in effect may. So may a
+    /// voter of the previous configuration while the change that removed (or demoted) it is not
+    /// known committed: it may still be needed to elect a leader that commits the change (Raft
+    /// thesis §4.2.2); its own vote does not count then. A learner, a node whose removal is
+    /// committed, and a node that has not learned any configuration never campaign.
     fn promotable(&self) -> bool {
-        self.voters.contains(self.config.id)
+        let id = self.config.id;
+        if self.voters.contains(id) {
+            return true;
+        }
+        let last_change = self.conf.last_change_index();
+        last_change > self.log.committed() && self.conf.at(last_change - 1).is_voter(id)
     }
 
     fn next_random(&mut self) -> u64 {
@@ -504,11 +512,27 @@ impl Raft {
             // Raft thesis §3.10: a transfer that did not finish within an election timeout is
             // abandoned so that the leader can accept proposals again.
             self.lead_transferee = NO_NODE;
+            self.forget_removed_members();
         }
         if self.heartbeat_elapsed >= self.config.heartbeat_tick {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
         }
+    }
+
+    /// A removed member is forgotten once its removal is committed and it has had an election
+    /// timeout of heartbeats carrying that commit index (so it knows it was removed and never
+    /// campaigns again), or after three timeouts if it does not answer.
+    fn forget_removed_members(&mut self) {
+        let committed = self.log.committed();
+        self.progress.retain(|_, pr| {
+            if pr.removed_at == 0 || committed < pr.removed_at {
+                return true;
+            }
+            pr.removed_timeouts += 1;
+            let informed = pr.match_index >= pr.removed_at && pr.removed_timeouts >= 2;
+            !informed && pr.removed_timeouts < 3
+        });
     }
 
     /// Whether a quorum was heard from since the last check; resets the marks for the next one.
@@ -1029,10 +1053,6 @@ impl Raft {
             ProgressState::Replicate => pr.inflights.free_to(index),
         }
         let match_index = pr.match_index;
-        if pr.removed_at != 0 && match_index >= pr.removed_at {
-            self.progress.remove(&from);
-            return Ok(());
-        }
         if self.maybe_commit() {
             self.after_commit_advanced();
             self.broadcast_append();
@@ -1106,7 +1126,7 @@ impl Raft {
         }
         // Raft thesis §4.2.2: a leader that is no longer a voter steps down once the change
         // that removed it is committed.
-        if conf_committed && !self.promotable() {
+        if conf_committed && !self.voters.contains(self.config.id) {
             self.step_down_after_removal();
         }
     }

@@ -173,7 +173,7 @@ impl Cluster {
         count
     }
 
-    fn deliver_one(&mut self, message: Message) {
+    pub fn deliver_one(&mut self, message: Message) {
         let text = format_message(&message);
         let reachable = self
             .members
@@ -181,6 +181,7 @@ impl Cluster {
             .is_some_and(|member| !member.crashed);
         if !reachable || self.blocked.contains(&(message.from, message.to)) {
             self.log(format!("  dropped {text}"));
+            self.report_dropped(&message);
             return;
         }
         self.log(format!("  deliver {text}"));
@@ -193,6 +194,17 @@ impl Cluster {
         // The snapshot's data is streamed with the message; report the outcome to the sender.
         if is_snapshot && let Some(sender) = self.members.get_mut(&from) {
             sender.node.report_snapshot(to, result.is_ok());
+        }
+    }
+
+    /// A lost snapshot offer is a failed transfer: the sender's application must say so, or the
+    /// member stays in snapshot state.
+    pub fn report_dropped(&mut self, message: &Message) {
+        if matches!(message.body, MessageBody::Snapshot { .. })
+            && let Some(sender) = self.members.get_mut(&message.from)
+            && !sender.crashed
+        {
+            sender.node.report_snapshot(message.to, false);
         }
     }
 
@@ -243,7 +255,13 @@ impl Cluster {
     /// crash loses the in-memory node and the messages in flight to it).
     pub fn crash(&mut self, id: NodeId) {
         self.members.get_mut(&id).expect("no such member").crashed = true;
-        self.network.retain(|message| message.to != id);
+        let (lost, kept): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.network)
+            .into_iter()
+            .partition(|message| message.to == id || message.from == id);
+        self.network = kept;
+        for message in &lost {
+            self.report_dropped(message);
+        }
     }
 
     pub fn restart(&mut self, id: NodeId) {
