@@ -17,6 +17,54 @@ use crate::types::*;
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 
+/// Terms and indexes at or above this are refused as input: no cluster reaches them, and
+/// keeping inputs below it means `+ 1` on any of them cannot overflow.
+const MAX_SANE_NUMBER: u64 = 1 << 62;
+
+/// Whether every term and index a message carries is below [`MAX_SANE_NUMBER`].
+fn message_numbers_are_sane(message: &Message) -> bool {
+    let numbers: &[u64] = match &message.body {
+        MessageBody::PreVote {
+            last_log_index,
+            last_log_term,
+        }
+        | MessageBody::Vote {
+            last_log_index,
+            last_log_term,
+            ..
+        } => &[*last_log_index, *last_log_term],
+        MessageBody::Append {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            commit,
+        } => {
+            let entries_sane = entries
+                .iter()
+                .all(|entry| entry.index < MAX_SANE_NUMBER && entry.term < MAX_SANE_NUMBER);
+            if !entries_sane {
+                return false;
+            }
+            &[*prev_log_index, *prev_log_term, *commit]
+        }
+        MessageBody::AppendResponse {
+            index,
+            hint_index,
+            hint_term,
+            ..
+        } => &[*index, *hint_index, *hint_term],
+        MessageBody::Heartbeat { commit, .. } => &[*commit],
+        MessageBody::Snapshot { meta } => &[meta.index, meta.term],
+        MessageBody::ReadIndexResponse { index, .. } => &[*index],
+        MessageBody::PreVoteResponse { .. }
+        | MessageBody::VoteResponse { .. }
+        | MessageBody::HeartbeatResponse { .. }
+        | MessageBody::TimeoutNow
+        | MessageBody::ReadIndex { .. } => &[],
+    };
+    message.term < MAX_SANE_NUMBER && numbers.iter().all(|number| *number < MAX_SANE_NUMBER)
+}
+
 /// Why an election starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum CampaignKind {
@@ -766,6 +814,9 @@ impl Raft {
                 reason,
             })
         };
+        if !message_numbers_are_sane(message) {
+            return malformed("a term or index is beyond any reachable value");
+        }
         match &message.body {
             MessageBody::Append {
                 prev_log_index,
@@ -837,11 +888,10 @@ impl Raft {
         }
         if message.term < self.term {
             match &message.body {
-                // A leader cut off by a partition (with check-quorum or pre-vote the others'
-                // terms may have moved on without it) learns the new term from this answer.
-                MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
-                    if self.config.check_quorum || self.config.pre_vote =>
-                {
+                // Raft paper figure 2: answer a stale leader with the current term so that it
+                // steps down. It matters most for a leader cut off by a partition or removed
+                // from the configuration: no current leader will ever contact it.
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
                     self.send(
                         from,
                         MessageBody::AppendResponse {
@@ -1106,12 +1156,17 @@ impl Raft {
         if !current_term && !self.config.has_defect(DefectKind::CommitOldTermByCount) {
             return false;
         }
-        self.log.commit_to(quorum_index)
+        let previous_commit = self.log.committed();
+        let advanced = self.log.commit_to(quorum_index);
+        if advanced {
+            let released = self.term_bytes_between(previous_commit, quorum_index);
+            self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(released);
+        }
+        advanced
     }
 
     /// Work that follows a commit advance on the leader.
     fn after_commit_advanced(&mut self) {
-        self.uncommitted_bytes = self.uncommitted_size_bytes();
         if self.log.committed() >= self.term_start_index {
             self.release_reads_waiting_for_term_commit();
         }
@@ -1150,13 +1205,11 @@ impl Raft {
         self.become_follower(self.term, NO_NODE);
     }
 
-    fn uncommitted_size_bytes(&self) -> u64 {
-        let from = self
-            .log
-            .committed()
-            .max(self.term_start_index.saturating_sub(1))
-            + 1;
-        (from..=self.log.last_index())
+    /// Payload bytes of this term's entries in `(after, through]`: what a commit from `after`
+    /// to `through` releases from the uncommitted-bytes count.
+    fn term_bytes_between(&self, after: Index, through: Index) -> u64 {
+        let from = after.max(self.term_start_index.saturating_sub(1)) + 1;
+        (from..=through)
             .filter_map(|index| self.log.entry(index))
             .map(|entry| entry.data.len() as u64)
             .sum()

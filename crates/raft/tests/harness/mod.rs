@@ -114,11 +114,15 @@ impl Cluster {
         self.members[&id].node.status()
     }
 
+    /// The live leader of the highest term, if any.
     pub fn leader(&self) -> Option<NodeId> {
         self.members
             .iter()
-            .find(|(_, member)| !member.crashed && member.node.status().role == Role::Leader)
-            .map(|(id, _)| *id)
+            .filter(|(_, member)| !member.crashed)
+            .map(|(id, member)| (*id, member.node.status()))
+            .filter(|(_, status)| status.role == Role::Leader)
+            .max_by_key(|(_, status)| status.term)
+            .map(|(id, _)| id)
     }
 
     fn log(&mut self, line: impl AsRef<str>) {
@@ -222,6 +226,30 @@ impl Cluster {
             }
         }
         panic!("cluster did not stabilize");
+    }
+
+    /// Like `stabilize`, but one message at a time, stopping as soon as `done` holds.
+    pub fn stabilize_until(&mut self, done: impl Fn(&Cluster) -> bool) {
+        for _ in 0..100_000 {
+            if done(self) {
+                return;
+            }
+            let ids: Vec<NodeId> = self.members.keys().copied().collect();
+            let mut moved = false;
+            for id in ids {
+                moved |= self.process_ready(id);
+                if done(self) {
+                    return;
+                }
+            }
+            if !self.network.is_empty() {
+                let message = self.network.remove(0);
+                self.deliver_one(message);
+                moved = true;
+            }
+            assert!(moved, "the cluster went quiet before the condition held");
+        }
+        panic!("condition never reached");
     }
 
     pub fn tick(&mut self, id: NodeId, ticks: u32) {
