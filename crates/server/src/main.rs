@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use ballot::bench::BenchArgs;
 use ballot::cli::{Cli, Command, LogLevel};
 use ballot::config::ServerConfig;
 
@@ -11,8 +12,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => run_member(&cli),
-        Some(Command::Dev(_)) | Some(Command::Bench(_)) => {
-            eprintln!("ballot: this subcommand is not yet implemented");
+        Some(Command::Bench(args)) => run_bench(&args),
+        Some(Command::Dev(_)) => {
+            eprintln!("ballot: dev is not yet implemented");
             ExitCode::FAILURE
         }
     }
@@ -37,6 +39,37 @@ fn run_member(cli: &Cli) -> ExitCode {
     // (async); it is wired here once crates/server/src/server.rs provides it.
     eprintln!("ballot: server not yet implemented");
     ExitCode::FAILURE
+}
+
+fn run_bench(args: &BenchArgs) -> ExitCode {
+    let runtime = match new_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(ballot::bench::run(args)) {
+        Ok(report) if args.json => {
+            println!("{}", report.to_json());
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{}", report.to_text());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("ballot bench: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn new_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| {
+            eprintln!("ballot: cannot start the async runtime: {err}");
+            ExitCode::FAILURE
+        })
 }
 
 /// Logs go to stderr. `RUST_LOG`, when set, overrides `--log-level` for finer filtering.

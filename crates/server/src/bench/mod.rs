@@ -1,0 +1,275 @@
+//! `ballot bench`: a closed-loop load generator for any etcd v3 endpoint (Ballot or etcd).
+//!
+//! Each simulated client issues one request, waits for its answer and issues the next, so the
+//! number of clients is the number of requests in flight. Clients share `--conns` gRPC channels
+//! (HTTP/2 connections), spread round-robin over the endpoints, as etcd's own `benchmark` tool
+//! does. Latencies go into an HDR histogram per client, merged at the end.
+//!
+//! The generator shares the machine with the servers it measures, so it is written to cost little
+//! per request: keys are precomputed slices of one buffer, the value is one shared `Bytes`, the
+//! random source is a few arithmetic instructions, and counters are plain atomics.
+//!
+//! - [`workload`]: what each request is (keys, values, the operation mix).
+//! - [`driver`]: connections, client tasks, pacing, progress.
+//! - [`report`]: the summary, as text or as one JSON object.
+
+pub mod driver;
+pub mod report;
+pub mod workload;
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+pub use driver::run;
+pub use report::BenchReport;
+
+/// Flags of `ballot bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// What each request does.
+    #[arg(value_enum)]
+    pub workload: Workload,
+
+    /// Comma-separated client endpoints (host:port or http://host:port).
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pub endpoints: String,
+
+    /// Number of gRPC connections, spread round-robin over the endpoints.
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+
+    /// Number of concurrent clients (requests in flight), spread round-robin over the connections.
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+
+    /// Key size in bytes. Keys are the zero-padded decimal key number, so the size must hold the
+    /// digits of --key-space minus one.
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub val_size: usize,
+
+    /// Number of distinct keys; each request picks one uniformly at random.
+    #[arg(long, default_value_t = 100_000)]
+    pub key_space: u64,
+
+    /// How long to run (e.g. 10s, 500ms, 2m; a bare number is seconds) [default: 10s].
+    #[arg(long, value_parser = parse_duration, conflicts_with = "total")]
+    pub duration: Option<Duration>,
+
+    /// Stop after this many requests instead of after a duration.
+    #[arg(long)]
+    pub total: Option<u64>,
+
+    /// Cap on requests per second over all clients; 0 = unlimited.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+
+    /// Range consistency: l = linearizable (ReadIndex), s = serializable (local read).
+    #[arg(long, value_enum, default_value_t = Consistency::L)]
+    pub consistency: Consistency,
+
+    /// Fraction of reads in the mixed workload (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.9)]
+    pub read_ratio: f64,
+
+    /// Print one JSON object instead of the text summary (no progress bar).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The operation mix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Put a random key.
+    Put,
+    /// Range (get) a random key, with --consistency.
+    Range,
+    /// A Txn whose compare always holds and whose success branch puts a random key.
+    Txn,
+    /// Ranges and puts, with --read-ratio reads.
+    Mixed,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Put => "put",
+            Workload::Range => "range",
+            Workload::Txn => "txn",
+            Workload::Mixed => "mixed",
+        }
+    }
+}
+
+/// Read consistency, named as etcd's benchmark names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Consistency {
+    /// Linearizable.
+    L,
+    /// Serializable.
+    S,
+}
+
+impl Consistency {
+    pub fn name(self) -> &'static str {
+        match self {
+            Consistency::L => "linearizable",
+            Consistency::S => "serializable",
+        }
+    }
+}
+
+/// What stops a bench run before it starts, or leaves it without a result.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("--{flag} must be at least 1")]
+    Zero { flag: &'static str },
+    #[error("--read-ratio must be between 0 and 1, got {0}")]
+    ReadRatio(f64),
+    #[error("--endpoints names no endpoint")]
+    NoEndpoints,
+    #[error("invalid endpoint '{endpoint}': {reason}")]
+    InvalidEndpoint { endpoint: String, reason: String },
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error(
+        "--key-size {key_size} cannot hold {digits} digits of key numbers up to --key-space {key_space}"
+    )]
+    KeySizeTooSmall {
+        key_size: usize,
+        key_space: u64,
+        digits: usize,
+    },
+    #[error(
+        "--key-space {key_space} keys of --key-size {key_size} bytes exceed the {limit_bytes}-byte key table"
+    )]
+    KeyTableTooLarge {
+        key_space: u64,
+        key_size: usize,
+        limit_bytes: usize,
+    },
+    #[error("no request succeeded ({errors} failed); first error: {first_error}")]
+    NothingSucceeded { errors: u64, first_error: String },
+}
+
+impl BenchArgs {
+    /// Checks the flags that clap cannot check by itself.
+    pub fn validate(&self) -> Result<(), BenchError> {
+        for (flag, value) in [
+            ("conns", self.conns as u64),
+            ("clients", self.clients as u64),
+            ("key-size", self.key_size as u64),
+            ("key-space", self.key_space),
+        ] {
+            if value == 0 {
+                return Err(BenchError::Zero { flag });
+            }
+        }
+        if self.total == Some(0) {
+            return Err(BenchError::Zero { flag: "total" });
+        }
+        if !(0.0..=1.0).contains(&self.read_ratio) {
+            return Err(BenchError::ReadRatio(self.read_ratio));
+        }
+        Ok(())
+    }
+
+    /// The run length when neither --duration nor --total is given.
+    pub fn effective_duration(&self) -> Option<Duration> {
+        match (self.duration, self.total) {
+            (Some(duration), _) => Some(duration),
+            (None, Some(_)) => None,
+            (None, None) => Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (examples: 10s, 500ms, 2m)"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "'{text}': unknown unit '{unit}' (use ms, s, m or h)"
+            ));
+        }
+    };
+    if seconds <= 0.0 || !seconds.is_finite() {
+        return Err(format!("'{text}': the duration must be positive"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<BenchArgs, clap::Error> {
+        let argv = std::iter::once("bench").chain(args.iter().copied());
+        Wrapper::try_parse_from(argv).map(|wrapper| wrapper.bench)
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn defaults_run_put_for_ten_seconds_with_one_client() {
+        let args = parse(&["put"]).expect("valid");
+        assert_eq!(args.workload, Workload::Put);
+        assert_eq!((args.conns, args.clients), (1, 1));
+        assert_eq!(args.effective_duration(), Some(Duration::from_secs(10)));
+        args.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn total_replaces_the_default_duration_and_conflicts_with_duration() {
+        let args = parse(&["range", "--total", "500", "--consistency", "s"]).expect("valid");
+        assert_eq!(args.effective_duration(), None);
+        assert_eq!(args.consistency, Consistency::S);
+        let err = parse(&["put", "--total", "5", "--duration", "1s"]).expect_err("conflict");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn invalid_numbers_are_rejected() {
+        let zero_clients = parse(&["put", "--clients", "0"]).expect("parses");
+        assert!(matches!(
+            zero_clients.validate(),
+            Err(BenchError::Zero { flag: "clients" })
+        ));
+        let ratio = parse(&["mixed", "--read-ratio", "1.5"]).expect("parses");
+        assert!(matches!(ratio.validate(), Err(BenchError::ReadRatio(_))));
+        assert!(parse(&["scan"]).is_err());
+    }
+}
