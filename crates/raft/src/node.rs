@@ -124,8 +124,9 @@ impl RaftNode {
         self.raft.step(message)
     }
 
-    /// Starts an election now (pre-vote first when enabled). Ignored by a leader and by a node
-    /// that is not a voter.
+    /// Starts an election now (pre-vote first when enabled). Ignored by a leader, by a node
+    /// that may not campaign (not a voter), and, with lease reads, by a node that heard from a
+    /// leader within the election timeout (the lease relies on that promise).
     pub fn campaign(&mut self) {
         self.raft.campaign_now();
     }

@@ -605,6 +605,11 @@ impl Raft {
         if self.role == Role::Leader || !self.promotable() {
             return;
         }
+        // With lease reads, this node's promise not to help elect anyone while it hears from a
+        // leader covers its own candidacy too.
+        if self.config.read_only == ReadOnlyOption::LeaseBased && self.in_lease() {
+            return;
+        }
         self.start_campaign();
     }
 
@@ -1290,20 +1295,7 @@ impl Raft {
     fn broadcast_heartbeat(&mut self) {
         let lease = self.config.read_only == ReadOnlyOption::LeaseBased;
         let round = self.read_only.start_round(self.tick_count, lease);
-        let committed = self.log.committed();
-        let peers = self.peer_ids();
-        for peer in peers {
-            let match_index = self.progress.get(&peer).map_or(0, |pr| pr.match_index);
-            // A follower may lack entries up to our commit index; it may only commit what it
-            // is known to match.
-            self.send(
-                peer,
-                MessageBody::Heartbeat {
-                    commit: committed.min(match_index),
-                    read_ctx: round,
-                },
-            );
-        }
+        self.broadcast_heartbeat_round(round);
     }
 
     // ----- proposals -----
@@ -1508,6 +1500,8 @@ impl Raft {
         let committed = self.log.committed();
         for peer in self.peer_ids() {
             let match_index = self.progress.get(&peer).map_or(0, |pr| pr.match_index);
+            // A follower may lack entries up to our commit index; it may only commit what it
+            // is known to match.
             self.send(
                 peer,
                 MessageBody::Heartbeat {
