@@ -1,1 +1,47 @@
-//! placeholder
+//! `ballot-wal`: the durable home of the Raft log, the hard state and snapshots.
+//!
+//! The WAL knows nothing of Raft's roles (ARCHITECTURE.md): it stores [`LogEntry`]s,
+//! [`HardState`]s and [`SnapshotMarker`]s, which the server and the simulator convert from and to
+//! the Raft core's types.
+//!
+//! # Pieces
+//!
+//! - [`Wal`]: the log itself, synchronous and deterministic over any [`Disk`]. The simulator uses
+//!   it directly on a [`FaultyDisk`]; `append`/`truncate_suffix`/`set_hard_state`/`set_snapshot`
+//!   buffer records and [`Wal::sync`] makes them durable with one write and one `fdatasync`.
+//! - [`GroupCommitWal`]: a handle for the server, shareable across tasks, whose writer thread
+//!   gathers concurrent writes into one `sync`.
+//! - [`SnapshotStore`]: snapshot files written atomically (temp file, checksum, fsync, rename,
+//!   directory fsync), loaded newest-valid-first on start.
+//! - [`Disk`]: all file I/O; [`RealDisk`] for production, [`FaultyDisk`] for tests.
+//!
+//! # The durability contract
+//!
+//! Something is durable once the call that reports it ([`Wal::sync`] returning, a
+//! [`GroupCommitWal`] completion, the durable watch) says so, and never before. After any I/O
+//! error the WAL refuses every further call: a failed `fdatasync` may have dropped the data, so
+//! retrying it could report lost data as durable (the "fsyncgate" lesson). The node must stop.
+//!
+//! The on-disk format and recovery rules are described byte by byte in `docs/wal.md`.
+
+pub mod disk;
+mod error;
+mod group;
+mod log_shape;
+mod meta;
+pub mod record;
+mod segment;
+mod snapshot;
+mod types;
+mod wal;
+
+pub use disk::{CrashOptions, Disk, DiskFile, DiskOp, FaultyDisk, InjectedError, RealDisk};
+pub use error::{RESTORE_ADVICE, SnapshotError, WalError};
+pub use group::{Completion, GroupCommitOptions, GroupCommitWal, Write};
+pub use meta::META_FILE_NAME;
+pub use snapshot::{LoadedSnapshot, SnapshotInfo, SnapshotStore, SnapshotWriter};
+pub use types::{
+    DurableState, HardState, Index, LogEntry, Recovered, SnapshotMarker, SyncMode, Term, TornTail,
+    WalOptions,
+};
+pub use wal::{SEGMENT_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MIN, Wal};

@@ -1,0 +1,751 @@
+//! The write-ahead log proper: synchronous, single-threaded, deterministic over any [`Disk`].
+//!
+//! Records are encoded into an in-memory buffer by `append`, `truncate_suffix`,
+//! `set_hard_state` and `set_snapshot`; [`Wal::sync`] writes the buffer with one write and one
+//! `fdatasync` and only then reports it durable. The simulator drives this type directly; the
+//! server drives it through [`crate::GroupCommitWal`], which gathers concurrent callers into one
+//! `sync`.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::disk::{Disk, DiskFile};
+use crate::error::WalError;
+use crate::log_shape::{LogShape, ShapeError};
+use crate::meta;
+use crate::record::{
+    ALIGNMENT, ENTRIES_RECORD_PAYLOAD_TARGET, ENTRY_DATA_BYTES_MAX, Record, RecordRef,
+    SegmentHeader,
+};
+use crate::segment::{ScannedSegment, parse_segment_file_name, scan_segment, segment_file_name};
+use crate::types::{
+    DurableState, HardState, Index, LogEntry, Recovered, SnapshotMarker, SyncMode, TornTail,
+    WalOptions,
+};
+
+/// Largest allowed segment size: every offset in a segment must fit the header's 32 bits even
+/// with one maximal entry past the limit.
+pub const SEGMENT_SIZE_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// Smallest allowed segment size (tests use tiny segments to exercise rollover).
+pub const SEGMENT_SIZE_BYTES_MIN: u64 = 4096;
+
+#[derive(Debug)]
+struct SegmentInfo {
+    seq: u64,
+    path: PathBuf,
+    /// Index the log continued at when the segment was started.
+    start_next_index: Index,
+    /// Highest entry index written into this segment (0 if none); compaction may delete the
+    /// segment once the snapshot covers it.
+    max_entry_index: Index,
+}
+
+/// The write-ahead log. See the crate documentation for the contract.
+pub struct Wal<D: Disk> {
+    disk: D,
+    dir: PathBuf,
+    options: WalOptions,
+    /// All segments, oldest first. Invariant: never empty; the last is the active one.
+    segments: Vec<SegmentInfo>,
+    active: D::File,
+    /// Bytes of the active segment handed to the disk (written, maybe not yet synced).
+    active_written_len: u64,
+    /// Offset in the active segment where its preamble ends; a segment holding nothing more is
+    /// never rolled over, so a record larger than a segment still finds a home.
+    active_preamble_end: u64,
+    /// Encoded records not yet handed to the disk.
+    buffer: Vec<u8>,
+    /// Offset where the current (unsynced) write batch began, if one is open.
+    batch_start: Option<u64>,
+    /// Bytes were written since the last sync.
+    unsynced_data: bool,
+    /// A segment was created since the last directory sync.
+    unsynced_dir: bool,
+    /// The log including everything buffered.
+    shape: LogShape,
+    durable: DurableState,
+    /// Set by the first I/O error: every later call fails (a failed fsync is never retried).
+    poisoned: Option<String>,
+}
+
+impl<D: Disk> std::fmt::Debug for Wal<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("segments", &self.segments.len())
+            .field("durable", &self.durable)
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> WalError + 'a {
+    move |source| WalError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn invalid(error: ShapeError) -> WalError {
+    WalError::InvalidRequest(format!("expected {}, got {}", error.expected, error.found))
+}
+
+fn validate_options(options: &WalOptions) -> Result<(), WalError> {
+    let size = options.segment_size_bytes;
+    if !(SEGMENT_SIZE_BYTES_MIN..=SEGMENT_SIZE_BYTES_MAX).contains(&size) {
+        return Err(WalError::InvalidRequest(format!(
+            "segment_size_bytes must be in {SEGMENT_SIZE_BYTES_MIN}..={SEGMENT_SIZE_BYTES_MAX}, got {size}"
+        )));
+    }
+    Ok(())
+}
+
+/// What replaying the existing segments produced.
+struct Replayed {
+    segments: Vec<SegmentInfo>,
+    shape: LogShape,
+    /// Length of the valid prefix of the last segment and, if its tail was torn, where.
+    last_valid_len: u64,
+    last_torn_at: Option<u64>,
+    last_file_len: u64,
+}
+
+impl<D: Disk> Wal<D> {
+    /// Opens (creating if needed) the WAL in `dir` and recovers its content.
+    ///
+    /// Refuses a directory of another cluster or member, cuts off a torn tail (logging file and
+    /// offset), and fails with [`WalError::Corrupt`] on any damage before the tail.
+    pub fn open(disk: D, dir: &Path, options: WalOptions) -> Result<(Wal<D>, Recovered), WalError> {
+        validate_options(&options)?;
+        if options.sync_mode == SyncMode::UnsafeNoFsync {
+            tracing::warn!(
+                dir = %dir.display(),
+                "WAL opened with sync mode unsafe-no-fsync: nothing is fsynced, acknowledged \
+                 writes WILL be lost on power failure or kernel crash; use only for benchmarks"
+            );
+        }
+        disk.create_dir_all(dir)
+            .map_err(io_error("create directory", dir))?;
+        meta::claim_or_check(&disk, dir, options.cluster_id, options.member_id)?;
+        let names = disk
+            .list_dir(dir)
+            .map_err(io_error("list directory", dir))?;
+        let mut seqs: Vec<u64> = names
+            .iter()
+            .filter_map(|name| parse_segment_file_name(name))
+            .collect();
+        seqs.sort_unstable();
+        if seqs.is_empty() {
+            return Self::create_fresh(disk, dir, options);
+        }
+        let replayed = replay(&disk, dir, &options, &seqs)?;
+        Self::resume(disk, dir, options, replayed)
+    }
+
+    fn create_fresh(
+        disk: D,
+        dir: &Path,
+        options: WalOptions,
+    ) -> Result<(Wal<D>, Recovered), WalError> {
+        let path = dir.join(segment_file_name(1));
+        let active = disk
+            .create_file(&path)
+            .map_err(io_error("create segment", &path))?;
+        let mut wal = Wal {
+            disk,
+            dir: dir.to_path_buf(),
+            options,
+            segments: vec![SegmentInfo {
+                seq: 1,
+                path,
+                start_next_index: 1,
+                max_entry_index: 0,
+            }],
+            active,
+            active_written_len: 0,
+            active_preamble_end: 0,
+            buffer: Vec::new(),
+            batch_start: None,
+            unsynced_data: false,
+            unsynced_dir: true,
+            shape: LogShape::starting_at(1, false),
+            durable: DurableState::default(),
+            poisoned: None,
+        };
+        wal.write_preamble(1);
+        wal.sync()?;
+        Ok((wal, Recovered::default()))
+    }
+
+    /// Repairs the tail of the last segment and opens it for appending.
+    fn resume(
+        disk: D,
+        dir: &Path,
+        options: WalOptions,
+        mut replayed: Replayed,
+    ) -> Result<(Wal<D>, Recovered), WalError> {
+        let mut torn_tail = None;
+        let last_path = replayed.segments[replayed.segments.len() - 1].path.clone();
+        if let Some(offset) = replayed.last_torn_at {
+            tracing::warn!(
+                file = %last_path.display(),
+                offset,
+                dropped_bytes = replayed.last_file_len - offset,
+                "WAL recovery: cutting off a torn record at the tail (a crash interrupted its write; \
+                 it was never reported durable)"
+            );
+            torn_tail = Some(TornTail {
+                path: last_path.clone(),
+                offset,
+                dropped_bytes: replayed.last_file_len - offset,
+            });
+        }
+        let mut active = disk
+            .open_append(&last_path)
+            .map_err(io_error("open segment", &last_path))?;
+        let mut active_len = replayed.last_valid_len;
+        if active_len < replayed.last_file_len {
+            active
+                .truncate(active_len)
+                .map_err(io_error("truncate torn tail", &last_path))?;
+        }
+        // A crash can also cut only the zero padding of the last valid record; restore it so
+        // records keep starting at aligned offsets.
+        let padding = (ALIGNMENT - active_len as usize % ALIGNMENT) % ALIGNMENT;
+        if padding > 0 {
+            active
+                .append(&[0; ALIGNMENT][..padding])
+                .map_err(io_error("pad segment", &last_path))?;
+            active_len += padding as u64;
+        }
+        if active_len != replayed.last_file_len || padding > 0 {
+            active
+                .sync_data()
+                .map_err(io_error("sync repaired segment", &last_path))?;
+        }
+        let (last_index, last_term) = replayed.shape.last();
+        let mut shape = replayed.shape;
+        let recovered = Recovered {
+            hard_state: shape.hard_state,
+            snapshot: shape.snapshot.clone(),
+            entries: shape.take_entries(),
+            torn_tail,
+        };
+        let durable = DurableState {
+            last_index,
+            last_term,
+            hard_state: shape.hard_state,
+            snapshot_index: shape.snapshot_index(),
+            snapshot_term: shape.snapshot.as_ref().map_or(0, |s| s.term),
+            syncs: 0,
+        };
+        let mut wal = Wal {
+            disk,
+            dir: dir.to_path_buf(),
+            options,
+            segments: std::mem::take(&mut replayed.segments),
+            active,
+            active_written_len: active_len,
+            active_preamble_end: 0,
+            buffer: Vec::new(),
+            batch_start: None,
+            unsynced_data: false,
+            unsynced_dir: false,
+            shape,
+            durable,
+            poisoned: None,
+        };
+        if active_len == 0 {
+            // The segment lost its header in the crash: write it again.
+            let seq = wal.segments[wal.segments.len() - 1].seq;
+            wal.write_preamble(seq);
+            wal.sync()?;
+        }
+        Ok((wal, recovered))
+    }
+
+    fn check_usable(&self) -> Result<(), WalError> {
+        match &self.poisoned {
+            Some(cause) => Err(WalError::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the WAL unusable after an I/O error and returns the error.
+    fn poison(&mut self, error: WalError) -> WalError {
+        tracing::error!(%error, "WAL failed; it is now unusable and the node must stop");
+        self.poisoned = Some(error.to_string());
+        error
+    }
+
+    /// Appends entries (buffered until [`Wal::sync`]).
+    ///
+    /// `entries` must be consecutive. If the first index is at or below the last index, the
+    /// conflicting suffix is removed first by a truncation record (Raft §5.3); it must stay above
+    /// the snapshot's index.
+    pub fn append(&mut self, entries: &[LogEntry]) -> Result<(), WalError> {
+        self.check_usable()?;
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        if let Some(big) = entries
+            .iter()
+            .find(|entry| entry.data.len() > ENTRY_DATA_BYTES_MAX)
+        {
+            return Err(WalError::InvalidRequest(format!(
+                "entry {} has {} bytes of data, more than the {ENTRY_DATA_BYTES_MAX} allowed",
+                big.index,
+                big.data.len()
+            )));
+        }
+        // Validate everything before writing anything, so a refused request leaves no trace.
+        let conflicting_suffix = first.index < self.shape.next_index();
+        if conflicting_suffix {
+            self.shape.check_truncate(first.index).map_err(invalid)?;
+        }
+        self.shape
+            .check_consecutive(
+                entries,
+                if conflicting_suffix {
+                    first.index
+                } else {
+                    self.shape.next_index()
+                },
+            )
+            .map_err(invalid)?;
+        if conflicting_suffix {
+            self.truncate_suffix(first.index)?;
+        }
+        let mut chunk_start = 0;
+        let mut chunk_bytes = 0;
+        for (position, entry) in entries.iter().enumerate() {
+            chunk_bytes += entry.data.len() + 16;
+            let last = position + 1 == entries.len();
+            if chunk_bytes >= ENTRIES_RECORD_PAYLOAD_TARGET || last {
+                let chunk = &entries[chunk_start..=position];
+                self.push_record(RecordRef::Entries(chunk))?;
+                self.shape.append(chunk);
+                let segment = self.segments.len() - 1;
+                self.segments[segment].max_entry_index = entry.index;
+                chunk_start = position + 1;
+                chunk_bytes = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the entries from `from_index` on by writing a truncation record (old bytes are
+    /// never rewritten). Buffered until [`Wal::sync`].
+    pub fn truncate_suffix(&mut self, from_index: Index) -> Result<(), WalError> {
+        self.check_usable()?;
+        self.shape.check_truncate(from_index).map_err(invalid)?;
+        self.push_record(RecordRef::Truncate { from_index })?;
+        self.shape.truncate(from_index);
+        Ok(())
+    }
+
+    /// Records a new hard state (buffered until [`Wal::sync`]); a repeat of the last one is
+    /// skipped.
+    pub fn set_hard_state(&mut self, hard_state: HardState) -> Result<(), WalError> {
+        self.check_usable()?;
+        if hard_state == self.shape.hard_state {
+            return Ok(());
+        }
+        self.push_record(RecordRef::HardState(&hard_state))?;
+        self.shape.hard_state = hard_state;
+        Ok(())
+    }
+
+    /// Records that a snapshot through `marker.index` is durable in the snapshot store (save it
+    /// there first). If the log holds entry `marker.index` with `marker.term` the entries after
+    /// it stay; otherwise the log is discarded and continues at `marker.index + 1` (Raft §7).
+    pub fn set_snapshot(&mut self, marker: SnapshotMarker) -> Result<(), WalError> {
+        self.check_usable()?;
+        if marker.index == 0 {
+            return Err(WalError::InvalidRequest(
+                "a snapshot marker needs an index >= 1".into(),
+            ));
+        }
+        self.push_record(RecordRef::Snapshot(&marker))?;
+        self.shape.apply_snapshot(marker).map_err(invalid)
+    }
+
+    /// Writes everything buffered with one write and makes it durable with one `fdatasync` (and
+    /// a directory sync if a segment was created), then reports the new durable state.
+    ///
+    /// Any error is fatal: the WAL becomes unusable.
+    pub fn sync(&mut self) -> Result<&DurableState, WalError> {
+        self.check_usable()?;
+        self.flush()?;
+        if self.options.sync_mode == SyncMode::Always {
+            if self.unsynced_data {
+                let path = self.active_path().to_path_buf();
+                if let Err(error) = self.active.sync_data() {
+                    return Err(self.poison(io_error("fdatasync", &path)(error)));
+                }
+            }
+            if self.unsynced_dir
+                && let Err(error) = self.disk.sync_dir(&self.dir)
+            {
+                let dir = self.dir.clone();
+                return Err(self.poison(io_error("sync directory", &dir)(error)));
+            }
+            // A new batch starts after every sync; see `record` for why recovery needs this.
+            self.batch_start = None;
+        }
+        self.unsynced_data = false;
+        self.unsynced_dir = false;
+        let (last_index, last_term) = self.shape.last();
+        self.durable = DurableState {
+            last_index,
+            last_term,
+            hard_state: self.shape.hard_state,
+            snapshot_index: self.shape.snapshot_index(),
+            snapshot_term: self.shape.snapshot.as_ref().map_or(0, |s| s.term),
+            syncs: self.durable.syncs + 1,
+        };
+        Ok(&self.durable)
+    }
+
+    /// Deletes whole segments whose entries are all at or below `through_index` and the durable
+    /// snapshot's index, oldest first, keeping at least the active segment. Returns how many
+    /// were deleted. Syncs first, so the preamble of the segment that becomes the oldest is
+    /// durable before anything it replaces is deleted.
+    pub fn compact(&mut self, through_index: Index) -> Result<usize, WalError> {
+        self.check_usable()?;
+        if !self.buffer.is_empty() || self.unsynced_data || self.unsynced_dir {
+            self.sync()?;
+        }
+        let limit = through_index.min(self.durable.snapshot_index);
+        let mut removed = 0;
+        while self.segments.len() > 1 && self.segments[0].max_entry_index <= limit {
+            let path = self.segments[0].path.clone();
+            if let Err(error) = self.disk.remove_file(&path) {
+                return Err(self.poison(io_error("remove segment", &path)(error)));
+            }
+            // Removing in order, each made durable before the next, means a crash leaves a
+            // contiguous run of segments, never one with a hole.
+            if self.options.sync_mode == SyncMode::Always
+                && let Err(error) = self.disk.sync_dir(&self.dir)
+            {
+                let dir = self.dir.clone();
+                return Err(self.poison(io_error("sync directory", &dir)(error)));
+            }
+            self.segments.remove(0);
+            removed += 1;
+        }
+        self.shape.forget_below(self.segments[0].start_next_index);
+        Ok(removed)
+    }
+
+    /// What is durable (as of the last successful [`Wal::sync`]).
+    pub fn durable_state(&self) -> &DurableState {
+        &self.durable
+    }
+
+    /// The last index written (durable or not) and its term.
+    pub fn last_index_and_term(&self) -> (Index, u64) {
+        self.shape.last()
+    }
+
+    /// The latest hard state written (durable or not).
+    pub fn hard_state(&self) -> HardState {
+        self.shape.hard_state
+    }
+
+    /// The latest snapshot marker written (durable or not).
+    pub fn snapshot(&self) -> Option<&SnapshotMarker> {
+        self.shape.snapshot.as_ref()
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The directory the WAL lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether an earlier error made the WAL unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    /// Bytes buffered and not yet handed to the disk.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+
+    fn active_path(&self) -> &Path {
+        &self.segments[self.segments.len() - 1].path
+    }
+
+    fn push_record(&mut self, record: RecordRef<'_>) -> Result<(), WalError> {
+        let used = self.active_written_len + self.buffer.len() as u64;
+        if used + record.encoded_len() as u64 > self.options.segment_size_bytes
+            && used > self.active_preamble_end
+        {
+            self.roll()?;
+        }
+        self.encode(record);
+        if self.buffer.len() >= self.options.write_buffer_bytes_max {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn encode(&mut self, record: RecordRef<'_>) {
+        let offset = self.active_written_len + self.buffer.len() as u64;
+        let batch_start = *self.batch_start.get_or_insert(offset);
+        let batch_start = u32::try_from(batch_start)
+            .unwrap_or_else(|_| panic!("segment offset {batch_start} exceeds 32 bits; segment size is capped so this cannot happen"));
+        record.encode(batch_start, &mut self.buffer);
+    }
+
+    fn flush(&mut self) -> Result<(), WalError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        if let Err(error) = self.active.append(&self.buffer) {
+            let path = self.active_path().to_path_buf();
+            return Err(self.poison(io_error("write", &path)(error)));
+        }
+        self.active_written_len += self.buffer.len() as u64;
+        self.buffer.clear();
+        self.unsynced_data = true;
+        Ok(())
+    }
+
+    /// Closes the active segment (synced whole, so only the last segment can have a torn tail)
+    /// and starts the next one with a preamble.
+    fn roll(&mut self) -> Result<(), WalError> {
+        self.flush()?;
+        if self.options.sync_mode == SyncMode::Always && self.unsynced_data {
+            if let Err(error) = self.active.sync_data() {
+                let path = self.active_path().to_path_buf();
+                return Err(self.poison(io_error("fdatasync", &path)(error)));
+            }
+            self.unsynced_data = false;
+        }
+        let seq = self.segments[self.segments.len() - 1].seq + 1;
+        let path = self.dir.join(segment_file_name(seq));
+        match self.disk.create_file(&path) {
+            Ok(file) => self.active = file,
+            Err(error) => return Err(self.poison(io_error("create segment", &path)(error))),
+        }
+        self.segments.push(SegmentInfo {
+            seq,
+            path,
+            start_next_index: self.shape.next_index(),
+            max_entry_index: 0,
+        });
+        self.active_written_len = 0;
+        self.batch_start = None;
+        self.unsynced_dir = true;
+        self.write_preamble(seq);
+        Ok(())
+    }
+
+    /// Every segment starts with its header, the latest snapshot marker and the latest hard
+    /// state, so deleting older segments never loses them.
+    fn write_preamble(&mut self, seq: u64) {
+        let header = SegmentHeader {
+            seq,
+            next_index: self.shape.next_index(),
+            cluster_id: self.options.cluster_id,
+            member_id: self.options.member_id,
+        };
+        self.encode(RecordRef::SegmentHeader(&header));
+        if let Some(marker) = self.shape.snapshot.clone() {
+            self.encode(RecordRef::Snapshot(&marker));
+        }
+        if self.shape.hard_state != HardState::default() {
+            let hard_state = self.shape.hard_state;
+            self.encode(RecordRef::HardState(&hard_state));
+        }
+        self.active_preamble_end = self.buffer.len() as u64;
+    }
+}
+
+/// Replays all segments in order into the log they describe.
+fn replay<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    options: &WalOptions,
+    seqs: &[u64],
+) -> Result<Replayed, WalError> {
+    let mut segments = Vec::with_capacity(seqs.len());
+    let mut shape: Option<LogShape> = None;
+    let mut last = (0, None, 0);
+    for (position, seq) in seqs.iter().copied().enumerate() {
+        let path = dir.join(segment_file_name(seq));
+        if let Some(previous) = segments.last().map(|s: &SegmentInfo| s.seq)
+            && seq != previous + 1
+        {
+            return Err(WalError::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                expected: format!("segment {} after segment {previous}", previous + 1),
+                found: format!("segment {seq}: segments in between are missing"),
+            });
+        }
+        let bytes = disk
+            .read_file(&path)
+            .map_err(io_error("read segment", &path))?;
+        let file_len = bytes.len() as u64;
+        let is_last = position + 1 == seqs.len();
+        let scanned = scan_segment(&path, Bytes::from(bytes), is_last)?;
+        if is_last && scanned.records.is_empty() && shape.is_some() {
+            // The newest segment lost even its header: it was being created when the node
+            // crashed and holds nothing that was ever reported durable.
+            tracing::warn!(
+                file = %path.display(),
+                "WAL recovery: removing the newest segment, whose header never became durable"
+            );
+            disk.remove_file(&path)
+                .map_err(io_error("remove segment", &path))?;
+            disk.sync_dir(dir)
+                .map_err(io_error("sync directory", dir))?;
+            break;
+        }
+        if scanned.records.is_empty() && seq != 1 {
+            return Err(WalError::Corrupt {
+                path,
+                offset: 0,
+                expected: "a segment header".into(),
+                found: "a lone segment without a valid header".into(),
+            });
+        }
+        let info = replay_segment(&path, seq, options, &scanned, &mut shape)?;
+        segments.push(info);
+        last = (scanned.valid_len, scanned.torn_at, file_len);
+    }
+    let shape = match shape {
+        Some(shape) => shape,
+        None => LogShape::starting_at(1, true),
+    };
+    check_coverage(dir, &shape)?;
+    Ok(Replayed {
+        segments,
+        shape,
+        last_valid_len: last.0,
+        last_torn_at: last.1,
+        last_file_len: last.2,
+    })
+}
+
+fn replay_segment(
+    path: &Path,
+    seq: u64,
+    options: &WalOptions,
+    scanned: &ScannedSegment,
+    shape: &mut Option<LogShape>,
+) -> Result<SegmentInfo, WalError> {
+    let corrupt = |offset: u64, expected: String, found: String| WalError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        expected,
+        found,
+    };
+    let mut records = scanned.records.iter();
+    let mut info = SegmentInfo {
+        seq,
+        path: path.to_path_buf(),
+        start_next_index: 1,
+        max_entry_index: 0,
+    };
+    match records.next() {
+        Some((offset, Record::SegmentHeader(header))) => {
+            let expected = (seq, options.cluster_id, options.member_id);
+            let found = (header.seq, header.cluster_id, header.member_id);
+            if expected != found {
+                return Err(corrupt(
+                    *offset,
+                    format!("segment header (seq, cluster, member) = {expected:?}"),
+                    format!("{found:?}"),
+                ));
+            }
+            let log = shape.get_or_insert_with(|| LogShape::starting_at(header.next_index, true));
+            if header.next_index != log.next_index() {
+                return Err(corrupt(
+                    *offset,
+                    format!("a segment continuing the log at index {}", log.next_index()),
+                    format!("a segment header saying index {}", header.next_index),
+                ));
+            }
+            info.start_next_index = header.next_index;
+        }
+        Some((offset, other)) => {
+            return Err(corrupt(
+                *offset,
+                "a segment header first".into(),
+                record_name(other).to_string(),
+            ));
+        }
+        None => {
+            // A last segment torn before its header was handled by the caller; an empty
+            // segment 1 of a WAL that never synced anything starts an empty log.
+            shape.get_or_insert_with(|| LogShape::starting_at(1, true));
+            return Ok(info);
+        }
+    }
+    let Some(log) = shape.as_mut() else {
+        unreachable!("the header above created the log shape");
+    };
+    for (offset, record) in records {
+        let result = match record {
+            Record::SegmentHeader(_) => Err(ShapeError {
+                expected: "one segment header, at offset 0".into(),
+                found: "another segment header".into(),
+            }),
+            Record::Entries(entries) => log.check_append(entries).map(|()| {
+                log.append(entries);
+                info.max_entry_index = entries.last().map_or(0, |entry| entry.index);
+            }),
+            Record::HardState(hard_state) => {
+                log.hard_state = *hard_state;
+                Ok(())
+            }
+            Record::Truncate { from_index } => log
+                .check_truncate(*from_index)
+                .map(|()| log.truncate(*from_index)),
+            Record::Snapshot(marker) => log.apply_snapshot(marker.clone()),
+        };
+        result.map_err(|error| corrupt(*offset, error.expected, error.found))?;
+    }
+    Ok(info)
+}
+
+fn record_name(record: &Record) -> &'static str {
+    match record {
+        Record::SegmentHeader(_) => "a segment header",
+        Record::Entries(_) => "an entries record",
+        Record::HardState(_) => "a hard state record",
+        Record::Truncate { .. } => "a truncation record",
+        Record::Snapshot(_) => "a snapshot marker",
+    }
+}
+
+/// The log must reach back to the snapshot (or to index 1 without one): anything else means
+/// segments holding needed entries were lost.
+fn check_coverage(dir: &Path, shape: &LogShape) -> Result<(), WalError> {
+    let needed_from = shape.snapshot_index() + 1;
+    if shape.first_known() > needed_from {
+        return Err(WalError::Corrupt {
+            path: dir.to_path_buf(),
+            offset: 0,
+            expected: format!("log entries from index {needed_from} (just after the snapshot)"),
+            found: format!(
+                "the oldest segment starts at index {}: segments were lost",
+                shape.first_known()
+            ),
+        });
+    }
+    Ok(())
+}
