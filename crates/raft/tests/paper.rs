@@ -601,3 +601,31 @@ fn a_conflicting_suffix_that_carried_a_configuration_change_reverts_it() {
         "reverted with the suffix"
     );
 }
+
+/// Thesis §6.4: a leader cut off from the quorum cannot confirm a read; with the test-only
+/// defect it answers anyway (a stale read once another leader is elected).
+#[test]
+fn section_6_4_a_partitioned_leader_cannot_confirm_a_read() {
+    for defect in [false, true] {
+        if defect && !cfg!(feature = "defects") {
+            continue;
+        }
+        let template = Config {
+            #[cfg(feature = "defects")]
+            defect: if defect {
+                Defect::ReadWithoutQuorum
+            } else {
+                Defect::None
+            },
+            ..quiet_config()
+        };
+        let mut cluster = elected(template);
+        cluster.propose(1, "x").expect("leader");
+        cluster.stabilize();
+        cluster.partition(&[vec![1], vec![2, 3]]);
+        cluster.node(1).read_index(7).expect("leader accepts reads");
+        cluster.stabilize();
+        let answered = !cluster.members[&1].read_states.is_empty();
+        assert_eq!(answered, defect, "defect {defect}: answered {answered}");
+    }
+}
