@@ -161,19 +161,41 @@ impl LogShape {
         }
     }
 
-    /// Records a snapshot through `marker.index`. Following Raft §7, if the log holds the
-    /// snapshot's last entry with the same term, the entries after it stay; otherwise the whole
+    /// Whether a snapshot through `marker.index` keeps the log after it: following Raft §7,
+    /// the entries after it stay if the log holds the snapshot's last entry with the same term
+    /// (or the index is below what the log still knows, an older snapshot); otherwise the whole
     /// log is discarded and continues after the snapshot.
-    pub fn apply_snapshot(&mut self, marker: SnapshotMarker) -> Result<(), ShapeError> {
+    pub fn snapshot_keeps_log(&self, marker: &SnapshotMarker) -> bool {
+        marker.index < self.first_known || self.term_at(marker.index) == Some(marker.term)
+    }
+
+    /// Records a snapshot through `marker.index`, keeping or discarding the log as decided by
+    /// [`LogShape::snapshot_keeps_log`] when it was written.
+    pub fn apply_snapshot(
+        &mut self,
+        marker: SnapshotMarker,
+        keeps_log: bool,
+    ) -> Result<(), ShapeError> {
         if marker.index == 0 {
             return Err(ShapeError {
                 expected: "a snapshot index >= 1".into(),
                 found: "index 0".into(),
             });
         }
-        let below_window = marker.index < self.first_known;
-        let matches = self.term_at(marker.index) == Some(marker.term);
-        if !below_window && !matches {
+        if keeps_log {
+            let known_term = self.term_at(marker.index);
+            let consistent = known_term == Some(marker.term)
+                || (marker.index < self.first_known && known_term.is_none());
+            if !consistent {
+                return Err(ShapeError {
+                    expected: format!(
+                        "a snapshot keeping the log to match entry {} (term {:?})",
+                        marker.index, known_term
+                    ),
+                    found: format!("snapshot term {}", marker.term),
+                });
+            }
+        } else {
             self.first_known = marker.index + 1;
             self.next_index = marker.index + 1;
             self.term_runs.clear();
@@ -258,7 +280,8 @@ mod tests {
     fn snapshot_with_matching_entry_keeps_the_suffix_section_7() {
         let mut log = LogShape::starting_at(1, true);
         log.append(&entries(1, &[1, 1, 2]));
-        log.apply_snapshot(marker(2, 1)).expect("valid");
+        assert!(log.snapshot_keeps_log(&marker(2, 1)));
+        log.apply_snapshot(marker(2, 1), true).expect("valid");
         assert_eq!(log.next_index(), 4);
         assert_eq!(log.term_at(3), Some(2));
     }
@@ -267,19 +290,29 @@ mod tests {
     fn snapshot_with_conflicting_or_missing_entry_discards_the_log_section_7() {
         let mut log = LogShape::starting_at(1, true);
         log.append(&entries(1, &[1, 1, 2]));
-        log.apply_snapshot(marker(2, 5)).expect("valid");
+        assert!(!log.snapshot_keeps_log(&marker(2, 5)));
+        log.apply_snapshot(marker(2, 5), false).expect("valid");
         assert_eq!((log.first_known(), log.next_index()), (3, 3));
         assert_eq!(log.last(), (2, 5));
-        log.apply_snapshot(marker(10, 6)).expect("valid");
+        assert!(!log.snapshot_keeps_log(&marker(10, 6)));
+        log.apply_snapshot(marker(10, 6), false).expect("valid");
         assert_eq!(log.next_index(), 11);
         assert!(log.take_entries().is_empty());
+    }
+
+    #[test]
+    fn a_kept_log_must_hold_the_snapshot_entry() {
+        let mut log = LogShape::starting_at(1, true);
+        log.append(&entries(1, &[1, 1]));
+        assert!(log.apply_snapshot(marker(2, 9), true).is_err());
+        assert!(log.apply_snapshot(marker(5, 1), true).is_err());
     }
 
     #[test]
     fn truncation_below_the_snapshot_or_past_the_end_is_refused() {
         let mut log = LogShape::starting_at(1, false);
         log.append(&entries(1, &[1, 1, 1]));
-        log.apply_snapshot(marker(2, 1)).expect("valid");
+        log.apply_snapshot(marker(2, 1), true).expect("valid");
         assert!(log.check_truncate(2).is_err());
         assert!(log.check_truncate(5).is_err());
         assert!(log.check_truncate(3).is_ok());

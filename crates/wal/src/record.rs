@@ -59,7 +59,13 @@ pub enum Record {
     Truncate {
         from_index: Index,
     },
-    Snapshot(SnapshotMarker),
+    /// `keeps_log`: whether the entries after the snapshot's index stayed (the log held the
+    /// snapshot's last entry with its term) or the whole log was discarded (Raft §7). The writer
+    /// decides and records it, because replay may no longer see the entries that decided it.
+    Snapshot {
+        marker: SnapshotMarker,
+        keeps_log: bool,
+    },
 }
 
 /// A record to encode, borrowing its content.
@@ -68,8 +74,13 @@ pub enum RecordRef<'a> {
     SegmentHeader(&'a SegmentHeader),
     Entries(&'a [LogEntry]),
     HardState(&'a HardState),
-    Truncate { from_index: Index },
-    Snapshot(&'a SnapshotMarker),
+    Truncate {
+        from_index: Index,
+    },
+    Snapshot {
+        marker: &'a SnapshotMarker,
+        keeps_log: bool,
+    },
 }
 
 /// A record read from a segment.
@@ -121,7 +132,7 @@ impl RecordRef<'_> {
             RecordRef::Entries(_) => KIND_ENTRIES,
             RecordRef::HardState(_) => KIND_HARD_STATE,
             RecordRef::Truncate { .. } => KIND_TRUNCATE,
-            RecordRef::Snapshot(_) => KIND_SNAPSHOT,
+            RecordRef::Snapshot { .. } => KIND_SNAPSHOT,
         }
     }
 
@@ -137,7 +148,7 @@ impl RecordRef<'_> {
             }
             RecordRef::HardState(_) => 3 * 8,
             RecordRef::Truncate { .. } => 8,
-            RecordRef::Snapshot(marker) => 8 + 8 + 4 + marker.meta.len(),
+            RecordRef::Snapshot { marker, .. } => 8 + 8 + 4 + 4 + marker.meta.len(),
         }
     }
 
@@ -171,9 +182,10 @@ impl RecordRef<'_> {
                 buf.put_u64_le(hard_state.commit);
             }
             RecordRef::Truncate { from_index } => buf.put_u64_le(*from_index),
-            RecordRef::Snapshot(marker) => {
+            RecordRef::Snapshot { marker, keeps_log } => {
                 buf.put_u64_le(marker.index);
                 buf.put_u64_le(marker.term);
+                buf.put_u32_le(u32::from(*keeps_log));
                 buf.put_u32_le(marker.meta.len() as u32);
                 buf.put_slice(&marker.meta);
             }
@@ -305,9 +317,22 @@ fn decode_payload(kind: u8, mut payload: Bytes) -> Result<Record, DecodeError> {
         KIND_SNAPSHOT => {
             let index = take_u64(&mut payload, "snapshot index")?;
             let term = take_u64(&mut payload, "snapshot term")?;
+            let keeps_log = match take_u32(&mut payload, "snapshot log flag")? {
+                0 => false,
+                1 => true,
+                other => {
+                    return Err(DecodeError::invalid(
+                        "a snapshot log flag of 0 or 1",
+                        format!("{other}"),
+                    ));
+                }
+            };
             let meta_len = take_u32(&mut payload, "snapshot meta length")? as usize;
             let meta = take(&mut payload, meta_len, "snapshot meta")?;
-            Record::Snapshot(SnapshotMarker { index, term, meta })
+            Record::Snapshot {
+                marker: SnapshotMarker { index, term, meta },
+                keeps_log,
+            }
         }
         other => {
             return Err(DecodeError::invalid(
@@ -434,8 +459,14 @@ mod tests {
                 Record::Truncate { from_index: 4 },
             ),
             (
-                RecordRef::Snapshot(&marker),
-                Record::Snapshot(marker.clone()),
+                RecordRef::Snapshot {
+                    marker: &marker,
+                    keeps_log: true,
+                },
+                Record::Snapshot {
+                    marker: marker.clone(),
+                    keeps_log: true,
+                },
             ),
         ];
         let mut buf = Vec::new();

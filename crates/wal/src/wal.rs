@@ -34,8 +34,6 @@ pub const SEGMENT_SIZE_BYTES_MIN: u64 = 4096;
 struct SegmentInfo {
     seq: u64,
     path: PathBuf,
-    /// Index the log continued at when the segment was started.
-    start_next_index: Index,
     /// Highest entry index written into this segment (0 if none); compaction may delete the
     /// segment once the snapshot covers it.
     max_entry_index: Index,
@@ -160,7 +158,6 @@ impl<D: Disk> Wal<D> {
             segments: vec![SegmentInfo {
                 seq: 1,
                 path,
-                start_next_index: 1,
                 max_entry_index: 0,
             }],
             active,
@@ -370,8 +367,14 @@ impl<D: Disk> Wal<D> {
                 "a snapshot marker needs an index >= 1".into(),
             ));
         }
-        self.push_record(RecordRef::Snapshot(&marker))?;
-        self.shape.apply_snapshot(marker).map_err(invalid)
+        let keeps_log = self.shape.snapshot_keeps_log(&marker);
+        self.push_record(RecordRef::Snapshot {
+            marker: &marker,
+            keeps_log,
+        })?;
+        self.shape
+            .apply_snapshot(marker, keeps_log)
+            .map_err(invalid)
     }
 
     /// Writes everything buffered with one write and makes it durable with one `fdatasync` (and
@@ -438,7 +441,8 @@ impl<D: Disk> Wal<D> {
             self.segments.remove(0);
             removed += 1;
         }
-        self.shape.forget_below(self.segments[0].start_next_index);
+        // Entries through `limit` are covered by the snapshot; their terms are no longer needed.
+        self.shape.forget_below(limit + 1);
         Ok(removed)
     }
 
@@ -542,7 +546,6 @@ impl<D: Disk> Wal<D> {
         self.segments.push(SegmentInfo {
             seq,
             path,
-            start_next_index: self.shape.next_index(),
             max_entry_index: 0,
         });
         self.active_written_len = 0;
@@ -563,7 +566,11 @@ impl<D: Disk> Wal<D> {
         };
         self.encode(RecordRef::SegmentHeader(&header));
         if let Some(marker) = self.shape.snapshot.clone() {
-            self.encode(RecordRef::Snapshot(&marker));
+            // Repeating the marker changes nothing: the log after it is already as it decided.
+            self.encode(RecordRef::Snapshot {
+                marker: &marker,
+                keeps_log: true,
+            });
         }
         if self.shape.hard_state != HardState::default() {
             let hard_state = self.shape.hard_state;
@@ -657,7 +664,6 @@ fn replay_segment(
     let mut info = SegmentInfo {
         seq,
         path: path.to_path_buf(),
-        start_next_index: 1,
         max_entry_index: 0,
     };
     match records.next() {
@@ -679,7 +685,6 @@ fn replay_segment(
                     format!("a segment header saying index {}", header.next_index),
                 ));
             }
-            info.start_next_index = header.next_index;
         }
         Some((offset, other)) => {
             return Err(corrupt(
@@ -715,7 +720,9 @@ fn replay_segment(
             Record::Truncate { from_index } => log
                 .check_truncate(*from_index)
                 .map(|()| log.truncate(*from_index)),
-            Record::Snapshot(marker) => log.apply_snapshot(marker.clone()),
+            Record::Snapshot { marker, keeps_log } => {
+                log.apply_snapshot(marker.clone(), *keeps_log)
+            }
         };
         result.map_err(|error| corrupt(*offset, error.expected, error.found))?;
     }
@@ -728,7 +735,7 @@ fn record_name(record: &Record) -> &'static str {
         Record::Entries(_) => "an entries record",
         Record::HardState(_) => "a hard state record",
         Record::Truncate { .. } => "a truncation record",
-        Record::Snapshot(_) => "a snapshot marker",
+        Record::Snapshot { .. } => "a snapshot marker",
     }
 }
 
