@@ -1,0 +1,266 @@
+//! The group-commit writer: concurrent writers share syncs, completions and the durable watch
+//! report durability, and a failure reaches every waiter and every later caller.
+
+mod common;
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex as StdMutex};
+
+use ballot_wal::{
+    Disk, DiskFile, DiskOp, FaultyDisk, GroupCommitOptions, GroupCommitWal, HardState,
+    InjectedError, Wal, WalError, Write,
+};
+use common::{entry, open, options};
+use tokio::sync::Mutex;
+
+fn spawn(disk: &FaultyDisk) -> GroupCommitWal {
+    let (wal, _) = open(disk, 1 << 20).expect("open");
+    GroupCommitWal::spawn(wal, GroupCommitOptions::default()).expect("spawn")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_all_become_durable_in_order() {
+    let disk = FaultyDisk::new();
+    let wal = spawn(&disk);
+    // Indexes are handed out in channel order, as the Raft loop would.
+    let next_index = Arc::new(Mutex::new(1u64));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let wal = wal.clone();
+        let next_index = Arc::clone(&next_index);
+        tasks.push(tokio::spawn(async move {
+            let mut last = 0;
+            for _ in 0..20 {
+                let completion = {
+                    let mut next = next_index.lock().await;
+                    let write = Write {
+                        entries: vec![entry(*next, 1, &[7; 64])],
+                        ..Write::default()
+                    };
+                    let index = *next;
+                    *next += 1;
+                    let completion = wal.submit(write).await.expect("submit");
+                    last = index;
+                    completion
+                };
+                let durable = completion.wait().await.expect("durable");
+                assert!(
+                    durable.last_index >= last,
+                    "completion after the write is durable"
+                );
+            }
+            last
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    let durable = wal.durable().borrow().clone();
+    assert_eq!(durable.last_index, 640);
+    wal.shutdown().await.expect("shutdown");
+    let (_, recovered) = open(&disk, 1 << 20).expect("reopen");
+    assert_eq!(recovered.entries.len(), 640);
+}
+
+/// A disk whose `fdatasync` waits at a gate, so a test can hold the writer inside a sync while
+/// more writes queue up.
+#[derive(Clone)]
+struct GateDisk {
+    inner: FaultyDisk,
+    gate: Arc<(StdMutex<Gate>, Condvar)>,
+}
+
+#[derive(Default)]
+struct Gate {
+    closed: bool,
+    syncs_waiting: usize,
+}
+
+struct GateFile {
+    inner: <FaultyDisk as Disk>::File,
+    gate: Arc<(StdMutex<Gate>, Condvar)>,
+}
+
+impl Disk for GateDisk {
+    type File = GateFile;
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list_dir(dir)
+    }
+    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.inner.read_file(path)
+    }
+    fn open_reader(&self, path: &Path) -> io::Result<Box<dyn io::Read + Send>> {
+        self.inner.open_reader(path)
+    }
+    fn create_file(&self, path: &Path) -> io::Result<GateFile> {
+        Ok(GateFile {
+            inner: self.inner.create_file(path)?,
+            gate: Arc::clone(&self.gate),
+        })
+    }
+    fn open_append(&self, path: &Path) -> io::Result<GateFile> {
+        Ok(GateFile {
+            inner: self.inner.open_append(path)?,
+            gate: Arc::clone(&self.gate),
+        })
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+}
+
+impl DiskFile for GateFile {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.inner.append(buf)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        let (lock, condvar) = &*self.gate;
+        let mut gate = lock.lock().expect("gate lock");
+        gate.syncs_waiting += 1;
+        condvar.notify_all();
+        while gate.closed {
+            gate = condvar.wait(gate).expect("gate lock");
+        }
+        gate.syncs_waiting -= 1;
+        drop(gate);
+        self.inner.sync_data()
+    }
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.inner.truncate(len)
+    }
+}
+
+#[test]
+fn writes_queued_during_a_sync_share_the_next_sync() {
+    let gate = Arc::new((StdMutex::new(Gate::default()), Condvar::new()));
+    let disk = GateDisk {
+        inner: FaultyDisk::new(),
+        gate: Arc::clone(&gate),
+    };
+    let (wal, _) = Wal::open(disk, Path::new("/data/wal"), options(1 << 20)).expect("open");
+    let syncs_at_open = wal.durable_state().syncs;
+    let wal = GroupCommitWal::spawn(wal, GroupCommitOptions::default()).expect("spawn");
+    gate.0.lock().expect("gate lock").closed = true;
+    let first = wal
+        .submit_blocking(Write {
+            entries: vec![entry(1, 1, b"first")],
+            ..Write::default()
+        })
+        .expect("submit");
+    {
+        // Wait until the writer is inside the sync of the first write.
+        let (lock, condvar) = &*gate;
+        let mut state = lock.lock().expect("gate lock");
+        while state.syncs_waiting == 0 {
+            state = condvar.wait(state).expect("gate lock");
+        }
+    }
+    let queued: Vec<_> = (2..=100)
+        .map(|index| {
+            wal.submit_blocking(Write {
+                entries: vec![entry(index, 1, b"queued")],
+                ..Write::default()
+            })
+            .expect("submit")
+        })
+        .collect();
+    {
+        let (lock, condvar) = &*gate;
+        lock.lock().expect("gate lock").closed = false;
+        condvar.notify_all();
+    }
+    assert_eq!(first.wait_blocking().expect("durable").last_index, 1);
+    let mut last = None;
+    for completion in queued {
+        last = Some(completion.wait_blocking().expect("durable"));
+    }
+    let last = last.expect("99 completions");
+    assert_eq!(last.last_index, 100);
+    assert_eq!(
+        last.syncs - syncs_at_open,
+        2,
+        "one sync for the first write, one for the 99 that queued behind it"
+    );
+}
+
+#[tokio::test]
+async fn a_detached_write_is_reported_on_the_durable_watch() {
+    let disk = FaultyDisk::new();
+    let wal = spawn(&disk);
+    let mut durable = wal.durable();
+    wal.submit_detached(Write {
+        entries: vec![entry(1, 1, b"a"), entry(2, 1, b"b")],
+        hard_state: Some(HardState {
+            term: 1,
+            vote: 1,
+            commit: 0,
+        }),
+        snapshot: None,
+    })
+    .await
+    .expect("submit");
+    let state = durable
+        .wait_for(|state| state.last_index >= 2)
+        .await
+        .expect("watch open")
+        .clone();
+    assert_eq!((state.last_index, state.last_term), (2, 1));
+    assert_eq!(state.hard_state.vote, 1);
+    wal.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_failed_sync_fails_every_waiter_and_every_later_call() {
+    let disk = FaultyDisk::new();
+    let wal = spawn(&disk);
+    wal.append(Write {
+        entries: vec![entry(1, 1, b"a")],
+        ..Write::default()
+    })
+    .await
+    .expect("first write");
+    disk.inject(DiskOp::Sync, InjectedError::Eio);
+    let error = wal
+        .append(Write {
+            entries: vec![entry(2, 1, b"b")],
+            ..Write::default()
+        })
+        .await
+        .expect_err("EIO reaches the waiter");
+    assert!(error.to_string().contains("fdatasync"), "{error}");
+    let later = wal
+        .append(Write {
+            entries: vec![entry(3, 1, b"c")],
+            ..Write::default()
+        })
+        .await
+        .expect_err("the WAL is unusable");
+    assert!(matches!(later, WalError::Poisoned { .. }), "{later}");
+    assert!(wal.failure().is_some());
+    let mut durable = wal.durable();
+    durable.borrow_and_update();
+    assert!(durable.changed().await.is_err(), "the watch closes");
+}
+
+#[test]
+fn blocking_callers_work_without_a_runtime() {
+    let disk = FaultyDisk::new();
+    let wal = spawn(&disk);
+    let state = wal
+        .append_blocking(Write {
+            entries: vec![entry(1, 1, b"a")],
+            ..Write::default()
+        })
+        .expect("durable");
+    assert_eq!(state.last_index, 1);
+}
