@@ -143,7 +143,7 @@ impl RaftLog {
 
     /// Appends entries that continue the log or replace a suffix of it. The first entry's
     /// index must be in `committed + 1 ..= last_index() + 1`.
-    pub fn append(&mut self, entries: &[Entry]) {
+    pub fn append(&mut self, entries: Vec<Entry>) {
         let Some(first) = entries.first() else {
             return;
         };
@@ -161,7 +161,7 @@ impl RaftLog {
             entries.first().map(|entry| entry.term) >= Some(self.last_term()),
             "appended terms must not decrease"
         );
-        self.entries.extend(entries.iter().cloned());
+        self.entries.extend(entries);
     }
 
     /// Appends owned entries at the end (the leader's proposals).
@@ -375,7 +375,7 @@ mod tests {
     fn truncation_moves_persisted_back_until_the_replacement_is_durable() {
         let mut log = RaftLog::restored(0, 0, entries(1, &[1, 1, 1]));
         assert_eq!(log.persisted(), 3);
-        log.append(&entries(2, &[2]));
+        log.append(entries(2, &[2]));
         assert_eq!(log.persisted(), 1);
         assert_eq!(log.take_unstable(), entries(2, &[2]));
         log.record_write(7, 2, 2);
@@ -390,13 +390,13 @@ mod tests {
         // 2..=3 at term 1 again (same index and term as Ready 1). Ready 1 being durable must
         // not make index 3 count as durable while Ready 2's truncation is still in flight.
         let mut log = RaftLog::restored(0, 0, entries(1, &[1]));
-        log.append(&entries(2, &[1, 1]));
+        log.append(entries(2, &[1, 1]));
         log.take_unstable();
         log.record_write(1, 2, 3);
-        log.append(&entries(2, &[2]));
+        log.append(entries(2, &[2]));
         log.take_unstable();
         log.record_write(2, 2, 2);
-        log.append(&entries(2, &[3, 3]));
+        log.append(entries(2, &[3, 3]));
         log.take_unstable();
         log.record_write(3, 2, 3);
         log.on_persisted(1);

@@ -462,16 +462,19 @@ impl Raft {
     /// Appends entries received from the leader, replacing a conflicting suffix; configuration
     /// changes in the replaced suffix are reverted (Raft thesis §4.1: the configuration in
     /// effect is the latest in the log, committed or not).
-    fn append_from_leader(&mut self, entries: &[Entry]) {
+    fn append_from_leader(&mut self, entries: Vec<Entry>) {
         let Some(first) = entries.first() else {
             return;
         };
         let mut conf_changed = self.conf.truncate_from(first.index);
+        let changes: Vec<(Index, Bytes)> = entries
+            .iter()
+            .filter(|entry| entry.kind == EntryKind::ConfChange)
+            .map(|entry| (entry.index, entry.data.clone()))
+            .collect();
         self.log.append(entries);
-        for entry in entries {
-            if entry.kind == EntryKind::ConfChange {
-                conf_changed |= self.conf.push_entry(entry.index, &entry.data);
-            }
+        for (index, data) in changes {
+            conf_changed |= self.conf.push_entry(index, &data);
         }
         if conf_changed {
             self.on_conf_changed();
@@ -755,7 +758,7 @@ impl Raft {
                 commit,
             } => {
                 self.follow(from)?;
-                return self.handle_append(from, prev_log_index, prev_log_term, &entries, commit);
+                return self.handle_append(from, prev_log_index, prev_log_term, entries, commit);
             }
             MessageBody::Heartbeat { commit, read_ctx } => {
                 self.follow(from)?;
@@ -978,7 +981,7 @@ impl Raft {
         from: NodeId,
         prev_log_index: Index,
         prev_log_term: Term,
-        entries: &[Entry],
+        entries: Vec<Entry>,
         leader_commit: Index,
     ) -> Result<(), StepError> {
         let committed = self.log.committed();
@@ -1004,7 +1007,7 @@ impl Raft {
             return Ok(());
         }
         let last_new_index = prev_log_index + entries.len() as Index;
-        let conflict = self.log.find_conflict(entries);
+        let conflict = self.log.find_conflict(&entries);
         if conflict != 0 {
             if conflict <= committed {
                 return Err(StepError::ConflictsWithCommitted {
@@ -1013,7 +1016,9 @@ impl Raft {
                 });
             }
             let start = (conflict - prev_log_index - 1) as usize;
-            self.append_from_leader(&entries[start..]);
+            let mut entries = entries;
+            entries.drain(..start);
+            self.append_from_leader(entries);
         }
         // Only what this message proved to match may be committed: our log may hold more
         // entries after it that the leader has not vouched for.
