@@ -132,10 +132,6 @@ pub enum RestoreError {
         term: Term,
         prev_term: Term,
     },
-    #[error("hard state term {term} is below the last entry's term {last_term}")]
-    TermBelowLog { term: Term, last_term: Term },
-    #[error("commit index {commit} is beyond the last log index {last_index}")]
-    CommitBeyondLog { commit: Index, last_index: Index },
     #[error("applied index {applied} is outside [{snapshot_index}, {last_index}]")]
     AppliedOutOfRange {
         applied: Index,

@@ -37,12 +37,14 @@ pub struct RestoreState {
 ///    safe to send early. A `Snapshot { meta }` message means: stream the data of the
 ///    application's latest snapshot (the one described by `meta`) to `to`, then call
 ///    [`RaftNode::report_snapshot`].
-/// 2. **Persists**, in this order: `snapshot` (if `Some`: install the snapshot data received for
-///    this meta and make it durable; it replaces the whole log), then `entries` (if
+/// 2. **Persists** `snapshot` (if `Some`: install the snapshot data received for this meta and
+///    make it durable; it replaces the whole log), `hard_state` (if `Some`) and `entries` (if
 ///    `entries[0].index` is at or below the last stored index, first truncate the stored log
-///    from that index on, then append), then `hard_state` (if `Some`). A crash may lose a
-///    suffix of what was written but must never keep a later write while losing an earlier
-///    one.
+///    from that index on, then append), best atomically, else in this order. A crash may lose
+///    a suffix of what was written but must never keep a later Ready's write while losing an
+///    earlier one's. (Restore tolerates the other order within one Ready: a commit index
+///    beyond the durable log is cut back, and a hard state lost behind entries of a newer term
+///    yields that term with [`UNKNOWN_VOTE`].)
 /// 3. **Only after this Ready and every earlier Ready are durable**, sends
 ///    `persisted_messages` (vote grants and rejections, append and snapshot acknowledgements:
 ///    each promises that something is on disk) and calls [`RaftNode::on_persisted`] with
@@ -90,7 +92,8 @@ impl RaftNode {
     /// A brand-new member of a brand-new cluster. The first Ready carries one ConfChange entry
     /// at index 1, term 1 that adds all `voters` (identical on every initial member, so log
     /// matching holds), already committed; the application persists and applies it like any
-    /// other entry.
+    /// other entry. A member that crashes before that first Ready is durable must bootstrap
+    /// again, not restore (an empty durable state restores as a joining member).
     pub fn bootstrap(config: Config, voters: &[NodeId]) -> Result<RaftNode, ConfigError> {
         Ok(RaftNode {
             raft: Raft::bootstrap(config, voters)?,

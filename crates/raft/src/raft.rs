@@ -261,12 +261,13 @@ impl Raft {
             prev_term = entry.term;
         }
         let last_index = prev_index;
-        let hard_state = state.hard_state;
+        let mut hard_state = state.hard_state;
         if hard_state.term < prev_term {
-            return Err(RestoreError::TermBelowLog {
-                term: hard_state.term,
-                last_term: prev_term,
-            });
+            // Entries of a later term survived but the hard state written with them did not
+            // (the application wrote entries first and crashed in between). The term is known
+            // from the log; whether this node voted in it is not, so it votes for nobody in it.
+            hard_state.term = prev_term;
+            hard_state.vote = UNKNOWN_VOTE;
         }
         if state.applied < offset || state.applied > last_index {
             return Err(RestoreError::AppliedOutOfRange {
@@ -276,11 +277,14 @@ impl Raft {
             });
         }
         // Entries the state machine applied were committed, even if the durable commit index
-        // lags behind (it is written lazily).
-        let commit = hard_state.commit.max(state.applied).max(offset);
-        if commit > last_index {
-            return Err(RestoreError::CommitBeyondLog { commit, last_index });
-        }
+        // lags behind (it is written lazily). A commit index beyond the durable log (its hard
+        // state outlived entries written after it) is only a hint: those entries were committed
+        // by other members and come back from the leader.
+        let commit = hard_state
+            .commit
+            .max(state.applied)
+            .max(offset)
+            .min(last_index);
         let lease = config.read_only == ReadOnlyOption::LeaseBased;
         let conf_entries: Vec<(Index, Bytes)> = state
             .entries

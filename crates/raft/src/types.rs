@@ -12,6 +12,9 @@ pub type Index = u64;
 
 /// The identity that stands for "nobody".
 pub const NO_NODE: NodeId = 0;
+/// The vote recorded when a restart finds that this node may have voted in its current term
+/// but the record was lost; it matches no candidate, so the node votes for nobody in that term.
+pub const UNKNOWN_VOTE: NodeId = NodeId::MAX;
 
 /// What a log entry carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -549,12 +549,20 @@ fn restore_rebuilds_the_configuration_from_the_snapshot_and_the_log() {
         RaftNode::restore(quiet_config(), gap),
         Err(RestoreError::NotContiguous { .. })
     ));
-    let mut beyond = state;
-    beyond.hard_state.commit = 12;
-    assert!(matches!(
-        RaftNode::restore(quiet_config(), beyond),
-        Err(RestoreError::CommitBeyondLog { .. })
-    ));
+    // A commit index beyond the durable log is a hint and is cut back; a lost hard state
+    // behind a durable entry of a later term yields that term and no vote in it.
+    let mut torn = state;
+    torn.hard_state = HardState {
+        term: 2,
+        vote: 1,
+        commit: 12,
+    };
+    let node = RaftNode::restore(quiet_config(), torn).expect("valid");
+    let status = node.status();
+    assert_eq!(
+        (status.term, status.vote, status.commit),
+        (3, UNKNOWN_VOTE, 11)
+    );
 }
 
 #[test]
