@@ -149,6 +149,7 @@ fn run_seed(seed: u64, steps: usize, template: Config) {
     template.election_tick = 5;
     template.heartbeat_tick = 1;
     let mut cluster = Cluster::new(3, template);
+    cluster.async_persist = rng.chance(50);
     for id in 4..=5 {
         cluster.add_joiner(id);
     }
@@ -219,8 +220,13 @@ fn run_seed(seed: u64, steps: usize, template: Config) {
                 cluster.partition(&[vec![a], rest]);
             }
             50..=51 => cluster.heal(),
-            52..=60 | 64 => {
+            52..=58 => {
                 cluster.process_ready(id);
+            }
+            59..=60 | 64 => {
+                if !cluster.members[&id].crashed {
+                    cluster.flush(id, 1 + rng.below(3) as usize);
+                }
             }
             65..=69 => {
                 for id in &ids {
@@ -343,12 +349,15 @@ fn random_clusters_stay_safe() {
 
 /// The checks above are real: the core built with a deliberate defect fails them within a
 /// bounded number of seeds. (The commit-rule and read defects need rarer interleavings and are
-/// shown deterministically in `paper.rs`; acknowledging before persisting needs the
-/// simulator's asynchronous disk.)
+/// shown deterministically in `paper.rs`.)
 #[cfg(feature = "defects")]
 #[test]
 fn random_clusters_catch_deliberate_defects() {
-    let defects = [Defect::VoteIgnoresLog, Defect::VoteTwiceInTerm];
+    let defects = [
+        Defect::VoteIgnoresLog,
+        Defect::VoteTwiceInTerm,
+        Defect::AckBeforePersist,
+    ];
     let quiet_panics = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let mut missed = Vec::new();

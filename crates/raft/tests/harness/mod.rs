@@ -46,6 +46,12 @@ pub struct Member {
     pub applied_index: Index,
     pub read_states: Vec<ReadState>,
     pub crashed: bool,
+    /// With asynchronous persistence: Readys handed out but not yet durable, in order (only
+    /// their snapshot, hard state, entries and persisted messages are kept).
+    pub pending_writes: std::collections::VecDeque<Ready>,
+    /// The initial voters for a bootstrapped member (bootstrapped again if it crashes before its
+    /// first Ready is durable).
+    pub bootstrap_voters: Option<Vec<NodeId>>,
 }
 
 pub struct Cluster {
@@ -56,6 +62,9 @@ pub struct Cluster {
     pub blocked: BTreeSet<(NodeId, NodeId)>,
     pub template: Config,
     pub trace: String,
+    /// When set, a Ready's writes become durable only when `flush` says so, and a crash loses
+    /// whatever was not flushed; otherwise every Ready is durable as soon as it is handled.
+    pub async_persist: bool,
 }
 
 impl Cluster {
@@ -68,11 +77,15 @@ impl Cluster {
             blocked: BTreeSet::new(),
             template,
             trace: String::new(),
+            async_persist: false,
         };
         for &id in &voters {
             let config = cluster.config_for(id);
             let node = RaftNode::bootstrap(config.clone(), &voters).expect("valid bootstrap");
             cluster.insert(id, node, config);
+            if let Some(member) = cluster.members.get_mut(&id) {
+                member.bootstrap_voters = Some(voters.clone());
+            }
         }
         cluster
     }
@@ -95,6 +108,8 @@ impl Cluster {
                 applied_index: 0,
                 read_states: Vec::new(),
                 crashed: false,
+                pending_writes: std::collections::VecDeque::new(),
+                bootstrap_voters: None,
             },
         );
     }
@@ -140,10 +155,10 @@ impl Cluster {
         if member.crashed || !member.node.has_ready() {
             return false;
         }
-        let ready = member.node.ready();
-        member.store.apply_ready(&ready);
+        let mut ready = member.node.ready();
         if let Some(meta) = &ready.snapshot {
             member.applied_index = meta.index;
+            member.applied.retain(|index, _| *index <= meta.index);
         }
         for entry in &ready.committed_entries {
             assert_eq!(
@@ -155,13 +170,39 @@ impl Cluster {
             member.applied.insert(entry.index, entry.clone());
         }
         member.read_states.extend(ready.read_states.iter().copied());
-        member.node.on_persisted(ready.number);
         member.node.on_applied(member.applied_index);
         let text = format_ready(id, &ready);
-        self.network.extend(ready.messages);
-        self.network.extend(ready.persisted_messages);
+        self.network.append(&mut ready.messages);
+        let write = Ready {
+            messages: Vec::new(),
+            committed_entries: Vec::new(),
+            read_states: Vec::new(),
+            ..ready
+        };
+        member.pending_writes.push_back(write);
         self.log(text);
+        if !self.async_persist {
+            self.flush(id, usize::MAX);
+        }
         true
+    }
+
+    /// Makes the oldest `count` pending writes of `id` durable, reports them and releases the
+    /// messages that waited for them.
+    pub fn flush(&mut self, id: NodeId, count: usize) {
+        let member = self.members.get_mut(&id).expect("no such member");
+        let mut last_number = None;
+        for _ in 0..count {
+            let Some(write) = member.pending_writes.pop_front() else {
+                break;
+            };
+            member.store.apply_ready(&write);
+            last_number = Some(write.number);
+            self.network.extend(write.persisted_messages);
+        }
+        if let Some(number) = last_number {
+            member.node.on_persisted(number);
+        }
     }
 
     /// Delivers every message in flight (to `only` if given) once, in order.
@@ -219,6 +260,8 @@ impl Cluster {
             let mut moved = false;
             for id in ids {
                 moved |= self.process_ready(id);
+                moved |= !self.members[&id].pending_writes.is_empty();
+                self.flush(id, usize::MAX);
             }
             moved |= self.deliver(None) > 0;
             if !moved {
@@ -282,7 +325,9 @@ impl Cluster {
     /// Loses everything not yet durable (nothing: this harness persists synchronously, so a
     /// crash loses the in-memory node and the messages in flight to it).
     pub fn crash(&mut self, id: NodeId) {
-        self.members.get_mut(&id).expect("no such member").crashed = true;
+        let member = self.members.get_mut(&id).expect("no such member");
+        member.crashed = true;
+        member.pending_writes.clear();
         let (lost, kept): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.network)
             .into_iter()
             .partition(|message| message.to == id || message.from == id);
@@ -301,7 +346,15 @@ impl Cluster {
             entries: member.store.entries.clone(),
             applied,
         };
-        member.node = RaftNode::restore(member.config.clone(), state).expect("restore");
+        let nothing_durable = state.hard_state == HardState::default()
+            && state.snapshot.is_none()
+            && state.entries.is_empty();
+        member.node = match (&member.bootstrap_voters, nothing_durable) {
+            (Some(voters), true) => {
+                RaftNode::bootstrap(member.config.clone(), voters).expect("valid bootstrap")
+            }
+            _ => RaftNode::restore(member.config.clone(), state).expect("restore"),
+        };
         member.applied.retain(|index, _| *index <= applied);
         member.applied_index = applied;
         member.crashed = false;
