@@ -115,6 +115,71 @@ fn later_batch_after(bytes: &Bytes, bad_offset: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::RecordRef;
+    use crate::types::LogEntry;
+    use proptest::prelude::*;
+
+    fn two_batches() -> Vec<u8> {
+        let first = [LogEntry {
+            index: 1,
+            term: 1,
+            kind: 0,
+            data: Bytes::from_static(b"one"),
+        }];
+        let second = [LogEntry {
+            index: 2,
+            term: 1,
+            kind: 0,
+            data: Bytes::from_static(b"two"),
+        }];
+        let mut buf = Vec::new();
+        RecordRef::Entries(&first).encode(0, &mut buf);
+        let second_batch = buf.len() as u32;
+        RecordRef::Entries(&second).encode(second_batch, &mut buf);
+        buf
+    }
+
+    #[test]
+    fn damage_followed_by_a_later_batch_is_corruption_but_a_damaged_last_batch_is_a_torn_tail() {
+        let path = Path::new("/seg");
+        let mut first_damaged = two_batches();
+        first_damaged[20] ^= 1;
+        let error = scan_segment(path, Bytes::from(first_damaged), true).expect_err("corrupt");
+        assert!(
+            matches!(error, WalError::Corrupt { offset: 0, .. }),
+            "{error}"
+        );
+        let mut last_damaged = two_batches();
+        let len = last_damaged.len();
+        last_damaged[len - 10] ^= 1;
+        let scanned = scan_segment(path, Bytes::from(last_damaged), true).expect("torn tail");
+        assert_eq!(scanned.records.len(), 1);
+        assert!(scanned.torn_at.is_some());
+    }
+
+    proptest! {
+        #[test]
+        fn scanning_arbitrary_bytes_never_panics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..1024),
+            is_last in any::<bool>(),
+        ) {
+            let _ = scan_segment(Path::new("/seg"), Bytes::from(bytes), is_last);
+        }
+
+        #[test]
+        fn scanning_damaged_segments_never_panics(
+            flips in proptest::collection::vec((any::<usize>(), 0u8..8), 0..6),
+            cut in any::<usize>(),
+        ) {
+            let mut bytes = two_batches();
+            for (position, bit) in flips {
+                let position = position % bytes.len();
+                bytes[position] ^= 1 << bit;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            let _ = scan_segment(Path::new("/seg"), Bytes::from(bytes), true);
+        }
+    }
 
     #[test]
     fn segment_names_round_trip_and_reject_strangers() {

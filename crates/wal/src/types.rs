@@ -83,6 +83,8 @@ impl WalOptions {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DurableState {
     /// Index of the last durable log entry (0 if the log is empty and no snapshot exists).
+    /// It can go down when a truncation or a log-discarding snapshot became durable; always
+    /// pass it on together with `last_term` (Raft's `on_persisted` ignores a stale term).
     pub last_index: Index,
     /// Term of that entry (or of the snapshot if the log after it is empty).
     pub last_term: Term,
