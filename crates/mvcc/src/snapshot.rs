@@ -1,0 +1,315 @@
+//! Snapshots: the whole state as one deterministic byte stream.
+//!
+//! Format (all integers little-endian; version 1):
+//!
+//! ```text
+//! magic "BALLOTMV" | u32 format version
+//! u64 last_applied | i64 current_revision | i64 compact_revision
+//! u64 lease count, then per lease ascending by ID:
+//!     i64 id | i64 ttl_secs | i64 remaining_ttl_secs
+//! u64 key count, then per key ascending:
+//!     u32 key length | key | u32 version count, then per version oldest first:
+//!         i64 main | u32 sub | i64 create_revision | i64 version | i64 lease
+//!         | u32 value length | value
+//! u32 CRC32C of everything before it
+//! ```
+//!
+//! Every collection is written in key order from ordered maps, so the same
+//! state always gives the same bytes. Lease key sets and the revision log
+//! are derived state, rebuilt on restore. The configuration is not part of
+//! the snapshot: it is the node's, and must match across replicas.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{self, Write};
+
+use bytes::Bytes;
+
+use crate::error::SnapshotError;
+use crate::history::{KeyHistory, Version};
+use crate::store::{Change, Lease, Store, StoreConfig};
+
+const MAGIC: &[u8; 8] = b"BALLOTMV";
+const FORMAT_VERSION: u32 = 1;
+
+/// A writer that checksums what passes through it.
+struct Crc<W> {
+    inner: W,
+    crc: u32,
+}
+
+impl<W: Write> Crc<W> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.inner.write_all(bytes)
+    }
+
+    fn put_len(&mut self, len: usize) -> io::Result<()> {
+        let len = u32::try_from(len).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a key, value or history exceeds u32 length",
+            )
+        })?;
+        self.put(&len.to_le_bytes())
+    }
+}
+
+impl Store {
+    /// Writes the snapshot to `writer` (streaming; no full copy in memory).
+    pub fn snapshot_write(&self, writer: &mut impl Write) -> io::Result<()> {
+        let mut out = Crc {
+            inner: writer,
+            crc: 0,
+        };
+        out.put(MAGIC)?;
+        out.put(&FORMAT_VERSION.to_le_bytes())?;
+        out.put(&self.last_applied.to_le_bytes())?;
+        out.put(&self.current_revision.to_le_bytes())?;
+        out.put(&self.compact_revision.to_le_bytes())?;
+        out.put(&(self.leases.len() as u64).to_le_bytes())?;
+        for (id, lease) in &self.leases {
+            out.put(&id.to_le_bytes())?;
+            out.put(&lease.ttl_secs.to_le_bytes())?;
+            out.put(&lease.remaining_ttl_secs.to_le_bytes())?;
+        }
+        out.put(&(self.keys.len() as u64).to_le_bytes())?;
+        for (key, history) in &self.keys {
+            out.put_len(key.len())?;
+            out.put(key)?;
+            out.put_len(history.versions.len())?;
+            for version in &history.versions {
+                out.put(&version.main.to_le_bytes())?;
+                out.put(&version.sub.to_le_bytes())?;
+                out.put(&version.create_revision.to_le_bytes())?;
+                out.put(&version.version.to_le_bytes())?;
+                out.put(&version.lease.to_le_bytes())?;
+                out.put_len(version.value.len())?;
+                out.put(&version.value)?;
+            }
+        }
+        let crc = out.crc;
+        out.inner.write_all(&crc.to_le_bytes())
+    }
+
+    /// The snapshot as one buffer.
+    pub fn snapshot(&self) -> Bytes {
+        let mut buffer = Vec::new();
+        if let Err(error) = self.snapshot_write(&mut buffer) {
+            panic!("writing a snapshot into memory failed: {error}");
+        }
+        Bytes::from(buffer)
+    }
+
+    /// Rebuilds a store from [`Store::snapshot`] bytes. Any malformed input
+    /// gives an error, never a panic.
+    pub fn restore(bytes: &[u8], config: StoreConfig) -> Result<Store, SnapshotError> {
+        let body_len = bytes
+            .len()
+            .checked_sub(4)
+            .ok_or(SnapshotError::Truncated("checksum"))?;
+        let (body, stored) = bytes.split_at(body_len);
+        let mut crc_bytes = [0u8; 4];
+        crc_bytes.copy_from_slice(stored);
+        let stored = u32::from_le_bytes(crc_bytes);
+        if body.len() < MAGIC.len() || &body[..MAGIC.len()] != MAGIC {
+            return Err(SnapshotError::BadMagic);
+        }
+        let computed = crc32c::crc32c(body);
+        if stored != computed {
+            return Err(SnapshotError::Checksum { stored, computed });
+        }
+        let mut input = Reader {
+            rest: &body[MAGIC.len()..],
+        };
+        let version = input.u32("format version")?;
+        if version != FORMAT_VERSION {
+            return Err(SnapshotError::UnsupportedVersion(version));
+        }
+        let mut store = Store::new(config);
+        store.last_applied = input.u64("last applied index")?;
+        store.current_revision = input.i64("current revision")?;
+        store.compact_revision = input.i64("compact revision")?;
+        if store.current_revision < 1
+            || store.compact_revision < -1
+            || store.compact_revision > store.current_revision
+        {
+            return Err(corrupt(format!(
+                "revisions out of order: current {}, compact {}",
+                store.current_revision, store.compact_revision
+            )));
+        }
+        store.leases = read_leases(&mut input)?;
+        store.keys = read_keys(&mut input, store.current_revision)?;
+        if !input.rest.is_empty() {
+            return Err(corrupt(format!(
+                "{} bytes after the last key",
+                input.rest.len()
+            )));
+        }
+        store.rebuild_derived()?;
+        Ok(store)
+    }
+
+    /// Rebuilds lease key sets and the revision log from the histories.
+    fn rebuild_derived(&mut self) -> Result<(), SnapshotError> {
+        let mut changes: Vec<Change> = Vec::new();
+        for (key, history) in &self.keys {
+            let latest = history.latest();
+            if latest.is_live() && latest.lease != 0 {
+                let lease = self.leases.get_mut(&latest.lease).ok_or_else(|| {
+                    corrupt(format!(
+                        "key {key:?} is attached to missing lease {}",
+                        latest.lease
+                    ))
+                })?;
+                lease.keys.insert(key.clone());
+            }
+            for version in &history.versions {
+                if version.main >= self.compact_revision {
+                    changes.push(Change {
+                        main: version.main,
+                        sub: version.sub,
+                        key: key.clone(),
+                    });
+                }
+            }
+        }
+        changes.sort_unstable_by_key(|change| (change.main, change.sub));
+        if changes
+            .windows(2)
+            .any(|pair| (pair[0].main, pair[0].sub) == (pair[1].main, pair[1].sub))
+        {
+            return Err(corrupt("two changes share one revision".to_string()));
+        }
+        self.changes = VecDeque::from(changes);
+        Ok(())
+    }
+}
+
+fn corrupt(message: String) -> SnapshotError {
+    SnapshotError::Corrupt(message)
+}
+
+fn read_leases(input: &mut Reader<'_>) -> Result<BTreeMap<i64, Lease>, SnapshotError> {
+    let count = input.u64("lease count")?;
+    let mut leases = BTreeMap::new();
+    let mut previous: Option<i64> = None;
+    for _ in 0..count {
+        let id = input.i64("lease id")?;
+        let ttl_secs = input.i64("lease ttl")?;
+        let remaining_ttl_secs = input.i64("lease remaining ttl")?;
+        if id == 0 || previous.is_some_and(|previous| previous >= id) {
+            return Err(corrupt(format!("lease id {id} is zero or out of order")));
+        }
+        previous = Some(id);
+        leases.insert(
+            id,
+            Lease {
+                ttl_secs,
+                remaining_ttl_secs,
+                keys: BTreeSet::new(),
+            },
+        );
+    }
+    Ok(leases)
+}
+
+fn read_keys(
+    input: &mut Reader<'_>,
+    current_revision: i64,
+) -> Result<BTreeMap<Bytes, KeyHistory>, SnapshotError> {
+    let count = input.u64("key count")?;
+    let mut keys = BTreeMap::new();
+    let mut previous: Option<Bytes> = None;
+    for _ in 0..count {
+        let key_len = input.len("key length")?;
+        let key = Bytes::copy_from_slice(input.take(key_len, "key")?);
+        if key.is_empty() || previous.as_ref().is_some_and(|previous| *previous >= key) {
+            return Err(corrupt(format!("key {key:?} is empty or out of order")));
+        }
+        let versions = read_versions(input, current_revision, &key)?;
+        previous = Some(key.clone());
+        keys.insert(key, KeyHistory { versions });
+    }
+    Ok(keys)
+}
+
+fn read_versions(
+    input: &mut Reader<'_>,
+    current_revision: i64,
+    key: &Bytes,
+) -> Result<Vec<Version>, SnapshotError> {
+    let count = input.len("version count")?;
+    if count == 0 {
+        return Err(corrupt(format!("key {key:?} has no versions")));
+    }
+    let mut versions: Vec<Version> = Vec::new();
+    for _ in 0..count {
+        let main = input.i64("revision")?;
+        let sub = input.u32("sub-revision")?;
+        let create_revision = input.i64("create revision")?;
+        let version = input.i64("version")?;
+        let lease = input.i64("lease")?;
+        let value_len = input.len("value length")?;
+        let value = Bytes::copy_from_slice(input.take(value_len, "value")?);
+        let entry = Version {
+            main,
+            sub,
+            create_revision,
+            version,
+            lease,
+            value,
+        };
+        let ordered = versions
+            .last()
+            .is_none_or(|last| last.revision() < entry.revision());
+        let tombstone_ok =
+            entry.is_live() || (entry.version == 0 && entry.lease == 0 && entry.value.is_empty());
+        let live_ok = !entry.is_live() || (entry.version >= 1 && entry.create_revision <= main);
+        if main < 1 || main > current_revision || !ordered || !tombstone_ok || !live_ok {
+            return Err(corrupt(format!(
+                "key {key:?} has an invalid version at revision {main}.{sub}"
+            )));
+        }
+        versions.push(entry);
+    }
+    Ok(versions)
+}
+
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize, what: &'static str) -> Result<&'a [u8], SnapshotError> {
+        if self.rest.len() < len {
+            return Err(SnapshotError::Truncated(what));
+        }
+        let (taken, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        Ok(taken)
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], SnapshotError> {
+        let mut array = [0u8; N];
+        array.copy_from_slice(self.take(N, what)?);
+        Ok(array)
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, SnapshotError> {
+        self.array(what).map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, SnapshotError> {
+        self.array(what).map(u64::from_le_bytes)
+    }
+
+    fn i64(&mut self, what: &'static str) -> Result<i64, SnapshotError> {
+        self.array(what).map(i64::from_le_bytes)
+    }
+
+    fn len(&mut self, what: &'static str) -> Result<usize, SnapshotError> {
+        let len = self.u32(what)?;
+        usize::try_from(len).map_err(|_| SnapshotError::Truncated(what))
+    }
+}
