@@ -78,6 +78,9 @@ impl Store {
             _ => usize::MAX,
         };
         let fetch_max = if req.count_only { 0 } else { fetch_max };
+        // etcd drops values after sorting, so a keys-only read sorted by
+        // value still sorts by the values.
+        let values_needed = !req.keys_only || sort_target == SortTarget::Value;
         let range = KeyRange::new(&req.key, &req.range_end);
         let mut kvs: Vec<KeyValue> = Vec::new();
         let mut count: i64 = 0;
@@ -87,7 +90,7 @@ impl Store {
             };
             count += 1;
             if kvs.len() < fetch_max {
-                kvs.push(client_kv(key, version, req.keys_only));
+                kvs.push(client_kv(key, version, !values_needed));
             }
         };
         match range {
@@ -114,6 +117,11 @@ impl Store {
         {
             kvs.truncate(limit);
             more = true;
+        }
+        if req.keys_only && values_needed {
+            for kv in &mut kvs {
+                kv.value = Bytes::new();
+            }
         }
         Ok(RangeResponse {
             header: header(header_revision),
