@@ -64,6 +64,37 @@ impl RaftLog {
         }
     }
 
+    /// Checks the cursor invariants documented on the fields (debug builds only; O(1)).
+    fn debug_check(&self) {
+        debug_assert!(
+            self.offset <= self.committed && self.committed <= self.last_index(),
+            "expected offset {} <= committed {} <= last {}",
+            self.offset,
+            self.committed,
+            self.last_index()
+        );
+        debug_assert!(
+            self.applied <= self.applying && self.applying <= self.committed,
+            "expected applied {} <= applying {} <= committed {}",
+            self.applied,
+            self.applying,
+            self.committed
+        );
+        debug_assert!(
+            self.offset < self.unstable_from && self.unstable_from <= self.last_index() + 1,
+            "expected offset {} < unstable_from {} <= last + 1 {}",
+            self.offset,
+            self.unstable_from,
+            self.last_index() + 1
+        );
+        debug_assert!(
+            self.persisted < self.unstable_from,
+            "expected persisted {} < unstable_from {}",
+            self.persisted,
+            self.unstable_from
+        );
+    }
+
     pub fn first_index(&self) -> Index {
         self.offset + 1
     }
@@ -162,6 +193,7 @@ impl RaftLog {
             "appended terms must not decrease"
         );
         self.entries.extend(entries);
+        self.debug_check();
     }
 
     /// Appends owned entries at the end (the leader's proposals).
@@ -212,6 +244,7 @@ impl RaftLog {
         let index = index.min(self.last_index());
         if index > self.committed {
             self.committed = index;
+            self.debug_check();
             true
         } else {
             false
@@ -263,7 +296,7 @@ impl RaftLog {
         let persisted = self.durable_last.min(in_flight_from.saturating_sub(1));
         let moved = persisted != self.persisted;
         self.persisted = persisted;
-        debug_assert!(self.persisted < self.unstable_from);
+        self.debug_check();
         moved
     }
 
@@ -297,6 +330,7 @@ impl RaftLog {
         self.committed = commit;
         self.applying = applied;
         self.applied = applied;
+        self.debug_check();
     }
 
     /// Replaces the whole log with a snapshot (Raft paper §7): committed and applied jump to
@@ -311,6 +345,7 @@ impl RaftLog {
         self.applied = meta.index;
         self.unstable_from = meta.index + 1;
         self.persisted = self.persisted.min(meta.index.saturating_sub(1));
+        self.debug_check();
     }
 
     /// Drops entries through `index`. The caller checked `index <= applied`.
@@ -325,6 +360,7 @@ impl RaftLog {
         self.entries.drain(..(index - self.offset) as usize);
         self.offset = index;
         self.offset_term = term;
+        self.debug_check();
     }
 }
 
