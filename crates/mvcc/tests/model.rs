@@ -125,7 +125,7 @@ impl Model {
         };
         match order {
             1 => kvs.sort_by_key(|kv| field(kv)),
-            2 => kvs.sort_by(|a, b| field(b).cmp(&field(a))),
+            2 => kvs.sort_by_key(|kv| std::cmp::Reverse(field(kv))),
             _ => {}
         }
         let mut more = false;
