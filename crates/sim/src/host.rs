@@ -79,6 +79,16 @@ struct PendingWrite {
     persisted_messages: Vec<Message>,
 }
 
+/// A host's clock and disk speeds, drawn per seed.
+#[derive(Clone, Copy, Debug)]
+pub struct HostTiming {
+    pub tick_steps: Time,
+    /// Each node's tick interval is off the nominal one by up to this many steps.
+    pub tick_skew_steps: Time,
+    /// Each node's disk takes up to this many steps to make a write durable.
+    pub disk_delay_max_steps: Time,
+}
+
 /// How this node joined: the first members bootstrap together, later ones join empty.
 #[derive(Clone, Debug)]
 pub enum Origin {
@@ -129,9 +139,14 @@ impl Host {
         origin: Origin,
         config: Config,
         rng: &mut SimRng,
-        tick_steps: Time,
+        timing: HostTiming,
         now: Time,
     ) -> Host {
+        let HostTiming {
+            tick_steps,
+            tick_skew_steps,
+            disk_delay_max_steps,
+        } = timing;
         let mut host = Host {
             id,
             origin,
@@ -149,16 +164,16 @@ impl Host {
             next_tick_at: now + rng.range(1, tick_steps),
             paused_until: 0,
             restart_at: None,
-            disk_delay_max_steps: if rng.chance(300_000) {
+            disk_delay_max_steps: if rng.chance(250_000) {
                 0
             } else {
-                rng.range(1, 3 * tick_steps)
+                rng.range(1, disk_delay_max_steps)
             },
             snapshot_every_entries: rng.range(30, 100),
             last_snapshot_index: 0,
             received_snapshot: None,
         };
-        host.tick_interval_steps = skewed_tick_interval(rng, tick_steps);
+        host.tick_interval_steps = skewed_tick_interval(rng, tick_steps, tick_skew_steps);
         host
     }
 
@@ -170,8 +185,9 @@ impl Host {
         now < self.paused_until
     }
 
-    pub fn set_tick_skew(&mut self, rng: &mut SimRng, tick_steps: Time) {
-        self.tick_interval_steps = skewed_tick_interval(rng, tick_steps);
+    pub fn set_tick_skew(&mut self, rng: &mut SimRng, timing: HostTiming) {
+        self.tick_interval_steps =
+            skewed_tick_interval(rng, timing.tick_steps, timing.tick_skew_steps);
     }
 
     /// Starts (or restarts) the process from what is durable.
@@ -623,10 +639,10 @@ impl Host {
     }
 }
 
-fn skewed_tick_interval(rng: &mut SimRng, tick_steps: Time) -> Time {
-    // Up to 20% faster or slower than the nominal tick.
-    let skew = tick_steps / 5;
-    rng.range(tick_steps - skew, tick_steps + skew).max(1)
+/// A tick interval up to `skew_steps` faster or slower than the nominal tick.
+fn skewed_tick_interval(rng: &mut SimRng, tick_steps: Time, skew_steps: Time) -> Time {
+    let skew = skew_steps.min(tick_steps - 1);
+    rng.range(tick_steps - skew, tick_steps + skew)
 }
 
 pub fn entry_digest(entry: &Entry) -> u64 {

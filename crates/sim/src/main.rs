@@ -42,6 +42,11 @@ struct Args {
     /// Reserved for the WAL's faulty disk (torn writes, bit flips); not available yet.
     #[arg(long)]
     disk_faults: bool,
+    /// Build Raft with a deliberate defect (feature `defects`): VoteIgnoresLog,
+    /// CommitOldTermByCount, VoteTwiceInTerm, AckBeforePersist, ReadWithoutQuorum.
+    #[cfg(feature = "defects")]
+    #[arg(long)]
+    defect: Option<String>,
     /// Print per-seed statistics.
     #[arg(long)]
     verbose: bool,
@@ -63,6 +68,20 @@ fn main() -> ExitCode {
     }
     let mut options = SimOptions::new(args.nodes);
     options.chaos_steps = args.steps;
+    #[cfg(feature = "defects")]
+    if let Some(name) = &args.defect {
+        match parse_defect(name) {
+            Some(defect) => {
+                options.config_hook = Some(std::sync::Arc::new(
+                    move |config: &mut ballot_raft::Config| config.defect = defect,
+                ));
+            }
+            None => {
+                eprintln!("unknown defect {name}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     if let Some(seed) = args.seed {
         options.trace = args.trace;
         let report = run_seed(seed, &options);
@@ -170,6 +189,20 @@ fn print_report(report: &SeedReport, args: &Args, always: bool) {
             stats.messages_dropped
         );
     }
+}
+
+#[cfg(feature = "defects")]
+fn parse_defect(name: &str) -> Option<ballot_raft::Defect> {
+    use ballot_raft::Defect;
+    [
+        Defect::VoteIgnoresLog,
+        Defect::CommitOldTermByCount,
+        Defect::VoteTwiceInTerm,
+        Defect::AckBeforePersist,
+        Defect::ReadWithoutQuorum,
+    ]
+    .into_iter()
+    .find(|defect| format!("{defect:?}") == name)
 }
 
 fn exit_code(failed: bool) -> ExitCode {

@@ -13,6 +13,11 @@ pub type NodeId = u64;
 /// fractions or small multiples of a tick.
 pub type Time = u64;
 
+/// Messages that may be in flight on one directed link; more are dropped at the sender, as a
+/// real transport's bounded send queue would. This also keeps a livelocked core from flooding
+/// the simulator's memory.
+pub const LINK_QUEUE_MAX: usize = 512;
+
 /// How unreliable this run's network is. Chosen per seed so some runs are calm and some hostile.
 #[derive(Clone, Debug)]
 pub struct NetworkProfile {
@@ -52,6 +57,8 @@ pub struct Envelope<M> {
 pub enum SendOutcome {
     Dropped,
     Partitioned,
+    /// The link's send queue is full (a real transport's bounded queue drops or blocks).
+    QueueFull,
     Queued {
         deliver_at: Time,
         duplicate_at: Option<Time>,
@@ -64,6 +71,8 @@ pub struct Network<M> {
     in_flight: BTreeMap<(Time, u64), Envelope<M>>,
     next_sequence: u64,
     cut_links: BTreeSet<(NodeId, NodeId)>,
+    /// Messages in flight per directed link, bounded by `LINK_QUEUE_MAX`.
+    queued_per_link: BTreeMap<(NodeId, NodeId), usize>,
     /// While true (during the final healing phase) nothing is dropped, duplicated or delayed
     /// beyond the normal range.
     reliable: bool,
@@ -76,6 +85,7 @@ impl<M: Clone> Network<M> {
             in_flight: BTreeMap::new(),
             next_sequence: 0,
             cut_links: BTreeSet::new(),
+            queued_per_link: BTreeMap::new(),
             reliable: false,
         }
     }
@@ -90,6 +100,9 @@ impl<M: Clone> Network<M> {
         }
         if !self.reliable && rng.chance(self.profile.drop_per_million) {
             return SendOutcome::Dropped;
+        }
+        if self.queued(envelope.from, envelope.to) >= LINK_QUEUE_MAX {
+            return SendOutcome::QueueFull;
         }
         let deliver_at = now + self.delay(rng);
         let duplicate_at = (!self.reliable && rng.chance(self.profile.duplicate_per_million))
@@ -113,7 +126,15 @@ impl<M: Clone> Network<M> {
         }
     }
 
+    fn queued(&self, from: NodeId, to: NodeId) -> usize {
+        self.queued_per_link.get(&(from, to)).copied().unwrap_or(0)
+    }
+
     pub fn enqueue(&mut self, deliver_at: Time, envelope: Envelope<M>) {
+        *self
+            .queued_per_link
+            .entry((envelope.from, envelope.to))
+            .or_default() += 1;
         self.next_sequence += 1;
         self.in_flight
             .insert((deliver_at, self.next_sequence), envelope);
@@ -126,7 +147,11 @@ impl<M: Clone> Network<M> {
         if at > now {
             return None;
         }
-        self.in_flight.pop_first().map(|(_, envelope)| envelope)
+        let (_, envelope) = self.in_flight.pop_first()?;
+        if let Some(count) = self.queued_per_link.get_mut(&(envelope.from, envelope.to)) {
+            *count -= 1;
+        }
+        Some(envelope)
     }
 
     pub fn in_flight_count(&self) -> usize {

@@ -13,7 +13,7 @@ use ballot_raft::{
 use bytes::Bytes;
 
 use crate::history::{Call, Key, OperationId, Value};
-use crate::host::{Host, Origin};
+use crate::host::{Host, HostTiming, Origin};
 use crate::invariants::Violation;
 use crate::kv::Command;
 use crate::linearizability::check_history;
@@ -81,8 +81,13 @@ pub struct SeedReport {
 #[derive(Clone, Debug)]
 struct ChaosProfile {
     crash_every_steps: u64,
+    /// Of the crashes, this many per million take down several nodes at once (a power cut).
+    correlated_crash_per_million: u64,
+    restart_after_steps_max: u64,
     partition_every_steps: u64,
+    partition_steps_max: u64,
     pause_every_steps: u64,
+    timing: HostTiming,
     skew_every_steps: u64,
     membership_every_steps: u64,
     transfer_every_steps: u64,
@@ -91,9 +96,29 @@ struct ChaosProfile {
 impl ChaosProfile {
     fn random(rng: &mut SimRng) -> ChaosProfile {
         ChaosProfile {
-            crash_every_steps: rng.range(8, 40) * ELECTION_STEPS,
-            partition_every_steps: rng.range(5, 30) * ELECTION_STEPS,
+            // A quarter of the runs are crash storms aimed at leaders.
+            crash_every_steps: if rng.chance(250_000) {
+                rng.range(ELECTION_STEPS, 4 * ELECTION_STEPS)
+            } else {
+                rng.range(8, 40) * ELECTION_STEPS
+            },
+            correlated_crash_per_million: rng.range(0, 400_000),
+            restart_after_steps_max: rng.range(1, 8) * ELECTION_STEPS,
+            // A third of the runs flap: short partitions in quick succession, so leaders are
+            // deposed while their logs diverge (the raw material of Raft paper figure 8).
+            partition_every_steps: if rng.chance(333_333) {
+                rng.range(ELECTION_STEPS, 4 * ELECTION_STEPS)
+            } else {
+                rng.range(5, 30) * ELECTION_STEPS
+            },
+            partition_steps_max: rng.range(2, 12) * ELECTION_STEPS,
             pause_every_steps: rng.range(10, 60) * ELECTION_STEPS,
+            timing: HostTiming {
+                tick_steps: TICK_STEPS,
+                // Clocks run up to 50% apart in some runs: ReadIndex must stay safe anyway.
+                tick_skew_steps: rng.range(0, TICK_STEPS / 2),
+                disk_delay_max_steps: rng.range(1, 5 * TICK_STEPS),
+            },
             skew_every_steps: rng.range(10, 60) * ELECTION_STEPS,
             membership_every_steps: rng.range(4, 20) * ELECTION_STEPS,
             transfer_every_steps: rng.range(8, 40) * ELECTION_STEPS,
@@ -171,7 +196,15 @@ impl Simulation {
         config_template.election_tick = ELECTION_TICKS;
         config_template.heartbeat_tick = 1;
         // Small batches and windows so flow control and probing run often.
-        config_template.max_msg_bytes = rng.range(64, 4096);
+        config_template.max_msg_bytes = if rng.chance(500_000) {
+            rng.range(64, 200)
+        } else {
+            rng.range(64, 4096)
+        };
+        // The core must be safe with pre-vote and check-quorum off too; without them deposed
+        // leaders linger, which stresses the read and commit rules harder.
+        config_template.pre_vote = rng.chance(750_000);
+        config_template.check_quorum = rng.chance(750_000);
         config_template.max_inflight_msgs = rng.range(1, 8) as usize;
         config_template.max_inflight_bytes = rng.range(256, 16_384);
         config_template.learner_catchup_gap = rng.range(0, 50);
@@ -242,7 +275,7 @@ impl Simulation {
             origin,
             config,
             &mut self.world.rng,
-            TICK_STEPS,
+            self.profile.timing,
             self.world.now,
         );
         host.start(&mut self.world)?;
@@ -308,8 +341,9 @@ impl Simulation {
                 continue;
             };
             if host.is_paused(now) {
-                // A paused process reads its socket only when it resumes.
-                let resume = host.paused_until;
+                // A paused process reads its socket only after it resumes, and then not all
+                // at once: spread the backlog so the resumed node may act before it hears news.
+                let resume = host.paused_until + self.world.rng.range(0, 2 * TICK_STEPS);
                 self.world.network.enqueue(resume, envelope);
                 continue;
             }
@@ -373,7 +407,7 @@ impl Simulation {
         if self.happens(profile.skew_every_steps) {
             let id = self.random_host_id();
             if let Some(host) = self.hosts.get_mut(&id) {
-                host.set_tick_skew(&mut self.world.rng, TICK_STEPS);
+                host.set_tick_skew(&mut self.world.rng, self.profile.timing);
                 let interval = host.tick_interval_steps;
                 self.world
                     .trace
@@ -406,23 +440,68 @@ impl Simulation {
             .filter(|h| h.is_up())
             .map(|h| h.id)
             .collect();
-        if up.len() <= 1 {
+        if up.is_empty() {
             return;
         }
-        let id = *self.world.rng.pick(&up);
-        let restart_at =
-            self.world.now + self.world.rng.range(ELECTION_STEPS / 2, 8 * ELECTION_STEPS);
-        if let Some(host) = self.hosts.get_mut(&id) {
-            host.crash(&mut self.world, restart_at);
-            self.world.stats.crashes += 1;
+        let victims = if self
+            .world
+            .rng
+            .chance(self.profile.correlated_crash_per_million)
+        {
+            // A power cut: several nodes (up to all) lose their unsynced writes together.
+            let mut victims = up.clone();
+            crate::network::shuffle(&mut self.world.rng, &mut victims);
+            victims.truncate(self.world.rng.range(2, up.len().max(2) as u64) as usize);
+            victims
+        } else {
+            // Half the single crashes hit the leader: that is where recovery gets interesting.
+            match self.leader() {
+                Some(leader) if self.world.rng.chance(500_000) => vec![leader],
+                _ => vec![*self.world.rng.pick(&up)],
+            }
+        };
+        for id in victims {
+            let restart_at = self.world.now
+                + self
+                    .world
+                    .rng
+                    .range(TICK_STEPS, self.profile.restart_after_steps_max);
+            if let Some(host) = self.hosts.get_mut(&id) {
+                host.crash(&mut self.world, restart_at);
+                self.world.stats.crashes += 1;
+            }
         }
     }
 
     fn partition(&mut self) {
         let ids: Vec<NodeId> = self.hosts.keys().copied().collect();
-        let partition = Partition::random(&mut self.world.rng, &ids);
+        // Often the leader (with a tail of uncommitted entries) ends up in the minority, so
+        // a new leader's log diverges from it: the raw material of Raft paper figure 8.
+        let partition = match self.leader() {
+            Some(leader) if self.world.rng.chance(400_000) => {
+                let mut side = vec![leader];
+                if ids.len() >= 4 && self.world.rng.chance(500_000) {
+                    let other = *self.world.rng.pick(&ids);
+                    if other != leader {
+                        side.push(other);
+                    }
+                }
+                side.sort_unstable();
+                if self.world.rng.chance(500_000) {
+                    // A stalled and cut-off leader: when it resumes it still believes it leads,
+                    // and its check-quorum timer restarts from where it froze.
+                    self.pause_host(leader);
+                }
+                Partition::Split { side }
+            }
+            _ => Partition::random(&mut self.world.rng, &ids),
+        };
         partition.apply(&mut self.world.network, &ids);
-        let heals_at = self.world.now + self.world.rng.range(ELECTION_STEPS, 12 * ELECTION_STEPS);
+        let heals_at = self.world.now
+            + self
+                .world
+                .rng
+                .range(ELECTION_STEPS / 2, self.profile.partition_steps_max);
         self.partition_heals_at = Some(heals_at);
         self.world.stats.partitions += 1;
         self.world.trace.event(self.world.now, || {
@@ -432,6 +511,10 @@ impl Simulation {
 
     fn pause_random_host(&mut self) {
         let id = self.random_host_id();
+        self.pause_host(id);
+    }
+
+    fn pause_host(&mut self, id: NodeId) {
         let until = self.world.now
             + self
                 .world
@@ -785,6 +868,10 @@ impl Simulation {
         self.partition_heals_at = None;
         self.clients_open = false;
         for host in self.hosts.values_mut() {
+            // Clock-rate skew is a fault too: a node whose clock runs twice as fast as a more
+            // up-to-date peer's can keep a small cluster leaderless when pre-vote is off (its
+            // vote requests keep resetting the peer's election timer).
+            host.tick_interval_steps = TICK_STEPS;
             host.paused_until = 0;
             if !host.is_up() {
                 host.restart_at = Some(now);
@@ -872,6 +959,9 @@ impl Simulation {
                     return Ok(());
                 }
                 Err(report) => last_report = report,
+            }
+            if self.world.now.is_multiple_of(ELECTION_STEPS) {
+                self.leave_explicit_joint()?;
             }
             self.advance()?;
         }

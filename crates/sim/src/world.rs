@@ -138,7 +138,7 @@ impl World {
         let outcome = self.network.send(&mut self.rng, self.now, envelope);
         match outcome {
             SendOutcome::Queued { .. } => {}
-            SendOutcome::Dropped | SendOutcome::Partitioned => {
+            SendOutcome::Dropped | SendOutcome::Partitioned | SendOutcome::QueueFull => {
                 self.stats.messages_dropped += 1;
                 self.trace
                     .event(self.now, || format!("   dropped ({outcome:?})"));
