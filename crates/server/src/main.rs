@@ -1,5 +1,6 @@
 //! The `ballot` binary: parses the command line and hands over to the library.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -7,16 +8,14 @@ use clap::Parser;
 use ballot::bench::BenchArgs;
 use ballot::cli::{Cli, Command, LogLevel};
 use ballot::config::ServerConfig;
+use ballot::dev::DevArgs;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => run_member(&cli),
         Some(Command::Bench(args)) => run_bench(&args),
-        Some(Command::Dev(_)) => {
-            eprintln!("ballot: dev is not yet implemented");
-            ExitCode::FAILURE
-        }
+        Some(Command::Dev(args)) => run_dev(&args),
     }
 }
 
@@ -62,6 +61,20 @@ fn run_bench(args: &BenchArgs) -> ExitCode {
     }
 }
 
+fn run_dev(args: &DevArgs) -> ExitCode {
+    let runtime = match new_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(ballot::dev::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ballot dev: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn new_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -79,5 +92,6 @@ fn init_tracing(level: LogLevel) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
