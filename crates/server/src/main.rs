@@ -34,10 +34,18 @@ fn run_member(cli: &Cli) -> ExitCode {
         cluster_id = %format_args!("{:x}", config.cluster_id),
         "starting member"
     );
-    // The server entry point is `ballot::server::run(config: ServerConfig) -> Result<(), ServerError>`
-    // (async); it is wired here once crates/server/src/server.rs provides it.
-    eprintln!("ballot: server not yet implemented");
-    ExitCode::FAILURE
+    let runtime = match new_runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(ballot::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "member stopped");
+            eprintln!("ballot: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run_bench(args: &BenchArgs) -> ExitCode {

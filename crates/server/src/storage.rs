@@ -1,1 +1,573 @@
-//! (to be written)
+//! The member's data directory: the WAL, the snapshot files and the cluster file, and the
+//! conversions between the Raft core's types and the WAL's.
+//!
+//! Layout under `--data-dir`:
+//!
+//! ```text
+//! member/cluster      which cluster and member this directory belongs to, and the membership
+//!                     it started from (written once, atomically)
+//! member/wal/         the write-ahead log (ballot-wal segments and wal.meta)
+//! member/snap/        snapshot files; each holds a [`SnapshotPayload`]
+//! ```
+//!
+//! The WAL knows nothing of Raft (ARCHITECTURE.md), so entries, hard states and snapshot
+//! metadata are converted here; the snapshot marker's opaque `meta` holds the encoded
+//! `SnapshotMeta` (index, term and the configuration in effect), which is what
+//! `RaftNode::restore` needs besides the log.
+
+use std::path::{Path, PathBuf};
+
+use ballot_raft::{Entry, EntryKind, HardState, RestoreState, SnapshotMeta};
+use ballot_wal::{
+    GroupCommitOptions, GroupCommitWal, LogEntry, RealDisk, SnapshotError, SnapshotInfo,
+    SnapshotMarker, SnapshotStore, SyncMode, Wal, WalError, WalOptions,
+};
+use bytes::{Bytes, BytesMut};
+
+use crate::node::members::Registry;
+use crate::node::wire::{Reader, WireError, put_bytes, put_strings, put_varint};
+
+const CLUSTER_FILE_MAGIC: &[u8; 8] = b"BLTCLST1";
+const PAYLOAD_MAGIC: &[u8; 8] = b"BLTSNPL1";
+/// Snapshot files kept; the newest is what peers are sent, older ones are fallbacks.
+pub const SNAPSHOT_FILES_KEPT: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is damaged: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "data directory {dir} belongs to member {found_member:x} (peer URLs {found_urls}), not to \
+         this member (peer URLs {expected_urls}); point --data-dir at this member's own directory"
+    )]
+    ForeignDirectory {
+        dir: PathBuf,
+        found_member: u64,
+        found_urls: String,
+        expected_urls: String,
+    },
+    #[error("the log holds an entry of unknown kind {kind} at index {index}")]
+    UnknownEntryKind { index: u64, kind: u8 },
+    #[error("the snapshot at index {index} is unusable: {reason}")]
+    BadSnapshot { index: u64, reason: String },
+    #[error("the Raft core refused the recovered state: {0}")]
+    Restore(String),
+}
+
+/// The paths of a data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: &Path) -> DataDir {
+        DataDir {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn member_dir(&self) -> PathBuf {
+        self.root.join("member")
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        self.member_dir().join("wal")
+    }
+
+    pub fn snap_dir(&self) -> PathBuf {
+        self.member_dir().join("snap")
+    }
+
+    pub fn cluster_file(&self) -> PathBuf {
+        self.member_dir().join("cluster")
+    }
+}
+
+/// Which cluster and member a data directory belongs to, and the membership it started from
+/// (the initial cluster for a bootstrapped member, the cluster's member list for one that
+/// joined). The registry seed matters until the first snapshot: replaying the log from index 1
+/// rebuilds the registry from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterFile {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    /// This member's advertised peer URLs when the directory was created.
+    pub peer_urls: Vec<String>,
+    pub seed: Registry,
+}
+
+impl ClusterFile {
+    fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(CLUSTER_FILE_MAGIC);
+        put_varint(&mut buf, self.cluster_id);
+        put_varint(&mut buf, self.member_id);
+        put_strings(&mut buf, &self.peer_urls);
+        self.seed.encode_to(&mut buf);
+        let crc = crc32c::crc32c(&buf);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        buf.freeze()
+    }
+
+    fn decode(bytes: &Bytes) -> Result<ClusterFile, String> {
+        if bytes.len() < CLUSTER_FILE_MAGIC.len() + 4 || !bytes.starts_with(CLUSTER_FILE_MAGIC) {
+            return Err("not a ballot cluster file".into());
+        }
+        let (content, crc) = bytes.split_at(bytes.len() - 4);
+        let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        if crc32c::crc32c(content) != stored {
+            return Err("checksum mismatch".into());
+        }
+        let body = bytes.slice(CLUSTER_FILE_MAGIC.len()..bytes.len() - 4);
+        let mut reader = Reader::new(&body);
+        let decoded = (|| -> Result<ClusterFile, WireError> {
+            let file = ClusterFile {
+                cluster_id: reader.varint("cluster id")?,
+                member_id: reader.varint("member id")?,
+                peer_urls: reader.strings("peer URLs")?,
+                seed: Registry::decode_from(&mut reader)?,
+            };
+            reader.finish()?;
+            Ok(file)
+        })();
+        decoded.map_err(|error| error.to_string())
+    }
+
+    /// Reads the cluster file, if the directory has one.
+    pub fn read(data_dir: &DataDir) -> Result<Option<ClusterFile>, StorageError> {
+        let path = data_dir.cluster_file();
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StorageError::Io {
+                    op: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        ClusterFile::decode(&bytes)
+            .map(Some)
+            .map_err(|reason| StorageError::Corrupt { path, reason })
+    }
+
+    /// Writes the cluster file atomically: temporary file, fsync, rename, directory fsync.
+    pub fn write(&self, data_dir: &DataDir) -> Result<(), StorageError> {
+        let dir = data_dir.member_dir();
+        let io = |op: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StorageError::Io { op, path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let path = data_dir.cluster_file();
+        let tmp = dir.join("cluster.tmp");
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+            file.write_all(&self.encode()).map_err(io("write", &tmp))?;
+            file.sync_all().map_err(io("fsync", &tmp))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+        sync_dir(&dir)?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a directory created by another member: the peer URLs identify a member across
+    /// restarts (its ID may have been assigned by the cluster when it joined).
+    pub fn check_owner(
+        &self,
+        data_dir: &DataDir,
+        peer_urls: &[String],
+    ) -> Result<(), StorageError> {
+        let mut mine: Vec<&String> = peer_urls.iter().collect();
+        let mut theirs: Vec<&String> = self.peer_urls.iter().collect();
+        mine.sort();
+        theirs.sort();
+        if mine == theirs {
+            return Ok(());
+        }
+        Err(StorageError::ForeignDirectory {
+            dir: data_dir.root.clone(),
+            found_member: self.member_id,
+            found_urls: self.peer_urls.join(","),
+            expected_urls: peer_urls.join(","),
+        })
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    std::fs::File::open(dir)
+        .and_then(|file| file.sync_all())
+        .map_err(|source| StorageError::Io {
+            op: "fsync directory",
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// The data of a snapshot file: the member registry and the MVCC store, both as of the
+/// snapshot's index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotPayload {
+    pub registry: Registry,
+    pub store: Bytes,
+}
+
+impl SnapshotPayload {
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(self.store.len() + 256);
+        buf.extend_from_slice(PAYLOAD_MAGIC);
+        self.registry.encode_to(&mut buf);
+        put_bytes(&mut buf, &self.store);
+        buf.freeze()
+    }
+
+    pub fn decode(bytes: &Bytes) -> Result<SnapshotPayload, WireError> {
+        if !bytes.starts_with(PAYLOAD_MAGIC) {
+            return Err(WireError::UnknownTag {
+                what: "snapshot payload magic",
+                tag: 0,
+            });
+        }
+        let body = bytes.slice(PAYLOAD_MAGIC.len()..);
+        let mut reader = Reader::new(&body);
+        let registry = Registry::decode_from(&mut reader)?;
+        let store = reader.bytes("store snapshot")?;
+        reader.finish()?;
+        Ok(SnapshotPayload { registry, store })
+    }
+}
+
+pub fn entry_to_wal(entry: &Entry) -> LogEntry {
+    LogEntry {
+        index: entry.index,
+        term: entry.term,
+        kind: match entry.kind {
+            EntryKind::Normal => 0,
+            EntryKind::ConfChange => 1,
+        },
+        data: entry.data.clone(),
+    }
+}
+
+pub fn entry_from_wal(entry: &LogEntry) -> Result<Entry, StorageError> {
+    let kind = match entry.kind {
+        0 => EntryKind::Normal,
+        1 => EntryKind::ConfChange,
+        kind => {
+            return Err(StorageError::UnknownEntryKind {
+                index: entry.index,
+                kind,
+            });
+        }
+    };
+    Ok(Entry {
+        term: entry.term,
+        index: entry.index,
+        kind,
+        data: entry.data.clone(),
+    })
+}
+
+pub fn hard_state_to_wal(state: &HardState) -> ballot_wal::HardState {
+    ballot_wal::HardState {
+        term: state.term,
+        vote: state.vote,
+        commit: state.commit,
+    }
+}
+
+pub fn hard_state_from_wal(state: &ballot_wal::HardState) -> HardState {
+    HardState {
+        term: state.term,
+        vote: state.vote,
+        commit: state.commit,
+    }
+}
+
+pub fn encode_snapshot_meta(meta: &SnapshotMeta) -> Bytes {
+    let mut buf = BytesMut::new();
+    meta.encode(&mut buf);
+    buf.freeze()
+}
+
+pub fn snapshot_marker(meta: &SnapshotMeta) -> SnapshotMarker {
+    SnapshotMarker {
+        index: meta.index,
+        term: meta.term,
+        meta: encode_snapshot_meta(meta),
+    }
+}
+
+fn decode_snapshot_meta(index: u64, bytes: &[u8]) -> Result<SnapshotMeta, StorageError> {
+    SnapshotMeta::decode(bytes).map_err(|error| StorageError::BadSnapshot {
+        index,
+        reason: format!("its Raft metadata does not decode: {error}"),
+    })
+}
+
+/// A snapshot read back from disk.
+#[derive(Clone, Debug)]
+pub struct LoadedSnapshot {
+    pub meta: SnapshotMeta,
+    pub payload: SnapshotPayload,
+}
+
+/// Reads and verifies the snapshot file described by `info`.
+pub fn load_snapshot(
+    snapshots: &SnapshotStore<RealDisk>,
+    info: &SnapshotInfo,
+) -> Result<LoadedSnapshot, StorageError> {
+    let loaded = snapshots.load(&info.path)?;
+    let meta = decode_snapshot_meta(info.index, &loaded.info.meta)?;
+    let payload =
+        SnapshotPayload::decode(&loaded.data).map_err(|error| StorageError::BadSnapshot {
+            index: info.index,
+            reason: error.to_string(),
+        })?;
+    Ok(LoadedSnapshot { meta, payload })
+}
+
+/// Finds the snapshot file for `(index, term)`.
+pub fn find_snapshot(
+    snapshots: &SnapshotStore<RealDisk>,
+    index: u64,
+    term: u64,
+) -> Result<SnapshotInfo, StorageError> {
+    let listed = snapshots.list()?;
+    let Some((_, _, path)) = listed
+        .into_iter()
+        .find(|(found_index, found_term, _)| (*found_index, *found_term) == (index, term))
+    else {
+        return Err(StorageError::BadSnapshot {
+            index,
+            reason: format!("no snapshot file for index {index} term {term}"),
+        });
+    };
+    Ok(snapshots.verify(&path)?)
+}
+
+/// Writes a snapshot file (durable when this returns); the caller then records the marker in
+/// the WAL.
+pub fn save_snapshot(
+    snapshots: &SnapshotStore<RealDisk>,
+    meta: &SnapshotMeta,
+    payload: &SnapshotPayload,
+) -> Result<SnapshotInfo, StorageError> {
+    Ok(snapshots.save(
+        meta.index,
+        meta.term,
+        encode_snapshot_meta(meta),
+        &payload.encode(),
+    )?)
+}
+
+/// What was found in an existing data directory.
+pub struct Recovered {
+    pub restore: RestoreState,
+    /// The snapshot the state machine starts from, if any.
+    pub snapshot: Option<LoadedSnapshot>,
+}
+
+/// The opened storage of a member.
+pub struct Opened {
+    pub wal: GroupCommitWal,
+    pub snapshots: SnapshotStore<RealDisk>,
+    /// `None` for a fresh directory (nothing was ever persisted): bootstrap or join.
+    pub recovered: Option<Recovered>,
+}
+
+/// Opens (creating if needed) the WAL and the snapshot store and recovers what they hold.
+/// Blocking: call from a blocking context.
+pub fn open(
+    data_dir: &DataDir,
+    cluster: &ClusterFile,
+    unsafe_no_fsync: bool,
+) -> Result<Opened, StorageError> {
+    let mut options = WalOptions::new(cluster.cluster_id, cluster.member_id);
+    if unsafe_no_fsync {
+        options.sync_mode = SyncMode::UnsafeNoFsync;
+    }
+    let (wal, recovered) = Wal::open(RealDisk, &data_dir.wal_dir(), options)?;
+    let snapshots = SnapshotStore::open(RealDisk, &data_dir.snap_dir(), SNAPSHOT_FILES_KEPT)?;
+    let fresh = recovered.entries.is_empty()
+        && recovered.snapshot.is_none()
+        && recovered.hard_state == ballot_wal::HardState::default();
+    let recovered = if fresh {
+        None
+    } else {
+        Some(recover(&snapshots, &recovered)?)
+    };
+    let wal = GroupCommitWal::spawn(wal, GroupCommitOptions::default())?;
+    Ok(Opened {
+        wal,
+        snapshots,
+        recovered,
+    })
+}
+
+fn recover(
+    snapshots: &SnapshotStore<RealDisk>,
+    recovered: &ballot_wal::Recovered,
+) -> Result<Recovered, StorageError> {
+    let snapshot = match snapshots.choose_for_recovery(recovered)? {
+        Some(info) => Some(load_snapshot(snapshots, &info)?),
+        None => None,
+    };
+    let snapshot_index = snapshot.as_ref().map_or(0, |loaded| loaded.meta.index);
+    let entries = recovered
+        .entries_after(snapshot_index)
+        .iter()
+        .map(entry_from_wal)
+        .collect::<Result<Vec<Entry>, StorageError>>()?;
+    let mut hard_state = hard_state_from_wal(&recovered.hard_state);
+    // The commit index is a hint (Raft paper figure 2 does not persist it); it can never be
+    // below what a snapshot covers.
+    hard_state.commit = hard_state.commit.max(snapshot_index);
+    Ok(Recovered {
+        restore: RestoreState {
+            hard_state,
+            snapshot: snapshot.as_ref().map(|loaded| loaded.meta.clone()),
+            entries,
+            applied: snapshot_index,
+        },
+        snapshot,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::members::MemberRecord;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "ballot-storage-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    fn cluster_file() -> ClusterFile {
+        ClusterFile {
+            cluster_id: 0xc1,
+            member_id: 0xa1,
+            peer_urls: vec!["http://127.0.0.1:2380".into()],
+            seed: Registry::from_records([MemberRecord {
+                id: 0xa1,
+                name: "a".into(),
+                peer_urls: vec!["http://127.0.0.1:2380".into()],
+                ..MemberRecord::default()
+            }]),
+        }
+    }
+
+    #[test]
+    fn cluster_file_round_trips_and_detects_damage() {
+        let root = temp_dir("cluster");
+        let data_dir = DataDir::new(&root);
+        assert!(matches!(ClusterFile::read(&data_dir), Ok(None)));
+        let file = cluster_file();
+        file.write(&data_dir).expect("write");
+        assert_eq!(
+            ClusterFile::read(&data_dir).expect("read"),
+            Some(file.clone())
+        );
+        assert!(file.check_owner(&data_dir, &file.peer_urls).is_ok());
+        assert!(matches!(
+            file.check_owner(&data_dir, &["http://127.0.0.1:9".into()]),
+            Err(StorageError::ForeignDirectory { .. })
+        ));
+        let mut bytes = std::fs::read(data_dir.cluster_file()).expect("read");
+        bytes[10] ^= 0xff;
+        std::fs::write(data_dir.cluster_file(), bytes).expect("write");
+        assert!(matches!(
+            ClusterFile::read(&data_dir),
+            Err(StorageError::Corrupt { .. })
+        ));
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn payload_round_trips() {
+        let payload = SnapshotPayload {
+            registry: cluster_file().seed,
+            store: Bytes::from_static(b"store bytes"),
+        };
+        assert_eq!(SnapshotPayload::decode(&payload.encode()), Ok(payload));
+        assert!(SnapshotPayload::decode(&Bytes::from_static(b"nonsense")).is_err());
+    }
+
+    #[test]
+    fn entries_convert_both_ways() {
+        let entry = Entry {
+            term: 3,
+            index: 7,
+            kind: EntryKind::ConfChange,
+            data: Bytes::from_static(b"x"),
+        };
+        assert_eq!(entry_from_wal(&entry_to_wal(&entry)).ok(), Some(entry));
+        let unknown = LogEntry {
+            index: 1,
+            term: 1,
+            kind: 9,
+            data: Bytes::new(),
+        };
+        assert!(matches!(
+            entry_from_wal(&unknown),
+            Err(StorageError::UnknownEntryKind { .. })
+        ));
+    }
+
+    #[test]
+    fn a_fresh_directory_recovers_nothing_and_a_written_one_recovers_its_log() {
+        let root = temp_dir("open");
+        let data_dir = DataDir::new(&root);
+        let cluster = cluster_file();
+        let opened = open(&data_dir, &cluster, false).expect("open");
+        assert!(opened.recovered.is_none());
+        let entry = Entry {
+            term: 1,
+            index: 1,
+            kind: EntryKind::Normal,
+            data: Bytes::from_static(b"hello"),
+        };
+        opened
+            .wal
+            .append_blocking(ballot_wal::Write {
+                snapshot: None,
+                entries: vec![entry_to_wal(&entry)],
+                hard_state: Some(hard_state_to_wal(&HardState {
+                    term: 1,
+                    vote: 0xa1,
+                    commit: 1,
+                })),
+            })
+            .expect("append");
+        drop(opened);
+        let reopened = open(&data_dir, &cluster, false).expect("reopen");
+        let recovered = reopened.recovered.expect("recovered state");
+        assert_eq!(recovered.restore.entries, vec![entry]);
+        assert_eq!(recovered.restore.hard_state.commit, 1);
+        assert!(recovered.snapshot.is_none());
+        let _ = std::fs::remove_dir_all(root);
+    }
+}

@@ -1,0 +1,227 @@
+//! The payload of a normal log entry: who proposed it (origin member and request id, so that the
+//! origin's apply task can answer the waiting client) and what it does.
+//!
+//! Layout: `varint kind | varint origin | varint request_id | body`, where the body of a
+//! command is the encoded `ballot_mvcc::Command` itself (the rest of the entry, sliced without a
+//! copy). Configuration-change entries carry a [`ConfContext`] in the change's `context`.
+
+use bytes::{Bytes, BytesMut};
+
+use super::members::MemberRecord;
+use super::wire::{Reader, WireError, put_str, put_strings, put_varint};
+
+const KIND_COMMAND: u64 = 1;
+const KIND_MEMBER_ATTRIBUTES: u64 = 2;
+const KIND_MEMBER_PEER_URLS: u64 = 3;
+
+/// Who is waiting for an entry to be applied: the request `request_id` on member `origin`.
+/// Request id 0 means nobody waits (leader-initiated lease revokes, attribute publication).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub member_id: u64,
+    pub request_id: u64,
+}
+
+/// What an entry does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    /// An encoded `ballot_mvcc::Command`, applied to the store.
+    Command(Bytes),
+    /// A member published its name and client URLs after starting.
+    MemberAttributes {
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
+    /// MemberUpdate: new peer URLs for a member.
+    MemberPeerUrls { id: u64, peer_urls: Vec<String> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub origin: Origin,
+    pub body: Body,
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Bytes {
+        let body_len = match &self.body {
+            Body::Command(command) => command.len(),
+            _ => 64,
+        };
+        let mut buf = BytesMut::with_capacity(24 + body_len);
+        let kind = match &self.body {
+            Body::Command(_) => KIND_COMMAND,
+            Body::MemberAttributes { .. } => KIND_MEMBER_ATTRIBUTES,
+            Body::MemberPeerUrls { .. } => KIND_MEMBER_PEER_URLS,
+        };
+        put_varint(&mut buf, kind);
+        put_varint(&mut buf, self.origin.member_id);
+        put_varint(&mut buf, self.origin.request_id);
+        match &self.body {
+            Body::Command(command) => buf.extend_from_slice(command),
+            Body::MemberAttributes {
+                id,
+                name,
+                client_urls,
+            } => {
+                put_varint(&mut buf, *id);
+                put_str(&mut buf, name);
+                put_strings(&mut buf, client_urls);
+            }
+            Body::MemberPeerUrls { id, peer_urls } => {
+                put_varint(&mut buf, *id);
+                put_strings(&mut buf, peer_urls);
+            }
+        }
+        buf.freeze()
+    }
+
+    /// Reads only the origin, for a leader refusing forwarded proposals.
+    pub fn decode_origin(bytes: &Bytes) -> Result<Origin, WireError> {
+        let mut reader = Reader::new(bytes);
+        reader.varint("entry kind")?;
+        read_origin(&mut reader)
+    }
+
+    pub fn decode(bytes: &Bytes) -> Result<Envelope, WireError> {
+        let mut reader = Reader::new(bytes);
+        let kind = reader.varint("entry kind")?;
+        let origin = read_origin(&mut reader)?;
+        let body = match kind {
+            KIND_COMMAND => Body::Command(reader.rest()),
+            KIND_MEMBER_ATTRIBUTES => Body::MemberAttributes {
+                id: reader.varint("member id")?,
+                name: reader.string("member name")?,
+                client_urls: reader.strings("client URLs")?,
+            },
+            KIND_MEMBER_PEER_URLS => Body::MemberPeerUrls {
+                id: reader.varint("member id")?,
+                peer_urls: reader.strings("peer URLs")?,
+            },
+            tag => {
+                return Err(WireError::UnknownTag {
+                    what: "entry kind",
+                    tag,
+                });
+            }
+        };
+        reader.finish()?;
+        Ok(Envelope { origin, body })
+    }
+}
+
+fn read_origin(reader: &mut Reader<'_>) -> Result<Origin, WireError> {
+    Ok(Origin {
+        member_id: reader.varint("origin member")?,
+        request_id: reader.varint("request id")?,
+    })
+}
+
+/// The `context` of a configuration change: the waiting request and the member record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfContext {
+    pub origin: Origin,
+    pub record: Option<MemberRecord>,
+}
+
+impl ConfContext {
+    pub fn encode(&self) -> Bytes {
+        let mut buf = BytesMut::new();
+        put_varint(&mut buf, self.origin.member_id);
+        put_varint(&mut buf, self.origin.request_id);
+        match &self.record {
+            Some(record) => {
+                put_varint(&mut buf, 1);
+                record.encode_to(&mut buf);
+            }
+            None => put_varint(&mut buf, 0),
+        }
+        buf.freeze()
+    }
+
+    /// An empty context (the bootstrap change) decodes as "no origin, no record".
+    pub fn decode(bytes: &Bytes) -> Result<ConfContext, WireError> {
+        if bytes.is_empty() {
+            return Ok(ConfContext {
+                origin: Origin {
+                    member_id: 0,
+                    request_id: 0,
+                },
+                record: None,
+            });
+        }
+        let mut reader = Reader::new(bytes);
+        let origin = read_origin(&mut reader)?;
+        let record = match reader.varint("record present")? {
+            0 => None,
+            1 => Some(MemberRecord::decode_from(&mut reader)?),
+            tag => {
+                return Err(WireError::UnknownTag {
+                    what: "record present",
+                    tag,
+                });
+            }
+        };
+        reader.finish()?;
+        Ok(ConfContext { origin, record })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORIGIN: Origin = Origin {
+        member_id: 0xabc,
+        request_id: 42,
+    };
+
+    #[test]
+    fn envelopes_round_trip() {
+        for body in [
+            Body::Command(Bytes::from_static(b"\x0a\x03abc")),
+            Body::Command(Bytes::new()),
+            Body::MemberAttributes {
+                id: 5,
+                name: "m5".into(),
+                client_urls: vec!["http://127.0.0.1:2379".into()],
+            },
+            Body::MemberPeerUrls {
+                id: 6,
+                peer_urls: vec!["http://127.0.0.1:2380".into()],
+            },
+        ] {
+            let envelope = Envelope {
+                origin: ORIGIN,
+                body,
+            };
+            let bytes = envelope.encode();
+            assert_eq!(Envelope::decode(&bytes), Ok(envelope));
+            assert_eq!(Envelope::decode_origin(&bytes), Ok(ORIGIN));
+        }
+    }
+
+    #[test]
+    fn conf_contexts_round_trip() {
+        let context = ConfContext {
+            origin: ORIGIN,
+            record: Some(MemberRecord {
+                id: 9,
+                peer_urls: vec!["http://x:1".into()],
+                ..MemberRecord::default()
+            }),
+        };
+        assert_eq!(ConfContext::decode(&context.encode()), Ok(context));
+        assert_eq!(
+            ConfContext::decode(&Bytes::new()).map(|c| c.record),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_are_refused() {
+        assert!(Envelope::decode(&Bytes::from_static(&[9, 1, 1])).is_err());
+        assert!(Envelope::decode(&Bytes::from_static(&[2, 1])).is_err());
+    }
+}
