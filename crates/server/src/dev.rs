@@ -54,6 +54,11 @@ pub struct DevArgs {
     /// Start the members with --unsafe-no-fsync (faster; loses writes on power failure).
     #[arg(long)]
     pub unsafe_no_fsync: bool,
+
+    /// Program to run as each member instead of this executable. For testing `ballot dev` and
+    /// the scripts built on it: etcd takes the same member flags.
+    #[arg(long, hide = true, env = "BALLOT_DEV_MEMBER_PROGRAM")]
+    pub member_program: Option<PathBuf>,
 }
 
 /// Why `ballot dev` could not start or keep its cluster running.
@@ -229,7 +234,10 @@ pub async fn run(args: &DevArgs) -> Result<(), DevError> {
     if args.members == 0 || args.members > DEV_MEMBERS_MAX {
         return Err(DevError::MemberCount(args.members));
     }
-    let program = std::env::current_exe().map_err(io_error("cannot find the ballot executable"))?;
+    let program = match &args.member_program {
+        Some(program) => program.clone(),
+        None => std::env::current_exe().map_err(io_error("cannot find the ballot executable"))?,
+    };
     let (dir, temporary) = prepare_dir(args.dir.as_deref())?;
     let ports =
         free_ports(args.members * 2).map_err(io_error("cannot find free loopback ports"))?;
@@ -477,6 +485,7 @@ mod tests {
             keep: false,
             log_level: LogLevel::Warn,
             unsafe_no_fsync: true,
+            member_program: None,
         }
     }
 
