@@ -37,6 +37,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         (None, None) => RunLimit::Duration(Duration::from_secs(10)),
     };
     let started = Instant::now();
+    let cpu_at_start = process_cpu_time();
     let shared = Arc::new(Shared {
         factory,
         limit_total: match limit {
@@ -74,6 +75,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         errors.merge(&outcome.errors);
     }
     let elapsed = started.elapsed();
+    let client_cpu = process_cpu_time().saturating_sub(cpu_at_start);
     progress.finish();
 
     let ops = histogram.len();
@@ -100,6 +102,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         key_space: args.key_space,
         rate_limit: args.rate,
         elapsed,
+        client_cpu,
         ops,
         errors,
         latency: LatencySummary::from_histogram(&histogram),
@@ -198,6 +201,23 @@ async fn client_loop(
         shared.completed.fetch_add(1, Ordering::Relaxed);
     }
     ClientOutcome { histogram, errors }
+}
+
+/// User plus system CPU time of this process so far (zero if the kernel will not say).
+fn process_cpu_time() -> Duration {
+    // SAFETY: getrusage writes only into the zeroed struct we pass, which outlives the call.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return Duration::ZERO;
+        }
+        usage
+    };
+    let to_duration = |time: libc::timeval| {
+        Duration::from_secs(u64::try_from(time.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(time.tv_usec).unwrap_or(0))
+    };
+    to_duration(usage.ru_utime) + to_duration(usage.ru_stime)
 }
 
 /// Accepts `host:port` or `http://host:port`, comma-separated, and returns `http://` URLs.
@@ -435,6 +455,10 @@ mod tests {
         assert_eq!(report.ops, 500);
         assert_eq!(report.errors.total, 0);
         assert_eq!(service.puts.load(Ordering::Relaxed), 500);
+        assert!(
+            report.client_cpu > Duration::ZERO,
+            "sending 500 requests takes some CPU"
+        );
         assert!(report.latency.max_us >= report.latency.p50_us);
     }
 

@@ -103,6 +103,9 @@ pub struct BenchReport {
     pub key_space: u64,
     pub rate_limit: u64,
     pub elapsed: Duration,
+    /// CPU time (user + system) the generator process used during the run: on a machine shared
+    /// with the cluster under test, what the client took from it.
+    pub client_cpu: Duration,
     /// Successful requests.
     pub ops: u64,
     pub errors: ErrorTally,
@@ -151,6 +154,12 @@ impl BenchReport {
             "throughput: {:.1} ops/s",
             self.throughput_ops_per_sec()
         );
+        let _ = writeln!(
+            text,
+            "client cpu: {:.2} s ({:.2} cores)",
+            self.client_cpu.as_secs_f64(),
+            self.client_cpu.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9)
+        );
         let latency = &self.latency;
         let _ = writeln!(
             text,
@@ -192,7 +201,7 @@ impl BenchReport {
         format!(
             "{{\"workload\":{},\"consistency\":{},\"endpoints\":[{}],\"conns\":{},\"clients\":{},\
              \"key_size\":{},\"val_size\":{},\"key_space\":{},\"rate_limit\":{},\
-             \"elapsed_secs\":{:.6},\"ops\":{},\"errors\":{},\"throughput_ops_per_sec\":{:.1},\
+             \"elapsed_secs\":{:.6},\"client_cpu_secs\":{:.3},\"ops\":{},\"errors\":{},\"throughput_ops_per_sec\":{:.1},\
              \"latency_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p99_9\":{},\"max\":{},\"mean\":{:.1}}},\
              \"error_kinds\":[{}]}}",
             json_string(self.workload),
@@ -206,6 +215,7 @@ impl BenchReport {
             self.key_space,
             self.rate_limit,
             self.elapsed.as_secs_f64(),
+            self.client_cpu.as_secs_f64(),
             self.ops,
             self.errors.total,
             self.throughput_ops_per_sec(),
@@ -268,6 +278,7 @@ mod tests {
             key_space: 100,
             rate_limit: 0,
             elapsed: Duration::from_secs(2),
+            client_cpu: Duration::from_millis(500),
             ops: 1000,
             errors,
             latency: LatencySummary::from_histogram(&histogram),
@@ -288,7 +299,7 @@ mod tests {
     fn json_has_the_fields_and_escapes_strings() {
         let json = report().to_json();
         assert!(json.starts_with("{\"workload\":\"range\",\"consistency\":\"serializable\""));
-        assert!(json.contains("\"ops\":1000,\"errors\":2,\"throughput_ops_per_sec\":500.0"));
+        assert!(json.contains("\"elapsed_secs\":2.000000,\"client_cpu_secs\":0.500,\"ops\":1000,\"errors\":2,\"throughput_ops_per_sec\":500.0"));
         assert!(json.contains(
             "\"latency_us\":{\"p50\":500,\"p90\":900,\"p99\":990,\"p99_9\":999,\"max\":1000"
         ));
@@ -302,6 +313,7 @@ mod tests {
     fn text_summary_reports_throughput_and_errors() {
         let text = report().to_text();
         assert!(text.contains("throughput: 500.0 ops/s"), "{text}");
+        assert!(text.contains("client cpu: 0.50 s (0.25 cores)"), "{text}");
         assert!(
             text.contains("latency ms: p50 0.500  p90 0.900  p99 0.990  p99.9 0.999  max 1.000"),
             "{text}"
