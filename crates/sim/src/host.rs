@@ -76,7 +76,9 @@ struct PendingWrite {
     hard_state: Option<HardState>,
     snapshot: Option<(SnapshotMeta, Bytes)>,
     entries: Vec<Entry>,
-    persisted_messages: Vec<Message>,
+    /// Each with the term the node's log had at the acknowledged index when the Ready was
+    /// produced: that entry is what the acknowledgement promises is durable.
+    persisted_messages: Vec<(Message, Option<Term>)>,
 }
 
 /// A host's clock and disk speeds, drawn per seed.
@@ -121,6 +123,8 @@ pub struct Host {
     pub role: Role,
     pub term: Term,
     pub leader: NodeId,
+    /// The highest commit index this incarnation's Readys reported.
+    commit: Index,
     pub tick_interval_steps: Time,
     pub next_tick_at: Time,
     pub paused_until: Time,
@@ -160,6 +164,7 @@ impl Host {
             role: Role::Follower,
             term: 0,
             leader: 0,
+            commit: 0,
             tick_interval_steps: tick_steps,
             next_tick_at: now + rng.range(1, tick_steps),
             paused_until: 0,
@@ -199,6 +204,7 @@ impl Host {
         self.role = Role::Follower;
         self.leader = 0;
         self.restart_at = None;
+        self.commit = self.durable.hard_state.commit;
         let raft = if self.durable.is_empty() {
             match &self.origin {
                 Origin::Bootstrap { voters } => RaftNode::bootstrap(self.config.clone(), voters),
@@ -327,7 +333,7 @@ impl Host {
     /// each Ready.
     pub fn drive(&mut self, world: &mut World) -> Result<(), Violation> {
         loop {
-            self.complete_due_writes(world);
+            self.complete_due_writes(world)?;
             let Some(raft) = self.raft.as_mut() else {
                 return Ok(());
             };
@@ -341,7 +347,7 @@ impl Host {
 
     /// Makes durable every pending write whose time has come, in order, then reports it and
     /// releases the messages that waited for it.
-    fn complete_due_writes(&mut self, world: &mut World) {
+    fn complete_due_writes(&mut self, world: &mut World) -> Result<(), Violation> {
         while self
             .pending_writes
             .front()
@@ -364,10 +370,73 @@ impl Host {
             if let (Some(number), Some(raft)) = (write.ready_number, self.raft.as_mut()) {
                 raft.on_persisted(number);
             }
-            for message in write.persisted_messages {
+            for (message, acknowledged_term) in write.persisted_messages {
+                self.check_promise(&message, acknowledged_term)?;
                 world.send(self.id, self.incarnation, message, None);
             }
         }
+        Ok(())
+    }
+
+    /// The persistence contract seen from the wire: an acknowledgement may leave only once
+    /// what it promises is durable (Raft paper §5.1, "respond to RPCs" after updating stable
+    /// storage; Raft thesis §10.2.1 for the leader's overlap, which promises nothing).
+    fn check_promise(
+        &self,
+        message: &Message,
+        acknowledged_term: Option<Term>,
+    ) -> Result<(), Violation> {
+        let broken = |detail: String| {
+            Err(Violation {
+                invariant: "acknowledge only what is durable",
+                detail,
+            })
+        };
+        match message.body {
+            MessageBody::AppendResponse {
+                reject: false,
+                index,
+                ..
+            } => {
+                let durable_term = if index <= self.durable.snapshot_index() {
+                    None
+                } else {
+                    self.durable
+                        .entries
+                        .iter()
+                        .rev()
+                        .find(|e| e.index == index)
+                        .map(|e| e.term)
+                };
+                let covered_by_snapshot = index <= self.durable.snapshot_index();
+                // Below the mirror's base (a snapshot installed since) the term is unknown here;
+                // the entry only has to be durable.
+                let expected_term = acknowledged_term.or(durable_term);
+                if !covered_by_snapshot && (durable_term.is_none() || durable_term != expected_term)
+                {
+                    return broken(format!(
+                        "node {} acknowledged index {index} to node {} before it was durable (durable log ends at {})",
+                        self.id,
+                        message.to,
+                        self.durable
+                            .entries
+                            .last()
+                            .map_or(self.durable.snapshot_index(), |e| e.index)
+                    ));
+                }
+            }
+            MessageBody::VoteResponse { reject: false } => {
+                let hard_state = self.durable.hard_state;
+                if hard_state.term != message.term || hard_state.vote != message.to {
+                    return broken(format!(
+                        "node {} granted its vote to node {} in term {} before the vote was durable (durable {hard_state:?})",
+                        self.id, message.to, message.term
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     fn handle_ready(&mut self, world: &mut World, ready: Ready) -> Result<(), Violation> {
@@ -422,7 +491,16 @@ impl Host {
                 .checker
                 .check_leader_completeness(self.id, &self.mirror, self.term)?;
         }
+        if let (Some(term), Some(hard_state)) = (leader_term, ready.hard_state)
+            && hard_state.commit > self.commit
+        {
+            self.check_commit_rule(term, hard_state.commit)?;
+        }
+        if let Some(hard_state) = ready.hard_state {
+            self.commit = self.commit.max(hard_state.commit);
+        }
         for message in ready.messages {
+            self.check_promise(&message, self.acknowledged_term(&message))?;
             let data = self.snapshot_data_for(&message);
             world.send(self.id, self.incarnation, message, data);
         }
@@ -443,6 +521,34 @@ impl Host {
         Ok(())
     }
 
+    /// The term of the entry an append acknowledgement covers, as the log has it now.
+    fn acknowledged_term(&self, message: &Message) -> Option<Term> {
+        match message.body {
+            MessageBody::AppendResponse {
+                reject: false,
+                index,
+                ..
+            } => self.mirror.term_at(index),
+            _ => None,
+        }
+    }
+
+    /// Raft paper §5.4.2: a leader advances its commit index by counting replicas only to an
+    /// entry of its own term (older entries are committed indirectly, with it). A stricter,
+    /// direct check of the rule behind figure 8, which otherwise shows only in rare histories.
+    fn check_commit_rule(&self, term: Term, commit: Index) -> Result<(), Violation> {
+        match self.mirror.term_at(commit) {
+            Some(entry_term) if entry_term == term => Ok(()),
+            found => Err(Violation {
+                invariant: "commit rule (§5.4.2)",
+                detail: format!(
+                    "node {}, leader of term {term}, advanced its commit index to {commit}, whose entry has term {found:?}",
+                    self.id
+                ),
+            }),
+        }
+    }
+
     fn queue_write(
         &mut self,
         world: &mut World,
@@ -453,6 +559,13 @@ impl Host {
         persisted_messages: Vec<Message>,
     ) {
         let must_persist = hard_state.is_some() || snapshot.is_some() || !entries.is_empty();
+        let persisted_messages: Vec<(Message, Option<Term>)> = persisted_messages
+            .into_iter()
+            .map(|message| {
+                let term = self.acknowledged_term(&message);
+                (message, term)
+            })
+            .collect();
         if !must_persist && persisted_messages.is_empty() {
             return;
         }
