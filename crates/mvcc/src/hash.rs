@@ -52,10 +52,10 @@ impl Store {
         // which case every stored old revision counts.
         let any_live_at_hash = self
             .keys
-            .values()
-            .any(|history| history.visible(Some(hash_revision)).is_some());
+            .iter()
+            .any(|(_, _, history)| history.visible(Some(hash_revision)).is_some());
         let mut included: Vec<(&Bytes, &Version)> = Vec::new();
-        for (key, history) in &self.keys {
+        for (_, key, history) in self.keys.iter() {
             for version in &history.versions {
                 if version.main > hash_revision {
                     break;

@@ -17,6 +17,7 @@ mod command;
 mod error;
 mod hash;
 mod history;
+mod index;
 mod keys;
 mod lease;
 mod read;

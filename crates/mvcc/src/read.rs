@@ -84,28 +84,16 @@ impl Store {
         let range = KeyRange::new(&req.key, &req.range_end);
         let mut kvs: Vec<KeyValue> = Vec::new();
         let mut count: i64 = 0;
-        let mut visit = |key: &Bytes, history: &KeyHistory| {
-            let Some(version) = history.visible(read) else {
-                return;
-            };
-            count += 1;
-            if kvs.len() < fetch_max {
-                kvs.push(client_kv(key, version, !values_needed));
-            }
-        };
-        match range {
-            KeyRange::Single(key) => {
-                if let Some((key, history)) = self.keys.get_key_value(key) {
-                    visit(key, history);
+        self.keys
+            .visit(&range, |key: &Bytes, history: &KeyHistory| {
+                if let Some(version) = history.visible(read) {
+                    count += 1;
+                    if kvs.len() < fetch_max {
+                        kvs.push(client_kv(key, version, !values_needed));
+                    }
                 }
-            }
-            _ if range.is_empty() => {}
-            _ => {
-                for (key, history) in self.keys.range::<[u8], _>(range.bounds()) {
-                    visit(key, history);
-                }
-            }
-        }
+                true
+            });
         if filtered {
             kvs.retain(|kv| passes_filters(req, kv));
         }
@@ -168,8 +156,14 @@ impl Store {
                 next_revision = change.main;
                 break;
             }
-            if range.contains(&change.key) {
-                events.push(self.event_of(&change.key, change.main, change.sub));
+            let entry = self.keys.slot(change.slot);
+            if range.contains(&entry.key) {
+                events.push(event_of(
+                    &entry.key,
+                    &entry.history,
+                    change.main,
+                    change.sub,
+                ));
             }
         }
         Ok(EventsSince {
@@ -177,23 +171,20 @@ impl Store {
             next_revision,
         })
     }
+}
 
-    /// The event of the change at `(main, sub)` of `key`.
-    fn event_of(&self, key: &Bytes, main: i64, sub: u32) -> Event {
-        let Some(history) = self.keys.get(key.as_ref()) else {
-            panic!("revision log names key {key:?} at {main}.{sub} but it has no history");
-        };
-        let Some(position) = history.position(main, sub) else {
-            panic!("revision log names {key:?} at {main}.{sub} but its history lacks it");
-        };
-        let version = &history.versions[position];
-        let prev_kv = position
-            .checked_sub(1)
-            .map(|before| &history.versions[before])
-            .filter(|before| before.is_live())
-            .map(|before| before.key_value(key));
-        change_event(key, version, prev_kv)
-    }
+/// The event of the change at `(main, sub)` of `key`.
+fn event_of(key: &Bytes, history: &KeyHistory, main: i64, sub: u32) -> Event {
+    let Some(position) = history.position(main, sub) else {
+        panic!("revision log names {key:?} at {main}.{sub} but its history lacks it");
+    };
+    let version = &history.versions[position];
+    let prev_kv = position
+        .checked_sub(1)
+        .map(|before| &history.versions[before])
+        .filter(|before| before.is_live())
+        .map(|before| before.key_value(key));
+    change_event(key, version, prev_kv)
 }
 
 /// The watch event for one history entry.

@@ -26,6 +26,7 @@ use bytes::Bytes;
 
 use crate::error::SnapshotError;
 use crate::history::{KeyHistory, Version};
+use crate::index::KeyIndex;
 use crate::store::{Change, Lease, Store, StoreConfig};
 
 const MAGIC: &[u8; 8] = b"BALLOTMV";
@@ -73,7 +74,7 @@ impl Store {
             out.put(&lease.remaining_ttl_secs.to_le_bytes())?;
         }
         out.put(&(self.keys.len() as u64).to_le_bytes())?;
-        for (key, history) in &self.keys {
+        for (_, key, history) in self.keys.iter() {
             out.put_len(key.len())?;
             out.put(key)?;
             out.put_len(history.versions.len())?;
@@ -153,7 +154,7 @@ impl Store {
     /// Rebuilds lease key sets and the revision log from the histories.
     fn rebuild_derived(&mut self) -> Result<(), SnapshotError> {
         let mut changes: Vec<Change> = Vec::new();
-        for (key, history) in &self.keys {
+        for (slot, key, history) in self.keys.iter() {
             let latest = history.latest();
             if latest.is_live() && latest.lease != 0 {
                 let lease = self.leases.get_mut(&latest.lease).ok_or_else(|| {
@@ -169,7 +170,7 @@ impl Store {
                     changes.push(Change {
                         main: version.main,
                         sub: version.sub,
-                        key: key.clone(),
+                        slot,
                     });
                 }
             }
@@ -214,12 +215,9 @@ fn read_leases(input: &mut Reader<'_>) -> Result<BTreeMap<i64, Lease>, SnapshotE
     Ok(leases)
 }
 
-fn read_keys(
-    input: &mut Reader<'_>,
-    current_revision: i64,
-) -> Result<BTreeMap<Bytes, KeyHistory>, SnapshotError> {
+fn read_keys(input: &mut Reader<'_>, current_revision: i64) -> Result<KeyIndex, SnapshotError> {
     let count = input.u64("key count")?;
-    let mut keys = BTreeMap::new();
+    let mut keys = KeyIndex::default();
     let mut previous: Option<Bytes> = None;
     for _ in 0..count {
         let key_len = input.len("key length")?;

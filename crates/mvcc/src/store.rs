@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::command::Command;
 use crate::error::MvccError;
 use crate::history::{KeyHistory, Version};
+use crate::index::KeyIndex;
 use crate::keys::KeyRange;
 use crate::validate;
 
@@ -106,12 +107,13 @@ pub struct LeaseInfo {
     pub keys: Vec<Bytes>,
 }
 
-/// One entry of the revision log: which key changed at `(main, sub)`.
-#[derive(Debug, Clone, PartialEq)]
+/// One entry of the revision log: which key (by key-index slot) changed at
+/// `(main, sub)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Change {
     pub main: i64,
     pub sub: u32,
-    pub key: Bytes,
+    pub slot: u32,
 }
 
 /// The replicated state machine: etcd's MVCC key-value store plus leases.
@@ -124,11 +126,13 @@ pub(crate) struct Change {
 pub struct Store {
     pub(crate) config: StoreConfig,
     /// Every key that has history since the compact revision.
-    pub(crate) keys: BTreeMap<Bytes, KeyHistory>,
+    pub(crate) keys: KeyIndex,
     /// Every change with main revision >= the compact revision (all changes
     /// when never compacted), in revision order: what watch catch-up and
     /// compaction walk instead of scanning all keys.
-    // Invariant: ascending by (main, sub); each entry has its version in `keys`.
+    // Invariant: ascending by (main, sub); each entry's slot is in use and
+    // its history holds that revision. A key leaves the index only when
+    // compaction empties its history, which also pops all its entries here.
     pub(crate) changes: VecDeque<Change>,
     // Invariant: compact_revision <= current_revision.
     pub(crate) current_revision: i64,
@@ -162,7 +166,7 @@ impl Store {
     pub fn new(config: StoreConfig) -> Store {
         Store {
             config,
-            keys: BTreeMap::new(),
+            keys: KeyIndex::default(),
             changes: VecDeque::new(),
             current_revision: 1,
             compact_revision: -1,
@@ -300,20 +304,20 @@ impl Store {
         batch.sub += 1;
         // One key-index lookup for an existing key (the common case), two
         // for a new one.
-        let (prev, kv) = match self.keys.get_mut(req.key.as_ref()) {
-            Some(history) => {
+        let (slot, prev, kv) = match self.keys.get_mut(req.key.as_ref()) {
+            Some((slot, history)) => {
                 let previous = history.visible(None);
                 let prev = previous.map(|version| version.key_value(&req.key));
                 let version = next_version(previous, req, main, sub);
                 let kv = version.key_value(&req.key);
                 history.push(version);
-                (prev, kv)
+                (slot, prev, kv)
             }
             None => {
                 let version = next_version(None, req, main, sub);
                 let kv = version.key_value(&req.key);
-                self.keys.insert(req.key.clone(), KeyHistory::new(version));
-                (None, kv)
+                let slot = self.keys.insert(req.key.clone(), KeyHistory::new(version));
+                (slot, None, kv)
             }
         };
         let old_lease = prev.as_ref().map_or(0, |prev| prev.lease);
@@ -321,11 +325,7 @@ impl Store {
             self.detach(old_lease, &req.key);
             self.attach(kv.lease, &req.key);
         }
-        self.changes.push_back(Change {
-            main,
-            sub,
-            key: req.key.clone(),
-        });
+        self.changes.push_back(Change { main, sub, slot });
         let response_prev = if req.prev_kv { prev.clone() } else { None };
         batch.events.push(Event {
             r#type: EventType::Put as i32,
@@ -379,14 +379,11 @@ impl Store {
     ) -> DeleteRangeResponse {
         let range = KeyRange::new(&req.key, &req.range_end);
         let mut response = DeleteRangeResponse::default();
-        if range.is_empty() {
-            return response;
-        }
         let (keys, leases, changes) = (&mut self.keys, &mut self.leases, &mut self.changes);
-        for (key, history) in keys.range_mut::<[u8], _>(range.bounds()) {
+        keys.visit_mut(&range, |slot, key, history| {
             let latest = history.latest();
             if !latest.is_live() {
-                continue;
+                return;
             }
             let prev = latest.key_value(key);
             if latest.lease != 0
@@ -398,7 +395,7 @@ impl Store {
             changes.push_back(Change {
                 main: batch.main,
                 sub: batch.sub,
-                key: key.clone(),
+                slot,
             });
             batch.sub += 1;
             response.deleted += 1;
@@ -414,7 +411,7 @@ impl Store {
                 }),
                 prev_kv: Some(prev),
             });
-        }
+        });
         response
     }
 
@@ -431,25 +428,15 @@ impl Store {
         // to drop: the newest version below the previous compact revision
         // was kept because it was live, and it is still the newest below
         // `revision` unless the key changed since.
-        let mut touched: Vec<Bytes> = Vec::new();
-        while self
-            .changes
-            .front()
-            .is_some_and(|change| change.main < revision)
-        {
-            if let Some(change) = self.changes.pop_front() {
-                touched.push(change.key);
-            }
+        let mut touched: Vec<u32> = Vec::new();
+        while let Some(change) = self.changes.pop_front_if(|change| change.main < revision) {
+            touched.push(change.slot);
         }
         touched.sort_unstable();
         touched.dedup();
-        for key in touched {
-            let emptied = match self.keys.get_mut(key.as_ref()) {
-                Some(history) => history.compact(revision),
-                None => panic!("revision log names key {key:?} that has no history"),
-            };
-            if emptied {
-                self.keys.remove(key.as_ref());
+        for slot in touched {
+            if self.keys.history_mut(slot).compact(revision) {
+                self.keys.remove_slot(slot);
             }
         }
         self.compact_revision = revision;

@@ -83,28 +83,13 @@ impl Store {
         let range = KeyRange::new(&compare.key, &compare.range_end);
         let mut any = false;
         let mut all = true;
-        match range {
-            KeyRange::Single(key) => {
-                if let Some((key, history)) = self.keys.get_key_value(key)
-                    && let Some(version) = history.visible(None)
-                {
-                    any = true;
-                    all = compare_kv(compare, &version.key_value(key));
-                }
+        self.keys.visit(&range, |key, history| {
+            if let Some(version) = history.visible(None) {
+                any = true;
+                all = compare_kv(compare, &version.key_value(key));
             }
-            _ if range.is_empty() => {}
-            _ => {
-                for (key, history) in self.keys.range::<[u8], _>(range.bounds()) {
-                    if let Some(version) = history.visible(None) {
-                        any = true;
-                        if !compare_kv(compare, &version.key_value(key)) {
-                            all = false;
-                            break;
-                        }
-                    }
-                }
-            }
-        }
+            all
+        });
         if any {
             return all;
         }

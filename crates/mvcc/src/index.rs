@@ -1,0 +1,179 @@
+//! The key index: every key with history, findable by hash (point reads
+//! and writes) and in key order (ranges).
+//!
+//! A `BTreeMap<Bytes, _>` alone costs a pointer chase per key comparison,
+//! about 17 of them per lookup among 100,000 keys; measured, a lookup was
+//! about 5 times slower than a hash lookup. So histories live in a slab,
+//! found through a `HashMap` for single keys and through a `BTreeMap` for
+//! ranges; both map a key to its slot. A put to an existing key touches only
+//! the hash map. The hash map's iteration order is never observed (snapshots,
+//! hashes and ranges walk the ordered map), so its random seed cannot make
+//! replicas differ.
+
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::history::KeyHistory;
+use crate::keys::KeyRange;
+
+/// A key and its history, at a stable slot number: the revision log
+/// refers to keys by slot (4 bytes, no reference count to touch).
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    pub key: Bytes,
+    pub history: KeyHistory,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeyIndex {
+    // Invariant: `ordered` and `by_key` hold the same keys with the same
+    // slots; `slots[slot]` is `Some` exactly for slots they name, holding
+    // that key. A slot is reused only after its key was removed.
+    ordered: BTreeMap<Bytes, u32>,
+    by_key: HashMap<Bytes, u32>,
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+}
+
+impl KeyIndex {
+    /// The key and history at `slot`, which must be in use.
+    pub(crate) fn slot(&self, slot: u32) -> &Slot {
+        match self.slots.get(slot as usize) {
+            Some(Some(entry)) => entry,
+            _ => panic!("key index slot {slot} is not in use"),
+        }
+    }
+
+    fn slot_mut(slots: &mut [Option<Slot>], slot: u32) -> &mut Slot {
+        match slots.get_mut(slot as usize) {
+            Some(Some(entry)) => entry,
+            _ => panic!("key index slot {slot} is not in use"),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ordered.len()
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&KeyHistory> {
+        self.by_key.get(key).map(|&slot| &self.slot(slot).history)
+    }
+
+    pub(crate) fn get_key_value(&self, key: &[u8]) -> Option<(&Bytes, &KeyHistory)> {
+        self.by_key.get(key).map(|&slot| {
+            let entry = self.slot(slot);
+            (&entry.key, &entry.history)
+        })
+    }
+
+    /// The slot and history of `key`, open for change.
+    pub(crate) fn get_mut(&mut self, key: &[u8]) -> Option<(u32, &mut KeyHistory)> {
+        let slot = *self.by_key.get(key)?;
+        Some((slot, &mut Self::slot_mut(&mut self.slots, slot).history))
+    }
+
+    /// Adds a key that is not in the index; returns its slot.
+    pub(crate) fn insert(&mut self, key: Bytes, history: KeyHistory) -> u32 {
+        let entry = Some(Slot {
+            key: key.clone(),
+            history,
+        });
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = entry;
+                slot
+            }
+            None => {
+                let slot = u32::try_from(self.slots.len())
+                    .unwrap_or_else(|_| panic!("key index holds more than u32::MAX keys"));
+                self.slots.push(entry);
+                slot
+            }
+        };
+        let replaced = self.by_key.insert(key.clone(), slot);
+        assert!(
+            replaced.is_none(),
+            "key {key:?} inserted twice into the key index"
+        );
+        self.ordered.insert(key, slot);
+        slot
+    }
+
+    /// Removes the key at `slot` and frees the slot.
+    pub(crate) fn remove_slot(&mut self, slot: u32) {
+        let Some(entry) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+            panic!("removing key index slot {slot}, which is not in use");
+        };
+        self.by_key.remove(&entry.key);
+        self.ordered.remove(&entry.key);
+        self.free.push(slot);
+    }
+
+    /// The history at `slot`, open for change.
+    pub(crate) fn history_mut(&mut self, slot: u32) -> &mut KeyHistory {
+        &mut Self::slot_mut(&mut self.slots, slot).history
+    }
+
+    /// Calls `visit` for each key of `range` in key order until it
+    /// returns false. A single key is found by hash.
+    pub(crate) fn visit<'a>(
+        &'a self,
+        range: &KeyRange<'_>,
+        mut visit: impl FnMut(&'a Bytes, &'a KeyHistory) -> bool,
+    ) {
+        match *range {
+            KeyRange::Single(key) => {
+                if let Some((key, history)) = self.get_key_value(key) {
+                    visit(key, history);
+                }
+            }
+            _ if range.is_empty() => {}
+            _ => {
+                for &slot in self
+                    .ordered
+                    .range::<[u8], _>(range.bounds())
+                    .map(|(_, slot)| slot)
+                {
+                    let entry = self.slot(slot);
+                    if !visit(&entry.key, &entry.history) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Calls `visit` with the slot, key and history of each key of `range`,
+    /// in key order, the history open for change.
+    pub(crate) fn visit_mut(
+        &mut self,
+        range: &KeyRange<'_>,
+        mut visit: impl FnMut(u32, &Bytes, &mut KeyHistory),
+    ) {
+        let mut apply = |slot: u32| {
+            let entry = Self::slot_mut(&mut self.slots, slot);
+            visit(slot, &entry.key, &mut entry.history);
+        };
+        match *range {
+            KeyRange::Single(key) => {
+                if let Some(&slot) = self.by_key.get(key) {
+                    apply(slot);
+                }
+            }
+            _ if range.is_empty() => {}
+            _ => {
+                for (_, &slot) in self.ordered.range::<[u8], _>(range.bounds()) {
+                    apply(slot);
+                }
+            }
+        }
+    }
+
+    /// Every slot, key and history in key order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &Bytes, &KeyHistory)> {
+        self.ordered.values().map(|&slot| {
+            let entry = self.slot(slot);
+            (slot, &entry.key, &entry.history)
+        })
+    }
+}
