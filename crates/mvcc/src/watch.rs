@@ -537,7 +537,11 @@ fn catch_up(state: &mut HubState, stream_id: u64, store: &Store, events_max: usi
                         .filter_map(|event| watcher.view(event))
                         .collect();
                     watcher.next_revision = history.next_revision;
-                    budget = budget.saturating_sub(history.events.len().max(1));
+                    // Only what is queued counts against the budget: a
+                    // walk that queues nothing (all filtered out) still
+                    // advances `next_revision`, so the loop ends, and `poll`
+                    // never returns empty while catch-up work remains.
+                    budget = budget.saturating_sub(events.len());
                     if !events.is_empty() {
                         let last = events.last().map_or(end, event_revision);
                         let mut message = response(last.max(history.next_revision - 1), watch_id);
