@@ -195,14 +195,14 @@ fn run(ops: &[Op], capacity: usize) -> Result<(), TestCaseError> {
             }
             Op::PutPair(..) => None,
         };
-        if let Some(applied) = applied {
-            if !applied.events.is_empty() {
-                log.extend(applied.events.iter().cloned());
-                if holding {
-                    held.push((applied.revision, applied.events));
-                } else {
-                    hub.notify(applied.revision, &applied.events);
-                }
+        if let Some(applied) = applied
+            && !applied.events.is_empty()
+        {
+            log.extend(applied.events.iter().cloned());
+            if holding {
+                held.push((applied.revision, applied.events));
+            } else {
+                hub.notify(applied.revision, &applied.events);
             }
         }
     }
