@@ -1,17 +1,292 @@
 //! The entry point of a member: opens the data directory, starts the node, the peer transport
-//! and the client listeners, and runs until a signal or a fatal error.
+//! and the client listeners, and runs until a signal, its removal from the cluster, or a fatal
+//! error.
 
-use crate::config::ServerConfig;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::config::{ClusterState, ServerConfig};
+use crate::node::members::{MemberRecord, Registry};
+use crate::node::{self, NodeConfig, NodeHandle, StartMode};
+use crate::storage::{self, ClusterFile, DataDir, StorageError};
+use crate::transport::{self, Transport};
+
+/// How long a joining member keeps asking the cluster for its membership before giving up.
+const JOIN_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a member stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error("cannot listen on {addr} ({flag}): {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        flag: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot join the cluster: {0}")]
+    Join(String),
+    #[error("cannot start the node: {0}")]
+    Start(#[from] node::StartError),
     #[error("{0}")]
-    NotImplemented(&'static str),
+    Fatal(String),
+    #[error("the client API failed: {0}")]
+    Api(String),
+}
+
+/// The node configuration for `config`, with the IDs from the data directory.
+pub fn node_config(config: &ServerConfig, cluster: &ClusterFile) -> NodeConfig {
+    let election_ms = config.election_timeout.as_millis() as u64;
+    NodeConfig {
+        name: config.name.clone(),
+        member_id: cluster.member_id,
+        cluster_id: cluster.cluster_id,
+        cluster_token: config.initial_cluster_token.clone(),
+        client_urls: config.advertise_client_urls.clone(),
+        peer_urls: config.advertise_peer_urls.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+        election_timeout: config.election_timeout,
+        election_ticks: u32::try_from(config.election_timeout_ticks()).unwrap_or(u32::MAX),
+        snapshot_count: config.snapshot_count,
+        snapshot_catchup_entries: config.snapshot_count.min(5000),
+        max_request_bytes: config.max_request_bytes,
+        // etcd: 5 s plus two election timeouts for the request to find a leader.
+        request_timeout: Duration::from_secs(5) + config.election_timeout * 2,
+        store_config: ballot_mvcc::StoreConfig {
+            // etcd's minimum lease TTL: ceil(1.5 election timeouts), in seconds.
+            lease_ttl_min_secs: (election_ms * 3).div_ceil(2000).max(1) as i64,
+            ..ballot_mvcc::StoreConfig::default()
+        },
+    }
 }
 
 /// Runs a member until it is told to stop (SIGINT / SIGTERM) or fails.
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
-    let _ = config;
-    Err(ServerError::NotImplemented("the server is being written"))
+    let peer_listeners = bind_all(&config.peer_listen_addrs, "--listen-peer-urls").await?;
+    let client_listeners = bind_all(&config.client_listen_addrs, "--listen-client-urls").await?;
+    let member = start_member(&config, peer_listeners).await?;
+    let api = serve_clients(member.handle.clone(), &config, client_listeners);
+    tracing::info!(
+        member_id = %format_args!("{:x}", member.handle.member_id()),
+        cluster_id = %format_args!("{:x}", member.handle.cluster_id()),
+        "member is serving"
+    );
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("stopping on signal");
+            Ok(())
+        }
+        failure = member.handle.stopped() => match failure {
+            Some(reason) => Err(ServerError::Fatal(reason)),
+            None if member.handle.was_removed() => {
+                tracing::warn!("this member was removed from the cluster; stopping");
+                Ok(())
+            }
+            None => Ok(()),
+        },
+        result = api => result,
+    };
+    member.handle.shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(5), member.wal.shutdown()).await;
+    outcome
+}
+
+/// A started member: the node, its transport and its WAL handle (for a clean shutdown).
+pub struct Member {
+    pub handle: NodeHandle,
+    pub transport: Transport,
+    pub wal: ballot_wal::GroupCommitWal,
+}
+
+/// Opens the data directory (joining the cluster first if asked), starts the node and serves
+/// the peer listeners.
+pub async fn start_member(
+    config: &ServerConfig,
+    peer_listeners: Vec<TcpListener>,
+) -> Result<Member, ServerError> {
+    let data_dir = DataDir::new(&config.data_dir);
+    let cluster = cluster_file(config, &data_dir).await?;
+    let mode = if cluster.joined {
+        StartMode::Join
+    } else {
+        StartMode::Bootstrap {
+            voters: cluster.seed.records().map(|member| member.id).collect(),
+        }
+    };
+    let opened = {
+        let data_dir = data_dir.clone();
+        let cluster = cluster.clone();
+        let unsafe_no_fsync = config.unsafe_no_fsync;
+        tokio::task::spawn_blocking(move || storage::open(&data_dir, &cluster, unsafe_no_fsync))
+            .await
+            .map_err(|error| ServerError::Fatal(error.to_string()))??
+    };
+    let wal = opened.wal.clone();
+    let (input_tx, input_rx) = mpsc::channel(node::PEER_INPUT_DEPTH);
+    let transport = Transport::new(
+        cluster.cluster_id,
+        cluster.member_id,
+        input_tx,
+        opened.snapshots.clone(),
+    );
+    let started = node::start(
+        node_config(config, &cluster),
+        opened,
+        cluster.seed.clone(),
+        mode,
+        transport.clone(),
+        input_rx,
+    )?;
+    for listener in peer_listeners {
+        transport.serve(listener);
+    }
+    Ok(Member {
+        handle: started.handle,
+        transport,
+        wal,
+    })
+}
+
+/// Reads this member's cluster file, or creates it: from `--initial-cluster` for a new cluster,
+/// from the running cluster's member list for a member joining one.
+async fn cluster_file(
+    config: &ServerConfig,
+    data_dir: &DataDir,
+) -> Result<ClusterFile, ServerError> {
+    if let Some(existing) = ClusterFile::read(data_dir)? {
+        existing.check_owner(data_dir, &config.advertise_peer_urls)?;
+        return Ok(existing);
+    }
+    let cluster = match config.initial_cluster_state {
+        ClusterState::New => ClusterFile {
+            cluster_id: config.cluster_id,
+            member_id: config.member_id,
+            peer_urls: config.advertise_peer_urls.clone(),
+            seed: Registry::from_records(config.initial_cluster.iter().map(|member| {
+                MemberRecord {
+                    id: member.member_id,
+                    name: member.name.clone(),
+                    peer_urls: member.peer_urls.clone(),
+                    client_urls: if member.member_id == config.member_id {
+                        config.advertise_client_urls.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    is_learner: false,
+                }
+            })),
+            joined: false,
+        },
+        ClusterState::Existing => join_cluster(config).await?,
+    };
+    cluster.write(data_dir)?;
+    Ok(cluster)
+}
+
+/// Asks the other members of `--initial-cluster` for the cluster's ID and members, and finds
+/// this member among them by its peer URLs (it must have been added with `member add`).
+async fn join_cluster(config: &ServerConfig) -> Result<ClusterFile, ServerError> {
+    let peer_urls: Vec<String> = config
+        .initial_cluster
+        .iter()
+        .filter(|member| member.member_id != config.member_id)
+        .flat_map(|member| member.peer_urls.iter().cloned())
+        .collect();
+    if peer_urls.is_empty() {
+        return Err(ServerError::Join(
+            "--initial-cluster names no other member to join".into(),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + JOIN_DISCOVERY_TIMEOUT;
+    let (cluster_id, registry) = loop {
+        match transport::fetch_cluster_info(&peer_urls).await {
+            Ok(answer) => break answer,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(%error, "waiting for the cluster to answer");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => {
+                return Err(ServerError::Join(format!(
+                    "no member of --initial-cluster answered ({error})"
+                )));
+            }
+        }
+    };
+    let Some(me) = registry.find_by_peer_urls(&config.advertise_peer_urls) else {
+        return Err(ServerError::Join(format!(
+            "the cluster has no member with peer URLs {}; add it first with `etcdctl member add`",
+            config.advertise_peer_urls.join(",")
+        )));
+    };
+    tracing::info!(
+        member_id = %format_args!("{:x}", me.id),
+        cluster_id = %format_args!("{cluster_id:x}"),
+        "joining the cluster"
+    );
+    Ok(ClusterFile {
+        cluster_id,
+        member_id: me.id,
+        peer_urls: config.advertise_peer_urls.clone(),
+        seed: registry.clone(),
+        joined: true,
+    })
+}
+
+async fn bind_all(
+    addrs: &[std::net::SocketAddr],
+    flag: &'static str,
+) -> Result<Vec<TcpListener>, ServerError> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: *addr,
+                flag,
+                source,
+            })?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Serves the client API on the client listeners until it fails.
+async fn serve_clients(
+    node: NodeHandle,
+    config: &ServerConfig,
+    listeners: Vec<TcpListener>,
+) -> Result<(), ServerError> {
+    let _ = (node, config);
+    // The API layer (crates/server/src/api.rs) plugs in here; until it lands the listeners are
+    // held open so the ports stay reserved.
+    let _listeners = listeners;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
 }

@@ -106,6 +106,9 @@ pub struct ClusterFile {
     /// This member's advertised peer URLs when the directory was created.
     pub peer_urls: Vec<String>,
     pub seed: Registry,
+    /// True when this member joined a running cluster (`--initial-cluster-state existing`):
+    /// with an empty log it waits for the leader instead of bootstrapping.
+    pub joined: bool,
 }
 
 impl ClusterFile {
@@ -116,6 +119,7 @@ impl ClusterFile {
         put_varint(&mut buf, self.member_id);
         put_strings(&mut buf, &self.peer_urls);
         self.seed.encode_to(&mut buf);
+        put_varint(&mut buf, u64::from(self.joined));
         let crc = crc32c::crc32c(&buf);
         buf.extend_from_slice(&crc.to_le_bytes());
         buf.freeze()
@@ -138,6 +142,7 @@ impl ClusterFile {
                 member_id: reader.varint("member id")?,
                 peer_urls: reader.strings("peer URLs")?,
                 seed: Registry::decode_from(&mut reader)?,
+                joined: reader.bool("joined")?,
             };
             reader.finish()?;
             Ok(file)
@@ -477,6 +482,7 @@ mod tests {
                 peer_urls: vec!["http://127.0.0.1:2380".into()],
                 ..MemberRecord::default()
             }]),
+            joined: false,
         }
     }
 

@@ -1,1 +1,1160 @@
-//! (to be written)
+//! The peer transport: TCP between members.
+//!
+//! - **Streams.** One long-lived connection per ordered pair: member A dials B for A→B traffic,
+//!   so a connection carries data one way only (B answers on its own connection to A). A
+//!   connection opens with a handshake naming the cluster, the sender and the recipient; the
+//!   acceptor refuses (and logs) another cluster, a sender it does not know, or a recipient
+//!   that is not itself. Then come length-prefixed frames, each carrying many Raft messages
+//!   (the `ballot_raft` codec) or one node request (forwarded proposals, lease requests).
+//! - **Bounded queues.** Each peer has a bounded queue drained by a writer task that packs
+//!   everything waiting into one write. When the queue is full the message is dropped (Raft
+//!   tolerates loss) and the peer is reported unreachable so the leader probes instead of
+//!   pipelining. A broken connection is redialled with exponential backoff.
+//! - **Snapshots** travel on their own connection, so heartbeats never wait behind them: the
+//!   data goes in chunks, each acknowledged; after a broken connection the sender asks where to
+//!   resume and continues from the last acknowledged offset; the receiver checks the length and
+//!   CRC32C of the whole before it makes the file durable and steps the Snapshot message into
+//!   the core.
+//!
+//! Nothing read from a peer can panic this process: every decode returns an error, which
+//! closes that connection.
+//!
+//! Wire format (integers little-endian unless "varint"):
+//!
+//! ```text
+//! handshake  "BLTPEER1" | kind u8 (1 stream, 2 snapshot, 3 cluster info) | cluster u64 |
+//!            from u64 | to u64                   answer: status u8 (0 = accepted)
+//! frame      length u32 (of what follows) | frame kind u8 | body
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use ballot_raft::{Message, MessageBody, NodeId};
+use ballot_wal::{RealDisk, SnapshotStore, SnapshotWriter};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::config::HttpUrl;
+use crate::node::members::Registry;
+use crate::node::wire::{Reader, WireError, put_bytes, put_varint};
+use crate::storage::{self, encode_snapshot_meta};
+
+const HANDSHAKE_MAGIC: &[u8; 8] = b"BLTPEER1";
+const HANDSHAKE_LEN: usize = 8 + 1 + 8 + 8 + 8;
+
+const CONN_STREAM: u8 = 1;
+const CONN_SNAPSHOT: u8 = 2;
+const CONN_CLUSTER_INFO: u8 = 3;
+
+const STATUS_ACCEPTED: u8 = 0;
+const STATUS_OTHER_CLUSTER: u8 = 1;
+const STATUS_UNKNOWN_SENDER: u8 = 2;
+const STATUS_WRONG_RECIPIENT: u8 = 3;
+const STATUS_BAD_KIND: u8 = 4;
+
+const FRAME_MESSAGES: u8 = 1;
+const FRAME_FORWARD: u8 = 2;
+const FRAME_FORWARD_CONF_CHANGE: u8 = 3;
+const FRAME_REJECT: u8 = 4;
+const FRAME_LEASE_REQUEST: u8 = 5;
+const FRAME_LEASE_RESPONSE: u8 = 6;
+
+const SNAP_OFFER: u8 = 1;
+const SNAP_RESUME: u8 = 2;
+const SNAP_CHUNK: u8 = 3;
+const SNAP_ACK: u8 = 4;
+const SNAP_DONE: u8 = 5;
+
+/// Largest frame accepted from a peer; a larger length prefix is refused before allocating.
+pub const FRAME_BYTES_MAX: usize = 64 << 20;
+/// A writer stops packing more into one write beyond this size.
+const WRITE_BATCH_BYTES_MAX: usize = 4 << 20;
+/// Messages waiting per peer; beyond it messages are dropped and the peer reported unreachable.
+pub const PEER_QUEUE_DEPTH: usize = 4096;
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+const SNAPSHOT_SEND_ATTEMPTS: u32 = 5;
+/// A half-received snapshot nobody resumes within this time is discarded.
+const SNAPSHOT_PARTIAL_TTL: Duration = Duration::from_secs(120);
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("peer I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad data from peer: {0}")]
+    Wire(#[from] WireError),
+    #[error("bad Raft message from peer: {0}")]
+    Raft(#[from] ballot_raft::DecodeError),
+    #[error("peer refused the connection: {0}")]
+    Refused(&'static str),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    #[error("timed out")]
+    Timeout,
+}
+
+fn refusal_reason(status: u8) -> &'static str {
+    match status {
+        STATUS_OTHER_CLUSTER => "the peer belongs to another cluster",
+        STATUS_UNKNOWN_SENDER => "the peer does not know this member",
+        STATUS_WRONG_RECIPIENT => "the peer is not the member this one meant to reach",
+        STATUS_BAD_KIND => "the peer does not accept this kind of connection",
+        _ => "unknown refusal",
+    }
+}
+
+/// A node-level request or answer carried between members next to Raft messages.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PeerFrame {
+    /// Raft messages.
+    Messages(Vec<Message>),
+    /// Encoded entry envelopes proposed on a follower, for the leader to propose.
+    Forward(Vec<Bytes>),
+    /// An encoded `ConfChange` proposed on a follower.
+    ForwardConfChange { request_id: u64, change: Bytes },
+    /// The leader could not propose these forwarded requests; `error` is a
+    /// [`crate::node::NodeError::wire_code`].
+    Reject { error: u8, request_ids: Vec<u64> },
+    /// A lease operation only the leader can answer.
+    LeaseRequest {
+        request_id: u64,
+        op: u8,
+        lease_id: i64,
+        keys: bool,
+    },
+    /// The leader's answer; `error` 0 means `payload` holds the answer.
+    LeaseResponse {
+        request_id: u64,
+        error: u8,
+        payload: Bytes,
+    },
+}
+
+impl PeerFrame {
+    fn encode_to(&self, buf: &mut BytesMut) {
+        let start = buf.len();
+        buf.put_u32_le(0);
+        match self {
+            PeerFrame::Messages(messages) => {
+                buf.put_u8(FRAME_MESSAGES);
+                for message in messages {
+                    encode_message(buf, message);
+                }
+            }
+            PeerFrame::Forward(envelopes) => {
+                buf.put_u8(FRAME_FORWARD);
+                put_varint(buf, envelopes.len() as u64);
+                for envelope in envelopes {
+                    put_bytes(buf, envelope);
+                }
+            }
+            PeerFrame::ForwardConfChange { request_id, change } => {
+                buf.put_u8(FRAME_FORWARD_CONF_CHANGE);
+                put_varint(buf, *request_id);
+                put_bytes(buf, change);
+            }
+            PeerFrame::Reject { error, request_ids } => {
+                buf.put_u8(FRAME_REJECT);
+                buf.put_u8(*error);
+                put_varint(buf, request_ids.len() as u64);
+                for request_id in request_ids {
+                    put_varint(buf, *request_id);
+                }
+            }
+            PeerFrame::LeaseRequest {
+                request_id,
+                op,
+                lease_id,
+                keys,
+            } => {
+                buf.put_u8(FRAME_LEASE_REQUEST);
+                put_varint(buf, *request_id);
+                buf.put_u8(*op);
+                buf.put_i64_le(*lease_id);
+                buf.put_u8(u8::from(*keys));
+            }
+            PeerFrame::LeaseResponse {
+                request_id,
+                error,
+                payload,
+            } => {
+                buf.put_u8(FRAME_LEASE_RESPONSE);
+                put_varint(buf, *request_id);
+                buf.put_u8(*error);
+                put_bytes(buf, payload);
+            }
+        }
+        finish_frame(buf, start);
+    }
+
+    /// Decodes one frame body (kind byte first), slicing payloads out of `body`.
+    fn decode(body: &Bytes) -> Result<PeerFrame, TransportError> {
+        let mut reader = Reader::new(body);
+        let kind = reader.u8("frame kind")?;
+        let frame = match kind {
+            FRAME_MESSAGES => {
+                let mut messages = Vec::new();
+                while !reader.is_empty() {
+                    let encoded = reader.bytes("message")?;
+                    messages.push(Message::decode_bytes(&encoded)?);
+                }
+                PeerFrame::Messages(messages)
+            }
+            FRAME_FORWARD => {
+                let count = reader.length("forwarded count")?;
+                let mut envelopes = Vec::with_capacity(count);
+                for _ in 0..count {
+                    envelopes.push(reader.bytes("forwarded proposal")?);
+                }
+                PeerFrame::Forward(envelopes)
+            }
+            FRAME_FORWARD_CONF_CHANGE => PeerFrame::ForwardConfChange {
+                request_id: reader.varint("request id")?,
+                change: reader.bytes("conf change")?,
+            },
+            FRAME_REJECT => {
+                let error = reader.u8("error")?;
+                let count = reader.length("rejected count")?;
+                let mut request_ids = Vec::with_capacity(count);
+                for _ in 0..count {
+                    request_ids.push(reader.varint("request id")?);
+                }
+                PeerFrame::Reject { error, request_ids }
+            }
+            FRAME_LEASE_REQUEST => {
+                let request_id = reader.varint("request id")?;
+                let op = reader.u8("lease op")?;
+                let lease_id = read_i64(&mut reader, "lease id")?;
+                let keys = reader.bool("keys")?;
+                PeerFrame::LeaseRequest {
+                    request_id,
+                    op,
+                    lease_id,
+                    keys,
+                }
+            }
+            FRAME_LEASE_RESPONSE => PeerFrame::LeaseResponse {
+                request_id: reader.varint("request id")?,
+                error: reader.u8("error")?,
+                payload: reader.bytes("payload")?,
+            },
+            tag => {
+                return Err(WireError::UnknownTag {
+                    what: "frame kind",
+                    tag: u64::from(tag),
+                }
+                .into());
+            }
+        };
+        reader.finish()?;
+        Ok(frame)
+    }
+}
+
+fn read_i64(reader: &mut Reader<'_>, what: &'static str) -> Result<i64, WireError> {
+    let mut bytes = [0u8; 8];
+    for byte in &mut bytes {
+        *byte = reader.u8(what)?;
+    }
+    Ok(i64::from_le_bytes(bytes))
+}
+
+fn encode_message(buf: &mut BytesMut, message: &Message) {
+    // The length prefix needs the encoded size first; encode into the tail and move it.
+    let mut encoded = BytesMut::new();
+    message.encode(&mut encoded);
+    put_bytes(buf, &encoded);
+}
+
+/// Writes the length of the frame that starts at `start` into its prefix.
+fn finish_frame(buf: &mut BytesMut, start: usize) {
+    let length = (buf.len() - start - 4) as u32;
+    buf[start..start + 4].copy_from_slice(&length.to_le_bytes());
+}
+
+/// What the transport hands to the node.
+#[derive(Debug)]
+pub enum PeerInput {
+    /// A frame from member `from`.
+    Frame { from: NodeId, frame: PeerFrame },
+    /// Member `to` could not be reached (queue full or connection broken).
+    Unreachable(NodeId),
+    /// The outcome of streaming a snapshot to `to`.
+    SnapshotStatus { to: NodeId, ok: bool },
+}
+
+/// Answers a joining member's question "which cluster is this, and who is in it?".
+pub trait ClusterInfoSource: Send + Sync + 'static {
+    fn cluster_info(&self) -> (u64, Registry);
+}
+
+struct Peer {
+    urls: Vec<String>,
+    queue: mpsc::Sender<Outbound>,
+    /// Last time an unreachable report was sent, to avoid flooding the node.
+    last_unreachable: Mutex<Option<Instant>>,
+}
+
+enum Outbound {
+    Message(Message),
+    Frame(PeerFrame),
+}
+
+/// A snapshot being received: (sender, index, term).
+type PartialKey = (NodeId, u64, u64);
+
+struct Inner {
+    cluster_id: u64,
+    member_id: u64,
+    peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
+    input: mpsc::Sender<PeerInput>,
+    snapshots: SnapshotStore<RealDisk>,
+    partials: Mutex<HashMap<PartialKey, Arc<Mutex<PartialSnapshot>>>>,
+    cluster_info: Mutex<Option<Arc<dyn ClusterInfoSource>>>,
+    /// The snapshot data last read for sending, keyed by (index, term).
+    outgoing_snapshot: Mutex<Option<((u64, u64), Bytes)>>,
+}
+
+/// The transport handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Transport {
+    pub fn new(
+        cluster_id: u64,
+        member_id: u64,
+        input: mpsc::Sender<PeerInput>,
+        snapshots: SnapshotStore<RealDisk>,
+    ) -> Transport {
+        Transport {
+            inner: Arc::new(Inner {
+                cluster_id,
+                member_id,
+                peers: RwLock::new(HashMap::new()),
+                input,
+                snapshots,
+                partials: Mutex::new(HashMap::new()),
+                cluster_info: Mutex::new(None),
+                outgoing_snapshot: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn member_id(&self) -> NodeId {
+        self.inner.member_id
+    }
+
+    pub fn set_cluster_info_source(&self, source: Arc<dyn ClusterInfoSource>) {
+        *lock(&self.inner.cluster_info) = Some(source);
+    }
+
+    /// Starts accepting peer connections on `listener`.
+    pub fn serve(&self, listener: TcpListener) -> tokio::task::JoinHandle<()> {
+        let transport = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, addr)) => {
+                        let _ = stream.set_nodelay(true);
+                        let transport = transport.clone();
+                        tokio::spawn(async move {
+                            if let Err(error) = transport.handle_incoming(stream).await {
+                                tracing::debug!(%addr, %error, "peer connection closed");
+                            }
+                        });
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "accepting a peer connection failed");
+                        tokio::time::sleep(BACKOFF_MIN).await;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Adds a peer, or updates its URLs. The writer task dials lazily.
+    pub fn set_peer(&self, id: NodeId, urls: Vec<String>) {
+        if id == self.inner.member_id || id == 0 {
+            return;
+        }
+        let mut peers = self
+            .inner
+            .peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = peers.get(&id)
+            && existing.urls == urls
+        {
+            return;
+        }
+        let (queue, receiver) = mpsc::channel(PEER_QUEUE_DEPTH);
+        let peer = Arc::new(Peer {
+            urls: urls.clone(),
+            queue,
+            last_unreachable: Mutex::new(None),
+        });
+        // Replacing the peer drops the old queue's sender, which ends the old writer task.
+        peers.insert(id, Arc::clone(&peer));
+        drop(peers);
+        tracing::debug!(peer = %format_args!("{id:x}"), ?urls, "peer added");
+        tokio::spawn(peer_writer(self.clone(), id, urls, receiver));
+    }
+
+    pub fn remove_peer(&self, id: NodeId) {
+        let removed = self
+            .inner
+            .peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if removed.is_some() {
+            tracing::info!(peer = %format_args!("{id:x}"), "peer removed");
+        }
+    }
+
+    pub fn knows(&self, id: NodeId) -> bool {
+        self.inner
+            .peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&id)
+    }
+
+    fn peer(&self, id: NodeId) -> Option<Arc<Peer>> {
+        self.inner
+            .peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
+    /// Queues a Raft message. `Snapshot` messages start a snapshot transfer.
+    pub fn send_message(&self, message: Message) {
+        if matches!(message.body, MessageBody::Snapshot { .. }) {
+            self.send_snapshot(message);
+            return;
+        }
+        let to = message.to;
+        self.enqueue(to, Outbound::Message(message));
+    }
+
+    /// Queues a node-level frame for `to`.
+    pub fn send_frame(&self, to: NodeId, frame: PeerFrame) {
+        self.enqueue(to, Outbound::Frame(frame));
+    }
+
+    fn enqueue(&self, to: NodeId, item: Outbound) {
+        let Some(peer) = self.peer(to) else {
+            tracing::debug!(peer = %format_args!("{to:x}"), "dropping a message for an unknown peer");
+            self.report_unreachable(to, None);
+            return;
+        };
+        if peer.queue.try_send(item).is_err() {
+            self.report_unreachable(to, Some(&peer));
+        }
+    }
+
+    /// Tells the node a peer is unreachable, at most once per 100 ms per peer.
+    fn report_unreachable(&self, to: NodeId, peer: Option<&Peer>) {
+        if let Some(peer) = peer {
+            let mut last = lock(&peer.last_unreachable);
+            let now = Instant::now();
+            if last.is_some_and(|at| now.duration_since(at) < Duration::from_millis(100)) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let _ = self.inner.input.try_send(PeerInput::Unreachable(to));
+    }
+
+    async fn handle_incoming(&self, mut stream: TcpStream) -> Result<(), TransportError> {
+        let mut handshake = [0u8; HANDSHAKE_LEN];
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut handshake))
+            .await
+            .map_err(|_| TransportError::Timeout)??;
+        if &handshake[..8] != HANDSHAKE_MAGIC {
+            tracing::warn!("refusing a peer connection that is not a Ballot peer");
+            return Err(TransportError::Protocol("bad handshake magic".into()));
+        }
+        let kind = handshake[8];
+        let cluster_id = u64::from_le_bytes(array8(&handshake[9..17]));
+        let from = u64::from_le_bytes(array8(&handshake[17..25]));
+        let to = u64::from_le_bytes(array8(&handshake[25..33]));
+        if kind == CONN_CLUSTER_INFO {
+            return self.answer_cluster_info(stream).await;
+        }
+        let status = self.check_handshake(kind, cluster_id, from, to);
+        stream.write_all(&[status]).await?;
+        if status != STATUS_ACCEPTED {
+            tracing::warn!(
+                from = %format_args!("{from:x}"),
+                cluster = %format_args!("{cluster_id:x}"),
+                reason = refusal_reason(status),
+                "refused a peer connection"
+            );
+            return Err(TransportError::Refused(refusal_reason(status)));
+        }
+        match kind {
+            CONN_STREAM => self.read_stream(stream, from).await,
+            _ => self.receive_snapshot(stream, from).await,
+        }
+    }
+
+    fn check_handshake(&self, kind: u8, cluster_id: u64, from: NodeId, to: NodeId) -> u8 {
+        if kind != CONN_STREAM && kind != CONN_SNAPSHOT {
+            return STATUS_BAD_KIND;
+        }
+        if cluster_id != self.inner.cluster_id {
+            return STATUS_OTHER_CLUSTER;
+        }
+        if to != self.inner.member_id {
+            return STATUS_WRONG_RECIPIENT;
+        }
+        if !self.knows(from) {
+            return STATUS_UNKNOWN_SENDER;
+        }
+        STATUS_ACCEPTED
+    }
+
+    async fn answer_cluster_info(&self, mut stream: TcpStream) -> Result<(), TransportError> {
+        let source = lock(&self.inner.cluster_info).clone();
+        let Some(source) = source else {
+            stream.write_all(&[STATUS_BAD_KIND]).await?;
+            return Ok(());
+        };
+        let (cluster_id, registry) = source.cluster_info();
+        let mut buf = BytesMut::new();
+        buf.put_u8(STATUS_ACCEPTED);
+        let start = buf.len();
+        buf.put_u32_le(0);
+        put_varint(&mut buf, cluster_id);
+        registry.encode_to(&mut buf);
+        finish_frame(&mut buf, start);
+        stream.write_all(&buf).await?;
+        Ok(())
+    }
+
+    async fn read_stream(&self, mut stream: TcpStream, from: NodeId) -> Result<(), TransportError> {
+        loop {
+            let body = read_frame(&mut stream).await?;
+            let frame = PeerFrame::decode(&body)?;
+            if let PeerFrame::Messages(messages) = &frame
+                && let Some(bad) = messages
+                    .iter()
+                    .find(|message| message.from != from || message.to != self.inner.member_id)
+            {
+                return Err(TransportError::Protocol(format!(
+                    "connection from {from:x} carried a message from {:x} to {:x}",
+                    bad.from, bad.to
+                )));
+            }
+            // A removed member's connection is cut at the next frame.
+            if !self.knows(from) {
+                return Err(TransportError::Refused("the sender was removed"));
+            }
+            if self
+                .inner
+                .input
+                .send(PeerInput::Frame { from, frame })
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn array8(bytes: &[u8]) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&bytes[..8]);
+    out
+}
+
+async fn read_frame(stream: &mut TcpStream) -> Result<Bytes, TransportError> {
+    let length = stream.read_u32_le().await? as usize;
+    if length == 0 || length > FRAME_BYTES_MAX {
+        return Err(TransportError::Protocol(format!(
+            "frame length {length} outside 1..={FRAME_BYTES_MAX}"
+        )));
+    }
+    let mut body = BytesMut::zeroed(length);
+    stream.read_exact(&mut body).await?;
+    Ok(body.freeze())
+}
+
+async fn write_frame_body(
+    stream: &mut TcpStream,
+    kind: u8,
+    fill: impl FnOnce(&mut BytesMut),
+) -> Result<(), TransportError> {
+    let mut buf = BytesMut::new();
+    buf.put_u32_le(0);
+    buf.put_u8(kind);
+    fill(&mut buf);
+    finish_frame(&mut buf, 0);
+    stream.write_all(&buf).await?;
+    Ok(())
+}
+
+/// Resolves a peer URL (`http://host:port`) to socket addresses.
+async fn resolve(url: &str) -> Vec<SocketAddr> {
+    let Ok(parsed) = HttpUrl::parse("peer-urls", url) else {
+        return Vec::new();
+    };
+    match tokio::net::lookup_host((parsed.host.as_str(), parsed.port)).await {
+        Ok(addrs) => addrs.collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Dials a peer at any of its URLs and completes the handshake.
+async fn dial(
+    urls: &[String],
+    kind: u8,
+    cluster_id: u64,
+    from: NodeId,
+    to: NodeId,
+) -> Result<TcpStream, TransportError> {
+    let mut last_error = TransportError::Protocol("the peer has no usable URL".into());
+    for url in urls {
+        for addr in resolve(url).await {
+            match dial_addr(addr, kind, cluster_id, from, to).await {
+                Ok(stream) => return Ok(stream),
+                Err(error) => last_error = error,
+            }
+        }
+    }
+    Err(last_error)
+}
+
+async fn dial_addr(
+    addr: SocketAddr,
+    kind: u8,
+    cluster_id: u64,
+    from: NodeId,
+    to: NodeId,
+) -> Result<TcpStream, TransportError> {
+    let mut stream = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| TransportError::Timeout)??;
+    stream.set_nodelay(true)?;
+    let mut handshake = BytesMut::with_capacity(HANDSHAKE_LEN);
+    handshake.put_slice(HANDSHAKE_MAGIC);
+    handshake.put_u8(kind);
+    handshake.put_u64_le(cluster_id);
+    handshake.put_u64_le(from);
+    handshake.put_u64_le(to);
+    stream.write_all(&handshake).await?;
+    let status = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_u8())
+        .await
+        .map_err(|_| TransportError::Timeout)??;
+    if status != STATUS_ACCEPTED {
+        return Err(TransportError::Refused(refusal_reason(status)));
+    }
+    Ok(stream)
+}
+
+/// Asks the members at `peer_urls` which cluster they form and who is in it (a member joining
+/// with `--initial-cluster-state existing` does this before it knows its own ID).
+pub async fn fetch_cluster_info(peer_urls: &[String]) -> Result<(u64, Registry), TransportError> {
+    let mut last_error = TransportError::Protocol("no peer URL to ask".into());
+    for url in peer_urls {
+        for addr in resolve(url).await {
+            match fetch_cluster_info_from(addr).await {
+                Ok(answer) => return Ok(answer),
+                Err(error) => {
+                    tracing::info!(%url, %error, "could not fetch the cluster membership");
+                    last_error = error;
+                }
+            }
+        }
+    }
+    Err(last_error)
+}
+
+async fn fetch_cluster_info_from(addr: SocketAddr) -> Result<(u64, Registry), TransportError> {
+    let mut stream = dial_addr(addr, CONN_CLUSTER_INFO, 0, 0, 0).await?;
+    let body = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream))
+        .await
+        .map_err(|_| TransportError::Timeout)??;
+    let mut reader = Reader::new(&body);
+    let cluster_id = reader.varint("cluster id")?;
+    let registry = Registry::decode_from(&mut reader)?;
+    reader.finish()?;
+    Ok((cluster_id, registry))
+}
+
+/// The task draining one peer's queue onto its connection.
+async fn peer_writer(
+    transport: Transport,
+    to: NodeId,
+    urls: Vec<String>,
+    mut queue: mpsc::Receiver<Outbound>,
+) {
+    let inner = Arc::clone(&transport.inner);
+    let mut backoff = BACKOFF_MIN;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    'connect: loop {
+        // Wait for something to send before dialling, so idle peers cost nothing.
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut pending = Some(first);
+        let mut stream = match dial(&urls, CONN_STREAM, inner.cluster_id, inner.member_id, to).await
+        {
+            Ok(stream) => {
+                backoff = BACKOFF_MIN;
+                stream
+            }
+            Err(error) => {
+                tracing::debug!(peer = %format_args!("{to:x}"), %error, "cannot reach peer");
+                transport.report_unreachable(to, transport.peer(to).as_deref());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue 'connect;
+            }
+        };
+        loop {
+            let first = match pending.take() {
+                Some(item) => item,
+                None => match queue.recv().await {
+                    Some(item) => item,
+                    None => return,
+                },
+            };
+            buf.clear();
+            pack(&mut buf, first, &mut queue);
+            if let Err(error) = stream.write_all(&buf).await {
+                tracing::debug!(peer = %format_args!("{to:x}"), %error, "peer connection broke");
+                transport.report_unreachable(to, transport.peer(to).as_deref());
+                continue 'connect;
+            }
+        }
+    }
+}
+
+/// Packs `first` and whatever else is waiting (up to a batch size) into `buf`: consecutive Raft
+/// messages share one frame.
+fn pack(buf: &mut BytesMut, first: Outbound, queue: &mut mpsc::Receiver<Outbound>) {
+    let mut messages: Vec<Message> = Vec::new();
+    let mut next = Some(first);
+    while let Some(item) = next.take() {
+        match item {
+            Outbound::Message(message) => messages.push(message),
+            Outbound::Frame(frame) => {
+                flush_messages(buf, &mut messages);
+                frame.encode_to(buf);
+            }
+        }
+        if buf.len() + approximate_bytes(&messages) >= WRITE_BATCH_BYTES_MAX {
+            break;
+        }
+        next = queue.try_recv().ok();
+    }
+    flush_messages(buf, &mut messages);
+}
+
+fn approximate_bytes(messages: &[Message]) -> usize {
+    messages
+        .iter()
+        .map(|message| match &message.body {
+            MessageBody::Append { entries, .. } => {
+                entries
+                    .iter()
+                    .map(|entry| entry.data.len() + 16)
+                    .sum::<usize>()
+                    + 32
+            }
+            _ => 32,
+        })
+        .sum()
+}
+
+fn flush_messages(buf: &mut BytesMut, messages: &mut Vec<Message>) {
+    if messages.is_empty() {
+        return;
+    }
+    let start = buf.len();
+    buf.put_u32_le(0);
+    buf.put_u8(FRAME_MESSAGES);
+    for message in messages.drain(..) {
+        encode_message(buf, &message);
+    }
+    finish_frame(buf, start);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshot transfer.
+
+/// A snapshot being received, kept across broken connections so the sender can resume.
+struct PartialSnapshot {
+    writer: Option<SnapshotWriter<RealDisk>>,
+    /// Bytes written so far, and their running CRC32C.
+    written: u64,
+    crc: u32,
+    total_len: u64,
+    expected_crc: u32,
+    message: Bytes,
+    last_activity: Instant,
+}
+
+struct Offer {
+    message: Bytes,
+    total_len: u64,
+    crc: u32,
+}
+
+impl Transport {
+    /// Streams the snapshot named by a `Snapshot` message on its own connection, then reports
+    /// the outcome to the node.
+    fn send_snapshot(&self, message: Message) {
+        let transport = self.clone();
+        tokio::spawn(async move {
+            let to = message.to;
+            let ok = match transport.send_snapshot_with_retries(&message).await {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(peer = %format_args!("{to:x}"), %error, "sending a snapshot failed");
+                    false
+                }
+            };
+            let _ = transport
+                .inner
+                .input
+                .send(PeerInput::SnapshotStatus { to, ok })
+                .await;
+        });
+    }
+
+    async fn snapshot_data(&self, index: u64, term: u64) -> Result<Bytes, TransportError> {
+        if let Some((key, data)) = lock(&self.inner.outgoing_snapshot).as_ref()
+            && *key == (index, term)
+        {
+            return Ok(data.clone());
+        }
+        let snapshots = self.inner.snapshots.clone();
+        let data = tokio::task::spawn_blocking(move || -> Result<Bytes, String> {
+            let info =
+                storage::find_snapshot(&snapshots, index, term).map_err(|e| e.to_string())?;
+            let loaded = snapshots.load(&info.path).map_err(|e| e.to_string())?;
+            Ok(loaded.data)
+        })
+        .await
+        .map_err(|error| TransportError::Snapshot(error.to_string()))?
+        .map_err(TransportError::Snapshot)?;
+        *lock(&self.inner.outgoing_snapshot) = Some(((index, term), data.clone()));
+        Ok(data)
+    }
+
+    async fn send_snapshot_with_retries(&self, message: &Message) -> Result<(), TransportError> {
+        let MessageBody::Snapshot { meta } = &message.body else {
+            return Err(TransportError::Protocol("not a snapshot message".into()));
+        };
+        let data = self.snapshot_data(meta.index, meta.term).await?;
+        let mut encoded = BytesMut::new();
+        message.encode(&mut encoded);
+        let offer = Offer {
+            message: encoded.freeze(),
+            total_len: data.len() as u64,
+            crc: crc32c::crc32c(&data),
+        };
+        let mut backoff = BACKOFF_MIN * 5;
+        let mut last_error = TransportError::Timeout;
+        for attempt in 1..=SNAPSHOT_SEND_ATTEMPTS {
+            match self.send_snapshot_once(message.to, &offer, &data).await {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    tracing::info!(
+                        peer = %format_args!("{:x}", message.to),
+                        attempt, %error,
+                        "snapshot transfer interrupted; will resume"
+                    );
+                    last_error = error;
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        Err(last_error)
+    }
+
+    /// One connection's worth of a snapshot transfer: offer, resume point, chunks, outcome.
+    async fn send_snapshot_once(
+        &self,
+        to: NodeId,
+        offer: &Offer,
+        data: &Bytes,
+    ) -> Result<(), TransportError> {
+        let urls = self
+            .peer(to)
+            .map(|peer| peer.urls.clone())
+            .ok_or(TransportError::Refused("the recipient is not a known peer"))?;
+        let inner = &self.inner;
+        let mut stream = dial(&urls, CONN_SNAPSHOT, inner.cluster_id, inner.member_id, to).await?;
+        write_frame_body(&mut stream, SNAP_OFFER, |buf| {
+            put_bytes(buf, &offer.message);
+            put_varint(buf, offer.total_len);
+            buf.put_u32_le(offer.crc);
+        })
+        .await?;
+        let mut offset = expect_offset(&mut stream, SNAP_RESUME).await?;
+        if offset > offer.total_len {
+            return Err(TransportError::Protocol(format!(
+                "the receiver resumes at {offset}, beyond the {} bytes offered",
+                offer.total_len
+            )));
+        }
+        while offset < offer.total_len {
+            let end = (offset as usize + SNAPSHOT_CHUNK_BYTES).min(data.len());
+            let chunk = data.slice(offset as usize..end);
+            write_frame_body(&mut stream, SNAP_CHUNK, |buf| {
+                put_varint(buf, offset);
+                put_bytes(buf, &chunk);
+            })
+            .await?;
+            offset = expect_offset(&mut stream, SNAP_ACK).await?;
+        }
+        let body = read_timed_frame(&mut stream).await?;
+        let mut reader = Reader::new(&body);
+        if reader.u8("snapshot frame kind")? != SNAP_DONE {
+            return Err(TransportError::Protocol(
+                "expected the snapshot outcome".into(),
+            ));
+        }
+        match reader.bool("snapshot accepted")? {
+            true => Ok(()),
+            false => Err(TransportError::Snapshot(
+                "the receiver refused the snapshot (checksum or storage failure)".into(),
+            )),
+        }
+    }
+
+    async fn receive_snapshot(
+        &self,
+        mut stream: TcpStream,
+        from: NodeId,
+    ) -> Result<(), TransportError> {
+        let body = read_timed_frame(&mut stream).await?;
+        let mut reader = Reader::new(&body);
+        if reader.u8("snapshot frame kind")? != SNAP_OFFER {
+            return Err(TransportError::Protocol("expected a snapshot offer".into()));
+        }
+        let message_bytes = reader.bytes("snapshot message")?;
+        let total_len = reader.varint("snapshot length")?;
+        let crc = read_u32(&mut reader)?;
+        reader.finish()?;
+        let message = Message::decode_bytes(&message_bytes)?;
+        let MessageBody::Snapshot { meta } = &message.body else {
+            return Err(TransportError::Protocol(
+                "the offer is not a Snapshot message".into(),
+            ));
+        };
+        if message.from != from || message.to != self.inner.member_id {
+            return Err(TransportError::Protocol(
+                "the offer names other members".into(),
+            ));
+        }
+        let partial = self.partial_for(
+            from,
+            meta,
+            Offer {
+                message: message_bytes.clone(),
+                total_len,
+                crc,
+            },
+        )?;
+        let resume_at = lock(&partial).written;
+        write_frame_body(&mut stream, SNAP_RESUME, |buf| put_varint(buf, resume_at)).await?;
+        loop {
+            let written = lock(&partial).written;
+            if written >= total_len {
+                break;
+            }
+            let body = read_timed_frame(&mut stream).await?;
+            let mut reader = Reader::new(&body);
+            if reader.u8("snapshot frame kind")? != SNAP_CHUNK {
+                return Err(TransportError::Protocol("expected a snapshot chunk".into()));
+            }
+            let offset = reader.varint("chunk offset")?;
+            let chunk = reader.bytes("chunk")?;
+            reader.finish()?;
+            let written = write_chunk(&partial, offset, chunk).await?;
+            write_frame_body(&mut stream, SNAP_ACK, |buf| put_varint(buf, written)).await?;
+        }
+        let accepted = self.finish_snapshot(from, meta, &partial).await;
+        write_frame_body(&mut stream, SNAP_DONE, |buf| {
+            buf.put_u8(u8::from(accepted.is_ok()))
+        })
+        .await?;
+        let message = accepted?;
+        let _ = self
+            .inner
+            .input
+            .send(PeerInput::Frame {
+                from,
+                frame: PeerFrame::Messages(vec![message]),
+            })
+            .await;
+        Ok(())
+    }
+
+    /// The partial snapshot to continue for this offer, starting a new one if needed.
+    fn partial_for(
+        &self,
+        from: NodeId,
+        meta: &ballot_raft::SnapshotMeta,
+        offer: Offer,
+    ) -> Result<Arc<Mutex<PartialSnapshot>>, TransportError> {
+        let key = (from, meta.index, meta.term);
+        let mut partials = lock(&self.inner.partials);
+        let now = Instant::now();
+        // Forget abandoned transfers, and any older offer from the same sender.
+        partials.retain(|(sender, index, term), partial| {
+            let partial = lock(partial);
+            now.duration_since(partial.last_activity) < SNAPSHOT_PARTIAL_TTL
+                && (*sender != from || (*index, *term) == (meta.index, meta.term))
+        });
+        if let Some(existing) = partials.get(&key) {
+            let same = {
+                let existing = lock(existing);
+                existing.total_len == offer.total_len
+                    && existing.expected_crc == offer.crc
+                    && existing.writer.is_some()
+            };
+            if same {
+                return Ok(Arc::clone(existing));
+            }
+        }
+        let writer = self
+            .inner
+            .snapshots
+            .writer(meta.index, meta.term, encode_snapshot_meta(meta))
+            .map_err(|error| TransportError::Snapshot(error.to_string()))?;
+        let partial = Arc::new(Mutex::new(PartialSnapshot {
+            writer: Some(writer),
+            written: 0,
+            crc: 0,
+            total_len: offer.total_len,
+            expected_crc: offer.crc,
+            message: offer.message,
+            last_activity: now,
+        }));
+        partials.insert(key, Arc::clone(&partial));
+        Ok(partial)
+    }
+
+    /// Verifies length and checksum, makes the file durable and returns the Snapshot message
+    /// to step into the core.
+    async fn finish_snapshot(
+        &self,
+        from: NodeId,
+        meta: &ballot_raft::SnapshotMeta,
+        partial: &Arc<Mutex<PartialSnapshot>>,
+    ) -> Result<Message, TransportError> {
+        lock(&self.inner.partials).remove(&(from, meta.index, meta.term));
+        let (writer, message) = {
+            let mut partial = lock(partial);
+            if partial.written != partial.total_len || partial.crc != partial.expected_crc {
+                return Err(TransportError::Snapshot(format!(
+                    "received {} bytes with CRC32C {:#010x}; the sender announced {} bytes with {:#010x}",
+                    partial.written, partial.crc, partial.total_len, partial.expected_crc
+                )));
+            }
+            (partial.writer.take(), partial.message.clone())
+        };
+        let writer =
+            writer.ok_or_else(|| TransportError::Snapshot("snapshot already finished".into()))?;
+        tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .map_err(|error| TransportError::Snapshot(error.to_string()))?
+            .map_err(|error| TransportError::Snapshot(error.to_string()))?;
+        Ok(Message::decode_bytes(&message)?)
+    }
+}
+
+fn read_u32(reader: &mut Reader<'_>) -> Result<u32, WireError> {
+    let mut bytes = [0u8; 4];
+    for byte in &mut bytes {
+        *byte = reader.u8("u32")?;
+    }
+    Ok(u32::from_le_bytes(bytes))
+}
+
+async fn read_timed_frame(stream: &mut TcpStream) -> Result<Bytes, TransportError> {
+    // A live sender keeps the connection busy; a silent one for this long is gone.
+    tokio::time::timeout(Duration::from_secs(30), read_frame(stream))
+        .await
+        .map_err(|_| TransportError::Timeout)?
+}
+
+async fn expect_offset(stream: &mut TcpStream, kind: u8) -> Result<u64, TransportError> {
+    let body = read_timed_frame(stream).await?;
+    let mut reader = Reader::new(&body);
+    if reader.u8("snapshot frame kind")? != kind {
+        return Err(TransportError::Protocol(format!(
+            "expected snapshot frame {kind}"
+        )));
+    }
+    let offset = reader.varint("offset")?;
+    reader.finish()?;
+    Ok(offset)
+}
+
+/// Appends a chunk at `offset`; a chunk the receiver already has (a resend after a lost ack)
+/// is skipped. Returns the new acknowledged offset.
+async fn write_chunk(
+    partial: &Arc<Mutex<PartialSnapshot>>,
+    offset: u64,
+    chunk: Bytes,
+) -> Result<u64, TransportError> {
+    let (writer, written) = {
+        let mut partial = lock(partial);
+        partial.last_activity = Instant::now();
+        if offset != partial.written {
+            return Err(TransportError::Protocol(format!(
+                "chunk at offset {offset}, expected {}",
+                partial.written
+            )));
+        }
+        if partial.written + chunk.len() as u64 > partial.total_len {
+            return Err(TransportError::Protocol(
+                "chunk beyond the announced length".into(),
+            ));
+        }
+        (partial.writer.take(), partial.written)
+    };
+    let Some(mut writer) = writer else {
+        return Err(TransportError::Snapshot("snapshot writer missing".into()));
+    };
+    let to_write = chunk.clone();
+    let (writer, result) = tokio::task::spawn_blocking(move || {
+        let result = writer.write_chunk(&to_write);
+        (writer, result)
+    })
+    .await
+    .map_err(|error| TransportError::Snapshot(error.to_string()))?;
+    let mut guard = lock(partial);
+    guard.writer = Some(writer);
+    result.map_err(|error| TransportError::Snapshot(error.to_string()))?;
+    guard.crc = crc32c::crc32c_append(guard.crc, &chunk);
+    guard.written = written + chunk.len() as u64;
+    Ok(guard.written)
+}

@@ -52,6 +52,10 @@ pub enum NodeError {
     NotLeader,
     #[error("etcdserver: rpc not supported for learner")]
     NotSupportedForLearner,
+    /// The Raft core refused a membership change (it would leave no voters, or the
+    /// configuration is joint); the text says why.
+    #[error("etcdserver: {0}")]
+    InvalidConfChange(String),
     /// Something Ballot does not do; the text says what.
     #[error("{0}")]
     Unsupported(String),
@@ -83,7 +87,8 @@ impl NodeError {
             | NodeError::TooManyLearners
             | NodeError::BadLeaderTransferee
             | NodeError::NotLeader
-            | NodeError::NotSupportedForLearner => Code::FailedPrecondition,
+            | NodeError::NotSupportedForLearner
+            | NodeError::InvalidConfChange(_) => Code::FailedPrecondition,
             NodeError::Unsupported(_) => Code::Unimplemented,
         }
     }
@@ -91,6 +96,41 @@ impl NodeError {
     /// True for the transient errors a client should retry (possibly on another member).
     pub fn is_retryable(&self) -> bool {
         self.grpc_code() == tonic::Code::Unavailable
+    }
+}
+
+/// The errors a leader reports back to a follower for a forwarded request, by code. Errors not
+/// listed (they never arise at the leader for forwarded work) travel as a timeout.
+const WIRE_CODES: [(u8, NodeError); 12] = [
+    (1, NodeError::NoLeader),
+    (2, NodeError::Timeout),
+    (3, NodeError::LeaderChanged),
+    (4, NodeError::Stopped),
+    (5, NodeError::TooManyRequests),
+    (6, NodeError::RequestTooLarge),
+    (7, NodeError::MemberNotFound),
+    (8, NodeError::LearnerNotReady),
+    (9, NodeError::MemberNotLearner),
+    (10, NodeError::BadLeaderTransferee),
+    (11, NodeError::NotLeader),
+    (12, NodeError::MemberExists),
+];
+
+impl NodeError {
+    /// A one-byte code for the peer transport (0 is "no error").
+    pub fn wire_code(&self) -> u8 {
+        WIRE_CODES
+            .iter()
+            .find(|(_, error)| error == self)
+            .map_or(2, |(code, _)| *code)
+    }
+
+    /// The error a code stands for; unknown codes read as a timeout (the outcome is unknown).
+    pub fn from_wire_code(code: u8) -> NodeError {
+        WIRE_CODES
+            .iter()
+            .find(|(known, _)| *known == code)
+            .map_or(NodeError::Timeout, |(_, error)| error.clone())
     }
 }
 
@@ -138,6 +178,16 @@ mod tests {
             NodeError::TooManyRequests.grpc_code(),
             tonic::Code::ResourceExhausted
         );
+    }
+
+    #[test]
+    fn wire_codes_round_trip() {
+        for (code, error) in WIRE_CODES.iter() {
+            assert_eq!(error.wire_code(), *code);
+            assert_eq!(&NodeError::from_wire_code(*code), error);
+        }
+        assert_eq!(NodeError::from_wire_code(200), NodeError::Timeout);
+        assert_ne!(NodeError::Timeout.wire_code(), 0);
     }
 
     #[test]

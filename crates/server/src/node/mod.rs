@@ -1,21 +1,94 @@
 //! The node: drives the Raft core, persists through the WAL, applies committed entries to the
 //! MVCC store, and answers the API layer through [`NodeHandle`].
 //!
-//! See `docs/server.md` for the tasks, channels and the write and read paths.
+//! Tasks (see `docs/server.md`): the Raft driver ([`driver`]), the persist task (waits for WAL
+//! durability, then releases the messages that promise it), the apply task ([`apply`]), the
+//! leader's lease expiry ([`lease`]) and the attribute publisher (a member announces its name
+//! and client URLs through the log after it starts, as etcd does).
 
+mod apply;
+mod driver;
 pub mod envelope;
 mod error;
+mod lease;
 pub mod members;
+mod waiters;
 pub mod wire;
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
-use ballot_mvcc::{ApplyOutcome, Command, Store, WatchHub};
+use ballot_mvcc::{ApplyOutcome, Command, Store, StoreConfig, WatchHub};
 use ballot_proto::etcdserverpb::{LeaseTimeToLiveResponse, ResponseHeader};
+use ballot_raft::{
+    ConfChange, ConfChangeKind, ConfChangeSingle, ConfChangeTransition, EntryKind, RaftNode, Role,
+};
+use ballot_wal::{GroupCommitWal, RealDisk, SnapshotStore};
 use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::HttpUrl;
+use crate::storage::{self, Opened};
+use crate::transport::{ClusterInfoSource, PeerFrame, PeerInput, Transport};
+use driver::{Driver, DriverRequest, PersistItem};
+use envelope::{Body, ConfContext, Envelope, Origin};
+use members::{MemberRecord, Registry};
+use waiters::{AppliedResult, PeerRequests, Waiters};
 
 pub use ballot_proto::etcdserverpb::Member;
 pub use error::NodeError;
+
+/// Requests waiting for the driver; beyond it callers wait (back-pressure).
+const REQUEST_QUEUE_DEPTH: usize = 16 * 1024;
+/// Batches waiting for the apply task.
+const APPLY_QUEUE_DEPTH: usize = 256;
+/// Readys waiting for durability.
+const PERSIST_QUEUE_DEPTH: usize = 4096;
+/// Peer frames waiting for the driver.
+pub const PEER_INPUT_DEPTH: usize = 4096;
+/// etcd refuses new proposals while this many committed entries wait to be applied
+/// (`maxGapBetweenApplyAndCommitIndex`).
+const APPLY_GAP_MAX: u64 = 5000;
+/// Proposals waiting for an answer on this member, at most.
+const WAITERS_MAX: usize = 100_000;
+
+/// How the node runs; derived from [`crate::config::ServerConfig`] plus the IDs the cluster
+/// assigned.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub name: String,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub cluster_token: String,
+    pub client_urls: Vec<String>,
+    pub peer_urls: Vec<String>,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+    pub election_ticks: u32,
+    pub snapshot_count: u64,
+    /// Entries kept behind a snapshot for followers that are only a little behind.
+    pub snapshot_catchup_entries: u64,
+    pub max_request_bytes: u64,
+    /// How long a proposal or read may take before it fails (etcd: 5 s + 2 election timeouts).
+    pub request_timeout: Duration,
+    pub store_config: StoreConfig,
+}
+
+/// The core's view as last published by the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftView {
+    pub term: u64,
+    pub leader: u64,
+    pub role: Role,
+    pub commit: u64,
+    pub last_index: u64,
+    pub first_index: u64,
+    pub is_learner: bool,
+    pub is_member: bool,
+    pub voters: Vec<u64>,
+}
 
 /// A point-in-time view of this member, for Maintenance.Status, `/metrics` and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,16 +102,123 @@ pub struct NodeStatus {
     /// The last index in this member's log (etcd's `raftIndex`).
     pub last_index: u64,
     pub is_learner: bool,
-    /// Approximate size of the state, in bytes (etcd's `dbSize`).
+    /// Size of the latest snapshot's data, in bytes (the closest thing to etcd's `dbSize`:
+    /// the state lives in memory and on disk as snapshot plus log).
     pub db_size_bytes: u64,
+    /// Leader changes this member has seen since it started.
+    pub leader_changes: u64,
 }
 
-/// What the node shares with every handle.
-struct NodeShared {
+/// What the node's tasks and handles share.
+pub(crate) struct NodeShared {
     member_id: u64,
     cluster_id: u64,
+    config: NodeConfig,
     store: Arc<RwLock<Store>>,
+    registry: RwLock<Registry>,
     watch_hub: WatchHub,
+    view: watch::Sender<RaftView>,
+    applied: watch::Sender<u64>,
+    requests: mpsc::Sender<DriverRequest>,
+    waiters: Waiters,
+    peer_requests: PeerRequests,
+    leases: Mutex<lease::LeaseKeeper>,
+    transport: Transport,
+    wal: GroupCommitWal,
+    snapshots: SnapshotStore<RealDisk>,
+    snapshot_in_progress: AtomicBool,
+    removed: AtomicBool,
+    db_size_bytes: AtomicU64,
+    leader_changes: AtomicU64,
+    next_request_id: AtomicU64,
+    /// Set to ask every task to stop.
+    stop: watch::Sender<bool>,
+    /// Why the node failed, once it has.
+    failure: Mutex<Option<String>>,
+    started: Instant,
+}
+
+pub(crate) fn lock_read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn lock_write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl NodeShared {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn lock_leases(&self) -> MutexGuard<'_, lease::LeaseKeeper> {
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn next_request_id(&self) -> u64 {
+        self.next_request_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn metrics_leader_changes(&self) {
+        self.leader_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn is_stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    fn request_stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Records a fatal error and stops the node.
+    fn fail(&self, reason: String) {
+        tracing::error!(%reason, "the node is stopping after a fatal error");
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        failure.get_or_insert(reason);
+        drop(failure);
+        self.waiters.fail_all(&NodeError::Stopped);
+        self.request_stop();
+    }
+
+    /// Replaces the registry (after installing a snapshot) and the transport's peers with it.
+    fn install_registry(&self, registry: Registry) {
+        let old: Vec<u64> = lock_read(&self.registry).records().map(|m| m.id).collect();
+        for id in old {
+            if !registry.contains(id) {
+                self.transport.remove_peer(id);
+            }
+        }
+        for member in registry.records() {
+            self.transport.set_peer(member.id, member.peer_urls.clone());
+        }
+        *lock_write(&self.registry) = registry;
+    }
+
+    /// Proposes a command nobody waits for (lease revokes decided by the leader).
+    async fn propose_detached(&self, command: Command) {
+        let data = Envelope {
+            origin: Origin {
+                member_id: self.member_id,
+                request_id: 0,
+            },
+            body: Body::Command(command.encode()),
+        }
+        .encode();
+        let _ = self
+            .requests
+            .send(DriverRequest::Propose {
+                request_id: 0,
+                data,
+            })
+            .await;
+    }
+}
+
+impl ClusterInfoSource for NodeShared {
+    fn cluster_info(&self) -> (u64, Registry) {
+        (self.cluster_id, lock_read(&self.registry).clone())
+    }
 }
 
 /// The API layer's handle on the node. Cheap to clone.
@@ -64,39 +244,177 @@ impl NodeHandle {
         self.shared.cluster_id
     }
 
+    /// The configured largest client request, in bytes.
+    pub fn max_request_bytes(&self) -> u64 {
+        self.shared.config.max_request_bytes
+    }
+
+    /// The configured request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        self.shared.config.request_timeout
+    }
+
     /// Header with cluster_id, member_id, raft_term (current term), revision (the given one).
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.shared.cluster_id,
             member_id: self.shared.member_id,
             revision,
-            raft_term: self.status().term,
+            raft_term: self.shared.view.borrow().term,
         }
+    }
+
+    /// The known leader (0: none).
+    pub fn leader_id(&self) -> u64 {
+        self.shared.view.borrow().leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.shared.view.borrow().role == Role::Leader
+    }
+
+    /// Fails fast when the node cannot take a request now.
+    fn check_ready(&self) -> Result<(), NodeError> {
+        if self.shared.is_stopped() {
+            return Err(NodeError::Stopped);
+        }
+        let view = self.shared.view.borrow();
+        if view.leader == 0 {
+            return Err(NodeError::NoLeader);
+        }
+        let applied = *self.shared.applied.borrow();
+        if view.commit > applied + APPLY_GAP_MAX {
+            return Err(NodeError::TooManyRequests);
+        }
+        Ok(())
     }
 
     /// Replicates a command and returns its apply result (proposed here on the leader, forwarded
     /// to the leader from a follower). Fails fast with [`NodeError::NoLeader`] when no leader is
     /// known, and with [`NodeError::Timeout`] / [`NodeError::LeaderChanged`] when the command is
     /// not applied within the request timeout.
+    ///
+    /// A `LeaseGrant` with ID 0 gets a fresh ID here, before replication, so every replica
+    /// applies the same one.
     pub async fn propose(&self, command: Command) -> Result<ApplyOutcome, NodeError> {
-        let _ = command;
-        todo!("node: propose")
+        let command = match command {
+            Command::LeaseGrant { id: 0, ttl_secs } => Command::LeaseGrant {
+                id: self.fresh_lease_id(),
+                ttl_secs,
+            },
+            command => command,
+        };
+        match self.propose_body(Body::Command(command.encode())).await? {
+            AppliedResult::Command(ApplyOutcome::Error(error)) => Err(NodeError::Mvcc(error)),
+            AppliedResult::Command(outcome) => Ok(outcome),
+            AppliedResult::Members(_) => Err(NodeError::Timeout),
+        }
+    }
+
+    async fn propose_body(&self, body: Body) -> Result<AppliedResult, NodeError> {
+        self.check_ready()?;
+        if self.shared.waiters.len() >= WAITERS_MAX {
+            return Err(NodeError::TooManyRequests);
+        }
+        let request_id = self.shared.next_request_id();
+        let data = Envelope {
+            origin: Origin {
+                member_id: self.shared.member_id,
+                request_id,
+            },
+            body,
+        }
+        .encode();
+        if data.len() as u64 > self.shared.config.max_request_bytes + 1024 {
+            return Err(NodeError::RequestTooLarge);
+        }
+        let waiter = self.shared.waiters.register(request_id);
+        self.submit_and_wait(
+            request_id,
+            DriverRequest::Propose { request_id, data },
+            waiter,
+        )
+        .await
+    }
+
+    async fn submit_and_wait(
+        &self,
+        request_id: u64,
+        request: DriverRequest,
+        waiter: tokio::sync::oneshot::Receiver<waiters::ProposalResult>,
+    ) -> Result<AppliedResult, NodeError> {
+        let term = self.shared.view.borrow().term;
+        if self.shared.requests.send(request).await.is_err() {
+            self.shared.waiters.cancel(request_id);
+            return Err(NodeError::Stopped);
+        }
+        match tokio::time::timeout(self.shared.config.request_timeout, waiter).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => {
+                self.shared.waiters.cancel(request_id);
+                if self.shared.view.borrow().term != term {
+                    Err(NodeError::LeaderChanged)
+                } else {
+                    Err(NodeError::Timeout)
+                }
+            }
+        }
+    }
+
+    /// A lease ID no other member picks: the low bits of this member's ID above a clock-based
+    /// counter, positive as etcd's IDs are.
+    fn fresh_lease_id(&self) -> i64 {
+        let member_bits = (self.shared.member_id & 0x7fff) << 48;
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let sequence = self.shared.next_request_id() & 0xff;
+        let low = ((unix_ms << 8) | sequence) & ((1 << 48) - 1);
+        ((member_bits | low) as i64).max(1)
     }
 
     /// Linearizable barrier: returns once this member's applied state reflects every write
     /// committed before the call (ReadIndex, Raft thesis §6.4).
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
-        todo!("node: read_barrier")
+        if self.shared.is_stopped() {
+            return Err(NodeError::Stopped);
+        }
+        if self.shared.view.borrow().leader == 0 {
+            return Err(NodeError::NoLeader);
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.shared
+            .requests
+            .send(DriverRequest::ReadIndex { reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        let index = match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => return Err(NodeError::Stopped),
+            Err(_) => return Err(NodeError::Timeout),
+        };
+        self.wait_applied(index, deadline).await
+    }
+
+    async fn wait_applied(
+        &self,
+        index: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), NodeError> {
+        let mut applied = self.shared.applied.subscribe();
+        match tokio::time::timeout_at(deadline, applied.wait_for(|applied| *applied >= index)).await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => Err(NodeError::Timeout),
+        }
     }
 
     /// Serializable access to the local store. Keep `f` short: apply waits while it runs.
     pub fn with_store<R>(&self, f: impl FnOnce(&Store) -> R) -> R {
-        let store = self
-            .shared
-            .store
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&store)
+        f(&lock_read(&self.shared.store))
     }
 
     pub fn watch_hub(&self) -> &WatchHub {
@@ -106,8 +424,12 @@ impl NodeHandle {
     /// Renews a lease on the leader (forwarded there from a follower); answers the TTL, or 0
     /// when the lease is unknown or expired, as etcd does.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, NodeError> {
-        let _ = id;
-        todo!("node: lease_keep_alive")
+        self.check_ready()?;
+        if self.is_leader() {
+            return lease::keep_alive_local(&self.shared, id);
+        }
+        let payload = self.ask_leader(lease::OP_KEEP_ALIVE, id, false).await?;
+        lease::decode_keep_alive(&payload)
     }
 
     /// etcd `LeaseTimeToLive`, answered by the leader (it alone times leases); `ttl` is -1 for
@@ -117,14 +439,51 @@ impl NodeHandle {
         id: i64,
         keys: bool,
     ) -> Result<LeaseTimeToLiveResponse, NodeError> {
-        let _ = (id, keys);
-        todo!("node: lease_time_to_live")
+        self.check_ready()?;
+        let mut response = if self.is_leader() {
+            lease::time_to_live_local(&self.shared, id, keys)?
+        } else {
+            let payload = self.ask_leader(lease::OP_TIME_TO_LIVE, id, keys).await?;
+            lease::decode_time_to_live(&payload)?
+        };
+        let revision = response.header.as_ref().map_or(0, |header| header.revision);
+        response.header = Some(self.header(revision));
+        Ok(response)
+    }
+
+    /// Sends a lease request to the leader over the peer transport and waits for its answer.
+    async fn ask_leader(&self, op: u8, lease_id: i64, keys: bool) -> Result<Bytes, NodeError> {
+        let leader = self.leader_id();
+        if leader == 0 {
+            return Err(NodeError::NoLeader);
+        }
+        let request_id = self.shared.next_request_id();
+        let answer = self.shared.peer_requests.register(request_id);
+        self.shared.transport.send_frame(
+            leader,
+            PeerFrame::LeaseRequest {
+                request_id,
+                op,
+                lease_id,
+                keys,
+            },
+        );
+        match tokio::time::timeout(self.shared.config.request_timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => {
+                self.shared.peer_requests.cancel(request_id);
+                Err(NodeError::Timeout)
+            }
+        }
     }
 
     /// The members, sorted by ID. `linearizable` waits for a read barrier first.
     pub async fn member_list(&self, linearizable: bool) -> Result<Vec<Member>, NodeError> {
-        let _ = linearizable;
-        todo!("node: member_list")
+        if linearizable {
+            self.read_barrier().await?;
+        }
+        Ok(lock_read(&self.shared.registry).to_proto())
     }
 
     /// Adds a member (as a learner if asked); returns it and the new member list.
@@ -133,13 +492,57 @@ impl NodeHandle {
         peer_urls: Vec<String>,
         is_learner: bool,
     ) -> Result<(Member, Vec<Member>), NodeError> {
-        let _ = (peer_urls, is_learner);
-        todo!("node: member_add")
+        let peer_urls = normalize_urls(&peer_urls)?;
+        let id = {
+            let registry = lock_read(&self.shared.registry);
+            if registry.peer_url_owner(&peer_urls, 0).is_some() {
+                return Err(NodeError::MemberExists);
+            }
+            if is_learner && registry.records().any(|member| member.is_learner) {
+                return Err(NodeError::TooManyLearners);
+            }
+            let unix_secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_secs());
+            let id = crate::config::added_member_id(
+                &peer_urls,
+                &self.shared.config.cluster_token,
+                unix_secs,
+            );
+            if registry.contains(id) {
+                return Err(NodeError::MemberIdExists);
+            }
+            id
+        };
+        let record = MemberRecord {
+            id,
+            name: String::new(),
+            peer_urls,
+            client_urls: Vec::new(),
+            is_learner,
+        };
+        let kind = if is_learner {
+            ConfChangeKind::AddLearner
+        } else {
+            ConfChangeKind::AddVoter
+        };
+        let members = self
+            .change_membership(kind, id, Some(record.clone()))
+            .await?;
+        let member = members
+            .iter()
+            .find(|member| member.id == id)
+            .cloned()
+            .unwrap_or_else(|| record.to_proto());
+        Ok((member, members))
     }
 
     pub async fn member_remove(&self, id: u64) -> Result<Vec<Member>, NodeError> {
-        let _ = id;
-        todo!("node: member_remove")
+        if !lock_read(&self.shared.registry).contains(id) {
+            return Err(NodeError::MemberNotFound);
+        }
+        self.change_membership(ConfChangeKind::Remove, id, None)
+            .await
     }
 
     pub async fn member_update(
@@ -147,31 +550,445 @@ impl NodeHandle {
         id: u64,
         peer_urls: Vec<String>,
     ) -> Result<Vec<Member>, NodeError> {
-        let _ = (id, peer_urls);
-        todo!("node: member_update")
+        let peer_urls = normalize_urls(&peer_urls)?;
+        {
+            let registry = lock_read(&self.shared.registry);
+            if !registry.contains(id) {
+                return Err(NodeError::MemberNotFound);
+            }
+            if registry.peer_url_owner(&peer_urls, id).is_some() {
+                return Err(NodeError::MemberExists);
+            }
+        }
+        match self
+            .propose_body(Body::MemberPeerUrls { id, peer_urls })
+            .await?
+        {
+            AppliedResult::Members(members) => Ok(members),
+            AppliedResult::Command(_) => Err(NodeError::Timeout),
+        }
     }
 
     pub async fn member_promote(&self, id: u64) -> Result<Vec<Member>, NodeError> {
-        let _ = id;
-        todo!("node: member_promote")
+        let record = {
+            let registry = lock_read(&self.shared.registry);
+            let Some(record) = registry.get(id) else {
+                return Err(NodeError::MemberNotFound);
+            };
+            if !record.is_learner {
+                return Err(NodeError::MemberNotLearner);
+            }
+            MemberRecord {
+                is_learner: false,
+                ..record.clone()
+            }
+        };
+        self.change_membership(ConfChangeKind::AddVoter, id, Some(record))
+            .await
+    }
+
+    async fn change_membership(
+        &self,
+        kind: ConfChangeKind,
+        node: u64,
+        record: Option<MemberRecord>,
+    ) -> Result<Vec<Member>, NodeError> {
+        self.check_ready()?;
+        let request_id = self.shared.next_request_id();
+        let context = ConfContext {
+            origin: Origin {
+                member_id: self.shared.member_id,
+                request_id,
+            },
+            record,
+        };
+        let change = ConfChange {
+            transition: ConfChangeTransition::Auto,
+            changes: vec![ConfChangeSingle { kind, node }],
+            context: context.encode(),
+        };
+        let waiter = self.shared.waiters.register(request_id);
+        let request = DriverRequest::ProposeConfChange { request_id, change };
+        match self.submit_and_wait(request_id, request, waiter).await? {
+            AppliedResult::Members(members) => Ok(members),
+            AppliedResult::Command(_) => Err(NodeError::Timeout),
+        }
     }
 
     /// Hands leadership to `target` (must be called on the leader, as etcd requires) and
     /// returns once `target` leads.
     pub async fn move_leader(&self, target: u64) -> Result<(), NodeError> {
-        let _ = target;
-        todo!("node: move_leader")
+        if !self.is_leader() {
+            return Err(NodeError::NotLeader);
+        }
+        if target == self.shared.member_id {
+            return Ok(());
+        }
+        if !self.shared.view.borrow().voters.contains(&target) {
+            return Err(NodeError::BadLeaderTransferee);
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.shared
+            .requests
+            .send(DriverRequest::TransferLeader { target, reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        answer.await.map_err(|_| NodeError::Stopped)??;
+        let mut view = self.shared.view.subscribe();
+        // etcd waits up to its request timeout for the transfer to finish.
+        match tokio::time::timeout(
+            self.shared.config.request_timeout,
+            view.wait_for(|view| view.leader == target),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => Err(NodeError::Timeout),
+        }
     }
 
     pub fn status(&self) -> NodeStatus {
+        let view = self.shared.view.borrow().clone();
         NodeStatus {
             member_id: self.shared.member_id,
-            ..NodeStatus::default()
+            leader_id: view.leader,
+            term: view.term,
+            commit_index: view.commit,
+            applied_index: *self.shared.applied.borrow(),
+            last_index: view.last_index,
+            is_learner: view.is_learner,
+            db_size_bytes: self.shared.db_size_bytes.load(Ordering::Relaxed),
+            leader_changes: self.shared.leader_changes.load(Ordering::Relaxed),
         }
+    }
+
+    /// The full Raft status (replication progress of each member when this one leads).
+    pub async fn raft_status(&self) -> Result<ballot_raft::Status, NodeError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.shared
+            .requests
+            .send(DriverRequest::Status { reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        answer.await.map_err(|_| NodeError::Stopped)
     }
 
     /// A consistent snapshot of the store, for Maintenance.Snapshot.
     pub async fn backup_snapshot(&self) -> Result<Bytes, NodeError> {
-        Ok(self.with_store(Store::snapshot))
+        let store = lock_read(&self.shared.store).clone();
+        tokio::task::spawn_blocking(move || store.snapshot())
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Resolves once the node stops; the reason if it failed.
+    pub async fn stopped(&self) -> Option<String> {
+        let mut stop = self.shared.stop.subscribe();
+        let _ = stop.wait_for(|stopped| *stopped).await;
+        self.shared
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Asks the node to stop.
+    pub fn shutdown(&self) {
+        self.shared.request_stop();
+    }
+
+    /// Whether this member was removed from the cluster.
+    pub fn was_removed(&self) -> bool {
+        self.shared.removed.load(Ordering::SeqCst)
     }
 }
+
+fn normalize_urls(urls: &[String]) -> Result<Vec<String>, NodeError> {
+    if urls.is_empty() {
+        return Err(NodeError::MemberBadUrls);
+    }
+    urls.iter()
+        .map(|url| {
+            HttpUrl::parse("peer-urls", url)
+                .map(|parsed| parsed.to_string())
+                .map_err(|_| NodeError::MemberBadUrls)
+        })
+        .collect()
+}
+
+/// How the node starts.
+pub enum StartMode {
+    /// A brand-new member of a brand-new cluster of `voters`.
+    Bootstrap { voters: Vec<u64> },
+    /// A member added to a running cluster, starting empty.
+    Join,
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid Raft configuration: {0}")]
+    RaftConfig(#[from] ballot_raft::ConfigError),
+    #[error("the recovered state is inconsistent: {0}")]
+    Restore(#[from] ballot_raft::RestoreError),
+    #[error("the snapshot does not restore: {0}")]
+    Snapshot(#[from] ballot_mvcc::SnapshotError),
+}
+
+/// A started node: its handle and its tasks. A task that returns an error has stopped the
+/// node.
+pub struct StartedNode {
+    pub handle: NodeHandle,
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+fn raft_config(config: &NodeConfig) -> ballot_raft::Config {
+    let mut raft = ballot_raft::Config::new(config.member_id);
+    raft.election_tick = config.election_ticks.max(2);
+    raft.heartbeat_tick = 1;
+    raft.max_proposal_bytes = config.max_request_bytes + 4096;
+    raft.seed = config.member_id ^ std::process::id() as u64;
+    raft
+}
+
+/// Starts the node's tasks over opened storage. `seed` is the registry to start from when there
+/// is no snapshot; `mode` says how to create a node when the storage is fresh.
+pub fn start(
+    config: NodeConfig,
+    opened: Opened,
+    seed: Registry,
+    mode: StartMode,
+    transport: Transport,
+    peer_input: mpsc::Receiver<PeerInput>,
+) -> Result<StartedNode, StartError> {
+    let raft_config = raft_config(&config);
+    let (store, registry, raft, snapshot_index, snapshot_size) = match opened.recovered {
+        Some(recovered) => {
+            let (store, registry, size) = match &recovered.snapshot {
+                Some(snapshot) => (
+                    Store::restore(&snapshot.payload.store, config.store_config.clone())?,
+                    snapshot.payload.registry.clone(),
+                    snapshot.payload.store.len() as u64,
+                ),
+                None => (Store::new(config.store_config.clone()), seed, 0),
+            };
+            for entry in recovered
+                .restore
+                .entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::ConfChange)
+            {
+                learn_peer_from_entry(&transport, entry);
+            }
+            let snapshot_index = recovered.restore.applied;
+            let raft = RaftNode::restore(raft_config, recovered.restore)?;
+            (store, registry, raft, snapshot_index, size)
+        }
+        None => {
+            let raft = match mode {
+                StartMode::Bootstrap { voters } => RaftNode::bootstrap(raft_config, &voters)?,
+                StartMode::Join => RaftNode::join(raft_config)?,
+            };
+            (Store::new(config.store_config.clone()), seed, raft, 0, 0)
+        }
+    };
+    for member in registry.records() {
+        transport.set_peer(member.id, member.peer_urls.clone());
+    }
+    let revision = store.current_revision();
+    let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE_DEPTH);
+    let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE_DEPTH);
+    let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE_DEPTH);
+    let (persisted_tx, persisted_rx) = watch::channel(0u64);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let status = raft.status();
+    let (view_tx, _) = watch::channel(RaftView {
+        term: status.term,
+        leader: status.leader,
+        role: status.role,
+        commit: status.commit,
+        last_index: status.last_index,
+        first_index: status.first_index,
+        is_learner: status.conf.is_learner(config.member_id),
+        is_member: status.conf.contains(config.member_id),
+        voters: status.conf.voters.clone(),
+    });
+    let (applied_tx, _) = watch::channel(snapshot_index);
+    let request_id_base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |elapsed| elapsed.as_nanos() as u64)
+        .max(1);
+    let shared = Arc::new(NodeShared {
+        member_id: config.member_id,
+        cluster_id: config.cluster_id,
+        config,
+        store: Arc::new(RwLock::new(store)),
+        registry: RwLock::new(registry),
+        watch_hub: WatchHub::new(revision),
+        view: view_tx,
+        applied: applied_tx,
+        requests: requests_tx,
+        waiters: Waiters::default(),
+        peer_requests: PeerRequests::default(),
+        leases: Mutex::new(lease::LeaseKeeper::new()),
+        transport: transport.clone(),
+        wal: opened.wal.clone(),
+        snapshots: opened.snapshots,
+        snapshot_in_progress: AtomicBool::new(false),
+        removed: AtomicBool::new(false),
+        db_size_bytes: AtomicU64::new(snapshot_size),
+        leader_changes: AtomicU64::new(0),
+        next_request_id: AtomicU64::new(request_id_base),
+        stop: stop_tx,
+        failure: Mutex::new(None),
+        started: Instant::now(),
+    });
+    transport.set_cluster_info_source(Arc::clone(&shared) as Arc<dyn ClusterInfoSource>);
+    let (soft_state, applied_index) = Driver::new_state(&raft);
+    let driver = Driver {
+        raft,
+        shared: Arc::clone(&shared),
+        requests: requests_rx,
+        peer_input,
+        wal: opened.wal,
+        transport: transport.clone(),
+        persist: persist_tx,
+        persisted: persisted_rx,
+        applied: shared.applied.subscribe(),
+        apply: apply_tx,
+        stop: stop_rx,
+        proposals: Vec::new(),
+        reads: Vec::new(),
+        read_waiters: Default::default(),
+        next_read_ctx: 0,
+        soft_state,
+        applied_index,
+    };
+    let applier = apply::Applier {
+        shared: Arc::clone(&shared),
+        items: apply_rx,
+        snapshot_index,
+    };
+    let mut tasks = Vec::new();
+    tasks.push(spawn_guarded(&shared, "raft driver", async move {
+        driver.run().await.map_err(|error| error.to_string())
+    }));
+    tasks.push(spawn_guarded(&shared, "persist", {
+        let shared = Arc::clone(&shared);
+        async move { persist_loop(shared, persist_rx, persisted_tx).await }
+    }));
+    tasks.push(spawn_guarded(&shared, "apply", async move {
+        applier.run().await.map_err(|error| error.to_string())
+    }));
+    tasks.push(tokio::spawn(lease::run_expiry(Arc::clone(&shared))));
+    tasks.push(tokio::spawn(publish_attributes(Arc::clone(&shared))));
+    Ok(StartedNode {
+        handle: NodeHandle { shared },
+        tasks,
+    })
+}
+
+fn learn_peer_from_entry(transport: &Transport, entry: &ballot_raft::Entry) {
+    let Ok(change) = ConfChange::decode(&entry.data) else {
+        return;
+    };
+    if let Ok(ConfContext {
+        record: Some(record),
+        ..
+    }) = ConfContext::decode(&change.context)
+    {
+        transport.set_peer(record.id, record.peer_urls);
+    }
+}
+
+/// Runs a task whose failure is fatal to the node.
+fn spawn_guarded(
+    shared: &Arc<NodeShared>,
+    name: &'static str,
+    task: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
+) -> JoinHandle<()> {
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        if let Err(reason) = task.await {
+            shared.fail(format!("{name} task failed: {reason}"));
+        }
+    })
+}
+
+/// Waits for each Ready's write to be durable (in Ready order), then sends the messages that
+/// promise durability and reports the Ready number to the driver.
+async fn persist_loop(
+    shared: Arc<NodeShared>,
+    mut items: mpsc::Receiver<PersistItem>,
+    persisted: watch::Sender<u64>,
+) -> Result<(), String> {
+    let mut stop = shared.stop.subscribe();
+    loop {
+        let item = tokio::select! {
+            item = items.recv() => match item {
+                Some(item) => item,
+                None => return Ok(()),
+            },
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+        };
+        if let Some(completion) = item.completion {
+            completion
+                .wait()
+                .await
+                .map_err(|error| format!("WAL write failed: {error}"))?;
+        }
+        for message in item.messages {
+            shared.transport.send_message(message);
+        }
+        persisted.send_replace(item.number);
+    }
+}
+
+/// etcd's "publish": once a leader exists, a member records its name and client URLs in the
+/// replicated registry (retrying until it is applied), so `member list` shows them everywhere.
+async fn publish_attributes(shared: Arc<NodeShared>) {
+    let handle = NodeHandle {
+        shared: Arc::clone(&shared),
+    };
+    let retry = shared
+        .config
+        .election_timeout
+        .max(Duration::from_millis(100));
+    let mut stop = shared.stop.subscribe();
+    loop {
+        let published = {
+            let registry = lock_read(&shared.registry);
+            registry.get(shared.member_id).is_some_and(|member| {
+                member.name == shared.config.name && member.client_urls == shared.config.client_urls
+            })
+        };
+        let is_member = shared.view.borrow().is_member;
+        if published && is_member {
+            return;
+        }
+        if is_member && handle.leader_id() != 0 {
+            let body = Body::MemberAttributes {
+                id: shared.member_id,
+                name: shared.config.name.clone(),
+                client_urls: shared.config.client_urls.clone(),
+            };
+            match handle.propose_body(body).await {
+                Ok(_) => continue,
+                Err(error) => tracing::debug!(%error, "publishing member attributes; will retry"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retry) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+    }
+}
+
+/// The member registry a node starts from, built from records.
+pub fn registry_from(records: Vec<MemberRecord>) -> Registry {
+    Registry::from_records(records)
+}
+
+/// Keeps `storage` in the public surface for the server wiring.
+pub use storage::ClusterFile;

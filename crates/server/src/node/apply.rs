@@ -1,0 +1,348 @@
+//! The apply task: the only writer of the MVCC store and the member registry.
+//!
+//! It applies committed entries in log order (a batch at a time under one write lock), fans the
+//! resulting events out to watchers, answers the clients waiting on this member, publishes the
+//! applied index, and every `--snapshot-count` entries starts a snapshot: a copy of the store
+//! and registry at that index is serialized off the apply path, written to the snapshot store,
+//! recorded in the WAL, and then the core and the WAL compact the log behind it, keeping
+//! `snapshot_catchup_entries` entries for slow followers (etcd keeps 5000).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ballot_mvcc::{ApplyOutcome, Command, Store};
+use ballot_proto::mvccpb::Event;
+use ballot_raft::{ConfChange, ConfChangeKind, Entry, EntryKind, SnapshotMeta};
+use ballot_wal::Write;
+use tokio::sync::{mpsc, oneshot};
+
+use super::driver::{ApplyItem, DriverRequest};
+use super::envelope::{Body, ConfContext, Envelope};
+use super::members::Registry;
+use super::waiters::{AppliedResult, ProposalResult};
+use super::{NodeShared, lock_read, lock_write};
+use crate::storage::{self, SnapshotPayload, snapshot_marker};
+
+/// Why the apply task stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("installing the snapshot at index {index} failed: {reason}")]
+    Snapshot { index: u64, reason: String },
+}
+
+pub struct Applier {
+    pub shared: Arc<NodeShared>,
+    pub items: mpsc::Receiver<ApplyItem>,
+    /// Index of the last snapshot taken or installed.
+    pub snapshot_index: u64,
+}
+
+/// What one batch produced, delivered after the store lock is released.
+#[derive(Default)]
+struct BatchEffects {
+    answers: Vec<(u64, ProposalResult)>,
+    revisions: Vec<(i64, Vec<Event>)>,
+    granted: Vec<(i64, i64)>,
+    revoked: Vec<i64>,
+    registry_changed: bool,
+    last_index: u64,
+}
+
+impl Applier {
+    pub async fn run(mut self) -> Result<(), ApplyError> {
+        while let Some(item) = self.items.recv().await {
+            match item {
+                ApplyItem::Snapshot(meta) => self.install_snapshot(meta).await?,
+                ApplyItem::Entries(entries) => self.apply_entries(&entries),
+            }
+            self.maybe_snapshot();
+        }
+        Ok(())
+    }
+
+    fn apply_entries(&mut self, entries: &[Entry]) {
+        let Some(last) = entries.last() else {
+            return;
+        };
+        let mut effects = BatchEffects {
+            last_index: last.index,
+            ..BatchEffects::default()
+        };
+        {
+            let mut store = lock_write(&self.shared.store);
+            for entry in entries {
+                self.apply_entry(&mut store, entry, &mut effects);
+            }
+        }
+        self.deliver(effects);
+    }
+
+    fn apply_entry(&self, store: &mut Store, entry: &Entry, effects: &mut BatchEffects) {
+        if entry.index <= store.last_applied() {
+            return;
+        }
+        match entry.kind {
+            EntryKind::Normal if entry.data.is_empty() => store.skip(entry.index),
+            EntryKind::Normal => self.apply_normal(store, entry, effects),
+            EntryKind::ConfChange => {
+                store.skip(entry.index);
+                self.apply_conf_change(entry, effects);
+            }
+        }
+    }
+
+    fn apply_normal(&self, store: &mut Store, entry: &Entry, effects: &mut BatchEffects) {
+        let envelope = match Envelope::decode(&entry.data) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                // Every replica decodes the same bytes the same way, so skipping keeps them
+                // identical; the entry came from a proposer running other code.
+                tracing::error!(index = entry.index, %error, "skipping an undecodable log entry");
+                store.skip(entry.index);
+                return;
+            }
+        };
+        let mine =
+            envelope.origin.member_id == self.shared.member_id && envelope.origin.request_id != 0;
+        let answer = match envelope.body {
+            Body::Command(bytes) => match Command::decode(bytes) {
+                Ok(command) => {
+                    let applied = store.apply(entry.index, &command);
+                    track_leases(&command, &applied.outcome, effects);
+                    if !applied.events.is_empty() {
+                        effects.revisions.push((applied.revision, applied.events));
+                    }
+                    AppliedResult::Command(applied.outcome)
+                }
+                Err(error) => {
+                    tracing::error!(index = entry.index, %error, "skipping an undecodable command");
+                    store.skip(entry.index);
+                    return;
+                }
+            },
+            Body::MemberAttributes {
+                id,
+                name,
+                client_urls,
+            } => {
+                store.skip(entry.index);
+                lock_write(&self.shared.registry).set_attributes(id, name, client_urls);
+                effects.registry_changed = true;
+                AppliedResult::Members(lock_read(&self.shared.registry).to_proto())
+            }
+            Body::MemberPeerUrls { id, peer_urls } => {
+                store.skip(entry.index);
+                lock_write(&self.shared.registry).set_peer_urls(id, peer_urls.clone());
+                self.shared.transport.set_peer(id, peer_urls);
+                effects.registry_changed = true;
+                AppliedResult::Members(lock_read(&self.shared.registry).to_proto())
+            }
+        };
+        if mine {
+            effects
+                .answers
+                .push((envelope.origin.request_id, Ok(answer)));
+        }
+    }
+
+    fn apply_conf_change(&self, entry: &Entry, effects: &mut BatchEffects) {
+        let change = match ConfChange::decode(&entry.data) {
+            Ok(change) => change,
+            Err(error) => {
+                tracing::error!(index = entry.index, %error, "undecodable configuration change");
+                return;
+            }
+        };
+        let context = ConfContext::decode(&change.context).unwrap_or_else(|error| {
+            tracing::error!(index = entry.index, %error, "undecodable configuration context");
+            ConfContext {
+                origin: super::envelope::Origin {
+                    member_id: 0,
+                    request_id: 0,
+                },
+                record: None,
+            }
+        });
+        let me = self.shared.member_id;
+        {
+            let mut registry = lock_write(&self.shared.registry);
+            for single in &change.changes {
+                let record = context
+                    .record
+                    .clone()
+                    .filter(|record| record.id == single.node);
+                match single.kind {
+                    ConfChangeKind::AddVoter | ConfChangeKind::AddLearner => {
+                        let is_learner = single.kind == ConfChangeKind::AddLearner;
+                        registry.add(single.node, record, is_learner);
+                        if let Some(member) = registry.get(single.node) {
+                            self.shared
+                                .transport
+                                .set_peer(single.node, member.peer_urls.clone());
+                        }
+                    }
+                    ConfChangeKind::Remove => {
+                        registry.remove(single.node);
+                        self.shared.transport.remove_peer(single.node);
+                        if single.node == me {
+                            tracing::warn!("this member was removed from the cluster");
+                            self.shared.removed.store(true, Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
+        }
+        effects.registry_changed = true;
+        if context.origin.member_id == me && context.origin.request_id != 0 {
+            let members = lock_read(&self.shared.registry).to_proto();
+            effects.answers.push((
+                context.origin.request_id,
+                Ok(AppliedResult::Members(members)),
+            ));
+        }
+    }
+
+    /// Hands a batch's results out: watchers first (a client that sees its write acknowledged
+    /// and then watches from "now" must not miss later events), then leases, then clients.
+    fn deliver(&self, effects: BatchEffects) {
+        for (revision, events) in &effects.revisions {
+            self.shared.watch_hub.notify(*revision, events);
+        }
+        if !effects.granted.is_empty() || !effects.revoked.is_empty() {
+            super::lease::on_applied(&self.shared, &effects.granted, &effects.revoked);
+        }
+        self.shared.applied.send_replace(effects.last_index);
+        self.shared.waiters.resolve_many(effects.answers);
+        self.shared.waiters.fail_lost_through(effects.last_index);
+        if effects.registry_changed && self.shared.removed.load(Ordering::SeqCst) {
+            self.shared.request_stop();
+        }
+    }
+
+    async fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), ApplyError> {
+        let snapshots = self.shared.snapshots.clone();
+        let index = meta.index;
+        let fail = |reason: String| ApplyError::Snapshot { index, reason };
+        let store_config = self.shared.config.store_config.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let info = storage::find_snapshot(&snapshots, meta.index, meta.term)
+                .map_err(|e| e.to_string())?;
+            let size = info.data_len;
+            let loaded = storage::load_snapshot(&snapshots, &info).map_err(|e| e.to_string())?;
+            let store =
+                Store::restore(&loaded.payload.store, store_config).map_err(|e| e.to_string())?;
+            Ok::<_, String>((store, loaded.payload.registry, size))
+        })
+        .await
+        .map_err(|error| fail(error.to_string()))?
+        .map_err(fail)?;
+        let (store, registry, size) = loaded;
+        let revision = store.current_revision();
+        *lock_write(&self.shared.store) = store;
+        self.shared.install_registry(registry);
+        self.shared.watch_hub.reset_to(revision);
+        self.shared.db_size_bytes.store(size, Ordering::Relaxed);
+        self.snapshot_index = index;
+        self.shared.applied.send_replace(index);
+        self.shared.waiters.fail_lost_through(index);
+        tracing::info!(index, revision, "installed a snapshot from the leader");
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let applied = *self.shared.applied.borrow();
+        let count = self.shared.config.snapshot_count;
+        if applied < self.snapshot_index + count
+            || self
+                .shared
+                .snapshot_in_progress
+                .swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        self.snapshot_index = applied;
+        let store = lock_read(&self.shared.store).clone();
+        let registry = lock_read(&self.shared.registry).clone();
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            if let Err(reason) = take_snapshot(&shared, applied, store, registry).await {
+                tracing::error!(index = applied, %reason, "taking a snapshot failed");
+                if reason.starts_with("WAL") {
+                    shared.fail(reason);
+                }
+            }
+            shared.snapshot_in_progress.store(false, Ordering::SeqCst);
+        });
+    }
+}
+
+fn track_leases(command: &Command, outcome: &ApplyOutcome, effects: &mut BatchEffects) {
+    match (command, outcome) {
+        (Command::LeaseGrant { .. }, ApplyOutcome::LeaseGrant(response)) => {
+            effects.granted.push((response.id, response.ttl));
+        }
+        (Command::LeaseRevoke { id }, _) => effects.revoked.push(*id),
+        _ => {}
+    }
+}
+
+/// Writes a snapshot of `store` and `registry` (both as of `index`), records it in the WAL and
+/// lets the core and the WAL compact behind it.
+async fn take_snapshot(
+    shared: &Arc<NodeShared>,
+    index: u64,
+    store: Store,
+    registry: Registry,
+) -> Result<(), String> {
+    let (reply, meta) = oneshot::channel();
+    shared
+        .requests
+        .send(DriverRequest::SnapshotMeta { index, reply })
+        .await
+        .map_err(|_| "the driver stopped".to_string())?;
+    let meta = meta
+        .await
+        .map_err(|_| "the driver stopped".to_string())?
+        .ok_or_else(|| format!("the core has no metadata for index {index}"))?;
+    let snapshots = shared.snapshots.clone();
+    let meta_for_file = meta.clone();
+    let size = tokio::task::spawn_blocking(move || {
+        let payload = SnapshotPayload {
+            registry,
+            store: store.snapshot(),
+        };
+        storage::save_snapshot(&snapshots, &meta_for_file, &payload)
+            .map(|info| info.data_len)
+            .map_err(|error| error.to_string())
+    })
+    .await
+    .map_err(|error| error.to_string())??;
+    shared
+        .wal
+        .append(Write {
+            snapshot: Some(snapshot_marker(&meta)),
+            entries: Vec::new(),
+            hard_state: None,
+        })
+        .await
+        .map_err(|error| format!("WAL: {error}"))?;
+    shared.db_size_bytes.store(size, Ordering::Relaxed);
+    let compact_through = index.saturating_sub(shared.config.snapshot_catchup_entries);
+    shared
+        .requests
+        .send(DriverRequest::SnapshotTaken {
+            meta,
+            compact_through,
+        })
+        .await
+        .map_err(|_| "the driver stopped".to_string())?;
+    if compact_through > 0 {
+        shared
+            .wal
+            .compact(compact_through)
+            .await
+            .map_err(|error| format!("WAL: {error}"))?;
+    }
+    tracing::info!(index, compact_through, bytes = size, "snapshot taken");
+    Ok(())
+}

@@ -1,0 +1,575 @@
+//! The Raft driver task: the only owner of the `RaftNode`.
+//!
+//! Each turn of its loop waits for any input (a tick, a peer frame, a client request, "WAL
+//! durable through Ready n", "applied through i"), drains everything else already waiting
+//! (batching), proposes all pending proposals with one `propose_batch`, asks for one read index
+//! for all pending reads, and then executes every `Ready` following the contract in
+//! `ballot_raft::Ready`:
+//!
+//! - `messages` go to the transport at once, including the leader's Appends, so the leader's
+//!   own disk write overlaps replication (Raft thesis §10.2.1);
+//! - snapshot, entries and hard state go to the WAL's group-commit writer without waiting; the
+//!   persist task waits for durability, then sends `persisted_messages` and reports the Ready
+//!   number back here for `on_persisted`;
+//! - committed entries go to the apply task over a bounded channel;
+//! - read states release the reads waiting for them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ballot_raft::{
+    ConfChange, ConfChangeKind, EntryKind, Message, ProposeError, RaftNode, Ready, Role,
+    SnapshotMeta, SoftState, TransferError,
+};
+use ballot_wal::{Completion, GroupCommitWal, Write};
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::envelope::{ConfContext, Envelope};
+use super::error::NodeError;
+use super::{NodeShared, RaftView};
+use crate::storage::{entry_to_wal, hard_state_to_wal, snapshot_marker};
+use crate::transport::{PeerFrame, PeerInput, Transport};
+
+/// Inputs drained per loop turn before the Ready is handled, so ticks never starve.
+const DRAIN_MAX: usize = 8192;
+
+/// What the API side and the node's own tasks ask of the driver.
+pub enum DriverRequest {
+    /// Propose an encoded envelope; `request_id` is this member's waiter (0: nobody waits).
+    Propose { request_id: u64, data: Bytes },
+    /// Propose a membership change (its context names the waiter).
+    ProposeConfChange { request_id: u64, change: ConfChange },
+    /// A linearizable read point.
+    ReadIndex {
+        reply: oneshot::Sender<Result<u64, NodeError>>,
+    },
+    TransferLeader {
+        target: u64,
+        reply: oneshot::Sender<Result<(), NodeError>>,
+    },
+    /// The metadata for a snapshot of the state machine at `index` (which is applied).
+    SnapshotMeta {
+        index: u64,
+        reply: oneshot::Sender<Option<SnapshotMeta>>,
+    },
+    /// A snapshot through `meta.index` is durable; compact the in-memory log through
+    /// `compact_through`.
+    SnapshotTaken {
+        meta: SnapshotMeta,
+        compact_through: u64,
+    },
+    /// The full Raft status (progress of every member on the leader).
+    Status {
+        reply: oneshot::Sender<ballot_raft::Status>,
+    },
+}
+
+/// A Ready's persistence, handed to the persist task in Ready order.
+pub struct PersistItem {
+    pub number: u64,
+    pub completion: Option<Completion>,
+    pub messages: Vec<Message>,
+}
+
+/// Work for the apply task, in log order.
+pub enum ApplyItem {
+    /// Install the snapshot described (its file is already durable in the snapshot store).
+    Snapshot(SnapshotMeta),
+    Entries(Vec<ballot_raft::Entry>),
+}
+
+pub struct PendingProposal {
+    /// This member's waiter, or 0 when forwarded from `origin` or nobody waits.
+    request_id: u64,
+    /// The member whose client waits (this member for local proposals).
+    origin: u64,
+    data: Bytes,
+}
+
+pub struct Driver {
+    pub raft: RaftNode,
+    pub shared: Arc<NodeShared>,
+    pub requests: mpsc::Receiver<DriverRequest>,
+    pub peer_input: mpsc::Receiver<PeerInput>,
+    pub wal: GroupCommitWal,
+    pub transport: Transport,
+    pub persist: mpsc::Sender<PersistItem>,
+    pub persisted: watch::Receiver<u64>,
+    pub applied: watch::Receiver<u64>,
+    pub apply: mpsc::Sender<ApplyItem>,
+    pub stop: watch::Receiver<bool>,
+    pub proposals: Vec<PendingProposal>,
+    pub reads: Vec<oneshot::Sender<Result<u64, NodeError>>>,
+    pub read_waiters: HashMap<u64, Vec<oneshot::Sender<Result<u64, NodeError>>>>,
+    pub next_read_ctx: u64,
+    pub soft_state: SoftState,
+    pub applied_index: u64,
+}
+
+/// Why the driver stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("the WAL failed: {0}")]
+    Wal(#[from] ballot_wal::WalError),
+    #[error("an internal channel closed: {0}")]
+    ChannelClosed(&'static str),
+}
+
+impl Driver {
+    pub fn new_state(raft: &RaftNode) -> (SoftState, u64) {
+        let status = raft.status();
+        (
+            SoftState {
+                role: status.role,
+                leader: status.leader,
+            },
+            status.applied,
+        )
+    }
+
+    pub async fn run(mut self) -> Result<(), DriverError> {
+        let mut ticker = tokio::time::interval(self.shared.config.heartbeat_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.publish_view();
+        loop {
+            tokio::select! {
+                biased;
+                changed = self.stop.changed() => {
+                    if changed.is_err() || *self.stop.borrow() {
+                        return Ok(());
+                    }
+                }
+                _ = ticker.tick() => self.raft.tick(),
+                Ok(()) = self.persisted.changed() => {
+                    let number = *self.persisted.borrow_and_update();
+                    self.raft.on_persisted(number);
+                }
+                Ok(()) = self.applied.changed() => {
+                    let applied = *self.applied.borrow_and_update();
+                    self.on_applied(applied);
+                }
+                Some(input) = self.peer_input.recv() => self.on_peer_input(input),
+                Some(request) = self.requests.recv() => self.on_request(request),
+            }
+            self.drain();
+            self.flush_proposals();
+            self.flush_reads();
+            while self.raft.has_ready() {
+                let ready = self.raft.ready();
+                self.handle_ready(ready).await?;
+            }
+            self.publish_view();
+        }
+    }
+
+    fn on_applied(&mut self, applied: u64) {
+        if applied > self.applied_index {
+            self.applied_index = applied;
+            self.raft.on_applied(applied);
+        }
+    }
+
+    /// Takes everything already waiting, up to a bound.
+    fn drain(&mut self) {
+        for _ in 0..DRAIN_MAX {
+            if let Ok(input) = self.peer_input.try_recv() {
+                self.on_peer_input(input);
+                continue;
+            }
+            if let Ok(request) = self.requests.try_recv() {
+                self.on_request(request);
+                continue;
+            }
+            break;
+        }
+    }
+
+    fn on_peer_input(&mut self, input: PeerInput) {
+        match input {
+            PeerInput::Frame { from, frame } => self.on_frame(from, frame),
+            PeerInput::Unreachable(to) => self.raft.report_unreachable(to),
+            PeerInput::SnapshotStatus { to, ok } => self.raft.report_snapshot(to, ok),
+        }
+    }
+
+    fn on_frame(&mut self, from: u64, frame: PeerFrame) {
+        match frame {
+            PeerFrame::Messages(messages) => {
+                for message in messages {
+                    if let Err(error) = self.raft.step(message) {
+                        tracing::debug!(from = %format_args!("{from:x}"), %error, "message refused");
+                    }
+                }
+            }
+            PeerFrame::Forward(envelopes) => {
+                self.proposals
+                    .extend(envelopes.into_iter().map(|data| PendingProposal {
+                        request_id: 0,
+                        origin: from,
+                        data,
+                    }));
+            }
+            PeerFrame::ForwardConfChange { request_id, change } => {
+                match ConfChange::decode(&change) {
+                    Ok(change) => self.propose_conf_change(from, request_id, change),
+                    Err(error) => {
+                        tracing::warn!(from = %format_args!("{from:x}"), %error, "undecodable forwarded configuration change");
+                    }
+                }
+            }
+            PeerFrame::Reject { error, request_ids } => {
+                let error = NodeError::from_wire_code(error);
+                for request_id in request_ids {
+                    self.shared.waiters.resolve(request_id, Err(error.clone()));
+                }
+            }
+            PeerFrame::LeaseRequest {
+                request_id,
+                op,
+                lease_id,
+                keys,
+            } => {
+                let shared = Arc::clone(&self.shared);
+                tokio::spawn(async move {
+                    super::lease::answer_peer_request(shared, from, request_id, op, lease_id, keys)
+                        .await;
+                });
+            }
+            PeerFrame::LeaseResponse {
+                request_id,
+                error,
+                payload,
+            } => {
+                let result = match error {
+                    0 => Ok(payload),
+                    code => Err(NodeError::from_wire_code(code)),
+                };
+                self.shared.peer_requests.resolve(request_id, result);
+            }
+        }
+    }
+
+    fn on_request(&mut self, request: DriverRequest) {
+        match request {
+            DriverRequest::Propose { request_id, data } => {
+                self.proposals.push(PendingProposal {
+                    request_id,
+                    origin: self.shared.member_id,
+                    data,
+                });
+            }
+            DriverRequest::ProposeConfChange { request_id, change } => {
+                self.propose_conf_change(self.shared.member_id, request_id, change);
+            }
+            DriverRequest::ReadIndex { reply } => self.reads.push(reply),
+            DriverRequest::TransferLeader { target, reply } => {
+                let result = self
+                    .raft
+                    .transfer_leader(target)
+                    .map_err(|error| match error {
+                        TransferError::NotLeader { .. } => NodeError::NotLeader,
+                        TransferError::NotVoter(_) => NodeError::BadLeaderTransferee,
+                        TransferError::AlreadyLeader => NodeError::BadLeaderTransferee,
+                    });
+                let _ = reply.send(result);
+            }
+            DriverRequest::SnapshotMeta { index, reply } => {
+                // The apply task has applied `index`; the applied watch may not have been read
+                // yet, so tell the core before asking.
+                self.on_applied(index);
+                let _ = reply.send(self.raft.snapshot_meta(index));
+            }
+            DriverRequest::SnapshotTaken {
+                meta,
+                compact_through,
+            } => {
+                self.raft.snapshot_taken(meta);
+                if compact_through > 0
+                    && let Err(error) = self.raft.compact(compact_through)
+                {
+                    tracing::debug!(%error, "log compaction skipped");
+                }
+            }
+            DriverRequest::Status { reply } => {
+                let _ = reply.send(self.raft.status());
+            }
+        }
+    }
+
+    fn propose_conf_change(&mut self, origin: u64, request_id: u64, change: ConfChange) {
+        let me = self.shared.member_id;
+        if self.soft_state.role == Role::Leader {
+            if let Err(error) = self.raft.propose_conf_change(change) {
+                self.refuse(origin, request_id, propose_error(error));
+            }
+            return;
+        }
+        let leader = self.soft_state.leader;
+        if origin == me && leader != 0 && leader != me {
+            self.shared.waiters.set_forwarded(request_id, leader);
+            self.transport.send_frame(
+                leader,
+                PeerFrame::ForwardConfChange {
+                    request_id,
+                    change: change.encode(),
+                },
+            );
+            return;
+        }
+        self.refuse(origin, request_id, NodeError::NoLeader);
+    }
+
+    /// Fails one request, on this member or back at its origin.
+    fn refuse(&self, origin: u64, request_id: u64, error: NodeError) {
+        if request_id == 0 {
+            return;
+        }
+        if origin == self.shared.member_id {
+            self.shared.waiters.resolve(request_id, Err(error));
+        } else {
+            self.transport.send_frame(
+                origin,
+                PeerFrame::Reject {
+                    error: error.wire_code(),
+                    request_ids: vec![request_id],
+                },
+            );
+        }
+    }
+
+    /// Proposes (leader) or forwards (follower) everything pending, in one batch.
+    fn flush_proposals(&mut self) {
+        if self.proposals.is_empty() {
+            return;
+        }
+        let proposals = std::mem::take(&mut self.proposals);
+        let me = self.shared.member_id;
+        if self.soft_state.role == Role::Leader {
+            let batch: Vec<Bytes> = proposals.iter().map(|p| p.data.clone()).collect();
+            match self.raft.propose_batch(batch) {
+                Ok((first_index, _term)) => {
+                    for (offset, proposal) in proposals.iter().enumerate() {
+                        if proposal.origin == me && proposal.request_id != 0 {
+                            self.shared
+                                .waiters
+                                .set_index(proposal.request_id, first_index + offset as u64);
+                        }
+                    }
+                }
+                Err(error) => self.refuse_all(proposals, propose_error(error)),
+            }
+            return;
+        }
+        let leader = self.soft_state.leader;
+        if leader == 0 || leader == me {
+            self.refuse_all(proposals, NodeError::NoLeader);
+            return;
+        }
+        let (local, remote): (Vec<_>, Vec<_>) = proposals.into_iter().partition(|p| p.origin == me);
+        // Proposals forwarded to this member by a follower that thought it led: the follower
+        // will retry against the real leader.
+        self.refuse_all(remote, NodeError::LeaderChanged);
+        for proposal in &local {
+            if proposal.request_id != 0 {
+                self.shared
+                    .waiters
+                    .set_forwarded(proposal.request_id, leader);
+            }
+        }
+        self.transport.send_frame(
+            leader,
+            PeerFrame::Forward(local.into_iter().map(|p| p.data).collect()),
+        );
+    }
+
+    fn refuse_all(&self, proposals: Vec<PendingProposal>, error: NodeError) {
+        let me = self.shared.member_id;
+        let mut remote: HashMap<u64, Vec<u64>> = HashMap::new();
+        for proposal in proposals {
+            if proposal.origin == me {
+                if proposal.request_id != 0 {
+                    self.shared
+                        .waiters
+                        .resolve(proposal.request_id, Err(error.clone()));
+                }
+                continue;
+            }
+            // The request id of a forwarded proposal is inside its envelope.
+            match Envelope::decode_origin(&proposal.data) {
+                Ok(origin) if origin.request_id != 0 => remote
+                    .entry(proposal.origin)
+                    .or_default()
+                    .push(origin.request_id),
+                _ => {}
+            }
+        }
+        for (origin, request_ids) in remote {
+            self.transport.send_frame(
+                origin,
+                PeerFrame::Reject {
+                    error: error.wire_code(),
+                    request_ids,
+                },
+            );
+        }
+    }
+
+    /// One read index for every read that arrived this turn (they share the answer).
+    fn flush_reads(&mut self) {
+        if self.reads.is_empty() {
+            return;
+        }
+        let reads = std::mem::take(&mut self.reads);
+        self.next_read_ctx += 1;
+        let ctx = self.next_read_ctx;
+        match self.raft.read_index(ctx) {
+            Ok(()) => {
+                self.read_waiters.insert(ctx, reads);
+            }
+            Err(error) => {
+                let error = match error {
+                    ballot_raft::ReadError::NoLeader => NodeError::NoLeader,
+                    ballot_raft::ReadError::TooManyPending { .. } => NodeError::TooManyRequests,
+                };
+                for reply in reads {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    async fn handle_ready(&mut self, ready: Ready) -> Result<(), DriverError> {
+        if let Some(soft_state) = ready.soft_state {
+            self.on_soft_state(soft_state);
+        }
+        self.learn_new_peers(&ready.entries);
+        let must_persist = ready.must_persist();
+        for message in ready.messages {
+            self.transport.send_message(message);
+        }
+        if must_persist || !ready.persisted_messages.is_empty() {
+            let completion = if must_persist {
+                let write = Write {
+                    snapshot: ready.snapshot.as_ref().map(snapshot_marker),
+                    entries: ready.entries.iter().map(entry_to_wal).collect(),
+                    hard_state: ready.hard_state.as_ref().map(hard_state_to_wal),
+                };
+                Some(self.wal.submit(write).await?)
+            } else {
+                None
+            };
+            self.persist
+                .send(PersistItem {
+                    number: ready.number,
+                    completion,
+                    messages: ready.persisted_messages,
+                })
+                .await
+                .map_err(|_| DriverError::ChannelClosed("persist"))?;
+        }
+        if let Some(meta) = ready.snapshot {
+            self.apply
+                .send(ApplyItem::Snapshot(meta))
+                .await
+                .map_err(|_| DriverError::ChannelClosed("apply"))?;
+        }
+        if !ready.committed_entries.is_empty() {
+            self.apply
+                .send(ApplyItem::Entries(ready.committed_entries))
+                .await
+                .map_err(|_| DriverError::ChannelClosed("apply"))?;
+        }
+        for read_state in ready.read_states {
+            if let Some(replies) = self.read_waiters.remove(&read_state.ctx) {
+                for reply in replies {
+                    let _ = reply.send(Ok(read_state.index));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A configuration change takes effect when appended, so Raft may message a new member
+    /// before the change is applied: learn its address from the change's context now.
+    fn learn_new_peers(&self, entries: &[ballot_raft::Entry]) {
+        for entry in entries.iter().filter(|e| e.kind == EntryKind::ConfChange) {
+            let Ok(change) = ConfChange::decode(&entry.data) else {
+                continue;
+            };
+            let Ok(context) = ConfContext::decode(&change.context) else {
+                continue;
+            };
+            let Some(record) = context.record else {
+                continue;
+            };
+            for single in &change.changes {
+                if single.kind != ConfChangeKind::Remove && single.node == record.id {
+                    self.transport.set_peer(record.id, record.peer_urls.clone());
+                }
+            }
+        }
+    }
+
+    fn on_soft_state(&mut self, soft_state: SoftState) {
+        let previous = self.soft_state;
+        self.soft_state = soft_state;
+        if previous.leader != soft_state.leader {
+            tracing::info!(
+                leader = %format_args!("{:x}", soft_state.leader),
+                role = ?soft_state.role,
+                "leader changed"
+            );
+            self.shared.metrics_leader_changes();
+            // Reads waiting for an answer from the old leader will never get one.
+            for (_, replies) in self.read_waiters.drain() {
+                for reply in replies {
+                    let _ = reply.send(Err(NodeError::LeaderChanged));
+                }
+            }
+            self.shared.waiters.fail_forwarded_except(soft_state.leader);
+        }
+    }
+
+    fn publish_view(&self) {
+        let status = self.raft.status();
+        let me = self.shared.member_id;
+        let view = RaftView {
+            term: status.term,
+            leader: status.leader,
+            role: status.role,
+            commit: status.commit,
+            last_index: status.last_index,
+            first_index: status.first_index,
+            is_learner: status.conf.is_learner(me),
+            is_member: status.conf.contains(me),
+            voters: status.conf.voters.clone(),
+        };
+        self.shared.view.send_if_modified(|current| {
+            if *current == view {
+                return false;
+            }
+            *current = view;
+            true
+        });
+    }
+}
+
+/// The etcd error for a proposal the core refused.
+pub fn propose_error(error: ProposeError) -> NodeError {
+    match error {
+        ProposeError::NotLeader { leader: None } => NodeError::NoLeader,
+        ProposeError::NotLeader { leader: Some(_) } => NodeError::LeaderChanged,
+        ProposeError::TooLarge { .. } => NodeError::RequestTooLarge,
+        ProposeError::UncommittedFull { .. } => NodeError::TooManyRequests,
+        ProposeError::TransferInProgress { .. } => NodeError::LeaderChanged,
+        // etcd's Raft drops such a proposal and the client times out; say so at once.
+        ProposeError::ConfChangePending | ProposeError::LeaderTermNotCommitted => {
+            NodeError::Timeout
+        }
+        ProposeError::LearnerNotCaughtUp { .. } => NodeError::LearnerNotReady,
+        ProposeError::InvalidConfChange(error) => NodeError::InvalidConfChange(error.to_string()),
+        ProposeError::Removed => NodeError::Stopped,
+        ProposeError::EmptyBatch => NodeError::Timeout,
+    }
+}

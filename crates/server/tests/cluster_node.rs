@@ -1,0 +1,388 @@
+//! In-process cluster tests of the node: real members (node, WAL on disk, TCP peer transport)
+//! each on its own Tokio runtime, driven through `NodeHandle`. Shutting a runtime down stops a
+//! member at once, without a goodbye to its peers, which is as close to `kill -9` as one
+//! process allows; the process-level tests (`cluster_process.rs`) use real `kill -9`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ballot::cli::Cli;
+use ballot::config::ServerConfig;
+use ballot::node::NodeHandle;
+use ballot::server::{Member, start_member};
+use ballot_mvcc::{ApplyOutcome, Command};
+use ballot_proto::etcdserverpb::{PutRequest, RangeRequest};
+use bytes::Bytes;
+use clap::Parser;
+
+const HEARTBEAT_MS: u64 = 20;
+const ELECTION_MS: u64 = 200;
+
+struct TestMember {
+    name: String,
+    runtime: Option<tokio::runtime::Runtime>,
+    member: Option<Member>,
+    peer_addr: SocketAddr,
+    data_dir: PathBuf,
+}
+
+impl TestMember {
+    fn handle(&self) -> NodeHandle {
+        self.member
+            .as_ref()
+            .expect("member is running")
+            .handle
+            .clone()
+    }
+
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime
+            .as_ref()
+            .expect("member is running")
+            .block_on(future)
+    }
+
+    /// Stops the member abruptly: its runtime goes away with every task.
+    fn kill(&mut self) {
+        self.member = None;
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for TestMember {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct TestCluster {
+    dir: PathBuf,
+    members: Vec<TestMember>,
+    initial_cluster: String,
+    snapshot_count: u64,
+}
+
+fn free_listener() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port")
+}
+
+fn config_for(
+    name: &str,
+    data_dir: &Path,
+    peer: SocketAddr,
+    client_port: u16,
+    initial_cluster: &str,
+    state: &str,
+    snapshot_count: u64,
+) -> ServerConfig {
+    let cli = Cli::try_parse_from([
+        "ballot".to_string(),
+        format!("--name={name}"),
+        format!("--data-dir={}", data_dir.display()),
+        format!("--listen-peer-urls=http://{peer}"),
+        format!("--initial-advertise-peer-urls=http://{peer}"),
+        format!("--listen-client-urls=http://127.0.0.1:{client_port}"),
+        format!("--advertise-client-urls=http://127.0.0.1:{client_port}"),
+        format!("--initial-cluster={initial_cluster}"),
+        format!("--initial-cluster-state={state}"),
+        "--initial-cluster-token=node-test".to_string(),
+        format!("--heartbeat-interval={HEARTBEAT_MS}"),
+        format!("--election-timeout={ELECTION_MS}"),
+        format!("--snapshot-count={snapshot_count}"),
+    ])
+    .expect("test flags parse");
+    ServerConfig::from_args(&cli.member).expect("test config is valid")
+}
+
+impl TestCluster {
+    fn new(test: &str, size: usize, snapshot_count: u64) -> TestCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "ballot-node-{test}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let peers: Vec<std::net::TcpListener> = (0..size).map(|_| free_listener()).collect();
+        let addrs: Vec<SocketAddr> = peers
+            .iter()
+            .map(|listener| listener.local_addr().expect("local addr"))
+            .collect();
+        let initial_cluster = addrs
+            .iter()
+            .enumerate()
+            .map(|(index, addr)| format!("m{index}=http://{addr}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = TestCluster {
+            dir,
+            members: Vec::new(),
+            initial_cluster,
+            snapshot_count,
+        };
+        for (index, listener) in peers.into_iter().enumerate() {
+            let name = format!("m{index}");
+            let data_dir = cluster.dir.join(&name);
+            let mut member = TestMember {
+                name,
+                runtime: None,
+                member: None,
+                peer_addr: addrs[index],
+                data_dir,
+            };
+            let initial = cluster.initial_cluster.clone();
+            cluster.launch(&mut member, Some(listener), &initial, "new");
+            cluster.members.push(member);
+        }
+        cluster
+    }
+
+    fn launch(
+        &self,
+        member: &mut TestMember,
+        listener: Option<std::net::TcpListener>,
+        initial_cluster: &str,
+        state: &str,
+    ) {
+        let config = config_for(
+            &member.name,
+            &member.data_dir,
+            member.peer_addr,
+            free_listener().local_addr().expect("addr").port(),
+            initial_cluster,
+            state,
+            self.snapshot_count,
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let peer_addr = member.peer_addr;
+        let started = runtime.block_on(async move {
+            let listener = match listener {
+                Some(listener) => {
+                    listener.set_nonblocking(true).expect("nonblocking");
+                    tokio::net::TcpListener::from_std(listener).expect("listener")
+                }
+                None => bind_retrying(peer_addr).await,
+            };
+            start_member(&config, vec![listener]).await
+        });
+        member.member = Some(started.expect("member starts"));
+        member.runtime = Some(runtime);
+    }
+
+    fn restart(&mut self, index: usize) {
+        let mut member = std::mem::replace(
+            &mut self.members[index],
+            TestMember {
+                name: String::new(),
+                runtime: None,
+                member: None,
+                peer_addr: "127.0.0.1:1".parse().expect("addr"),
+                data_dir: PathBuf::new(),
+            },
+        );
+        member.kill();
+        let initial = self.initial_cluster.clone();
+        self.launch(&mut member, None, &initial, "new");
+        self.members[index] = member;
+    }
+
+    /// Waits until a running member reports a leader that every running member agrees on.
+    fn wait_leader(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let running: Vec<(usize, u64)> = self
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.member.is_some())
+                .map(|(index, m)| (index, m.handle().leader_id()))
+                .collect();
+            if let Some(&(_, leader)) = running.first()
+                && leader != 0
+                && running.iter().all(|(_, l)| *l == leader)
+                && let Some(index) = self
+                    .members
+                    .iter()
+                    .position(|m| m.member.is_some() && m.handle().member_id() == leader)
+            {
+                return index;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            member.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn bind_retrying(addr: SocketAddr) -> tokio::net::TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(error) if Instant::now() < deadline => {
+                let _ = error;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("cannot rebind {addr}: {error}"),
+        }
+    }
+}
+
+fn put(key: &str, value: &str) -> Command {
+    Command::Put(PutRequest {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        ..PutRequest::default()
+    })
+}
+
+fn get_local(handle: &NodeHandle, key: &str) -> Option<String> {
+    handle.with_store(|store| {
+        let response = store
+            .range(&RangeRequest {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                ..RangeRequest::default()
+            })
+            .expect("range");
+        response
+            .kvs
+            .first()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+    })
+}
+
+/// Proposes through `member`, retrying transient errors (no leader yet, leader changed).
+fn propose_retrying(member: &TestMember, command: Command, within: Duration) -> ApplyOutcome {
+    let deadline = Instant::now() + within;
+    loop {
+        let handle = member.handle();
+        match member.block_on(handle.propose(command.clone())) {
+            Ok(outcome) => return outcome,
+            Err(error) if error.is_retryable() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(error) => panic!("proposal failed: {error}"),
+        }
+    }
+}
+
+fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn three_members_replicate_writes_proposed_on_any_member() {
+    let cluster = TestCluster::new("replicate", 3, 10_000);
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    for round in 0..30 {
+        let member = &cluster.members[round % 3];
+        let outcome = propose_retrying(
+            member,
+            put(&format!("k{round}"), &format!("v{round}")),
+            Duration::from_secs(10),
+        );
+        assert!(matches!(outcome, ApplyOutcome::Put(_)), "got {outcome:?}");
+    }
+    // Every member applies every write.
+    wait_until(
+        "all members to apply the writes",
+        Duration::from_secs(10),
+        || {
+            cluster
+                .members
+                .iter()
+                .all(|m| get_local(&m.handle(), "k29").as_deref() == Some("v29"))
+        },
+    );
+    for member in &cluster.members {
+        for round in 0..30 {
+            assert_eq!(
+                get_local(&member.handle(), &format!("k{round}")).as_deref(),
+                Some(format!("v{round}").as_str())
+            );
+        }
+    }
+    // A linearizable read on a follower sees the latest write once the barrier returns.
+    let follower = (leader + 1) % 3;
+    let outcome = propose_retrying(
+        &cluster.members[leader],
+        put("fresh", "yes"),
+        Duration::from_secs(5),
+    );
+    assert!(matches!(outcome, ApplyOutcome::Put(_)));
+    let handle = cluster.members[follower].handle();
+    cluster.members[follower]
+        .block_on(handle.read_barrier())
+        .expect("read barrier");
+    assert_eq!(get_local(&handle, "fresh").as_deref(), Some("yes"));
+}
+
+#[test]
+fn a_killed_leader_is_replaced_and_catches_up_after_restart() {
+    let mut cluster = TestCluster::new("failover", 3, 10_000);
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    for round in 0..20 {
+        let outcome = propose_retrying(
+            &cluster.members[leader],
+            put(&format!("before{round}"), "x"),
+            Duration::from_secs(5),
+        );
+        assert!(matches!(outcome, ApplyOutcome::Put(_)));
+    }
+    cluster.members[leader].kill();
+    let started = Instant::now();
+    let new_leader = cluster.wait_leader(Duration::from_millis(ELECTION_MS * 15));
+    assert_ne!(new_leader, leader);
+    let elected_after = started.elapsed();
+    let survivor = (0..3).find(|i| *i != leader).expect("a survivor");
+    for round in 0..20 {
+        let outcome = propose_retrying(
+            &cluster.members[survivor],
+            put(&format!("after{round}"), "y"),
+            Duration::from_secs(5),
+        );
+        assert!(matches!(outcome, ApplyOutcome::Put(_)));
+    }
+    assert!(
+        elected_after < Duration::from_millis(ELECTION_MS * 15),
+        "a new leader took {elected_after:?}"
+    );
+    cluster.restart(leader);
+    let restarted = cluster.members[leader].handle();
+    wait_until(
+        "the restarted member to catch up",
+        Duration::from_secs(10),
+        || get_local(&restarted, "after19").as_deref() == Some("y"),
+    );
+    for round in 0..20 {
+        assert_eq!(
+            get_local(&restarted, &format!("before{round}")).as_deref(),
+            Some("x")
+        );
+        assert_eq!(
+            get_local(&restarted, &format!("after{round}")).as_deref(),
+            Some("y")
+        );
+    }
+}
