@@ -328,3 +328,46 @@ async fn changed_wakes_the_stream_task() {
     task.await.unwrap();
     assert_eq!(stream.poll(&node.store, 10).len(), 1);
 }
+
+#[test]
+fn snapshot_install_makes_watchers_catch_up_or_cancel() {
+    // A follower's hub is at revision 2 when a snapshot from the leader (at
+    // revision 6) replaces its store.
+    let mut follower = Node::new();
+    let hub = WatchHub::new(1);
+    let stream = hub.open_stream(100);
+    let watch_k = create(&stream, "k", "", 0);
+    put(&mut follower, &hub, "k", "1"); // 2
+    stream.poll(&follower.store, 100);
+
+    let mut leader = Node::new();
+    for value in ["1", "2", "3", "4", "5"] {
+        leader.put("k", value); // 2..=6
+    }
+    let installed = ballot_mvcc::Store::restore(
+        &leader.store.snapshot(),
+        ballot_mvcc::StoreConfig::default(),
+    )
+    .unwrap();
+    hub.reset_to(installed.current_revision());
+    let revisions: Vec<i64> = events(&stream.poll(&installed, 100))
+        .into_iter()
+        .flat_map(|(_, list)| list.into_iter().map(|(_, _, revision)| revision))
+        .collect();
+    assert_eq!(revisions, [3, 4, 5, 6], "caught up from the installed history");
+
+    // With the missed revisions compacted away, the watcher is canceled.
+    leader.put("k", "6"); // 7
+    leader.put("k", "7"); // 8
+    leader.compact(8);
+    let compacted = ballot_mvcc::Store::restore(
+        &leader.store.snapshot(),
+        ballot_mvcc::StoreConfig::default(),
+    )
+    .unwrap();
+    hub.reset_to(compacted.current_revision());
+    let responses = stream.poll(&compacted, 100);
+    let cancel = responses.iter().find(|r| r.canceled).unwrap();
+    assert_eq!((cancel.watch_id, cancel.compact_revision), (watch_k, 8));
+    assert_eq!(hub.watcher_count(), 0);
+}
