@@ -40,6 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::config::HttpUrl;
+use crate::metrics::metrics;
 use crate::node::members::Registry;
 use crate::node::wire::{Reader, WireError, put_bytes, put_varint};
 use crate::storage::{self, encode_snapshot_meta};
@@ -467,6 +468,7 @@ impl Transport {
             return;
         };
         if peer.queue.try_send(item).is_err() {
+            metrics().peer_messages_dropped.inc();
             self.report_unreachable(to, Some(&peer));
         }
     }

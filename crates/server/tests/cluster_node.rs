@@ -386,3 +386,143 @@ fn a_killed_leader_is_replaced_and_catches_up_after_restart() {
         );
     }
 }
+
+#[test]
+fn an_added_member_receives_a_snapshot_and_catches_up() {
+    let mut cluster = TestCluster::new("join", 3, 40);
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    for round in 0..200 {
+        propose_retrying(
+            &cluster.members[leader],
+            put(&format!("k{round:03}"), &format!("v{round}")),
+            Duration::from_secs(5),
+        );
+    }
+    // The leader compacts its log behind its snapshots, so the newcomer cannot be sent the log
+    // from index 1.
+    let handle = cluster.members[leader].handle();
+    wait_until(
+        "the leader to compact its log",
+        Duration::from_secs(10),
+        || {
+            cluster.members[leader]
+                .block_on(handle.raft_status())
+                .is_ok_and(|status| status.first_index > 1)
+        },
+    );
+    let listener = free_listener();
+    let addr = listener.local_addr().expect("addr");
+    let (added, members) = cluster.members[leader]
+        .block_on(handle.member_add(vec![format!("http://{addr}")], false))
+        .expect("member add");
+    assert_eq!(members.len(), 4);
+    assert!(added.name.is_empty(), "an unstarted member has no name yet");
+    let mut newcomer = TestMember {
+        name: "m3".into(),
+        runtime: None,
+        member: None,
+        peer_addr: addr,
+        data_dir: cluster.dir.join("m3"),
+    };
+    let initial = format!("{},m3=http://{addr}", cluster.initial_cluster);
+    cluster.launch(&mut newcomer, Some(listener), &initial, "existing");
+    assert_eq!(newcomer.handle().member_id(), added.id);
+    let joined = newcomer.handle();
+    wait_until(
+        "the new member to catch up",
+        Duration::from_secs(20),
+        || get_local(&joined, "k199").as_deref() == Some("v199"),
+    );
+    assert_eq!(get_local(&joined, "k000").as_deref(), Some("v0"));
+    // Only the newcomer can have installed a snapshot from a leader in this process.
+    assert!(
+        ballot::metrics::metrics().snapshots_installed.get() >= 1,
+        "the new member caught up without being sent a snapshot"
+    );
+    // The newcomer published its name; every member sees it.
+    wait_until(
+        "the new member's name to replicate",
+        Duration::from_secs(10),
+        || {
+            let list = cluster.members[leader]
+                .block_on(handle.member_list(false))
+                .expect("member list");
+            list.iter()
+                .any(|member| member.id == added.id && member.name == "m3")
+        },
+    );
+    // And it takes writes like any member.
+    propose_retrying(
+        &newcomer,
+        put("from-newcomer", "ok"),
+        Duration::from_secs(5),
+    );
+    wait_until(
+        "the newcomer's write to replicate",
+        Duration::from_secs(5),
+        || get_local(&handle, "from-newcomer").as_deref() == Some("ok"),
+    );
+    cluster.members.push(newcomer);
+}
+
+#[test]
+fn leases_expire_on_the_leader_and_keep_alives_through_followers_renew_them() {
+    let cluster = TestCluster::new("lease", 3, 10_000);
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    let follower = (leader + 1) % 3;
+    let grant = |member: &TestMember| -> i64 {
+        match propose_retrying(
+            member,
+            Command::LeaseGrant { id: 0, ttl_secs: 1 },
+            Duration::from_secs(5),
+        ) {
+            ApplyOutcome::LeaseGrant(response) => response.id,
+            other => panic!("lease grant answered {other:?}"),
+        }
+    };
+    let expiring = grant(&cluster.members[follower]);
+    let kept = grant(&cluster.members[follower]);
+    assert_ne!(expiring, kept);
+    for (key, lease) in [("expiring", expiring), ("kept", kept)] {
+        propose_retrying(
+            &cluster.members[follower],
+            Command::Put(PutRequest {
+                key: Bytes::from(key),
+                value: Bytes::from_static(b"v"),
+                lease,
+                ..PutRequest::default()
+            }),
+            Duration::from_secs(5),
+        );
+    }
+    let follower_handle = cluster.members[follower].handle();
+    let started = Instant::now();
+    wait_until(
+        "the unrenewed lease to expire everywhere",
+        Duration::from_secs(8),
+        || {
+            let ttl = cluster.members[follower]
+                .block_on(follower_handle.lease_keep_alive(kept))
+                .expect("keep-alive through a follower");
+            assert_eq!(ttl, 1, "a live lease renews with its TTL");
+            cluster
+                .members
+                .iter()
+                .all(|m| get_local(&m.handle(), "expiring").is_none())
+        },
+    );
+    // The renewed lease outlived the other by renewals alone.
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    for member in &cluster.members {
+        assert_eq!(get_local(&member.handle(), "kept").as_deref(), Some("v"));
+    }
+    let ttl = cluster.members[follower]
+        .block_on(follower_handle.lease_time_to_live(kept, true))
+        .expect("time to live");
+    assert_eq!(ttl.granted_ttl, 1);
+    assert_eq!(ttl.keys, vec![Bytes::from_static(b"kept")]);
+    let gone = cluster.members[follower]
+        .block_on(follower_handle.lease_keep_alive(expiring))
+        .expect("keep-alive of an expired lease");
+    assert_eq!(gone, 0, "an expired lease answers TTL 0");
+}

@@ -21,6 +21,7 @@ use super::envelope::{Body, ConfContext, Envelope};
 use super::members::Registry;
 use super::waiters::{AppliedResult, ProposalResult};
 use super::{NodeShared, lock_read, lock_write};
+use crate::metrics::metrics;
 use crate::storage::{self, SnapshotPayload, snapshot_marker};
 
 /// Why the apply task stopped.
@@ -46,6 +47,7 @@ struct BatchEffects {
     revoked: Vec<i64>,
     registry_changed: bool,
     last_index: u64,
+    applied_commands: u64,
 }
 
 impl Applier {
@@ -108,6 +110,7 @@ impl Applier {
             Body::Command(bytes) => match Command::decode(bytes) {
                 Ok(command) => {
                     let applied = store.apply(entry.index, &command);
+                    effects.applied_commands += 1;
                     track_leases(&command, &applied.outcome, effects);
                     if !applied.events.is_empty() {
                         effects.revisions.push((applied.revision, applied.events));
@@ -211,6 +214,7 @@ impl Applier {
         if !effects.granted.is_empty() || !effects.revoked.is_empty() {
             super::lease::on_applied(&self.shared, &effects.granted, &effects.revoked);
         }
+        metrics().proposals_applied.add(effects.applied_commands);
         self.shared.applied.send_replace(effects.last_index);
         self.shared.waiters.resolve_many(effects.answers);
         self.shared.waiters.fail_lost_through(effects.last_index);
@@ -245,6 +249,7 @@ impl Applier {
         self.snapshot_index = index;
         self.shared.applied.send_replace(index);
         self.shared.waiters.fail_lost_through(index);
+        metrics().snapshots_installed.inc();
         tracing::info!(index, revision, "installed a snapshot from the leader");
         Ok(())
     }
@@ -306,6 +311,7 @@ async fn take_snapshot(
         .ok_or_else(|| format!("the core has no metadata for index {index}"))?;
     let snapshots = shared.snapshots.clone();
     let meta_for_file = meta.clone();
+    let save_started = std::time::Instant::now();
     let size = tokio::task::spawn_blocking(move || {
         let payload = SnapshotPayload {
             registry,
@@ -326,6 +332,9 @@ async fn take_snapshot(
         })
         .await
         .map_err(|error| format!("WAL: {error}"))?;
+    metrics()
+        .snapshot_save_seconds
+        .observe(save_started.elapsed());
     shared.db_size_bytes.store(size, Ordering::Relaxed);
     let compact_through = index.saturating_sub(shared.config.snapshot_catchup_entries);
     shared

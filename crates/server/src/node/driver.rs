@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::envelope::{ConfContext, Envelope};
 use super::error::NodeError;
 use super::{NodeShared, RaftView};
+use crate::metrics::metrics;
 use crate::storage::{entry_to_wal, hard_state_to_wal, snapshot_marker};
 use crate::transport::{PeerFrame, PeerInput, Transport};
 
@@ -475,6 +476,9 @@ impl Driver {
                 .map_err(|_| DriverError::ChannelClosed("apply"))?;
         }
         if !ready.committed_entries.is_empty() {
+            metrics()
+                .proposals_committed
+                .add(ready.committed_entries.len() as u64);
             self.apply
                 .send(ApplyItem::Entries(ready.committed_entries))
                 .await

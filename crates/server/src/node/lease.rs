@@ -16,6 +16,7 @@ use prost::Message as _;
 
 use super::error::NodeError;
 use super::{NodeShared, lock_read};
+use crate::metrics::metrics;
 use crate::transport::PeerFrame;
 
 /// Peer lease operations.
@@ -106,6 +107,7 @@ pub async fn run_expiry(shared: Arc<NodeShared>) {
         };
         for id in expired {
             tracing::debug!(lease = id, "lease expired; proposing its revoke");
+            metrics().leases_expired.inc();
             shared.propose_detached(Command::LeaseRevoke { id }).await;
         }
     }

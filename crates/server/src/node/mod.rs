@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::HttpUrl;
+use crate::metrics::metrics;
 use crate::storage::{self, Opened};
 use crate::transport::{ClusterInfoSource, PeerFrame, PeerInput, Transport};
 use driver::{Driver, DriverRequest, PersistItem};
@@ -161,6 +162,7 @@ impl NodeShared {
 
     fn metrics_leader_changes(&self) {
         self.leader_changes.fetch_add(1, Ordering::Relaxed);
+        metrics().leader_changes.inc();
     }
 
     fn is_stopped(&self) -> bool {
@@ -304,7 +306,7 @@ impl NodeHandle {
             },
             command => command,
         };
-        match self.propose_body(Body::Command(command.encode())).await? {
+        match Self::counted(self.propose_body(Body::Command(command.encode()))).await? {
             AppliedResult::Command(ApplyOutcome::Error(error)) => Err(NodeError::Mvcc(error)),
             AppliedResult::Command(outcome) => Ok(outcome),
             AppliedResult::Members(_) => Err(NodeError::Timeout),
@@ -335,6 +337,19 @@ impl NodeHandle {
             waiter,
         )
         .await
+    }
+
+    /// Counts a proposal in flight for `/metrics` and its failure, if it fails.
+    async fn counted<T>(
+        future: impl std::future::Future<Output = Result<T, NodeError>>,
+    ) -> Result<T, NodeError> {
+        metrics().proposals_pending.inc();
+        let result = future.await;
+        metrics().proposals_pending.dec();
+        if result.is_err() {
+            metrics().proposals_failed.inc();
+        }
+        result
     }
 
     async fn submit_and_wait(
