@@ -365,15 +365,27 @@ impl<'a> Search<'a> {
         let mut candidates = self.candidates(placed);
         // Known-outcome operations first: unknown ones are never required.
         candidates.sort_by_key(|&i| self.operations[i].returned.is_none());
+        let mut unobserved_write_tried = false;
         for index in candidates {
             let op = self.operations[index];
             let next = match self.step(&op, state) {
                 Step::Illegal => continue,
                 // An unknown-outcome operation that changes nothing is never worth placing.
                 Step::Unchanged if op.returned.is_none() => continue,
+                Step::Becomes(next) if op.returned.is_none() && next == state => continue,
                 Step::Unchanged => state,
                 Step::Becomes(next) => next,
             };
+            if self.is_unobserved_unknown_write(&op) {
+                // Unknown-outcome writes of values nobody observed are interchangeable: each
+                // leads to the same `Unobserved` state and none is ever required. Trying only
+                // the earliest-invoked unplaced one loses nothing (it can stand wherever a later
+                // one stands) and keeps their placed set a prefix, instead of 2^n subsets.
+                if unobserved_write_tried {
+                    continue;
+                }
+                unobserved_write_tried = true;
+            }
             set_bit(placed, index);
             let known = usize::from(op.returned.is_some());
             let found = self.explore(placed, next, placed_known + known);
@@ -384,6 +396,13 @@ impl<'a> Search<'a> {
             }
         }
         Some(false)
+    }
+
+    fn is_unobserved_unknown_write(&self, op: &SearchOperation) -> bool {
+        match (op.call, op.returned) {
+            (Call::Write { value }, None) => !self.observed.contains(&value),
+            _ => false,
+        }
     }
 
     /// Unplaced operations invoked before the earliest completion among unplaced operations.

@@ -290,3 +290,27 @@ fn many_concurrent_operations_decide_within_budget() {
     }
     assert_eq!(check_history(&history, BUDGET), Ok(()));
 }
+
+#[test]
+fn many_unknown_writes_with_failed_cas_decide_quickly() {
+    // Thirty timed-out writes of values nobody read, interleaved with compare-and-sets that
+    // failed: the failures may be explained by any of the unknown writes, so without treating
+    // those writes as interchangeable the search would face 2^30 subsets. The final read of a
+    // value overwritten before it began must still be rejected.
+    let mut history = vec![write(1, 1, 2, 1)];
+    let mut time = 10;
+    for i in 0..30u64 {
+        history.push(unknown(2, time, Call::Write { value: 1000 + i }));
+        history.push(cas(3, time + 1, time + 2, Some(1), 5000 + i, false));
+        time += 10;
+    }
+    history.push(read(4, time, time + 1, Some(1029)));
+    let budget = 10_000;
+    assert_eq!(check_history(&history, budget), Ok(()));
+    history.push(write(5, time + 2, time + 3, 7));
+    history.push(read(4, time + 4, time + 5, Some(1029)));
+    assert!(matches!(
+        check_history(&history, budget),
+        Err(LinearizabilityError::Violation { .. } | LinearizabilityError::NoLinearization { .. })
+    ));
+}

@@ -44,7 +44,7 @@ fn commit_of_an_old_term_by_counting_is_caught() {
 
 #[test]
 fn voting_twice_in_a_term_is_caught() {
-    assert_caught(Defect::VoteTwiceInTerm, 3, 20_000);
+    assert_caught(Defect::VoteTwiceInTerm, 5, 20_000);
 }
 
 #[test]
