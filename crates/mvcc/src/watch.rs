@@ -51,10 +51,11 @@ use crate::keys::KeyRange;
 use crate::read::event_revision;
 use crate::store::Store;
 
-/// etcd's cancel reason for a create whose `range_end <= key`.
-pub const WATCH_RANGE_EMPTY: &str = "watcher range is empty";
+/// etcd's cancel reason for a create whose `range_end <= key` (etcdctl
+/// 3.4.23 prints "watch was canceled (mvcc: watcher range is empty)").
+pub const WATCH_RANGE_EMPTY: &str = "mvcc: watcher range is empty";
 /// etcd's cancel reason for a create reusing a live watch ID.
-pub const WATCH_ID_DUPLICATE: &str = "duplicate watch ID provided on the WatchStream";
+pub const WATCH_ID_DUPLICATE: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 
 type WatcherId = (u64, i64);
 

@@ -254,6 +254,25 @@ fn sorting_by_every_target_and_order() {
 }
 
 #[test]
+fn sort_order_none_with_a_target_sorts_only_the_fetched_keys() {
+    // Checked against etcd 3.4.23: `put c; put b; put a; get "" --from-key
+    // --sort-by=MODIFY --limit=1` answers b (count 3, more): etcd fetches
+    // limit + 1 keys in key order (a, b) and sorts only those.
+    let mut node = Node::new();
+    node.put("c", "1");
+    node.put("b", "2");
+    node.put("a", "3");
+    let response = node.range(RangeRequest {
+        sort_order: SortOrder::None as i32,
+        sort_target: SortTarget::Mod as i32,
+        limit: 1,
+        ..range_req("\0", "\0")
+    });
+    assert_eq!(response.kvs[0].key, b("b"));
+    assert_eq!((response.count, response.more), (3, true));
+}
+
+#[test]
 fn revision_filters_apply_before_the_limit_and_not_to_count() {
     let mut node = Node::new();
     for key in ["a", "b", "c", "d"] {

@@ -354,7 +354,11 @@ fn snapshot_install_makes_watchers_catch_up_or_cancel() {
         .into_iter()
         .flat_map(|(_, list)| list.into_iter().map(|(_, _, revision)| revision))
         .collect();
-    assert_eq!(revisions, [3, 4, 5, 6], "caught up from the installed history");
+    assert_eq!(
+        revisions,
+        [3, 4, 5, 6],
+        "caught up from the installed history"
+    );
 
     // With the missed revisions compacted away, the watcher is canceled.
     leader.put("k", "6"); // 7
