@@ -1160,3 +1160,303 @@ async fn write_chunk(
     guard.written = written + chunk.len() as u64;
     Ok(guard.written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ballot_raft::{ConfState, Entry, EntryKind, SnapshotMeta};
+
+    const CLUSTER: u64 = 0xc1;
+    const RECEIVER: u64 = 0xa;
+    const SENDER: u64 = 0xb;
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "ballot-transport-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    fn body_of(frame: &PeerFrame) -> Bytes {
+        let mut buf = BytesMut::new();
+        frame.encode_to(&mut buf);
+        let length = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        assert_eq!(length, buf.len() - 4, "the length prefix covers the frame");
+        buf.freeze().slice(4..)
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let append = Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: MessageBody::Append {
+                prev_log_index: 4,
+                prev_log_term: 3,
+                entries: vec![Entry {
+                    term: 3,
+                    index: 5,
+                    kind: EntryKind::Normal,
+                    data: Bytes::from_static(b"payload"),
+                }],
+                commit: 4,
+            },
+        };
+        let frames = [
+            PeerFrame::Messages(vec![append.clone(), append]),
+            PeerFrame::Forward(vec![Bytes::from_static(b"a"), Bytes::new()]),
+            PeerFrame::ForwardConfChange {
+                request_id: 9,
+                change: Bytes::from_static(b"cc"),
+            },
+            PeerFrame::Reject {
+                error: 3,
+                request_ids: vec![1, 2, u64::MAX],
+            },
+            PeerFrame::LeaseRequest {
+                request_id: 7,
+                op: 2,
+                lease_id: -5,
+                keys: true,
+            },
+            PeerFrame::LeaseResponse {
+                request_id: 7,
+                error: 0,
+                payload: Bytes::from_static(b"ttl"),
+            },
+        ];
+        for frame in frames {
+            assert_eq!(PeerFrame::decode(&body_of(&frame)).ok(), Some(frame));
+        }
+    }
+
+    #[test]
+    fn malformed_frames_are_errors() {
+        for body in [
+            &[][..],
+            &[99][..],
+            &[FRAME_MESSAGES, 5, 1][..],
+            &[FRAME_FORWARD, 200][..],
+            &[FRAME_REJECT, 1][..],
+            &[FRAME_LEASE_REQUEST, 1, 1, 0][..],
+        ] {
+            assert!(
+                PeerFrame::decode(&Bytes::copy_from_slice(body)).is_err(),
+                "{body:?} must not decode"
+            );
+        }
+        // A valid frame followed by junk is refused as a whole.
+        let mut body = body_of(&PeerFrame::Reject {
+            error: 1,
+            request_ids: vec![1],
+        })
+        .to_vec();
+        body.push(0);
+        assert!(PeerFrame::decode(&Bytes::from(body)).is_err());
+    }
+
+    struct Receiver {
+        transport: Transport,
+        input: mpsc::Receiver<PeerInput>,
+        addr: SocketAddr,
+        snapshots: SnapshotStore<RealDisk>,
+        dir: std::path::PathBuf,
+    }
+
+    async fn receiver(name: &str) -> Receiver {
+        let dir = temp_dir(name);
+        let snapshots = SnapshotStore::open(RealDisk, &dir, 3).expect("snapshot store");
+        let (input_tx, input) = mpsc::channel(16);
+        let transport = Transport::new(CLUSTER, RECEIVER, input_tx, snapshots.clone());
+        transport.set_peer(SENDER, vec!["http://127.0.0.1:1".into()]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        transport.serve(listener);
+        Receiver {
+            transport,
+            input,
+            addr,
+            snapshots,
+            dir,
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_from_other_clusters_unknown_members_or_for_others_are_refused() {
+        let receiver = receiver("refuse").await;
+        let refused = |result: Result<TcpStream, TransportError>| match result {
+            Err(TransportError::Refused(reason)) => reason,
+            Err(other) => panic!("expected a refusal, got {other}"),
+            Ok(_) => panic!("expected a refusal, got a connection"),
+        };
+        assert_eq!(
+            refused(dial_addr(receiver.addr, CONN_STREAM, 0xdead, SENDER, RECEIVER).await),
+            refusal_reason(STATUS_OTHER_CLUSTER)
+        );
+        assert_eq!(
+            refused(dial_addr(receiver.addr, CONN_STREAM, CLUSTER, 0x77, RECEIVER).await),
+            refusal_reason(STATUS_UNKNOWN_SENDER)
+        );
+        assert_eq!(
+            refused(dial_addr(receiver.addr, CONN_STREAM, CLUSTER, SENDER, 0x99).await),
+            refusal_reason(STATUS_WRONG_RECIPIENT)
+        );
+        assert!(
+            dial_addr(receiver.addr, CONN_STREAM, CLUSTER, SENDER, RECEIVER)
+                .await
+                .is_ok()
+        );
+        let _ = std::fs::remove_dir_all(&receiver.dir);
+    }
+
+    #[tokio::test]
+    async fn a_stream_delivers_frames_and_drops_the_connection_on_garbage() {
+        let mut receiver = receiver("stream").await;
+        let mut stream = dial_addr(receiver.addr, CONN_STREAM, CLUSTER, SENDER, RECEIVER)
+            .await
+            .expect("dial");
+        let heartbeat = Message {
+            from: SENDER,
+            to: RECEIVER,
+            term: 1,
+            body: MessageBody::Heartbeat {
+                commit: 0,
+                read_ctx: 0,
+            },
+        };
+        let mut buf = BytesMut::new();
+        PeerFrame::Messages(vec![heartbeat.clone()]).encode_to(&mut buf);
+        stream.write_all(&buf).await.expect("write");
+        match receiver.input.recv().await {
+            Some(PeerInput::Frame {
+                from,
+                frame: PeerFrame::Messages(messages),
+            }) => {
+                assert_eq!(from, SENDER);
+                assert_eq!(messages, vec![heartbeat.clone()]);
+            }
+            other => panic!("unexpected input {other:?}"),
+        }
+        // A message claiming another sender is a protocol violation: the connection closes.
+        let forged = Message {
+            from: 0x42,
+            ..heartbeat
+        };
+        buf.clear();
+        PeerFrame::Messages(vec![forged]).encode_to(&mut buf);
+        stream.write_all(&buf).await.expect("write");
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("the receiver closes the connection");
+        assert!(matches!(read, Ok(0) | Err(_)));
+        assert!(receiver.input.try_recv().is_err(), "nothing was delivered");
+        let _ = std::fs::remove_dir_all(&receiver.dir);
+    }
+
+    fn snapshot_message(index: u64) -> Message {
+        Message {
+            from: SENDER,
+            to: RECEIVER,
+            term: 2,
+            body: MessageBody::Snapshot {
+                meta: SnapshotMeta {
+                    index,
+                    term: 2,
+                    conf: ConfState {
+                        voters: vec![RECEIVER, SENDER],
+                        ..ConfState::default()
+                    },
+                },
+            },
+        }
+    }
+
+    async fn offer(addr: SocketAddr, message: &Message, data: &[u8], crc: u32) -> (TcpStream, u64) {
+        let mut stream = dial_addr(addr, CONN_SNAPSHOT, CLUSTER, SENDER, RECEIVER)
+            .await
+            .expect("dial");
+        let mut encoded = BytesMut::new();
+        message.encode(&mut encoded);
+        write_frame_body(&mut stream, SNAP_OFFER, |buf| {
+            put_bytes(buf, &encoded);
+            put_varint(buf, data.len() as u64);
+            buf.put_u32_le(crc);
+        })
+        .await
+        .expect("offer");
+        let resume = expect_offset(&mut stream, SNAP_RESUME)
+            .await
+            .expect("resume");
+        (stream, resume)
+    }
+
+    async fn send_chunk(stream: &mut TcpStream, offset: u64, chunk: &[u8]) -> u64 {
+        write_frame_body(stream, SNAP_CHUNK, |buf| {
+            put_varint(buf, offset);
+            put_bytes(buf, chunk);
+        })
+        .await
+        .expect("chunk");
+        expect_offset(stream, SNAP_ACK).await.expect("ack")
+    }
+
+    async fn outcome(stream: &mut TcpStream) -> bool {
+        let body = read_timed_frame(stream).await.expect("outcome");
+        assert_eq!(body[0], SNAP_DONE);
+        body[1] == 1
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_transfer_resumes_after_a_broken_connection_and_is_checked() {
+        let mut receiver = receiver("snapshot").await;
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let crc = crc32c::crc32c(&data);
+        let message = snapshot_message(50);
+
+        let (mut first, resume) = offer(receiver.addr, &message, &data, crc).await;
+        assert_eq!(resume, 0);
+        assert_eq!(send_chunk(&mut first, 0, &data[..100_000]).await, 100_000);
+        drop(first);
+
+        let (mut second, resume) = offer(receiver.addr, &message, &data, crc).await;
+        assert_eq!(
+            resume, 100_000,
+            "the transfer resumes after the acknowledged bytes"
+        );
+        assert_eq!(
+            send_chunk(&mut second, resume, &data[100_000..]).await,
+            data.len() as u64
+        );
+        assert!(
+            outcome(&mut second).await,
+            "the receiver accepts a matching checksum"
+        );
+        match receiver.input.recv().await {
+            Some(PeerInput::Frame {
+                frame: PeerFrame::Messages(messages),
+                ..
+            }) => assert_eq!(messages, vec![message.clone()]),
+            other => panic!("expected the Snapshot message, got {other:?}"),
+        }
+        let info = storage::find_snapshot(&receiver.snapshots, 50, 2).expect("stored");
+        let stored = receiver.snapshots.load(&info.path).expect("load");
+        assert_eq!(&stored.data[..], &data[..]);
+
+        // A transfer whose bytes do not match the announced checksum is refused.
+        let bad = snapshot_message(60);
+        let (mut stream, _) = offer(receiver.addr, &bad, &data, crc ^ 1).await;
+        send_chunk(&mut stream, 0, &data).await;
+        assert!(
+            !outcome(&mut stream).await,
+            "a checksum mismatch is refused"
+        );
+        assert!(storage::find_snapshot(&receiver.snapshots, 60, 2).is_err());
+        drop(receiver.transport);
+        let _ = std::fs::remove_dir_all(&receiver.dir);
+    }
+}

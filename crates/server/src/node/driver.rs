@@ -141,7 +141,12 @@ impl Driver {
                         return Ok(());
                     }
                 }
-                _ = ticker.tick() => self.raft.tick(),
+                _ = ticker.tick() => {
+                    self.raft.tick();
+                    // The core drops a read it cannot confirm; forget reads whose callers gave up.
+                    self.read_waiters
+                        .retain(|_, replies| replies.iter().any(|reply| !reply.is_closed()));
+                }
                 Ok(()) = self.persisted.changed() => {
                     let number = *self.persisted.borrow_and_update();
                     self.raft.on_persisted(number);
