@@ -1,1 +1,156 @@
-//! (to be written)
+//! HTTP endpoints served next to gRPC on every client URL, and the listener loop.
+//!
+//! - `GET /health`: etcd's JSON, `{"health":"true","reason":""}` with 200 when this member
+//!   knows a leader and a linearizable one-key read succeeds (etcd 3.5 `checkV3Health`), else
+//!   `"false"` with the reason and 503. `?serializable=true` skips the read barrier, as in etcd.
+//! - `GET /version`: `{"etcdserver":"3.5.0","etcdcluster":"3.5.0"}`.
+//! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
+//!
+//! [`serve`] accepts HTTP/2 (gRPC, with prior knowledge as etcd clients use it) and HTTP/1 (curl,
+//! Prometheus) on the same socket.
+
+use std::future::Future;
+
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ballot_proto::etcdserverpb::RangeRequest;
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+use crate::api::{Api, ApiNode, ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
+use crate::metrics::{ScrapeState, metrics};
+
+/// The HTTP routes, sharing `api` with the gRPC services.
+pub fn routes<N: ApiNode>(api: Api<N>) -> axum::Router {
+    axum::Router::new()
+        .route("/health", get(health::<N>))
+        .route("/version", get(version))
+        .route("/metrics", get(prometheus::<N>))
+        .with_state(api)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes: gRPC over HTTP/2 and the HTTP
+/// endpoints over HTTP/1 on the same port. Nagle's algorithm is off: gRPC responses are small
+/// and latency-bound.
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        // etcd (grpc-go) puts no limit on concurrent streams per connection; hyper's default
+        // of 200 would stall a client that multiplexes more requests on one connection.
+        .max_concurrent_streams(Some(u32::MAX))
+        .add_routes(tonic::service::Routes::from(router))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn health_body(healthy: bool, reason: &str) -> String {
+    // `reason` comes from fixed strings and error messages; escape what JSON requires.
+    let escaped: String = reason
+        .chars()
+        .flat_map(|c| match c {
+            '"' => vec!['\\', '"'],
+            '\\' => vec!['\\', '\\'],
+            c if c.is_control() => format!("\\u{:04x}", c as u32).chars().collect(),
+            c => vec![c],
+        })
+        .collect();
+    format!("{{\"health\":\"{healthy}\",\"reason\":\"{escaped}\"}}")
+}
+
+async fn health<N: ApiNode>(State(api): State<Api<N>>, uri: Uri) -> Response {
+    let serializable = uri
+        .query()
+        .is_some_and(|query| query.split('&').any(|pair| pair == "serializable=true"));
+    if api.node().status().leader_id == 0 {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            health_body(false, "RAFT NO LEADER"),
+        );
+    }
+    // etcd reads the key "health" (it need not exist): a read that goes through the full
+    // linearizable path proves this member can reach a quorum.
+    let request = RangeRequest {
+        key: Bytes::from_static(b"health"),
+        serializable,
+        ..RangeRequest::default()
+    };
+    let timeout = api.options.health_timeout;
+    match tokio::time::timeout(timeout, api.range(request)).await {
+        Ok(Ok(_)) => json(StatusCode::OK, health_body(true, "")),
+        Ok(Err(status)) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            health_body(false, &format!("RANGE ERROR:{}", status.message())),
+        ),
+        Err(_) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            health_body(false, "RANGE ERROR:etcdserver: request timed out"),
+        ),
+    }
+}
+
+async fn version() -> Response {
+    json(
+        StatusCode::OK,
+        format!(
+            "{{\"etcdserver\":\"{ETCD_SERVER_VERSION}\",\"etcdcluster\":\"{ETCD_CLUSTER_VERSION}\"}}"
+        ),
+    )
+}
+
+async fn prometheus<N: ApiNode>(State(api): State<Api<N>>) -> Response {
+    let node = api.node();
+    let status = node.status();
+    let (leases, current_revision, compact_revision) = node.with_store(|store| {
+        (
+            store.lease_list().leases.len() as u64,
+            store.current_revision(),
+            store.compact_revision(),
+        )
+    });
+    let state = ScrapeState {
+        has_leader: status.leader_id != 0,
+        is_leader: status.leader_id != 0 && status.leader_id == status.member_id,
+        term: status.term,
+        commit_index: status.commit_index,
+        applied_index: status.applied_index,
+        db_size_bytes: i64::try_from(status.db_size_bytes).unwrap_or(i64::MAX),
+        leases,
+        current_revision,
+        compact_revision,
+    };
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics().render(&state),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_json_matches_etcd_and_escapes_reasons() {
+        assert_eq!(health_body(true, ""), r#"{"health":"true","reason":""}"#);
+        assert_eq!(
+            health_body(false, "RANGE ERROR:a \"quoted\"\nline"),
+            r#"{"health":"false","reason":"RANGE ERROR:a \"quoted\"\u000aline"}"#
+        );
+    }
+}

@@ -1,0 +1,369 @@
+//! The etcd v3 client API: every gRPC service plus the HTTP endpoints, on one port.
+//!
+//! [`router`] builds one `axum::Router` that the server serves on each client URL (with
+//! [`crate::http::serve`], which speaks HTTP/2 for gRPC and HTTP/1 for `/health`, `/version` and
+//! `/metrics` on the same socket, as etcd does).
+//!
+//! The services are written against [`ApiNode`], the operations this layer needs from the node.
+//! [`crate::node::NodeHandle`] implements it; a second, in-process implementation backs the unit
+//! tests of this module, so the etcd semantics of the API layer are tested without Raft.
+//!
+//! - [`kv`]: Range, Put, DeleteRange, Txn, Compact.
+//! - [`watch`]: the bidirectional Watch stream.
+//! - [`lease`]: LeaseGrant, LeaseRevoke, LeaseKeepAlive, LeaseTimeToLive, LeaseLeases.
+//! - [`cluster`]: MemberList, MemberAdd, MemberRemove, MemberUpdate, MemberPromote.
+//! - [`maintenance`]: Status, Alarm, Hash, HashKV, Snapshot, MoveLeader, Defragment.
+//! - [`auth`]: authentication is not enabled; answers as a disabled etcd does.
+//! - [`error`]: etcd's error strings and codes for what this layer refuses itself.
+
+pub mod auth;
+pub mod cluster;
+pub mod error;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod watch;
+
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballot_mvcc::{ApplyOutcome, Command, Store, WatchHub};
+use ballot_proto::etcdserverpb::{
+    LeaseTimeToLiveResponse, Member, ResponseHeader, auth_server::AuthServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use bytes::Bytes;
+use tonic::Status;
+
+use crate::config::ServerConfig;
+use crate::metrics::{GrpcMethod, metrics};
+use crate::node::{NodeError, NodeHandle, NodeStatus};
+
+/// The version this server reports in `/version` and Maintenance.Status. etcdctl 3.4 and the
+/// 3.5 client libraries accept a 3.5 server; Ballot implements the 3.5 API surface.
+pub const ETCD_SERVER_VERSION: &str = "3.5.0";
+/// The cluster version reported in `/version` (etcd reports major.minor.0).
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+
+/// What the API layer needs from the node. Every method has the meaning documented on
+/// [`NodeHandle`]; errors carry etcd's strings and codes ([`NodeError::grpc_code`]).
+pub trait ApiNode: Clone + Send + Sync + 'static {
+    fn member_id(&self) -> u64;
+    fn cluster_id(&self) -> u64;
+    /// A full header for a response at `revision`.
+    fn header(&self, revision: i64) -> ResponseHeader;
+    fn propose(
+        &self,
+        command: Command,
+    ) -> impl Future<Output = Result<ApplyOutcome, NodeError>> + Send;
+    fn read_barrier(&self) -> impl Future<Output = Result<(), NodeError>> + Send;
+    fn with_store<R>(&self, f: impl FnOnce(&Store) -> R) -> R;
+    fn watch_hub(&self) -> &WatchHub;
+    fn lease_keep_alive(&self, id: i64) -> impl Future<Output = Result<i64, NodeError>> + Send;
+    fn lease_time_to_live(
+        &self,
+        id: i64,
+        keys: bool,
+    ) -> impl Future<Output = Result<LeaseTimeToLiveResponse, NodeError>> + Send;
+    fn member_list(
+        &self,
+        linearizable: bool,
+    ) -> impl Future<Output = Result<Vec<Member>, NodeError>> + Send;
+    fn member_add(
+        &self,
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    ) -> impl Future<Output = Result<(Member, Vec<Member>), NodeError>> + Send;
+    fn member_remove(&self, id: u64)
+    -> impl Future<Output = Result<Vec<Member>, NodeError>> + Send;
+    fn member_update(
+        &self,
+        id: u64,
+        peer_urls: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<Member>, NodeError>> + Send;
+    fn member_promote(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<Vec<Member>, NodeError>> + Send;
+    fn move_leader(&self, target: u64) -> impl Future<Output = Result<(), NodeError>> + Send;
+    fn status(&self) -> NodeStatus;
+    fn backup_snapshot(&self) -> impl Future<Output = Result<Bytes, NodeError>> + Send;
+}
+
+impl ApiNode for NodeHandle {
+    fn member_id(&self) -> u64 {
+        NodeHandle::member_id(self)
+    }
+    fn cluster_id(&self) -> u64 {
+        NodeHandle::cluster_id(self)
+    }
+    fn header(&self, revision: i64) -> ResponseHeader {
+        NodeHandle::header(self, revision)
+    }
+    fn propose(
+        &self,
+        command: Command,
+    ) -> impl Future<Output = Result<ApplyOutcome, NodeError>> + Send {
+        NodeHandle::propose(self, command)
+    }
+    fn read_barrier(&self) -> impl Future<Output = Result<(), NodeError>> + Send {
+        NodeHandle::read_barrier(self)
+    }
+    fn with_store<R>(&self, f: impl FnOnce(&Store) -> R) -> R {
+        NodeHandle::with_store(self, f)
+    }
+    fn watch_hub(&self) -> &WatchHub {
+        NodeHandle::watch_hub(self)
+    }
+    fn lease_keep_alive(&self, id: i64) -> impl Future<Output = Result<i64, NodeError>> + Send {
+        NodeHandle::lease_keep_alive(self, id)
+    }
+    fn lease_time_to_live(
+        &self,
+        id: i64,
+        keys: bool,
+    ) -> impl Future<Output = Result<LeaseTimeToLiveResponse, NodeError>> + Send {
+        NodeHandle::lease_time_to_live(self, id, keys)
+    }
+    fn member_list(
+        &self,
+        linearizable: bool,
+    ) -> impl Future<Output = Result<Vec<Member>, NodeError>> + Send {
+        NodeHandle::member_list(self, linearizable)
+    }
+    fn member_add(
+        &self,
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    ) -> impl Future<Output = Result<(Member, Vec<Member>), NodeError>> + Send {
+        NodeHandle::member_add(self, peer_urls, is_learner)
+    }
+    fn member_remove(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<Vec<Member>, NodeError>> + Send {
+        NodeHandle::member_remove(self, id)
+    }
+    fn member_update(
+        &self,
+        id: u64,
+        peer_urls: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<Member>, NodeError>> + Send {
+        NodeHandle::member_update(self, id, peer_urls)
+    }
+    fn member_promote(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<Vec<Member>, NodeError>> + Send {
+        NodeHandle::member_promote(self, id)
+    }
+    fn move_leader(&self, target: u64) -> impl Future<Output = Result<(), NodeError>> + Send {
+        NodeHandle::move_leader(self, target)
+    }
+    fn status(&self) -> NodeStatus {
+        NodeHandle::status(self)
+    }
+    fn backup_snapshot(&self) -> impl Future<Output = Result<Bytes, NodeError>> + Send {
+        NodeHandle::backup_snapshot(self)
+    }
+}
+
+/// Limits and intervals of the API layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiOptions {
+    /// Largest write request (the encoded command) accepted; larger ones get
+    /// "etcdserver: request is too large". Also the size above which a watch response is
+    /// fragmented for watchers that asked for fragments, as in etcd.
+    pub max_request_bytes: usize,
+    /// gRPC decode limit: `max_request_bytes` plus 512 KiB, as in etcd; larger messages are
+    /// refused by the transport with ResourceExhausted.
+    pub grpc_max_receive_bytes: usize,
+    /// How often watchers created with `progress_notify` get an empty response carrying the
+    /// current revision (etcd: 10 minutes).
+    pub watch_progress_notify_interval: Duration,
+    /// Events one watch stream may queue before its watchers fall back to catching up from
+    /// history (bounded memory per stream).
+    pub watch_queue_events_max: usize,
+    /// How long HTTP `/health` waits for its linearizable read.
+    pub health_timeout: Duration,
+}
+
+/// etcd's default `--experimental-watch-progress-notify-interval`.
+pub const WATCH_PROGRESS_NOTIFY_INTERVAL_DEFAULT: Duration = Duration::from_secs(10 * 60);
+/// Environment variable overriding [`ApiOptions::watch_progress_notify_interval`] in
+/// milliseconds, so tests need not wait ten minutes.
+pub const WATCH_PROGRESS_NOTIFY_INTERVAL_ENV: &str = "BALLOT_WATCH_PROGRESS_NOTIFY_INTERVAL_MS";
+
+impl ApiOptions {
+    pub fn from_config(config: &ServerConfig) -> ApiOptions {
+        let progress_interval = std::env::var(WATCH_PROGRESS_NOTIFY_INTERVAL_ENV)
+            .ok()
+            .and_then(|text| text.parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map_or(
+                WATCH_PROGRESS_NOTIFY_INTERVAL_DEFAULT,
+                Duration::from_millis,
+            );
+        ApiOptions {
+            max_request_bytes: usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
+            grpc_max_receive_bytes: config.grpc_max_receive_bytes(),
+            watch_progress_notify_interval: progress_interval,
+            watch_queue_events_max: 4096,
+            // etcd's /health waits up to the request timeout (5 s plus election time); a health
+            // probe that waits that long is a failure anyway.
+            health_timeout: Duration::from_secs(5).max(config.election_timeout * 2),
+        }
+    }
+}
+
+/// Builds the client router for `node`: every gRPC service plus `/health`, `/version` and
+/// `/metrics`.
+pub fn router(node: NodeHandle, config: &ServerConfig) -> axum::Router {
+    router_for(node, ApiOptions::from_config(config))
+}
+
+/// [`router`] for any [`ApiNode`].
+pub fn router_for<N: ApiNode>(node: N, options: ApiOptions) -> axum::Router {
+    let api = Api::new(node, options);
+    let receive_max = api.options.grpc_max_receive_bytes;
+    let (_health_reporter, health_service) = tonic_health::server::health_reporter();
+    let grpc = tonic::service::Routes::builder()
+        .routes()
+        .add_service(
+            KvServer::new(api.clone())
+                .max_decoding_message_size(receive_max)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            WatchServer::new(api.clone())
+                .max_decoding_message_size(receive_max)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            LeaseServer::new(api.clone())
+                .max_decoding_message_size(receive_max)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            ClusterServer::new(api.clone())
+                .max_decoding_message_size(receive_max)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            MaintenanceServer::new(api.clone())
+                .max_decoding_message_size(receive_max)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            AuthServer::new(api.clone())
+                .max_decoding_message_size(receive_max)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(health_service)
+        .into_axum_router()
+        .layer(axum::middleware::map_response(
+            oversized_is_resource_exhausted,
+        ));
+    grpc.merge(crate::http::routes(api))
+}
+
+/// tonic refuses a message above the decode limit with OutOfRange; grpc-go, and so etcd,
+/// answers ResourceExhausted ("received message larger than max"), which clients treat as a
+/// non-retryable size error. The refusal is a trailers-only response, so its code is in the
+/// headers and can be rewritten here.
+async fn oversized_is_resource_exhausted(
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    const OVERSIZED_PREFIX: &[u8] = b"Error,%20decoded%20message%20length%20too%20large";
+    let headers = response.headers_mut();
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == b"11");
+    let oversized = headers
+        .get("grpc-message")
+        .is_some_and(|message| message.as_bytes().starts_with(OVERSIZED_PREFIX));
+    if out_of_range && oversized {
+        headers.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
+/// State shared by every service of one router; cheap to clone (stream tasks own a clone).
+pub struct Api<N> {
+    pub(crate) node: N,
+    pub(crate) options: Arc<ApiOptions>,
+}
+
+impl<N: ApiNode> Clone for Api<N> {
+    fn clone(&self) -> Api<N> {
+        Api {
+            node: self.node.clone(),
+            options: Arc::clone(&self.options),
+        }
+    }
+}
+
+impl<N: ApiNode> Api<N> {
+    pub fn new(node: N, options: ApiOptions) -> Api<N> {
+        Api {
+            node,
+            options: Arc::new(options),
+        }
+    }
+
+    pub fn node(&self) -> &N {
+        &self.node
+    }
+
+    /// A full header at `revision`.
+    pub(crate) fn header_at(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(self.node.header(revision))
+    }
+
+    /// A full header at the revision the store (or the state machine) put in `partial`, or at
+    /// the current revision when there is none.
+    pub(crate) fn complete(&self, partial: Option<ResponseHeader>) -> Option<ResponseHeader> {
+        let revision = match partial {
+            Some(header) => header.revision,
+            None => self.current_revision(),
+        };
+        self.header_at(revision)
+    }
+
+    /// A full header at the store's current revision.
+    pub(crate) fn current_header(&self) -> Option<ResponseHeader> {
+        self.header_at(self.current_revision())
+    }
+
+    pub(crate) fn current_revision(&self) -> i64 {
+        self.node.with_store(Store::current_revision)
+    }
+
+    /// Replicates a write after etcd's checks that need no state: the request's own validity,
+    /// then its size against `--max-request-bytes` (etcd checks the encoded Raft request).
+    pub(crate) async fn propose_checked(&self, command: Command) -> Result<ApplyOutcome, Status> {
+        let txn_ops_max = self.node.with_store(|store| store.config().txn_ops_max);
+        ballot_mvcc::check_command(&command, txn_ops_max).map_err(error::mvcc)?;
+        if command.encoded_len() > self.options.max_request_bytes {
+            return Err(error::request_too_large());
+        }
+        Ok(self.node.propose(command).await?)
+    }
+}
+
+/// Counts a finished request in the gRPC metrics and passes its result through.
+pub(crate) fn record<T>(method: GrpcMethod, result: Result<T, Status>) -> Result<T, Status> {
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    metrics().grpc.handled(method, code);
+    result
+}

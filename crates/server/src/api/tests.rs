@@ -1,0 +1,927 @@
+//! The API layer over a real gRPC connection, against the in-process [`LocalNode`]: etcd's
+//! semantics, error strings and codes, and full headers on every response.
+
+use std::time::Duration;
+
+use ballot_proto::etcdserverpb::{
+    AlarmRequest, AuthStatusRequest, AuthenticateRequest, CompactionRequest, Compare,
+    DeleteRangeRequest, HashKvRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
+    LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberAddRequest,
+    MemberListRequest, MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, PutRequest,
+    RangeRequest, RequestOp, ResponseHeader, SnapshotRequest, StatusRequest, TxnRequest,
+    WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+    auth_client::AuthClient, cluster_client::ClusterClient, compare, kv_client::KvClient,
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient, request_op, response_op,
+    watch_client::WatchClient, watch_create_request::FilterType, watch_request::RequestUnion,
+};
+use ballot_proto::mvccpb::event::EventType;
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+
+use super::testing::{CLUSTER_ID, MEMBER_ID, TestServer, test_options};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn bytes(text: &str) -> Bytes {
+    Bytes::from(text.to_owned())
+}
+
+fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: bytes(key),
+        value: bytes(value),
+        ..PutRequest::default()
+    }
+}
+
+fn get(key: &str) -> RangeRequest {
+    RangeRequest {
+        key: bytes(key),
+        ..RangeRequest::default()
+    }
+}
+
+/// Every response header must name the cluster, the member, the term and a revision.
+fn assert_full_header(header: Option<ResponseHeader>, revision: i64) {
+    let header = header.expect("every response carries a header");
+    assert_eq!(header.cluster_id, CLUSTER_ID);
+    assert_eq!(header.member_id, MEMBER_ID);
+    assert_eq!(header.raft_term, 3);
+    assert_eq!(header.revision, revision);
+}
+
+fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, message: &str) {
+    match result {
+        Ok(response) => panic!("expected {code:?} {message:?}, got {response:?}"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "{status:?}");
+            assert_eq!(status.message(), message);
+        }
+    }
+}
+
+async fn server() -> (TestServer, Channel) {
+    let server = TestServer::start(test_options()).await;
+    let channel = server.channel().await;
+    (server, channel)
+}
+
+#[tokio::test]
+async fn put_range_delete_carry_full_headers_and_revisions() {
+    let (_server, channel) = server().await;
+    let mut kv = KvClient::new(channel);
+    let first = kv.put(put("a", "1")).await.expect("put").into_inner();
+    assert_full_header(first.header, 2);
+    kv.put(put("ab", "2")).await.expect("put");
+    let third = kv
+        .put(PutRequest {
+            prev_kv: true,
+            ..put("a", "3")
+        })
+        .await
+        .expect("put")
+        .into_inner();
+    assert_full_header(third.header, 4);
+    assert_eq!(third.prev_kv.expect("prev_kv asked").value, bytes("1"));
+
+    let range = kv.range(get("a")).await.expect("range").into_inner();
+    assert_full_header(range.header, 4);
+    assert_eq!(range.kvs.len(), 1);
+    let kv_a = &range.kvs[0];
+    assert_eq!(
+        (kv_a.create_revision, kv_a.mod_revision, kv_a.version),
+        (2, 4, 2)
+    );
+
+    let prefix = RangeRequest {
+        key: bytes("a"),
+        range_end: Bytes::from(ballot_mvcc::prefix_range_end(b"a")),
+        serializable: true,
+        ..RangeRequest::default()
+    };
+    let listed = kv.range(prefix.clone()).await.expect("range").into_inner();
+    assert_eq!(listed.count, 2);
+
+    let deleted = kv
+        .delete_range(DeleteRangeRequest {
+            key: bytes("a"),
+            range_end: Bytes::from(ballot_mvcc::prefix_range_end(b"a")),
+            prev_kv: true,
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_full_header(deleted.header, 5);
+    assert_eq!(deleted.deleted, 2);
+    assert_eq!(deleted.prev_kvs.len(), 2);
+    let after = kv.range(prefix).await.expect("range").into_inner();
+    assert_eq!(after.count, 0);
+    // A historic read still sees the keys; its header carries the current revision.
+    let historic = kv
+        .range(RangeRequest {
+            revision: 3,
+            ..get("ab")
+        })
+        .await
+        .expect("historic range")
+        .into_inner();
+    assert_full_header(historic.header, 5);
+    assert_eq!(historic.kvs[0].value, bytes("2"));
+}
+
+#[tokio::test]
+async fn txn_writes_and_read_only_txns_follow_etcd() {
+    let (_server, channel) = server().await;
+    let mut kv = KvClient::new(channel);
+    kv.put(put("k", "v1")).await.expect("put");
+    let compare_v1 = Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Value as i32,
+        key: bytes("k"),
+        target_union: Some(compare::TargetUnion::Value(bytes("v1"))),
+        ..Compare::default()
+    };
+    let swap = TxnRequest {
+        compare: vec![compare_v1.clone()],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(put("k", "v2"))),
+        }],
+        failure: vec![RequestOp {
+            request: Some(request_op::Request::RequestRange(get("k"))),
+        }],
+    };
+    let first = kv.txn(swap.clone()).await.expect("txn").into_inner();
+    assert!(first.succeeded);
+    assert_full_header(first.header, 3);
+    match &first.responses[0].response {
+        Some(response_op::Response::ResponsePut(put)) => assert_full_header(put.header, 3),
+        other => panic!("expected a put response, got {other:?}"),
+    }
+    let second = kv.txn(swap).await.expect("txn").into_inner();
+    assert!(!second.succeeded, "the value is no longer v1");
+    assert_full_header(second.header, 3);
+    match &second.responses[0].response {
+        Some(response_op::Response::ResponseRange(range)) => {
+            assert_eq!(range.kvs[0].value, bytes("v2"));
+        }
+        other => panic!("expected a range response, got {other:?}"),
+    }
+
+    let too_many = TxnRequest {
+        success: (0..129)
+            .map(|i| RequestOp {
+                request: Some(request_op::Request::RequestPut(put(&format!("k{i}"), "v"))),
+            })
+            .collect(),
+        ..TxnRequest::default()
+    };
+    assert_status(
+        kv.txn(too_many).await,
+        Code::InvalidArgument,
+        "etcdserver: too many operations in txn request",
+    );
+    let duplicate = TxnRequest {
+        success: vec![
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(put("d", "1"))),
+            },
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(put("d", "2"))),
+            },
+        ],
+        ..TxnRequest::default()
+    };
+    assert_status(
+        kv.txn(duplicate).await,
+        Code::InvalidArgument,
+        "etcdserver: duplicate key given in txn request",
+    );
+}
+
+#[tokio::test]
+async fn bad_and_oversized_requests_get_etcd_errors_and_the_server_keeps_serving() {
+    let (_server, channel) = server().await;
+    let mut kv = KvClient::new(channel);
+    assert_status(
+        kv.range(get("")).await,
+        Code::InvalidArgument,
+        "etcdserver: key is not provided",
+    );
+    assert_status(
+        kv.put(put("", "v")).await,
+        Code::InvalidArgument,
+        "etcdserver: key is not provided",
+    );
+    assert_status(
+        kv.range(RangeRequest {
+            revision: 100,
+            ..get("a")
+        })
+        .await,
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision is a future revision",
+    );
+    // Just at --max-request-bytes: refused by etcd's size check, not by the transport.
+    let at_limit = "x".repeat(1536 * 1024);
+    assert_status(
+        kv.put(put("big", &at_limit)).await,
+        Code::InvalidArgument,
+        "etcdserver: request is too large",
+    );
+    // Beyond the gRPC receive limit (max request + 512 KiB): refused by the transport.
+    let beyond = "x".repeat(2 * 1024 * 1024 + 1024);
+    let refused = kv
+        .put(put("big", &beyond))
+        .await
+        .expect_err("over the limit");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    // A value that fits goes through, and the store is unchanged by the refusals.
+    let fits = "y".repeat(1024 * 1024);
+    kv.put(put("big", &fits)).await.expect("a 1 MiB value fits");
+    let range = kv.range(get("big")).await.expect("range").into_inner();
+    assert_eq!(range.kvs[0].value.len(), fits.len());
+    assert_full_header(range.header, 2);
+
+    for _ in 0..3 {
+        kv.put(put("c", "v")).await.expect("put");
+    }
+    kv.compact(CompactionRequest {
+        revision: 4,
+        physical: true,
+    })
+    .await
+    .expect("compact");
+    assert_status(
+        kv.range(RangeRequest {
+            revision: 3,
+            ..get("c")
+        })
+        .await,
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision has been compacted",
+    );
+    assert_status(
+        kv.compact(CompactionRequest {
+            revision: 4,
+            physical: false,
+        })
+        .await,
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision has been compacted",
+    );
+}
+
+#[tokio::test]
+async fn without_a_leader_requests_fail_fast_as_unavailable() {
+    let (server, channel) = server().await;
+    let mut kv = KvClient::new(channel.clone());
+    kv.put(put("a", "1")).await.expect("put");
+    server.node.set_leader(0);
+    assert_status(
+        kv.put(put("a", "2")).await,
+        Code::Unavailable,
+        "etcdserver: no leader",
+    );
+    assert_status(
+        kv.range(get("a")).await,
+        Code::Unavailable,
+        "etcdserver: no leader",
+    );
+    let serializable = kv
+        .range(RangeRequest {
+            serializable: true,
+            ..get("a")
+        })
+        .await
+        .expect("serializable reads are served locally")
+        .into_inner();
+    assert_eq!(serializable.kvs[0].value, bytes("1"));
+    let status = MaintenanceClient::new(channel)
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.errors, vec!["etcdserver: no leader".to_owned()]);
+}
+
+/// One open watch stream.
+struct Watcher {
+    requests: mpsc::Sender<WatchRequest>,
+    responses: Streaming<WatchResponse>,
+}
+
+impl Watcher {
+    async fn open(channel: Channel) -> Watcher {
+        let (requests, receiver) = mpsc::channel(16);
+        let responses = WatchClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .watch(ReceiverStream::new(receiver))
+            .await
+            .expect("open watch stream")
+            .into_inner();
+        Watcher {
+            requests,
+            responses,
+        }
+    }
+
+    async fn send(&self, request: RequestUnion) {
+        self.requests
+            .send(WatchRequest {
+                request_union: Some(request),
+            })
+            .await
+            .expect("watch stream open");
+    }
+
+    async fn create(&self, create: WatchCreateRequest) {
+        self.send(RequestUnion::CreateRequest(create)).await;
+    }
+
+    async fn next(&mut self) -> WatchResponse {
+        match tokio::time::timeout(WAIT, self.responses.next()).await {
+            Ok(Some(Ok(response))) => response,
+            other => panic!("expected a watch response, got {other:?}"),
+        }
+    }
+}
+
+fn watch_key(key: &str) -> WatchCreateRequest {
+    WatchCreateRequest {
+        key: bytes(key),
+        ..WatchCreateRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn watch_creates_are_answered_in_order_before_events() {
+    let (_server, channel) = server().await;
+    let mut kv = KvClient::new(channel.clone());
+    let mut watcher = Watcher::open(channel).await;
+    watcher.create(watch_key("a")).await;
+    watcher
+        .create(WatchCreateRequest {
+            key: bytes("b"),
+            range_end: bytes("c"),
+            prev_kv: true,
+            filters: vec![FilterType::Nodelete as i32],
+            ..WatchCreateRequest::default()
+        })
+        .await;
+    let first = watcher.next().await;
+    let second = watcher.next().await;
+    assert!(first.created && second.created);
+    assert_eq!((first.watch_id, second.watch_id), (0, 1));
+    assert_full_header(first.header, 1);
+
+    kv.put(put("a", "1")).await.expect("put");
+    kv.put(put("b1", "x")).await.expect("put");
+    kv.put(put("b1", "y")).await.expect("put");
+    kv.delete_range(DeleteRangeRequest {
+        key: bytes("b1"),
+        ..DeleteRangeRequest::default()
+    })
+    .await
+    .expect("delete");
+    kv.delete_range(DeleteRangeRequest {
+        key: bytes("a"),
+        ..DeleteRangeRequest::default()
+    })
+    .await
+    .expect("delete");
+
+    let event_a = watcher.next().await;
+    assert_eq!(event_a.watch_id, 0);
+    assert_full_header(event_a.header, 2);
+    assert_eq!(event_a.events.len(), 1);
+    assert_eq!(
+        event_a.events[0].kv.as_ref().map(|kv| kv.value.clone()),
+        Some(bytes("1"))
+    );
+    assert!(event_a.events[0].prev_kv.is_none(), "prev_kv was not asked");
+
+    let b_put = watcher.next().await;
+    assert_eq!(b_put.watch_id, 1);
+    assert!(b_put.events[0].prev_kv.is_none(), "b1 did not exist before");
+    let b_put_again = watcher.next().await;
+    assert_eq!(
+        b_put_again.events[0]
+            .prev_kv
+            .as_ref()
+            .map(|kv| kv.value.clone()),
+        Some(bytes("x"))
+    );
+    // The delete of b1 is filtered out; the next response is the delete of a.
+    let delete_a = watcher.next().await;
+    assert_eq!(delete_a.watch_id, 0);
+    assert_eq!(delete_a.events[0].r#type, EventType::Delete as i32);
+    assert_eq!(
+        delete_a.events[0].kv.as_ref().map(|kv| kv.mod_revision),
+        Some(6)
+    );
+
+    watcher
+        .send(RequestUnion::CancelRequest(WatchCancelRequest {
+            watch_id: 0,
+        }))
+        .await;
+    let canceled = watcher.next().await;
+    assert!(canceled.canceled);
+    assert_eq!(canceled.watch_id, 0);
+    watcher
+        .send(RequestUnion::ProgressRequest(WatchProgressRequest {}))
+        .await;
+    let progress = watcher.next().await;
+    assert_eq!(progress.watch_id, -1);
+    assert_full_header(progress.header, 6);
+}
+
+#[tokio::test]
+async fn watch_from_history_and_from_a_compacted_revision() {
+    let (_server, channel) = server().await;
+    let mut kv = KvClient::new(channel.clone());
+    for value in ["1", "2", "3", "4"] {
+        kv.put(put("h", value)).await.expect("put");
+    }
+    let mut watcher = Watcher::open(channel).await;
+    watcher
+        .create(WatchCreateRequest {
+            start_revision: 3,
+            ..watch_key("h")
+        })
+        .await;
+    assert!(watcher.next().await.created);
+    let mut values = Vec::new();
+    while values.len() < 3 {
+        let response = watcher.next().await;
+        values.extend(
+            response
+                .events
+                .iter()
+                .filter_map(|event| event.kv.as_ref().map(|kv| kv.value.clone())),
+        );
+    }
+    assert_eq!(values, vec![bytes("2"), bytes("3"), bytes("4")]);
+
+    kv.compact(CompactionRequest {
+        revision: 4,
+        physical: false,
+    })
+    .await
+    .expect("compact");
+    watcher
+        .create(WatchCreateRequest {
+            start_revision: 2,
+            watch_id: 7,
+            ..watch_key("h")
+        })
+        .await;
+    let created = watcher.next().await;
+    assert!(created.created);
+    assert_eq!(created.watch_id, 7);
+    let canceled = watcher.next().await;
+    assert_eq!(canceled.watch_id, 7);
+    assert!(canceled.canceled);
+    assert_eq!(canceled.compact_revision, 4);
+}
+
+#[tokio::test]
+async fn large_revisions_are_fragmented_only_when_asked() {
+    let (_server, channel) = server().await;
+    let mut kv = KvClient::new(channel.clone());
+    let keys: Vec<String> = (0..4).map(|i| format!("f{i}")).collect();
+    let value = "v".repeat(350 * 1024);
+    for key in &keys {
+        kv.put(put(key, &value)).await.expect("put");
+    }
+    let mut watcher = Watcher::open(channel).await;
+    for fragment in [true, false] {
+        watcher
+            .create(WatchCreateRequest {
+                key: bytes("f"),
+                range_end: bytes("g"),
+                prev_kv: true,
+                fragment,
+                ..WatchCreateRequest::default()
+            })
+            .await;
+        assert!(watcher.next().await.created);
+    }
+    // One revision rewriting all four keys: the request (1.4 MiB) fits --max-request-bytes,
+    // but with previous values the watch response is about 2.8 MiB.
+    let txn = TxnRequest {
+        success: keys
+            .iter()
+            .map(|key| RequestOp {
+                request: Some(request_op::Request::RequestPut(put(key, &value))),
+            })
+            .collect(),
+        ..TxnRequest::default()
+    };
+    kv.txn(txn).await.expect("a 1.4 MiB txn fits");
+    let mut fragmented: Vec<WatchResponse> = Vec::new();
+    let mut whole: Vec<WatchResponse> = Vec::new();
+    let events = |responses: &[WatchResponse]| -> usize {
+        responses.iter().map(|response| response.events.len()).sum()
+    };
+    while events(&fragmented) < 4 || events(&whole) < 4 {
+        let response = watcher.next().await;
+        assert_full_header(response.header, 6);
+        match response.watch_id {
+            0 => fragmented.push(response),
+            1 => whole.push(response),
+            other => panic!("unexpected watch ID {other}"),
+        }
+    }
+    assert_eq!(whole.len(), 1);
+    assert!(!whole[0].fragment);
+    assert!(fragmented.len() >= 2, "{} parts", fragmented.len());
+    let (last, parts) = fragmented.split_last().expect("parts");
+    assert!(parts.iter().all(|part| part.fragment));
+    assert!(!last.fragment);
+    let rejoined: Vec<_> = fragmented.iter().flat_map(|r| r.events.clone()).collect();
+    assert_eq!(rejoined, whole[0].events);
+}
+
+#[tokio::test]
+async fn progress_notify_watchers_get_periodic_revisions() {
+    let (_server, channel) = server().await;
+    let mut kv = KvClient::new(channel.clone());
+    kv.put(put("p", "1")).await.expect("put");
+    let mut watcher = Watcher::open(channel).await;
+    watcher
+        .create(WatchCreateRequest {
+            progress_notify: true,
+            ..watch_key("p")
+        })
+        .await;
+    assert!(watcher.next().await.created);
+    // The test interval is 200 ms; the notification is an empty response at the current
+    // revision for this watcher.
+    let notification = watcher.next().await;
+    assert_eq!(notification.watch_id, 0);
+    assert!(notification.events.is_empty());
+    assert!(!notification.created && !notification.canceled);
+    assert_full_header(notification.header, 2);
+}
+
+#[tokio::test]
+async fn leases_grant_keep_alive_and_revoke() {
+    let (_server, channel) = server().await;
+    let mut lease = LeaseClient::new(channel.clone());
+    let mut kv = KvClient::new(channel);
+    let granted = lease
+        .lease_grant(LeaseGrantRequest { ttl: 1, id: 0 })
+        .await
+        .expect("grant")
+        .into_inner();
+    assert!(granted.id > 0);
+    assert_eq!(granted.ttl, 2, "raised to the store's minimum TTL");
+    assert_full_header(granted.header, 1);
+    let chosen = lease
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 42 })
+        .await
+        .expect("grant with an ID")
+        .into_inner();
+    assert_eq!((chosen.id, chosen.ttl), (42, 60));
+    assert_status(
+        lease
+            .lease_grant(LeaseGrantRequest { ttl: 60, id: 42 })
+            .await,
+        Code::FailedPrecondition,
+        "etcdserver: lease already exists",
+    );
+    kv.put(PutRequest {
+        lease: 42,
+        ..put("leased", "v")
+    })
+    .await
+    .expect("put with lease");
+    assert_status(
+        kv.put(PutRequest {
+            lease: 43,
+            ..put("leased", "v")
+        })
+        .await,
+        Code::NotFound,
+        "etcdserver: requested lease not found",
+    );
+
+    let (requests, receiver) = mpsc::channel(4);
+    let mut answers = lease
+        .lease_keep_alive(ReceiverStream::new(receiver))
+        .await
+        .expect("keep-alive stream")
+        .into_inner();
+    for (id, ttl) in [(42, 60), (9999, 0)] {
+        requests
+            .send(LeaseKeepAliveRequest { id })
+            .await
+            .expect("stream open");
+        let answer = tokio::time::timeout(WAIT, answers.next())
+            .await
+            .expect("answer in time")
+            .expect("stream open")
+            .expect("keep-alive answered");
+        assert_eq!((answer.id, answer.ttl), (id, ttl));
+        assert_full_header(answer.header, 2);
+    }
+
+    let alive = lease
+        .lease_time_to_live(LeaseTimeToLiveRequest { id: 42, keys: true })
+        .await
+        .expect("ttl")
+        .into_inner();
+    assert_eq!(alive.granted_ttl, 60);
+    assert_eq!(alive.keys, vec![bytes("leased")]);
+    let unknown = lease
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: 9999,
+            keys: false,
+        })
+        .await
+        .expect("ttl of an unknown lease")
+        .into_inner();
+    assert_eq!(unknown.ttl, -1);
+    let listed = lease
+        .lease_leases(LeaseLeasesRequest {})
+        .await
+        .expect("leases")
+        .into_inner();
+    let mut ids: Vec<i64> = listed.leases.iter().map(|l| l.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, {
+        let mut expected = vec![granted.id, 42];
+        expected.sort_unstable();
+        expected
+    });
+
+    let revoked = lease
+        .lease_revoke(LeaseRevokeRequest { id: 42 })
+        .await
+        .expect("revoke")
+        .into_inner();
+    assert_full_header(revoked.header, 3);
+    assert_eq!(
+        kv.range(get("leased"))
+            .await
+            .expect("range")
+            .into_inner()
+            .count,
+        0
+    );
+    assert_status(
+        lease.lease_revoke(LeaseRevokeRequest { id: 42 }).await,
+        Code::NotFound,
+        "etcdserver: requested lease not found",
+    );
+}
+
+#[tokio::test]
+async fn members_are_listed_added_promoted_and_removed() {
+    let (_server, channel) = server().await;
+    let mut cluster = ClusterClient::new(channel);
+    let listed = cluster
+        .member_list(MemberListRequest { linearizable: true })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_full_header(listed.header, 1);
+    assert_eq!(listed.members.len(), 1);
+    assert_status(
+        cluster
+            .member_add(MemberAddRequest {
+                peer_ur_ls: vec!["127.0.0.1:2380".into()],
+                is_learner: false,
+            })
+            .await,
+        Code::InvalidArgument,
+        "etcdserver: given member URLs are invalid",
+    );
+    let added = cluster
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec!["http://127.0.0.1:12380".into()],
+            is_learner: true,
+        })
+        .await
+        .expect("add learner")
+        .into_inner();
+    let learner = added.member.expect("the added member");
+    assert!(learner.is_learner);
+    assert_eq!(added.members.len(), 2);
+    assert_status(
+        cluster
+            .member_add(MemberAddRequest {
+                peer_ur_ls: vec!["http://127.0.0.1:12380".into()],
+                is_learner: false,
+            })
+            .await,
+        Code::FailedPrecondition,
+        "etcdserver: Peer URLs already exists",
+    );
+    let promoted = cluster
+        .member_promote(MemberPromoteRequest { id: learner.id })
+        .await
+        .expect("promote")
+        .into_inner();
+    assert!(promoted.members.iter().all(|member| !member.is_learner));
+    assert_status(
+        cluster
+            .member_promote(MemberPromoteRequest { id: learner.id })
+            .await,
+        Code::FailedPrecondition,
+        "etcdserver: can only promote a learner member",
+    );
+    let removed = cluster
+        .member_remove(MemberRemoveRequest { id: learner.id })
+        .await
+        .expect("remove")
+        .into_inner();
+    assert_eq!(removed.members.len(), 1);
+    assert_status(
+        cluster
+            .member_remove(MemberRemoveRequest { id: learner.id })
+            .await,
+        Code::NotFound,
+        "etcdserver: member not found",
+    );
+}
+
+#[tokio::test]
+async fn maintenance_status_hash_alarm_snapshot_and_move_leader() {
+    let (_server, channel) = server().await;
+    let mut kv = KvClient::new(channel.clone());
+    let mut maintenance = MaintenanceClient::new(channel);
+    kv.put(put("m", "1")).await.expect("put");
+    let status = maintenance
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_full_header(status.header, 2);
+    assert_eq!(status.version, "3.5.0");
+    assert_eq!(status.leader, MEMBER_ID);
+    assert_eq!(
+        (
+            status.raft_term,
+            status.raft_index,
+            status.raft_applied_index
+        ),
+        (3, 1, 1)
+    );
+    assert!(status.errors.is_empty());
+
+    let alarms = maintenance
+        .alarm(AlarmRequest::default())
+        .await
+        .expect("alarm get")
+        .into_inner();
+    assert!(alarms.alarms.is_empty());
+    assert_full_header(alarms.header, 2);
+
+    let hash = maintenance
+        .hash_kv(HashKvRequest { revision: 0 })
+        .await
+        .expect("hashkv")
+        .into_inner();
+    assert_eq!((hash.hash_revision, hash.compact_revision), (2, -1));
+    kv.put(put("m", "2")).await.expect("put");
+    let hash_again = maintenance
+        .hash_kv(HashKvRequest { revision: 2 })
+        .await
+        .expect("hashkv at 2")
+        .into_inner();
+    assert_eq!(
+        hash_again.hash, hash.hash,
+        "the hash at a revision is stable"
+    );
+    assert_full_header(hash_again.header, 3);
+
+    let mut snapshot = maintenance
+        .snapshot(SnapshotRequest {})
+        .await
+        .expect("snapshot")
+        .into_inner();
+    let mut file = Vec::new();
+    while let Some(message) = snapshot.next().await {
+        let message = message.expect("snapshot chunk");
+        assert_full_header(message.header, 3);
+        file.extend_from_slice(&message.blob);
+    }
+    assert_eq!(file.len() % 512, 32, "etcdctl's checksum convention");
+    let (data, checksum) = file.split_at(file.len() - 32);
+    assert_eq!(checksum, Sha256::digest(data).as_slice());
+
+    assert_status(
+        maintenance
+            .move_leader(MoveLeaderRequest { target_id: 0xdead })
+            .await,
+        Code::FailedPrecondition,
+        "etcdserver: bad leader transferee",
+    );
+}
+
+#[tokio::test]
+async fn auth_is_disabled() {
+    let (_server, channel) = server().await;
+    let mut auth = AuthClient::new(channel);
+    let status = auth
+        .auth_status(AuthStatusRequest {})
+        .await
+        .expect("auth status")
+        .into_inner();
+    assert!(!status.enabled);
+    assert_full_header(status.header, 1);
+    assert_status(
+        auth.authenticate(AuthenticateRequest {
+            name: "root".into(),
+            password: "x".into(),
+        })
+        .await,
+        Code::FailedPrecondition,
+        "etcdserver: authentication is not enabled",
+    );
+}
+
+#[tokio::test]
+async fn grpc_health_service_reports_serving() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let (_server, channel) = server().await;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(
+        answer.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+/// A raw HTTP/1.1 GET on the gRPC port: (status code, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("answer in time")
+        .expect("read response");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test]
+async fn http_health_version_and_metrics_share_the_grpc_port() {
+    let (server, channel) = server().await;
+    KvClient::new(channel)
+        .put(put("x", "1"))
+        .await
+        .expect("put");
+    let (code, body) = http_get(server.addr, "/health").await;
+    assert_eq!(
+        (code, body.as_str()),
+        (200, r#"{"health":"true","reason":""}"#)
+    );
+    let (code, body) = http_get(server.addr, "/version").await;
+    assert_eq!(
+        (code, body.as_str()),
+        (200, r#"{"etcdserver":"3.5.0","etcdcluster":"3.5.0"}"#)
+    );
+    let (code, body) = http_get(server.addr, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("etcd_server_has_leader 1"), "{body}");
+    assert!(
+        body.contains(
+            "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}"
+        ),
+        "{body}"
+    );
+    server.node.set_leader(0);
+    let (code, body) = http_get(server.addr, "/health").await;
+    assert_eq!(
+        (code, body.as_str()),
+        (503, r#"{"health":"false","reason":"RAFT NO LEADER"}"#)
+    );
+}
