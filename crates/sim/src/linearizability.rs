@@ -33,6 +33,17 @@ pub enum LinearizabilityError {
     Undecided { key: Key, explored_states: u64 },
 }
 
+impl LinearizabilityError {
+    /// The key whose sub-history failed.
+    pub fn key(&self) -> Key {
+        match self {
+            LinearizabilityError::Violation { key, .. }
+            | LinearizabilityError::NoLinearization { key, .. }
+            | LinearizabilityError::Undecided { key, .. } => *key,
+        }
+    }
+}
+
 impl fmt::Display for LinearizabilityError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -916,22 +916,23 @@ impl Simulation {
             busy: false,
             next_operation_at: start,
         });
-        let mut acknowledged = None;
+        let mut latest_attempt = None;
         while self.world.now < start + HEALED_WRITE_BOUND_STEPS {
             if !self.world.clients[final_client].busy {
-                if let Some(operation) = acknowledged {
-                    let op: &crate::history::Operation = self.world.history.get(operation);
-                    if op.completion.is_some() {
-                        self.world.trace.event(self.world.now, || {
-                            "healed cluster committed a write".to_string()
-                        });
-                        return Ok(());
-                    }
+                // The client is free: its latest write was either acknowledged (done) or ended
+                // without an answer (start another one).
+                let acknowledged = latest_attempt
+                    .is_some_and(|op| self.world.history.get(op).completion.is_some());
+                if acknowledged {
+                    self.world.trace.event(self.world.now, || {
+                        "healed cluster committed a write".to_string()
+                    });
+                    return Ok(());
                 }
                 let value = self.next_value;
                 self.next_value += 1;
                 self.begin(final_client, 0, Call::Write { value }, 4 * ELECTION_STEPS);
-                acknowledged = self.pending.get(&final_client).map(|p| p.operation);
+                latest_attempt = self.pending.get(&final_client).map(|p| p.operation);
             }
             if self.world.now.is_multiple_of(ELECTION_STEPS) {
                 self.leave_explicit_joint()?;
@@ -1034,13 +1035,7 @@ impl Simulation {
         match check_history(operations, LINEARIZABILITY_STATES_MAX) {
             Ok(()) => Ok(()),
             Err(error) => {
-                let key = match &error {
-                    crate::linearizability::LinearizabilityError::Violation { key, .. }
-                    | crate::linearizability::LinearizabilityError::NoLinearization {
-                        key, ..
-                    }
-                    | crate::linearizability::LinearizabilityError::Undecided { key, .. } => *key,
-                };
+                let key = error.key();
                 let history: Vec<String> = operations
                     .iter()
                     .filter(|op| {

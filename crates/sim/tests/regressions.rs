@@ -52,3 +52,9 @@ fn seed_35_three_nodes_acknowledgement_below_a_pending_snapshot() {
 fn seed_1859_three_nodes_linearizability_search_decides() {
     assert_seed_passes(1859, 3);
 }
+
+/// The same search blow-up as seed 1859, with five nodes.
+#[test]
+fn seed_509_five_nodes_linearizability_search_decides() {
+    assert_seed_passes(509, 5);
+}
