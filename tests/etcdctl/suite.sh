@@ -436,15 +436,16 @@ $member_line){$((${#endpoint_list[@]} - 1))}"
   local fake_peer="http://127.0.0.1:1"
   run ctl member add suite-learner --peer-urls="$fake_peer" --learner
   expect_match "member add --learner" \
-    "Member ($HEX) added to cluster ($HEX)
+    "Member +($HEX) added to cluster +($HEX)
 
 ETCD_NAME=\"suite-learner\"
 ETCD_INITIAL_CLUSTER=\"([^=,\"]+=http://[^,\"]+,)*suite-learner=$fake_peer(,[^=,\"]+=http://[^,\"]+)*\"
 ETCD_INITIAL_ADVERTISE_PEER_URLS=\"$fake_peer\"
 ETCD_INITIAL_CLUSTER_STATE=\"existing\""
   local learner cluster
-  learner=$(sed -n '1s/^Member \([0-9a-f]*\) added.*/\1/p' <<<"$OUT")
-  cluster=$(sed -n '1s/.* added to cluster \([0-9a-f]*\)$/\1/p' <<<"$OUT")
+  # etcdctl prints both IDs with %16x: an ID with fewer than 16 hex digits is space-padded.
+  learner=$(sed -n '1s/^Member  *\([0-9a-f]*\) added.*/\1/p' <<<"$OUT")
+  cluster=$(sed -n '1s/.* added to cluster  *\([0-9a-f]*\)$/\1/p' <<<"$OUT")
   check "member add lists every member in ETCD_INITIAL_CLUSTER" "$((${#endpoint_list[@]} + 1)) entries" \
     [ "$(grep '^ETCD_INITIAL_CLUSTER=' <<<"$OUT" | tr ',' '\n' | wc -l)" -eq $((${#endpoint_list[@]} + 1)) ]
   run ctl member list
@@ -460,7 +461,7 @@ ETCD_INITIAL_CLUSTER_STATE=\"existing\""
   run ctl member add suite-dup --peer-urls="$voter_peer"
   expect_error "member add with a peer URL in use" "etcdserver: Peer URLs already exists"
   run ctl member remove "$learner"
-  expect_out "member remove" "Member $learner removed from cluster $cluster"
+  expect_out "member remove" "$(printf 'Member %16s removed from cluster %16s' "$learner" "$cluster")"
   run ctl member remove "$learner"
   expect_error "member remove of an unknown member" "etcdserver: member not found"
   run ctl member list

@@ -11,7 +11,7 @@ use ballot_mvcc::{ApplyOutcome, Command, is_txn_read_only};
 use ballot_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, kv_server::Kv,
-    request_op::Request as Op, response_op::Response as OpResponse,
+    request_op::Request as Op,
 };
 use tonic::{Request, Response, Status};
 
@@ -61,7 +61,8 @@ impl<N: ApiNode> Api<N> {
         }
         match self.propose_checked(Command::Txn(req)).await? {
             ApplyOutcome::Txn(mut response) => {
-                self.complete_txn_headers(&mut response);
+                // Nested responses keep the store's header (revision only), as etcd's do.
+                response.header = self.complete(response.header);
                 Ok(response)
             }
             other => Err(error::unexpected_outcome(other)),
@@ -78,28 +79,8 @@ impl<N: ApiNode> Api<N> {
             .node
             .with_store(|store| store.txn_read(&req))
             .map_err(error::mvcc)?;
-        self.complete_txn_headers(&mut response);
-        Ok(response)
-    }
-
-    /// etcd fills the header of every nested response too (the Go client reads them).
-    fn complete_txn_headers(&self, response: &mut TxnResponse) {
         response.header = self.complete(response.header);
-        for op in &mut response.responses {
-            match &mut op.response {
-                Some(OpResponse::ResponseRange(inner)) => {
-                    inner.header = self.complete(inner.header);
-                }
-                Some(OpResponse::ResponsePut(inner)) => {
-                    inner.header = self.complete(inner.header);
-                }
-                Some(OpResponse::ResponseDeleteRange(inner)) => {
-                    inner.header = self.complete(inner.header);
-                }
-                Some(OpResponse::ResponseTxn(inner)) => self.complete_txn_headers(inner),
-                None => {}
-            }
-        }
+        Ok(response)
     }
 
     pub(crate) async fn compact(
