@@ -206,7 +206,8 @@ impl PeerFrame {
             FRAME_MESSAGES => {
                 let mut messages = Vec::new();
                 while !reader.is_empty() {
-                    let encoded = reader.bytes("message")?;
+                    let length = read_u32(&mut reader)? as usize;
+                    let encoded = reader.take(length, "message")?;
                     messages.push(Message::decode_bytes(&encoded)?);
                 }
                 PeerFrame::Messages(messages)
@@ -270,11 +271,14 @@ fn read_i64(reader: &mut Reader<'_>, what: &'static str) -> Result<i64, WireErro
     Ok(i64::from_le_bytes(bytes))
 }
 
+/// Appends `message` with a u32 length prefix, encoding it in place (no intermediate copy of
+/// the entries it carries).
 fn encode_message(buf: &mut BytesMut, message: &Message) {
-    // The length prefix needs the encoded size first; encode into the tail and move it.
-    let mut encoded = BytesMut::new();
-    message.encode(&mut encoded);
-    put_bytes(buf, &encoded);
+    let start = buf.len();
+    buf.put_u32_le(0);
+    message.encode(buf);
+    let length = (buf.len() - start - 4) as u32;
+    buf[start..start + 4].copy_from_slice(&length.to_le_bytes());
 }
 
 /// Writes the length of the frame that starts at `start` into its prefix.

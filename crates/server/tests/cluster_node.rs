@@ -526,3 +526,62 @@ fn leases_expire_on_the_leader_and_keep_alives_through_followers_renew_them() {
         .expect("keep-alive of an expired lease");
     assert_eq!(gone, 0, "an expired lease answers TTL 0");
 }
+
+/// Throughput of the node itself (no gRPC): `clients` concurrent proposers on the leader's
+/// handle of a three-member in-process cluster, with fsync. A benchmark, not a check: run with
+/// `cargo test --release -p ballot --test cluster_node -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_node_put_throughput() {
+    for clients in [1usize, 1000] {
+        let cluster = TestCluster::new("bench", 3, 100_000);
+        let leader = cluster.wait_leader(Duration::from_secs(10));
+        let handle = cluster.members[leader].handle();
+        let load = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let duration = Duration::from_secs(5);
+        let (count, mut latencies) = load.block_on(async move {
+            let deadline = Instant::now() + duration;
+            let mut tasks = Vec::new();
+            for client in 0..clients {
+                let handle = handle.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let value = Bytes::from(vec![b'v'; 256]);
+                    let mut round = 0u64;
+                    while Instant::now() < deadline {
+                        let key = format!("{:08}", (client as u64 * 7919 + round) % 100_000);
+                        let started = Instant::now();
+                        let command = Command::Put(PutRequest {
+                            key: Bytes::from(key),
+                            value: value.clone(),
+                            ..PutRequest::default()
+                        });
+                        if handle.propose(command).await.is_ok() {
+                            latencies.push(started.elapsed());
+                        }
+                        round += 1;
+                    }
+                    latencies
+                }));
+            }
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(task.await.expect("client task"));
+            }
+            (all.len(), all)
+        });
+        latencies.sort_unstable();
+        let percentile = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
+        println!(
+            "clients {clients}: {:.0} puts/s, p50 {:?}, p99 {:?}",
+            count as f64 / duration.as_secs_f64(),
+            percentile(0.5),
+            percentile(0.99)
+        );
+        load.shutdown_background();
+    }
+}

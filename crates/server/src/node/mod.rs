@@ -199,14 +199,11 @@ impl NodeShared {
 
     /// Proposes a command nobody waits for (lease revokes decided by the leader).
     async fn propose_detached(&self, command: Command) {
-        let data = Envelope {
-            origin: Origin {
-                member_id: self.member_id,
-                request_id: 0,
-            },
-            body: Body::Command(command.encode()),
-        }
-        .encode();
+        let origin = Origin {
+            member_id: self.member_id,
+            request_id: 0,
+        };
+        let data = Envelope::encode_command(origin, &command);
         let _ = self
             .requests
             .send(DriverRequest::Propose {
@@ -306,7 +303,11 @@ impl NodeHandle {
             },
             command => command,
         };
-        match Self::counted(self.propose_body(Body::Command(command.encode()))).await? {
+        match Self::counted(
+            self.propose_encoded(|origin| Envelope::encode_command(origin, &command)),
+        )
+        .await?
+        {
             AppliedResult::Command(ApplyOutcome::Error(error)) => Err(NodeError::Mvcc(error)),
             AppliedResult::Command(outcome) => Ok(outcome),
             AppliedResult::Members(_) => Err(NodeError::Timeout),
@@ -314,19 +315,24 @@ impl NodeHandle {
     }
 
     async fn propose_body(&self, body: Body) -> Result<AppliedResult, NodeError> {
+        self.propose_encoded(|origin| Envelope { origin, body }.encode())
+            .await
+    }
+
+    /// Proposes the envelope `encode` builds for this request's origin, and waits for it.
+    async fn propose_encoded(
+        &self,
+        encode: impl FnOnce(Origin) -> Bytes,
+    ) -> Result<AppliedResult, NodeError> {
         self.check_ready()?;
         if self.shared.waiters.len() >= WAITERS_MAX {
             return Err(NodeError::TooManyRequests);
         }
         let request_id = self.shared.next_request_id();
-        let data = Envelope {
-            origin: Origin {
-                member_id: self.shared.member_id,
-                request_id,
-            },
-            body,
-        }
-        .encode();
+        let data = encode(Origin {
+            member_id: self.shared.member_id,
+            request_id,
+        });
         if data.len() as u64 > self.shared.config.max_request_bytes + 1024 {
             return Err(NodeError::RequestTooLarge);
         }

@@ -113,6 +113,17 @@ impl<'a> Reader<'a> {
 
     pub fn bytes(&mut self, what: &'static str) -> Result<Bytes, WireError> {
         let length = self.length(what)?;
+        self.take(length, what)
+    }
+
+    /// The next `length` bytes, as a slice.
+    pub fn take(&mut self, length: usize, what: &'static str) -> Result<Bytes, WireError> {
+        if length > self.remaining() {
+            return Err(WireError::LengthTooLarge {
+                what,
+                length: length as u64,
+            });
+        }
         let slice = self.input.slice(self.position..self.position + length);
         self.position += length;
         Ok(slice)
