@@ -68,8 +68,14 @@ pub fn node_config(config: &ServerConfig, cluster: &ClusterFile) -> NodeConfig {
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
     let peer_listeners = bind_all(&config.peer_listen_addrs, "--listen-peer-urls").await?;
     let client_listeners = bind_all(&config.client_listen_addrs, "--listen-client-urls").await?;
+    let metrics_listeners = bind_all(&config.metrics_listen_addrs, "--listen-metrics-urls").await?;
     let member = start_member(&config, peer_listeners).await?;
-    let api = serve_clients(member.handle.clone(), &config, client_listeners);
+    let api = serve_clients(
+        member.handle.clone(),
+        &config,
+        client_listeners,
+        metrics_listeners,
+    );
     tracing::info!(
         member_id = %format_args!("{:x}", member.handle.member_id()),
         cluster_id = %format_args!("{:x}", member.handle.cluster_id()),
@@ -254,18 +260,40 @@ async fn bind_all(
     Ok(listeners)
 }
 
-/// Serves the client API on the client listeners until it fails.
+/// Serves the client API (gRPC and HTTP on one port, like etcd) on every client listener, and
+/// the HTTP endpoints alone on the `--listen-metrics-urls` listeners, until one fails.
 async fn serve_clients(
     node: NodeHandle,
     config: &ServerConfig,
     listeners: Vec<TcpListener>,
+    metrics_listeners: Vec<TcpListener>,
 ) -> Result<(), ServerError> {
-    let _ = (node, config);
-    // The API layer (crates/server/src/api.rs) plugs in here; until it lands the listeners are
-    // held open so the ports stay reserved.
-    let _listeners = listeners;
-    std::future::pending::<()>().await;
-    Ok(())
+    let mut servers = tokio::task::JoinSet::new();
+    let router = crate::api::router(node.clone(), config);
+    for listener in listeners {
+        servers.spawn(crate::http::serve(
+            listener,
+            router.clone(),
+            std::future::pending(),
+        ));
+    }
+    let http_only = crate::http::routes(crate::api::Api::new(
+        node,
+        crate::api::ApiOptions::from_config(config),
+    ));
+    for listener in metrics_listeners {
+        servers.spawn(crate::http::serve(
+            listener,
+            http_only.clone(),
+            std::future::pending(),
+        ));
+    }
+    match servers.join_next().await {
+        None => std::future::pending().await,
+        Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(error))) => Err(ServerError::Api(error.to_string())),
+        Some(Err(error)) => Err(ServerError::Api(error.to_string())),
+    }
 }
 
 async fn shutdown_signal() {

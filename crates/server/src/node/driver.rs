@@ -132,6 +132,12 @@ impl Driver {
     pub async fn run(mut self) -> Result<(), DriverError> {
         let mut ticker = tokio::time::interval(self.shared.config.heartbeat_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A member that is the only voter need not wait an election timeout to lead (etcd
+        // campaigns at once in a one-member cluster too).
+        let status = self.raft.status();
+        if status.conf.voters == [self.shared.member_id] && status.role != Role::Leader {
+            self.raft.campaign();
+        }
         self.publish_view();
         loop {
             tokio::select! {
