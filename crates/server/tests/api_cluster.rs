@@ -1,0 +1,261 @@
+//! The etcd API of a real three-member `ballot` cluster: writes and reads through followers,
+//! watches on one member seeing writes made through another, Status agreeing on the leader,
+//! membership changes, leadership transfer, keep-alives through a follower, and refusals of bad
+//! requests on a follower while the cluster keeps serving.
+
+mod api_support;
+
+use api_support::{Cluster, eventually};
+use ballot_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseKeepAliveRequest, MemberAddRequest, MemberListRequest,
+    MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, PutRequest, RangeRequest,
+    StatusRequest, WatchCreateRequest, WatchRequest, cluster_client::ClusterClient,
+    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    watch_client::WatchClient, watch_request::RequestUnion,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+fn bytes(text: &str) -> Bytes {
+    Bytes::from(text.to_owned())
+}
+
+fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: bytes(key),
+        value: bytes(value),
+        ..PutRequest::default()
+    }
+}
+
+fn get(key: &str) -> RangeRequest {
+    RangeRequest {
+        key: bytes(key),
+        ..RangeRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn followers_forward_writes_serve_linearizable_reads_and_watches() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader_index().await;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let follower = &cluster.members[followers[0]];
+    let other = &cluster.members[followers[1]];
+
+    // A watch on one follower...
+    let (requests, receiver) = mpsc::channel(2);
+    let mut watch = WatchClient::new(other.channel().await)
+        .watch(ReceiverStream::new(receiver))
+        .await
+        .expect("watch")
+        .into_inner();
+    requests
+        .send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: bytes("f"),
+                ..WatchCreateRequest::default()
+            })),
+        })
+        .await
+        .expect("stream open");
+    let created = watch.next().await.expect("created").expect("ok");
+    assert!(created.created);
+
+    // ...sees a write made through the other follower, which was forwarded to the leader.
+    let mut kv = KvClient::new(follower.channel().await);
+    let written = kv
+        .put(put("f", "from-a-follower"))
+        .await
+        .expect("put through a follower")
+        .into_inner();
+    let revision = written.header.expect("header").revision;
+    let event = tokio::time::timeout(api_support::DEADLINE, watch.next())
+        .await
+        .expect("an event in time")
+        .expect("stream open")
+        .expect("ok");
+    assert_eq!(
+        event.events[0].kv.as_ref().map(|kv| kv.mod_revision),
+        Some(revision)
+    );
+
+    // Linearizable reads on every member see the write at once.
+    for member in &cluster.members {
+        let range = KvClient::new(member.channel().await)
+            .range(get("f"))
+            .await
+            .expect("linearizable range")
+            .into_inner();
+        assert_eq!(
+            range.kvs[0].value,
+            bytes("from-a-follower"),
+            "on {}",
+            member.name
+        );
+        assert!(range.header.expect("header").revision >= revision);
+    }
+
+    // An oversized request on a follower is refused there; the cluster keeps serving.
+    let refused = kv
+        .put(put("big", &"x".repeat(1536 * 1024)))
+        .await
+        .expect_err("too large");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(refused.message(), "etcdserver: request is too large");
+    kv.put(put("after", "ok")).await.expect("still serving");
+}
+
+#[tokio::test]
+async fn status_membership_and_leader_transfer() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader_id = cluster.wait_for_leader().await;
+    let mut ids = Vec::new();
+    for member in &cluster.members {
+        let status = MaintenanceClient::new(member.channel().await)
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        assert_eq!(status.leader, leader_id);
+        assert!(!status.is_learner);
+        ids.push(status.header.expect("header").member_id);
+    }
+
+    let mut cluster_client = ClusterClient::new(cluster.members[0].channel().await);
+    let listed = cluster_client
+        .member_list(MemberListRequest { linearizable: true })
+        .await
+        .expect("member list")
+        .into_inner()
+        .members;
+    let mut listed_ids: Vec<u64> = listed.iter().map(|member| member.id).collect();
+    listed_ids.sort_unstable();
+    let mut expected_ids = ids.clone();
+    expected_ids.sort_unstable();
+    assert_eq!(listed_ids, expected_ids);
+
+    // A learner that never starts: added, refused promotion, removed.
+    let added = cluster_client
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![format!("http://127.0.0.1:{}", api_support::free_port())],
+            is_learner: true,
+        })
+        .await
+        .expect("member add --learner")
+        .into_inner();
+    let learner = added.member.expect("the new member");
+    assert!(learner.is_learner);
+    assert!(learner.name.is_empty(), "an unstarted member has no name");
+    assert_eq!(added.members.len(), 4);
+    let promote = cluster_client
+        .member_promote(MemberPromoteRequest { id: learner.id })
+        .await
+        .expect_err("the learner is not in sync");
+    assert_eq!(promote.code(), Code::FailedPrecondition);
+    assert_eq!(
+        promote.message(),
+        "etcdserver: can only promote a learner member which is in sync with leader"
+    );
+    let bad_urls = cluster_client
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec!["not-a-url".into()],
+            is_learner: false,
+        })
+        .await
+        .expect_err("bad URL");
+    assert_eq!(bad_urls.code(), Code::InvalidArgument);
+    assert_eq!(
+        bad_urls.message(),
+        "etcdserver: given member URLs are invalid"
+    );
+    let removed = cluster_client
+        .member_remove(MemberRemoveRequest { id: learner.id })
+        .await
+        .expect("member remove")
+        .into_inner();
+    assert_eq!(removed.members.len(), 3);
+    let missing = cluster_client
+        .member_remove(MemberRemoveRequest { id: learner.id })
+        .await
+        .expect_err("already removed");
+    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(missing.message(), "etcdserver: member not found");
+
+    // Move leadership to a follower, asking the leader as etcdctl does.
+    let leader = cluster.leader_index().await;
+    let target = ids[(leader + 1) % 3];
+    MaintenanceClient::new(cluster.members[leader].channel().await)
+        .move_leader(MoveLeaderRequest { target_id: target })
+        .await
+        .expect("move-leader");
+    let moved = cluster.wait_for_leader().await;
+    assert_eq!(moved, target);
+    // A follower refuses to move leadership.
+    let follower = (0..3).find(|i| ids[*i] != target).expect("a follower");
+    let refused = MaintenanceClient::new(cluster.members[follower].channel().await)
+        .move_leader(MoveLeaderRequest {
+            target_id: ids[follower],
+        })
+        .await
+        .expect_err("not the leader");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(refused.message(), "etcdserver: not leader");
+}
+
+#[tokio::test]
+async fn keep_alives_through_a_follower_keep_a_lease() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader_index().await;
+    let follower = &cluster.members[(leader + 1) % 3];
+    let channel = follower.channel().await;
+    let mut lease = LeaseClient::new(channel.clone());
+    let granted = lease
+        .lease_grant(LeaseGrantRequest { ttl: 1, id: 0 })
+        .await
+        .expect("grant through a follower")
+        .into_inner();
+    KvClient::new(channel.clone())
+        .put(PutRequest {
+            lease: granted.id,
+            ..put("kept", "v")
+        })
+        .await
+        .expect("put");
+    let (requests, receiver) = mpsc::channel(2);
+    let mut answers = lease
+        .lease_keep_alive(ReceiverStream::new(receiver))
+        .await
+        .expect("keep-alive")
+        .into_inner();
+    // Keep the lease alive for three TTLs, polling the key each round.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut kv = KvClient::new(channel);
+    while std::time::Instant::now() < until {
+        requests
+            .send(LeaseKeepAliveRequest { id: granted.id })
+            .await
+            .expect("stream open");
+        let answer = answers.next().await.expect("answer").expect("ok");
+        assert_eq!(answer.ttl, granted.ttl, "the lease is alive");
+        let count = kv
+            .range(get("kept"))
+            .await
+            .expect("range")
+            .into_inner()
+            .count;
+        assert_eq!(count, 1, "the key lives while the lease is kept alive");
+        // Pacing, not synchronisation: renew about three times per TTL, as clients do.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    drop(requests);
+    let expired = eventually("the lease expires once keep-alives stop", || {
+        let mut kv = kv.clone();
+        async move { (kv.range(get("kept")).await.ok()?.into_inner().count == 0).then_some(()) }
+    })
+    .await;
+    assert!(expired.is_some(), "{}", cluster.logs());
+}

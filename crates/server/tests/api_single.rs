@@ -1,0 +1,459 @@
+//! The etcd API of a real one-member `ballot` process, through gRPC clients: every service,
+//! etcd's errors for bad and oversized requests (and the member keeps serving after them), and
+//! the HTTP endpoints on the client port.
+
+mod api_support;
+
+use api_support::{Cluster, eventually, http_get};
+use ballot_proto::etcdserverpb::{
+    AlarmRequest, AuthStatusRequest, AuthenticateRequest, CompactionRequest, Compare,
+    DeleteRangeRequest, HashKvRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
+    LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberListRequest, PutRequest,
+    RangeRequest, RequestOp, SnapshotRequest, StatusRequest, TxnRequest, WatchCreateRequest,
+    WatchRequest, auth_client::AuthClient, cluster_client::ClusterClient, compare,
+    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    request_op, watch_client::WatchClient, watch_request::RequestUnion,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+fn bytes(text: &str) -> Bytes {
+    Bytes::from(text.to_owned())
+}
+
+fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: bytes(key),
+        value: bytes(value),
+        ..PutRequest::default()
+    }
+}
+
+fn get(key: &str) -> RangeRequest {
+    RangeRequest {
+        key: bytes(key),
+        ..RangeRequest::default()
+    }
+}
+
+fn assert_status<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    code: Code,
+    message: &str,
+) {
+    match result {
+        Ok(response) => panic!("expected {code:?} {message:?}, got {response:?}"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "{status:?}");
+            assert_eq!(status.message(), message);
+        }
+    }
+}
+
+#[tokio::test]
+async fn kv_txn_and_compaction_with_full_headers() {
+    let cluster = Cluster::start(1, &[]).await;
+    let member = &cluster.members[0];
+    let mut kv = KvClient::new(member.channel().await);
+    let status = MaintenanceClient::new(member.channel().await)
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    let me = status.header.expect("header").member_id;
+
+    let first = kv.put(put("k", "v1")).await.expect("put").into_inner();
+    let header = first.header.expect("put header");
+    assert_eq!(header.member_id, me);
+    assert_ne!(header.cluster_id, 0);
+    assert!(header.raft_term >= 1);
+    let base = header.revision;
+    let second = kv
+        .put(PutRequest {
+            prev_kv: true,
+            ..put("k", "v2")
+        })
+        .await
+        .expect("put")
+        .into_inner();
+    assert_eq!(second.header.map(|h| h.revision), Some(base + 1));
+    assert_eq!(second.prev_kv.map(|kv| kv.value), Some(bytes("v1")));
+
+    let range = kv.range(get("k")).await.expect("range").into_inner();
+    assert_eq!(range.kvs[0].value, bytes("v2"));
+    assert_eq!(range.kvs[0].version, 2);
+    assert_eq!(
+        range.header.map(|h| (h.member_id, h.revision)),
+        Some((me, base + 1))
+    );
+
+    let swap = TxnRequest {
+        compare: vec![Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Version as i32,
+            key: bytes("k"),
+            target_union: Some(compare::TargetUnion::Version(2)),
+            ..Compare::default()
+        }],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(put("k", "v3"))),
+        }],
+        failure: vec![],
+    };
+    assert!(
+        kv.txn(swap.clone())
+            .await
+            .expect("txn")
+            .into_inner()
+            .succeeded
+    );
+    assert!(!kv.txn(swap).await.expect("txn").into_inner().succeeded);
+
+    let deleted = kv
+        .delete_range(DeleteRangeRequest {
+            key: bytes("k"),
+            prev_kv: true,
+            ..DeleteRangeRequest::default()
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(deleted.deleted, 1);
+    assert_eq!(deleted.prev_kvs[0].value, bytes("v3"));
+
+    let compact_at = deleted.header.expect("header").revision;
+    kv.compact(CompactionRequest {
+        revision: compact_at,
+        physical: true,
+    })
+    .await
+    .expect("compact");
+    assert_status(
+        kv.range(RangeRequest {
+            revision: base,
+            ..get("k")
+        })
+        .await,
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision has been compacted",
+    );
+}
+
+#[tokio::test]
+async fn bad_and_oversized_requests_are_refused_and_the_member_keeps_serving() {
+    let cluster = Cluster::start(1, &[]).await;
+    let mut kv = KvClient::new(cluster.members[0].channel().await);
+    assert_status(
+        kv.range(get("")).await,
+        Code::InvalidArgument,
+        "etcdserver: key is not provided",
+    );
+    assert_status(
+        kv.range(RangeRequest {
+            revision: 1_000_000,
+            ..get("a")
+        })
+        .await,
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision is a future revision",
+    );
+    assert_status(
+        kv.put(put("big", &"x".repeat(1536 * 1024))).await,
+        Code::InvalidArgument,
+        "etcdserver: request is too large",
+    );
+    let refused = kv
+        .put(put("big", &"x".repeat(2 * 1024 * 1024 + 1024)))
+        .await
+        .expect_err("beyond the gRPC receive limit");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    let many = TxnRequest {
+        success: (0..129)
+            .map(|i| RequestOp {
+                request: Some(request_op::Request::RequestPut(put(&format!("t{i}"), "v"))),
+            })
+            .collect(),
+        ..TxnRequest::default()
+    };
+    assert_status(
+        kv.txn(many).await,
+        Code::InvalidArgument,
+        "etcdserver: too many operations in txn request",
+    );
+    let mut lease = LeaseClient::new(cluster.members[0].channel().await);
+    assert_status(
+        lease.lease_revoke(LeaseRevokeRequest { id: 12345 }).await,
+        Code::NotFound,
+        "etcdserver: requested lease not found",
+    );
+    // Still serving after every refusal.
+    kv.put(put("after", "ok"))
+        .await
+        .expect("put after the refusals");
+    let range = kv.range(get("after")).await.expect("range").into_inner();
+    assert_eq!(range.kvs[0].value, bytes("ok"));
+    assert_eq!(
+        kv.range(get("big"))
+            .await
+            .expect("range")
+            .into_inner()
+            .count,
+        0
+    );
+}
+
+#[tokio::test]
+async fn watch_sees_writes_in_order_with_prev_kv() {
+    let cluster = Cluster::start(1, &[]).await;
+    let channel = cluster.members[0].channel().await;
+    let mut kv = KvClient::new(channel.clone());
+    let (requests, receiver) = mpsc::channel(4);
+    let mut responses = WatchClient::new(channel)
+        .watch(ReceiverStream::new(receiver))
+        .await
+        .expect("watch")
+        .into_inner();
+    for key in ["w", "x"] {
+        requests
+            .send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: bytes(key),
+                    prev_kv: true,
+                    ..WatchCreateRequest::default()
+                })),
+            })
+            .await
+            .expect("stream open");
+    }
+    let mut next = async || {
+        tokio::time::timeout(api_support::DEADLINE, responses.next())
+            .await
+            .expect("a watch response in time")
+            .expect("stream open")
+            .expect("no error")
+    };
+    let created: Vec<i64> = vec![next().await.watch_id, next().await.watch_id];
+    assert_eq!(created, vec![0, 1]);
+    kv.put(put("w", "1")).await.expect("put");
+    kv.put(put("x", "1")).await.expect("put");
+    kv.put(put("w", "2")).await.expect("put");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let response = next().await;
+        for event in response.events {
+            let kv = event.kv.expect("kv");
+            let prev = event.prev_kv.map(|prev| prev.value);
+            seen.push((response.watch_id, kv.value, kv.mod_revision, prev));
+        }
+    }
+    assert_eq!(seen[0].0, 0);
+    assert_eq!(seen[1].0, 1);
+    assert_eq!((seen[2].0, seen[2].3.clone()), (0, Some(bytes("1"))));
+    assert!(seen[0].2 < seen[1].2 && seen[1].2 < seen[2].2);
+}
+
+#[tokio::test]
+async fn leases_expire_and_take_their_keys() {
+    let cluster = Cluster::start(1, &[]).await;
+    let channel = cluster.members[0].channel().await;
+    let mut lease = LeaseClient::new(channel.clone());
+    let mut kv = KvClient::new(channel);
+    let granted = lease
+        .lease_grant(LeaseGrantRequest { ttl: 1, id: 0 })
+        .await
+        .expect("grant")
+        .into_inner();
+    assert!(granted.id > 0);
+    // ceil(1.5 x 200 ms) rounds up to the 1 s minimum.
+    assert_eq!(granted.ttl, 1);
+    kv.put(PutRequest {
+        lease: granted.id,
+        ..put("leased", "v")
+    })
+    .await
+    .expect("put with the lease");
+
+    let (requests, receiver) = mpsc::channel(2);
+    let mut answers = lease
+        .lease_keep_alive(ReceiverStream::new(receiver))
+        .await
+        .expect("keep-alive")
+        .into_inner();
+    requests
+        .send(LeaseKeepAliveRequest { id: granted.id })
+        .await
+        .expect("stream open");
+    let answer = answers
+        .next()
+        .await
+        .expect("an answer")
+        .expect("keep-alive ok");
+    assert_eq!((answer.id, answer.ttl), (granted.id, 1));
+    let ttl = lease
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: granted.id,
+            keys: true,
+        })
+        .await
+        .expect("ttl")
+        .into_inner();
+    assert_eq!(ttl.keys, vec![bytes("leased")]);
+    let listed = lease
+        .lease_leases(LeaseLeasesRequest {})
+        .await
+        .expect("leases")
+        .into_inner();
+    assert!(listed.leases.iter().any(|l| l.id == granted.id));
+    drop(requests);
+
+    // Without keep-alives the leader expires the lease and its key goes with it.
+    let gone = eventually("the lease expires", || {
+        let mut kv = kv.clone();
+        async move {
+            let count = kv.range(get("leased")).await.ok()?.into_inner().count;
+            (count == 0).then_some(())
+        }
+    })
+    .await;
+    assert!(gone.is_some(), "{}", cluster.logs());
+    let after = lease
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: granted.id,
+            keys: false,
+        })
+        .await
+        .expect("ttl")
+        .into_inner();
+    assert_eq!(after.ttl, -1);
+}
+
+#[tokio::test]
+async fn maintenance_cluster_auth_and_health_services() {
+    let cluster = Cluster::start(1, &[]).await;
+    let member = &cluster.members[0];
+    let channel = member.channel().await;
+    KvClient::new(channel.clone())
+        .put(put("m", "1"))
+        .await
+        .expect("put");
+    let mut maintenance = MaintenanceClient::new(channel.clone());
+    let status = maintenance
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    let me = status.header.expect("header").member_id;
+    assert_eq!(status.leader, me);
+    assert_eq!(status.version, "3.5.0");
+    assert!(status.raft_index >= 2 && status.raft_applied_index >= 2);
+    assert!(status.errors.is_empty());
+    assert!(
+        maintenance
+            .alarm(AlarmRequest::default())
+            .await
+            .expect("alarm")
+            .into_inner()
+            .alarms
+            .is_empty()
+    );
+    let hash = maintenance
+        .hash_kv(HashKvRequest { revision: 0 })
+        .await
+        .expect("hashkv")
+        .into_inner();
+    assert_eq!(hash.compact_revision, -1);
+
+    let mut snapshot = maintenance
+        .snapshot(SnapshotRequest {})
+        .await
+        .expect("snapshot")
+        .into_inner();
+    let mut file = Vec::new();
+    while let Some(chunk) = snapshot.next().await {
+        file.extend_from_slice(&chunk.expect("chunk").blob);
+    }
+    assert_eq!(file.len() % 512, 32);
+    let (data, checksum) = file.split_at(file.len() - 32);
+    assert_eq!(checksum, Sha256::digest(data).as_slice());
+
+    let members = ClusterClient::new(channel.clone())
+        .member_list(MemberListRequest { linearizable: true })
+        .await
+        .expect("member list")
+        .into_inner()
+        .members;
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].id, me);
+    assert_eq!(members[0].client_ur_ls, vec![member.client_url.clone()]);
+    assert_eq!(members[0].peer_ur_ls, vec![member.peer_url.clone()]);
+
+    let mut auth = AuthClient::new(channel.clone());
+    assert!(
+        !auth
+            .auth_status(AuthStatusRequest {})
+            .await
+            .expect("auth status")
+            .into_inner()
+            .enabled
+    );
+    assert_status(
+        auth.authenticate(AuthenticateRequest::default()).await,
+        Code::FailedPrecondition,
+        "etcdserver: authentication is not enabled",
+    );
+
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("grpc health")
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test]
+async fn http_endpoints_answer_on_the_client_port() {
+    let cluster = Cluster::start(1, &[]).await;
+    let port = cluster.members[0].client_port;
+    assert_eq!(
+        http_get(port, "/health").await,
+        (200, r#"{"health":"true","reason":""}"#.to_owned())
+    );
+    assert_eq!(
+        http_get(port, "/version").await,
+        (
+            200,
+            r#"{"etcdserver":"3.5.0","etcdcluster":"3.5.0"}"#.to_owned()
+        )
+    );
+    KvClient::new(cluster.members[0].channel().await)
+        .put(put("metric", "1"))
+        .await
+        .expect("put");
+    let (code, metrics) = http_get(port, "/metrics").await;
+    assert_eq!(code, 200);
+    for expected in [
+        "etcd_server_has_leader 1",
+        "etcd_server_is_leader 1",
+        "# TYPE etcd_disk_wal_fsync_duration_seconds histogram",
+        "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 1",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected:?} in:\n{metrics}"
+        );
+    }
+    let committed = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("etcd_server_proposals_committed_total "))
+        .and_then(|value| value.parse::<u64>().ok())
+        .expect("proposals committed");
+    assert!(committed >= 1);
+}

@@ -1,0 +1,277 @@
+//! Shared by the API process tests: start real `ballot` members on free loopback ports with
+//! their data in temporary directories, connect gRPC clients, and poll with deadlines.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ballot_proto::etcdserverpb::{StatusRequest, maintenance_client::MaintenanceClient};
+use tonic::transport::Channel;
+
+/// Short Raft timings keep elections and lease minimums (ceil(1.5 x 0.2 s) = 1 s) fast.
+pub const HEARTBEAT_MS: u64 = 20;
+pub const ELECTION_MS: u64 = 200;
+/// How long any condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+/// A port the kernel just handed out and released; good enough for loopback tests, where
+/// nothing else races for it in practice.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("ballot-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create a temporary directory");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One `ballot` process; killed on drop.
+pub struct Member {
+    pub name: String,
+    pub client_url: String,
+    pub peer_url: String,
+    pub client_port: u16,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Member {
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        connect(&self.client_url).await
+    }
+
+    /// The member's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster of `ballot` processes started together.
+pub struct Cluster {
+    pub members: Vec<Member>,
+    pub dir: TempDir,
+}
+
+impl Cluster {
+    /// Starts `size` members with `extra` flags each and waits until every member knows the
+    /// same leader.
+    pub async fn start(size: usize, extra: &[&str]) -> Cluster {
+        let dir = TempDir::new("api");
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| {
+                spawn_member(
+                    &dir,
+                    &format!("m{i}"),
+                    *client,
+                    *peer,
+                    &initial_cluster,
+                    extra,
+                )
+            })
+            .collect();
+        let cluster = Cluster { members, dir };
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    /// Waits until every running member reports the same, non-zero leader; returns its ID.
+    pub async fn wait_for_leader(&self) -> u64 {
+        let result = eventually("every member agrees on a leader", || async {
+            let mut leaders = Vec::new();
+            for member in &self.members {
+                let channel = try_connect(&member.client_url).await?;
+                let status = MaintenanceClient::new(channel)
+                    .status(StatusRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                leaders.push(status.leader);
+            }
+            let first = *leaders.first()?;
+            (first != 0 && leaders.iter().all(|leader| *leader == first)).then_some(first)
+        })
+        .await;
+        match result {
+            Some(leader) => leader,
+            None => panic!("no leader; logs:\n{}", self.logs()),
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|member| format!("--- {}\n{}", member.name, member.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The index of the member whose Status names itself leader.
+    pub async fn leader_index(&self) -> usize {
+        let leader = self.wait_for_leader().await;
+        for (index, member) in self.members.iter().enumerate() {
+            let status = MaintenanceClient::new(member.channel().await)
+                .status(StatusRequest {})
+                .await
+                .expect("status")
+                .into_inner();
+            if status.header.map(|header| header.member_id) == Some(leader) {
+                return index;
+            }
+        }
+        panic!("leader {leader:x} is not among the members");
+    }
+}
+
+fn spawn_member(
+    dir: &TempDir,
+    name: &str,
+    client_port: u16,
+    peer_port: u16,
+    initial_cluster: &str,
+    extra: &[&str],
+) -> Member {
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let log = dir.0.join(format!("{name}.log"));
+    let log_file = std::fs::File::create(&log).expect("create the member log");
+    let log_err = log_file.try_clone().expect("clone the log handle");
+    let child = Command::new(env!("CARGO_BIN_EXE_ballot"))
+        .args(["--name", name])
+        .arg("--data-dir")
+        .arg(dir.0.join(name))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", initial_cluster])
+        .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
+        .args(["--election-timeout", &ELECTION_MS.to_string()])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .spawn()
+        .expect("start ballot");
+    Member {
+        name: name.to_owned(),
+        client_url,
+        peer_url,
+        client_port,
+        child: Some(child),
+        log,
+    }
+}
+
+pub async fn try_connect(url: &str) -> Option<Channel> {
+    Channel::from_shared(url.to_owned())
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .ok()
+}
+
+pub async fn connect(url: &str) -> Channel {
+    match eventually("connect", || try_connect(url)).await {
+        Some(channel) => channel,
+        None => panic!("cannot connect to {url}"),
+    }
+}
+
+/// Polls `check` until it gives a value or [`DEADLINE`] passes (then `None`). The pause
+/// between attempts is a retry interval, not synchronisation: every attempt re-checks.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            eprintln!("gave up waiting: {what}");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A raw HTTP/1.1 GET: (status code, body).
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the request");
+    let mut response = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut response))
+        .await
+        .expect("an answer in time")
+        .expect("read the response");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
