@@ -177,11 +177,9 @@ async fn cluster_file(
                     id: member.member_id,
                     name: member.name.clone(),
                     peer_urls: member.peer_urls.clone(),
-                    client_urls: if member.member_id == config.member_id {
-                        config.advertise_client_urls.clone()
-                    } else {
-                        Vec::new()
-                    },
+                    // Client URLs arrive through the log (each member publishes its own), so
+                    // that every member starts from the same registry: it is replicated state.
+                    client_urls: Vec::new(),
                     is_learner: false,
                 }
             })),
