@@ -17,9 +17,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ballot_proto::etcdserverpb::RangeRequest;
 use bytes::Bytes;
+use futures::StreamExt;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use crate::api::authority::AuthorityRepair;
 use crate::api::{Api, ApiNode, ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
 use crate::metrics::{ScrapeState, metrics};
 
@@ -34,13 +36,16 @@ pub fn routes<N: ApiNode>(api: Api<N>) -> axum::Router {
 
 /// Serves `router` on `listener` until `shutdown` completes: gRPC over HTTP/2 and the HTTP
 /// endpoints over HTTP/1 on the same port. Nagle's algorithm is off: gRPC responses are small
-/// and latency-bound.
+/// and latency-bound. Each connection's reader repairs the malformed `:authority` some etcd
+/// clients send ([`AuthorityRepair`]).
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|accepted| accepted.map(AuthorityRepair::new));
     tonic::transport::Server::builder()
         .accept_http1(true)
         // etcd (grpc-go) puts no limit on concurrent streams per connection; hyper's default

@@ -15,8 +15,10 @@
 //! - [`maintenance`]: Status, Alarm, Hash, HashKV, Snapshot, MoveLeader, Defragment.
 //! - [`auth`]: authentication is not enabled; answers as a disabled etcd does.
 //! - [`error`]: etcd's error strings and codes for what this layer refuses itself.
+//! - [`authority`]: repairs the malformed HTTP/2 `:authority` some etcd clients send.
 
 pub mod auth;
+pub mod authority;
 pub mod cluster;
 pub mod error;
 pub mod kv;
