@@ -5,18 +5,19 @@
 //! 2. Single-writer append-until-durable latency (p50/p99) next to a raw append + `fdatasync`
 //!    of the same number of bytes, on the same disk, interleaved in the same run.
 //!
-//! Run: `cargo bench -p ballot-wal --bench wal_bench -- [--dir DIR] [--seconds N]`
-//! (DIR defaults to /work/wal-bench, which must be on a real disk, not tmpfs).
+//! Run: `cargo bench -p ballot-wal --bench wal_bench -- [--dir DIR] [--seconds N]
+//! [--latency-samples N] [--writers 1,16,256] [--variants preallocated,appending] [--rounds N]`
+//! (DIR defaults to /work/wal-bench, which must be on a real disk, not tmpfs). With several
+//! variants and rounds, the runs are interleaved and the median per variant is reported.
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ballot_wal::{
-    GroupCommitOptions, GroupCommitWal, LogEntry, RealDisk, SyncMode, Wal, WalOptions, Write,
-};
+use ballot_wal::{GroupCommitOptions, GroupCommitWal, LogEntry, RealDisk, Wal, WalOptions, Write};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
@@ -30,6 +31,46 @@ struct Args {
     dir: PathBuf,
     seconds: u64,
     latency_samples: usize,
+    writers: Vec<usize>,
+    variants: Vec<Variant>,
+    rounds: usize,
+}
+
+/// WAL configurations compared in one run, interleaved round by round so that the noise of a
+/// shared disk hits every variant alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    /// The defaults: segments zero-filled before use.
+    Preallocated,
+    /// Segments created empty and grown by every append (`preallocate_segments = false`).
+    Appending,
+}
+
+impl Variant {
+    fn parse(name: &str) -> Option<Variant> {
+        match name {
+            "preallocated" => Some(Variant::Preallocated),
+            "appending" => Some(Variant::Appending),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Preallocated => "preallocated",
+            Variant::Appending => "appending",
+        }
+    }
+
+    fn options(self) -> WalOptions {
+        let mut options = WalOptions::new(1, 1);
+        options.preallocate_segments = self == Variant::Preallocated;
+        options
+    }
+}
+
+fn parse_list<T>(value: Option<String>, parse: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
+    value?.split(',').map(|item| parse(item.trim())).collect()
 }
 
 fn parse_args() -> Args {
@@ -37,6 +78,9 @@ fn parse_args() -> Args {
         dir: PathBuf::from("/work/wal-bench"),
         seconds: 5,
         latency_samples: 4000,
+        writers: vec![1, 16, 256],
+        variants: vec![Variant::Preallocated],
+        rounds: 1,
     };
     let mut iter = std::env::args().skip(1);
     while let Some(arg) = iter.next() {
@@ -48,6 +92,15 @@ fn parse_args() -> Args {
             "--latency-samples" => {
                 args.latency_samples = iter.next().and_then(|s| s.parse().ok()).unwrap_or(4000);
             }
+            "--writers" => {
+                args.writers = parse_list(iter.next(), |item| item.parse().ok())
+                    .expect("--writers takes a comma-separated list of counts");
+            }
+            "--variants" => {
+                args.variants = parse_list(iter.next(), Variant::parse)
+                    .expect("--variants takes a comma-separated list of: preallocated, appending");
+            }
+            "--rounds" => args.rounds = iter.next().and_then(|s| s.parse().ok()).unwrap_or(1),
             // `cargo bench` passes --bench; ignore anything else.
             _ => {}
         }
@@ -62,10 +115,8 @@ fn fresh_dir(base: &Path, name: &str) -> PathBuf {
     dir
 }
 
-fn open_wal(dir: &Path, sync_mode: SyncMode) -> GroupCommitWal {
-    let mut options = WalOptions::new(1, 1);
-    options.sync_mode = sync_mode;
-    let (wal, _) = Wal::open(RealDisk, dir, options).expect("open WAL");
+fn open_wal(dir: &Path, variant: Variant) -> GroupCommitWal {
+    let (wal, _) = Wal::open(RealDisk, dir, variant.options()).expect("open WAL");
     GroupCommitWal::spawn(wal, GroupCommitOptions::default()).expect("spawn writer")
 }
 
@@ -74,14 +125,19 @@ fn payload() -> Bytes {
 }
 
 /// `writers` tasks append for `duration`; returns (entries, syncs, elapsed).
-fn throughput(dir: &Path, writers: usize, duration: Duration) -> (u64, u64, Duration) {
+fn throughput(
+    dir: &Path,
+    variant: Variant,
+    writers: usize,
+    duration: Duration,
+) -> (u64, u64, Duration) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let wal = open_wal(dir, SyncMode::Always);
+        let wal = open_wal(dir, variant);
         let syncs_before = wal.durable().borrow().syncs;
         // The Raft loop hands out indexes in submission order; a lock stands in for it here.
         let next_index = Arc::new(Mutex::new(1u64));
@@ -126,95 +182,180 @@ fn throughput(dir: &Path, writers: usize, duration: Duration) -> (u64, u64, Dura
     })
 }
 
-/// Interleaves raw append+fdatasync and WAL append-until-durable, `samples` of each.
-fn latency(dir: &Path, samples: usize) -> (Histogram<u64>, Histogram<u64>) {
-    let mut raw_histogram = Histogram::<u64>::new(3).expect("histogram");
-    let mut wal_histogram = Histogram::<u64>::new(3).expect("histogram");
-    let raw_path = dir.join("raw.bin");
-    let mut raw = OpenOptions::new()
+/// Latency histograms of one latency run.
+struct Latencies {
+    /// `write` at the end of a growing file + `fdatasync`.
+    raw_append: Histogram<u64>,
+    /// `pwrite` into a file zero-filled and synced beforehand + `fdatasync`: the fastest way to
+    /// make these bytes durable on this disk.
+    raw_preallocated: Histogram<u64>,
+    /// WAL append-until-durable through group commit.
+    wal: Histogram<u64>,
+}
+
+/// Interleaves raw append + fdatasync, raw overwrite + fdatasync and WAL append-until-durable,
+/// `samples` of each, in 20 rounds so that disk noise hits all three alike.
+fn latency(dir: &Path, variant: Variant, samples: usize) -> Latencies {
+    let histogram = || Histogram::<u64>::new(3).expect("histogram");
+    let mut latencies = Latencies {
+        raw_append: histogram(),
+        raw_preallocated: histogram(),
+        wal: histogram(),
+    };
+    let mut raw_append = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&raw_path)
+        .open(dir.join("raw-append.bin"))
+        .expect("open raw file");
+    let raw_preallocated = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(dir.join("raw-preallocated.bin"))
         .expect("open raw file");
     let record = vec![0x5a; RECORD_BYTES];
-    let wal = open_wal(&dir.join("wal"), SyncMode::Always);
+    let preallocated_bytes = (samples * RECORD_BYTES) as u64;
+    raw_preallocated
+        .write_all_at(&vec![0; preallocated_bytes as usize], 0)
+        .expect("zero fill");
+    raw_preallocated.sync_all().expect("sync zero fill");
+    let wal = open_wal(&dir.join("wal"), variant);
     let data = payload();
     let mut index = 1;
+    let mut raw_offset = 0;
     let rounds = 20;
+    let time = |histogram: &mut Histogram<u64>, action: &mut dyn FnMut()| {
+        let start = Instant::now();
+        action();
+        histogram
+            .record(start.elapsed().as_micros() as u64)
+            .expect("record");
+    };
     for _ in 0..rounds {
         for _ in 0..samples / rounds {
-            let start = Instant::now();
-            raw.write_all(&record).expect("raw write");
-            raw.sync_data().expect("raw fdatasync");
-            raw_histogram
-                .record(start.elapsed().as_micros() as u64)
-                .expect("record");
+            time(&mut latencies.raw_append, &mut || {
+                raw_append.write_all(&record).expect("raw write");
+                raw_append.sync_data().expect("raw fdatasync");
+            });
         }
         for _ in 0..samples / rounds {
-            let start = Instant::now();
-            wal.append_blocking(Write {
-                entries: vec![LogEntry {
-                    index,
-                    term: 1,
-                    kind: 0,
-                    data: data.clone(),
-                }],
-                ..Write::default()
-            })
-            .expect("durable");
-            wal_histogram
-                .record(start.elapsed().as_micros() as u64)
-                .expect("record");
+            time(&mut latencies.raw_preallocated, &mut || {
+                raw_preallocated
+                    .write_all_at(&record, raw_offset)
+                    .expect("raw write");
+                raw_preallocated.sync_data().expect("raw fdatasync");
+            });
+            raw_offset += RECORD_BYTES as u64;
+        }
+        for _ in 0..samples / rounds {
+            time(&mut latencies.wal, &mut || {
+                wal.append_blocking(Write {
+                    entries: vec![LogEntry {
+                        index,
+                        term: 1,
+                        kind: 0,
+                        data: data.clone(),
+                    }],
+                    ..Write::default()
+                })
+                .expect("durable");
+            });
             index += 1;
         }
     }
-    (raw_histogram, wal_histogram)
+    latencies
 }
+
+/// Per (variant, writers): the (entries/s, syncs/s) of every round.
+type RoundRates = ((Variant, usize), Vec<(f64, f64)>);
 
 fn main() {
     let args = parse_args();
     std::fs::create_dir_all(&args.dir).expect("create bench directory");
     println!(
-        "WAL benchmark in {} ({} s per throughput run, {} latency samples each)",
+        "WAL benchmark in {} ({} s per throughput run, {} round(s), {} latency samples each)",
         args.dir.display(),
         args.seconds,
+        args.rounds,
         args.latency_samples
     );
 
-    let dir = fresh_dir(&args.dir, "latency");
-    let (raw, wal) = latency(&dir, args.latency_samples);
-    println!(
-        "\nsingle writer, one {ENTRY_BYTES}-byte entry per append ({RECORD_BYTES} bytes on disk):"
-    );
-    for (name, histogram) in [
-        ("raw write+fdatasync", &raw),
-        ("WAL append-until-durable", &wal),
-    ] {
+    for variant in &args.variants {
+        if args.latency_samples == 0 {
+            break;
+        }
+        let dir = fresh_dir(&args.dir, "latency");
+        let latencies = latency(&dir, *variant, args.latency_samples);
         println!(
-            "  {name:<26} p50 {:>6} us  p99 {:>6} us  mean {:>8.1} us",
-            histogram.value_at_quantile(0.50),
-            histogram.value_at_quantile(0.99),
-            histogram.mean()
+            "\nsingle writer, one {ENTRY_BYTES}-byte entry per append ({RECORD_BYTES} bytes on disk), {}:",
+            variant.name()
         );
+        for (name, histogram) in [
+            ("raw append + fdatasync", &latencies.raw_append),
+            ("raw preallocated + fdatasync", &latencies.raw_preallocated),
+            ("WAL append-until-durable", &latencies.wal),
+        ] {
+            println!(
+                "  {name:<30} p50 {:>6} us  p99 {:>6} us  mean {:>8.1} us",
+                histogram.value_at_quantile(0.50),
+                histogram.value_at_quantile(0.99),
+                histogram.mean()
+            );
+        }
+        for (name, raw) in [
+            ("append", &latencies.raw_append),
+            ("preallocated", &latencies.raw_preallocated),
+        ] {
+            println!(
+                "  ratio WAL / raw {name:<13} p50 {:.2}x  p99 {:.2}x",
+                latencies.wal.value_at_quantile(0.50) as f64
+                    / raw.value_at_quantile(0.50).max(1) as f64,
+                latencies.wal.value_at_quantile(0.99) as f64
+                    / raw.value_at_quantile(0.99).max(1) as f64
+            );
+        }
     }
-    println!(
-        "  ratio WAL/raw: p50 {:.2}x  p99 {:.2}x",
-        wal.value_at_quantile(0.50) as f64 / raw.value_at_quantile(0.50).max(1) as f64,
-        wal.value_at_quantile(0.99) as f64 / raw.value_at_quantile(0.99).max(1) as f64
-    );
 
     println!("\ngroup commit, {ENTRY_BYTES}-byte entries, each writer waits for durability:");
-    for writers in [1, 16, 256] {
-        let dir = fresh_dir(&args.dir, &format!("throughput-{writers}"));
-        let (entries, syncs, elapsed) =
-            throughput(&dir, writers, Duration::from_secs(args.seconds));
-        let seconds = elapsed.as_secs_f64();
-        println!(
-            "  {writers:>3} writers: {:>9.0} entries/s  {:>7.0} fdatasyncs/s  {:>6.1} entries/sync",
-            entries as f64 / seconds,
-            syncs as f64 / seconds,
-            entries as f64 / syncs.max(1) as f64
-        );
+    let mut results: Vec<RoundRates> = Vec::new();
+    for round in 0..args.rounds {
+        for writers in &args.writers {
+            for variant in &args.variants {
+                let dir = fresh_dir(&args.dir, &format!("throughput-{writers}"));
+                let (entries, syncs, elapsed) =
+                    throughput(&dir, *variant, *writers, Duration::from_secs(args.seconds));
+                let seconds = elapsed.as_secs_f64();
+                let rates = (entries as f64 / seconds, syncs as f64 / seconds);
+                println!(
+                    "  round {round} {:<12} {writers:>3} writers: {:>9.0} entries/s  {:>7.0} fdatasyncs/s  {:>6.1} entries/sync",
+                    variant.name(),
+                    rates.0,
+                    rates.1,
+                    rates.0 / rates.1.max(1.0)
+                );
+                match results
+                    .iter_mut()
+                    .find(|(key, _)| *key == (*variant, *writers))
+                {
+                    Some((_, rounds)) => rounds.push(rates),
+                    None => results.push(((*variant, *writers), vec![rates])),
+                }
+            }
+        }
+    }
+    if args.rounds > 1 {
+        println!("\nmedian over {} rounds (min..max entries/s):", args.rounds);
+        for ((variant, writers), mut rounds) in results {
+            rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (entries, syncs) = rounds[rounds.len() / 2];
+            println!(
+                "  {:<12} {writers:>3} writers: {entries:>9.0} entries/s  {syncs:>7.0} fdatasyncs/s  {:>6.1} entries/sync  ({:.0}..{:.0})",
+                variant.name(),
+                entries / syncs.max(1.0),
+                rounds[0].0,
+                rounds[rounds.len() - 1].0
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&args.dir);
 }

@@ -115,9 +115,11 @@ impl std::fmt::Debug for GroupCommitWal {
 impl GroupCommitWal {
     /// Moves `wal` onto a new writer thread.
     pub fn spawn<D: Disk>(
-        wal: Wal<D>,
+        mut wal: Wal<D>,
         options: GroupCommitOptions,
     ) -> Result<GroupCommitWal, WalError> {
+        // The writer thread must never stall on zero-filling a segment at a rollover.
+        wal.prepare_segments_in_background();
         let (commands, receiver) = mpsc::channel(options.queue_depth_max.max(1));
         let (durable_sender, durable) = watch::channel(wal.durable_state().clone());
         let shared = Arc::new(Shared {

@@ -7,6 +7,8 @@
 //! `sync`.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use bytes::Bytes;
 
@@ -47,8 +49,16 @@ pub struct Wal<D: Disk> {
     /// All segments, oldest first. Invariant: never empty; the last is the active one.
     segments: Vec<SegmentInfo>,
     active: D::File,
-    /// Bytes of the active segment handed to the disk (written, maybe not yet synced).
+    /// Bytes of the active segment handed to the disk (written, maybe not yet synced): the
+    /// offset where the next write goes.
     active_written_len: u64,
+    /// Length of the active segment's file. Beyond `active_written_len` it holds zeros that were
+    /// written and synced when the segment was prepared (with `preallocate_segments`).
+    active_file_len: u64,
+    /// The next segment, being zero-filled on a helper thread (see
+    /// [`Wal::prepare_segments_in_background`]).
+    next_segment: Option<PreparingSegment<D::File>>,
+    prepare_in_background: bool,
     /// Offset in the active segment where its preamble ends; a segment holding nothing more is
     /// never rolled over, so a record larger than a segment still finds a home.
     active_preamble_end: u64,
@@ -78,6 +88,16 @@ impl<D: Disk> std::fmt::Debug for Wal<D> {
     }
 }
 
+impl<D: Disk> Drop for Wal<D> {
+    fn drop(&mut self) {
+        // A preparer must not outlive its WAL: a WAL reopened on the same directory could
+        // otherwise adopt the temporary file while the old thread is still zero-filling it.
+        if let Some(preparing) = self.next_segment.take() {
+            let _ = preparing.thread.join();
+        }
+    }
+}
+
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> WalError + 'a {
     move |source| WalError::Io {
         op,
@@ -100,6 +120,36 @@ fn validate_options(options: &WalOptions) -> Result<(), WalError> {
     Ok(())
 }
 
+/// A segment file being created and zero-filled under its temporary name by a helper thread.
+struct PreparingSegment<F> {
+    seq: u64,
+    result: mpsc::Receiver<std::io::Result<F>>,
+    thread: JoinHandle<()>,
+}
+
+/// The temporary name a segment is prepared under; only a fully zero-filled and synced file is
+/// ever renamed to a segment name. Recovery deletes leftovers.
+fn prepared_segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{}{PREPARED_SUFFIX}", segment_file_name(seq)))
+}
+
+const PREPARED_SUFFIX: &str = ".prealloc";
+
+/// Creates `path` with `len` zero bytes, written for real and (unless `sync` is false) synced.
+fn prepare_segment_file<D: Disk>(
+    disk: &D,
+    path: &Path,
+    len: u64,
+    sync: bool,
+) -> std::io::Result<D::File> {
+    let mut file = disk.create_file(path)?;
+    file.write_zeros(0, len)?;
+    if sync {
+        file.sync_data()?;
+    }
+    Ok(file)
+}
+
 /// What replaying the existing segments produced.
 struct Replayed {
     segments: Vec<SegmentInfo>,
@@ -108,6 +158,8 @@ struct Replayed {
     last_valid_len: u64,
     last_torn_at: Option<u64>,
     last_file_len: u64,
+    /// End of the last segment's non-zero bytes.
+    last_data_end: u64,
 }
 
 impl<D: Disk> Wal<D> {
@@ -130,6 +182,12 @@ impl<D: Disk> Wal<D> {
         let names = disk
             .list_dir(dir)
             .map_err(io_error("list directory", dir))?;
+        for leftover in names.iter().filter(|name| name.ends_with(PREPARED_SUFFIX)) {
+            // A segment that was being prepared when the process stopped: never part of the log.
+            let path = dir.join(leftover);
+            disk.remove_file(&path)
+                .map_err(io_error("remove unused prepared segment", &path))?;
+        }
         let mut seqs: Vec<u64> = names
             .iter()
             .filter_map(|name| parse_segment_file_name(name))
@@ -147,21 +205,21 @@ impl<D: Disk> Wal<D> {
         dir: &Path,
         options: WalOptions,
     ) -> Result<(Wal<D>, Recovered), WalError> {
-        let path = dir.join(segment_file_name(1));
-        let active = disk
-            .create_file(&path)
-            .map_err(io_error("create segment", &path))?;
+        let (active, active_file_len) = Self::new_segment_file(&disk, dir, &options, 1, None)?;
         let mut wal = Wal {
             disk,
             dir: dir.to_path_buf(),
             options,
             segments: vec![SegmentInfo {
                 seq: 1,
-                path,
+                path: dir.join(segment_file_name(1)),
                 max_entry_index: 0,
             }],
             active,
             active_written_len: 0,
+            active_file_len,
+            next_segment: None,
+            prepare_in_background: false,
             active_preamble_end: 0,
             buffer: Vec::new(),
             batch_start: None,
@@ -176,6 +234,96 @@ impl<D: Disk> Wal<D> {
         Ok((wal, Recovered::default()))
     }
 
+    /// Puts the file of segment `seq` under its name and returns it with its length: with
+    /// preallocation, a zero-filled file (`prepared` by a helper thread, or made here), renamed
+    /// into place; otherwise an empty new file. The name is durable after the next directory sync.
+    fn new_segment_file(
+        disk: &D,
+        dir: &Path,
+        options: &WalOptions,
+        seq: u64,
+        prepared: Option<PreparingSegment<D::File>>,
+    ) -> Result<(D::File, u64), WalError> {
+        let path = dir.join(segment_file_name(seq));
+        if !options.preallocate_segments {
+            let file = disk
+                .create_file(&path)
+                .map_err(io_error("create segment", &path))?;
+            return Ok((file, 0));
+        }
+        let temporary = prepared_segment_path(dir, seq);
+        let prepared = prepared
+            .filter(|preparing| preparing.seq == seq)
+            .and_then(|preparing| {
+                let result = preparing.result.recv();
+                let _ = preparing.thread.join();
+                match result {
+                    Ok(Ok(file)) => Some(file),
+                    // A failed preparation made nothing durable and reported nothing: try again
+                    // here, where a second failure is fatal.
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, file = %temporary.display(),
+                            "preparing the next WAL segment in the background failed; retrying");
+                        None
+                    }
+                    Err(_) => None,
+                }
+            });
+        let file = match prepared {
+            Some(file) => file,
+            None => prepare_segment_file(
+                disk,
+                &temporary,
+                options.segment_size_bytes,
+                options.sync_mode == SyncMode::Always,
+            )
+            .map_err(io_error("prepare segment", &temporary))?,
+        };
+        disk.rename(&temporary, &path)
+            .map_err(io_error("rename prepared segment", &path))?;
+        Ok((file, options.segment_size_bytes))
+    }
+
+    /// Lets a helper thread zero-fill the next segment while the active one fills up, so a
+    /// rollover only renames a ready file (the group-commit writer turns this on). Without it,
+    /// the zero fill happens at rollover, on the caller's thread (deterministic, for the
+    /// simulator).
+    pub(crate) fn prepare_segments_in_background(&mut self) {
+        self.prepare_in_background = true;
+        self.start_preparing_next_segment();
+    }
+
+    fn start_preparing_next_segment(&mut self) {
+        if !self.prepare_in_background
+            || !self.options.preallocate_segments
+            || self.next_segment.is_some()
+        {
+            return;
+        }
+        let seq = self.segments[self.segments.len() - 1].seq + 1;
+        let path = prepared_segment_path(&self.dir, seq);
+        let disk = self.disk.clone();
+        let len = self.options.segment_size_bytes;
+        let sync = self.options.sync_mode == SyncMode::Always;
+        let (sender, result) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("wal-prealloc".into())
+            .spawn(move || {
+                let _ = sender.send(prepare_segment_file(&disk, &path, len, sync));
+            });
+        match spawned {
+            Ok(thread) => {
+                self.next_segment = Some(PreparingSegment {
+                    seq,
+                    result,
+                    thread,
+                })
+            }
+            // Not fatal: the rollover prepares the segment itself.
+            Err(error) => tracing::warn!(%error, "cannot start the WAL segment preparer thread"),
+        }
+    }
+
     /// Repairs the tail of the last segment and opens it for appending.
     fn resume(
         disk: D,
@@ -183,45 +331,9 @@ impl<D: Disk> Wal<D> {
         options: WalOptions,
         mut replayed: Replayed,
     ) -> Result<(Wal<D>, Recovered), WalError> {
-        let mut torn_tail = None;
         let last_path = replayed.segments[replayed.segments.len() - 1].path.clone();
-        if let Some(offset) = replayed.last_torn_at {
-            tracing::warn!(
-                file = %last_path.display(),
-                offset,
-                dropped_bytes = replayed.last_file_len - offset,
-                "WAL recovery: cutting off a torn record at the tail (a crash interrupted its write; \
-                 it was never reported durable)"
-            );
-            torn_tail = Some(TornTail {
-                path: last_path.clone(),
-                offset,
-                dropped_bytes: replayed.last_file_len - offset,
-            });
-        }
-        let mut active = disk
-            .open_append(&last_path)
-            .map_err(io_error("open segment", &last_path))?;
-        let mut active_len = replayed.last_valid_len;
-        if active_len < replayed.last_file_len {
-            active
-                .truncate(active_len)
-                .map_err(io_error("truncate torn tail", &last_path))?;
-        }
-        // A crash can also cut only the zero padding of the last valid record; restore it so
-        // records keep starting at aligned offsets.
-        let padding = (ALIGNMENT - active_len as usize % ALIGNMENT) % ALIGNMENT;
-        if padding > 0 {
-            active
-                .append(&[0; ALIGNMENT][..padding])
-                .map_err(io_error("pad segment", &last_path))?;
-            active_len += padding as u64;
-        }
-        if active_len != replayed.last_file_len || padding > 0 {
-            active
-                .sync_data()
-                .map_err(io_error("sync repaired segment", &last_path))?;
-        }
+        let (active, active_len, active_file_len, torn_tail) =
+            repair_tail(&disk, &last_path, &options, &replayed)?;
         let (last_index, last_term) = replayed.shape.last();
         let mut shape = replayed.shape;
         let recovered = Recovered {
@@ -245,6 +357,9 @@ impl<D: Disk> Wal<D> {
             segments: std::mem::take(&mut replayed.segments),
             active,
             active_written_len: active_len,
+            active_file_len,
+            next_segment: None,
+            prepare_in_background: false,
             active_preamble_end: 0,
             buffer: Vec::new(),
             batch_start: None,
@@ -386,10 +501,7 @@ impl<D: Disk> Wal<D> {
         self.flush()?;
         if self.options.sync_mode == SyncMode::Always {
             if self.unsynced_data {
-                let path = self.active_path().to_path_buf();
-                if let Err(error) = self.active.sync_data() {
-                    return Err(self.poison(io_error("fdatasync", &path)(error)));
-                }
+                self.sync_active("fdatasync")?;
             }
             if self.unsynced_dir
                 && let Err(error) = self.disk.sync_dir(&self.dir)
@@ -516,42 +628,65 @@ impl<D: Disk> Wal<D> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        if let Err(error) = self.active.append(&self.buffer) {
+        if let Err(error) = self.active.write_at(self.active_written_len, &self.buffer) {
             let path = self.active_path().to_path_buf();
             return Err(self.poison(io_error("write", &path)(error)));
         }
         self.active_written_len += self.buffer.len() as u64;
+        self.active_file_len = self.active_file_len.max(self.active_written_len);
         self.buffer.clear();
         self.unsynced_data = true;
         Ok(())
     }
 
-    /// Closes the active segment (synced whole, so only the last segment can have a torn tail)
-    /// and starts the next one with a preamble.
+    /// Closes the active segment (synced whole and cut to its written length, so only the last
+    /// segment can have a torn tail or a zero tail) and starts the next one with a preamble.
     fn roll(&mut self) -> Result<(), WalError> {
         self.flush()?;
-        if self.options.sync_mode == SyncMode::Always && self.unsynced_data {
-            if let Err(error) = self.active.sync_data() {
+        let always = self.options.sync_mode == SyncMode::Always;
+        if always && self.unsynced_data {
+            self.sync_active("fdatasync")?;
+        }
+        if self.active_file_len > self.active_written_len {
+            // The unused preallocated zeros go; the cut must be durable before the next segment
+            // exists, or recovery would find a zero tail in a segment that is not the last.
+            if let Err(error) = self.active.truncate(self.active_written_len) {
                 let path = self.active_path().to_path_buf();
-                return Err(self.poison(io_error("fdatasync", &path)(error)));
+                return Err(self.poison(io_error("truncate closed segment", &path)(error)));
             }
-            self.unsynced_data = false;
+            self.active_file_len = self.active_written_len;
+            if always {
+                self.sync_active("fdatasync closed segment")?;
+            }
         }
+        self.unsynced_data = false;
         let seq = self.segments[self.segments.len() - 1].seq + 1;
-        let path = self.dir.join(segment_file_name(seq));
-        match self.disk.create_file(&path) {
-            Ok(file) => self.active = file,
-            Err(error) => return Err(self.poison(io_error("create segment", &path)(error))),
-        }
+        let prepared = self.next_segment.take();
+        let (file, file_len) =
+            match Self::new_segment_file(&self.disk, &self.dir, &self.options, seq, prepared) {
+                Ok(created) => created,
+                Err(error) => return Err(self.poison(error)),
+            };
+        self.active = file;
+        self.active_file_len = file_len;
         self.segments.push(SegmentInfo {
             seq,
-            path,
+            path: self.dir.join(segment_file_name(seq)),
             max_entry_index: 0,
         });
         self.active_written_len = 0;
         self.batch_start = None;
         self.unsynced_dir = true;
         self.write_preamble(seq);
+        self.start_preparing_next_segment();
+        Ok(())
+    }
+
+    fn sync_active(&mut self, op: &'static str) -> Result<(), WalError> {
+        if let Err(error) = self.active.sync_data() {
+            let path = self.active_path().to_path_buf();
+            return Err(self.poison(io_error(op, &path)(error)));
+        }
         Ok(())
     }
 
@@ -580,6 +715,73 @@ impl<D: Disk> Wal<D> {
     }
 }
 
+/// Opens the last segment for writing after removing a torn tail (cut off, or overwritten with
+/// zeros in a preallocated segment so the zero tail stays intact) and restoring the padding of
+/// the last record. Returns the file, where the next record goes, the file's length, and the
+/// torn tail removed.
+fn repair_tail<D: Disk>(
+    disk: &D,
+    path: &Path,
+    options: &WalOptions,
+    replayed: &Replayed,
+) -> Result<(D::File, u64, u64, Option<TornTail>), WalError> {
+    let mut active = disk
+        .open_append(path)
+        .map_err(io_error("open segment", path))?;
+    let mut active_len = replayed.last_valid_len;
+    let mut file_len = replayed.last_file_len;
+    let mut changed = false;
+    let mut torn_tail = None;
+    if let Some(offset) = replayed.last_torn_at {
+        // Zeroing keeps the blocks of a preallocated segment written; without preallocation
+        // the file is simply cut, as it always was.
+        let dropped_bytes = if options.preallocate_segments {
+            let garbage = replayed.last_data_end - offset;
+            active
+                .write_zeros(offset, garbage)
+                .map_err(io_error("zero torn tail", path))?;
+            garbage
+        } else {
+            active
+                .truncate(offset)
+                .map_err(io_error("truncate torn tail", path))?;
+            let cut = file_len - offset;
+            file_len = offset;
+            cut
+        };
+        tracing::warn!(
+            file = %path.display(),
+            offset,
+            dropped_bytes,
+            "WAL recovery: removing a torn record at the tail (a crash interrupted its write; \
+             it was never reported durable)"
+        );
+        torn_tail = Some(TornTail {
+            path: path.to_path_buf(),
+            offset,
+            dropped_bytes,
+        });
+        changed = true;
+    }
+    // A crash can also cut only the zero padding of the last valid record; restore it so
+    // records keep starting at aligned offsets.
+    let padding = (ALIGNMENT - active_len as usize % ALIGNMENT) % ALIGNMENT;
+    if padding > 0 {
+        active
+            .write_at(active_len, &[0; ALIGNMENT][..padding])
+            .map_err(io_error("pad segment", path))?;
+        active_len += padding as u64;
+        file_len = file_len.max(active_len);
+        changed = true;
+    }
+    if changed {
+        active
+            .sync_data()
+            .map_err(io_error("sync repaired segment", path))?;
+    }
+    Ok((active, active_len, file_len, torn_tail))
+}
+
 /// Replays all segments in order into the log they describe.
 fn replay<D: Disk>(
     disk: &D,
@@ -589,7 +791,7 @@ fn replay<D: Disk>(
 ) -> Result<Replayed, WalError> {
     let mut segments = Vec::with_capacity(seqs.len());
     let mut shape: Option<LogShape> = None;
-    let mut last = (0, None, 0);
+    let mut last = (0, None, 0, 0);
     for (position, seq) in seqs.iter().copied().enumerate() {
         let path = dir.join(segment_file_name(seq));
         if let Some(previous) = segments.last().map(|s: &SegmentInfo| s.seq)
@@ -631,7 +833,12 @@ fn replay<D: Disk>(
         }
         let info = replay_segment(&path, seq, options, &scanned, &mut shape)?;
         segments.push(info);
-        last = (scanned.valid_len, scanned.torn_at, file_len);
+        last = (
+            scanned.valid_len,
+            scanned.torn_at,
+            file_len,
+            scanned.data_end,
+        );
     }
     let shape = match shape {
         Some(shape) => shape,
@@ -644,6 +851,7 @@ fn replay<D: Disk>(
         last_valid_len: last.0,
         last_torn_at: last.1,
         last_file_len: last.2,
+        last_data_end: last.3,
     })
 }
 

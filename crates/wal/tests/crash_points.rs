@@ -262,15 +262,19 @@ fn records_on_disk(disk: &FaultyDisk) -> Vec<(PathBuf, u64, usize, bool)> {
     for (position, name) in names.iter().enumerate() {
         let path = dir.join(name);
         let bytes = Bytes::from(disk.read_file(&path).expect("read"));
+        let is_last = position + 1 == names.len();
         let mut offset = 0;
         let mut records = Vec::new();
         while offset < bytes.len() {
+            if is_last && bytes[offset..].iter().all(|byte| *byte == 0) {
+                // The preallocated, never written rest of the active segment.
+                break;
+            }
             let decoded = decode_at(&bytes, offset).expect("the clean WAL decodes");
             let covered = 16 + payload_len(&decoded.record, &bytes, offset);
             records.push((offset as u64, covered, decoded.batch_start));
             offset = decoded.end_offset;
         }
-        let is_last = position + 1 == names.len();
         let last_batch = records.last().map_or(0, |(_, _, batch)| *batch);
         for (offset, covered, _) in records {
             let in_tail_batch = is_last && offset >= last_batch;

@@ -10,7 +10,7 @@ use ballot_wal::{
     Wal, WalError, WalOptions,
 };
 use bytes::Bytes;
-use common::{CLUSTER_ID, MEMBER_ID, Model, entry, open, options};
+use common::{CLUSTER_ID, MEMBER_ID, Model, entry, open, open_without_preallocation, options};
 
 fn marker(index: u64, term: u64) -> SnapshotMarker {
     SnapshotMarker {
@@ -145,8 +145,10 @@ fn a_failed_fsync_is_fatal_and_never_retried() {
 
 #[test]
 fn a_full_disk_is_fatal() {
+    // Without preallocation an append needs new space at once (with it, see
+    // tests/preallocation.rs: the next segment's preparation is what runs out of space).
     let disk = FaultyDisk::new();
-    let (mut wal, _) = open(&disk, 1 << 20).expect("open");
+    let (mut wal, _) = open_without_preallocation(&disk, 1 << 20).expect("open");
     disk.set_capacity_bytes(Some(
         disk.file_len(Path::new("/data/wal/0000000000000001.wal"))
             .expect("len")
@@ -192,22 +194,20 @@ fn a_torn_tail_is_cut_and_reported() {
     disk.inject(DiskOp::Sync, InjectedError::Eio);
     assert!(wal.sync().is_err());
     drop(wal);
-    // Keep every unsynced byte but one: the record of entry 2 is torn.
-    let path = PathBuf::from("/data/wal/0000000000000001.wal");
-    let len = disk.file_len(&path).expect("len");
-    let synced = disk.synced_len(&path).expect("synced");
-    assert!(len > synced);
+    // The write of entry 2 reached the disk but its sync failed: a crash loses it.
     disk.crash(3, CrashOptions::LOSE_UNSYNCED);
     let (_, recovered) = open(&disk, 1 << 20).expect("reopen");
     assert_eq!(recovered.entries, vec![entry(1, 1, b"durable")]);
+    // Without preallocation a torn last record is cut off the end of the file and reported
+    // with its offset (tests/preallocation.rs covers the zero-filled layout).
+    let path = PathBuf::from("/data/wal/0000000000000001.wal");
     let clean_disk = FaultyDisk::new();
-    let (mut wal, _) = open(&clean_disk, 1 << 20).expect("open");
+    let (mut wal, _) = open_without_preallocation(&clean_disk, 1 << 20).expect("open");
     wal.append(&[entry(1, 1, b"durable")]).expect("append");
     wal.sync().expect("sync");
     wal.append(&[entry(2, 1, &[7; 300])]).expect("append");
     wal.sync().expect("sync");
     drop(wal);
-    // Cut the last record short by hand: the torn tail is cut off and reported with its offset.
     let torn_len = clean_disk.file_len(&path).expect("len") - 50;
     {
         use ballot_wal::{Disk, DiskFile};
@@ -215,11 +215,12 @@ fn a_torn_tail_is_cut_and_reported() {
         file.truncate(torn_len).expect("truncate");
         file.sync_data().expect("sync");
     }
-    let (_, recovered) = open(&clean_disk, 1 << 20).expect("reopen");
+    let (_, recovered) = open_without_preallocation(&clean_disk, 1 << 20).expect("reopen");
     assert_eq!(recovered.entries, vec![entry(1, 1, b"durable")]);
     let torn = recovered.torn_tail.expect("the torn tail is reported");
     assert_eq!(torn.path, path);
     assert_eq!(torn.offset + torn.dropped_bytes, torn_len);
+    assert_eq!(clean_disk.file_len(&path).expect("len"), torn.offset);
 }
 
 fn scratch_dir(name: &str) -> PathBuf {

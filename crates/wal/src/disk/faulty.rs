@@ -21,6 +21,7 @@ use super::{Disk, DiskFile};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DiskOp {
     Create,
+    /// Any write: an append or a positional write.
     Append,
     Sync,
     Truncate,
@@ -124,15 +125,21 @@ struct Inode {
 }
 
 enum Change {
-    /// Bytes appended at `offset` (the old end); undone by cutting the file back to `offset`.
-    Append { offset: usize },
+    /// Bytes written at `offset` (appended or overwritten); undone by putting back the bytes
+    /// they overwrote and cutting the file back to `old_len`.
+    Write {
+        offset: usize,
+        len: usize,
+        old_len: usize,
+        overwritten: Vec<u8>,
+    },
     /// The file was cut from `old_len` down; `removed` holds the bytes cut off.
     Truncate { new_len: usize, removed: Vec<u8> },
 }
 
 /// A redoable change with its bytes, rebuilt at crash time.
 enum Redo {
-    Append(Vec<u8>),
+    Write { offset: usize, bytes: Vec<u8> },
     Truncate(usize),
 }
 
@@ -251,13 +258,39 @@ impl State {
 }
 
 impl Inode {
-    fn crash(&mut self, rng: &mut SplitMix64, options: CrashOptions) {
-        // Undo every unsynced change, remembering how to redo it.
+    /// Writes `buf` at `offset` (zero-filling any gap) and records how to undo it.
+    fn write(&mut self, offset: usize, buf: &[u8]) {
+        let old_len = self.content.len();
+        let end = offset + buf.len();
+        let overwritten = self.content[offset.min(old_len)..end.min(old_len)].to_vec();
+        if end > old_len {
+            self.content.resize(end, 0);
+        }
+        self.content[offset..end].copy_from_slice(buf);
+        self.unsynced.push(Change::Write {
+            offset,
+            len: buf.len(),
+            old_len,
+            overwritten,
+        });
+    }
+
+    /// Undoes every unsynced change and returns how to redo them, oldest first.
+    fn undo_unsynced(&mut self) -> Vec<Redo> {
         let mut redo = Vec::with_capacity(self.unsynced.len());
         for change in self.unsynced.drain(..).rev() {
             match change {
-                Change::Append { offset, .. } => {
-                    redo.push(Redo::Append(self.content.split_off(offset)));
+                Change::Write {
+                    offset,
+                    len,
+                    old_len,
+                    overwritten,
+                } => {
+                    // The content is exactly as this write left it: later changes are undone.
+                    let bytes = self.content[offset..offset + len].to_vec();
+                    self.content[offset..offset + overwritten.len()].copy_from_slice(&overwritten);
+                    self.content.truncate(old_len);
+                    redo.push(Redo::Write { offset, bytes });
                 }
                 Change::Truncate { new_len, removed } => {
                     self.content.extend_from_slice(&removed);
@@ -266,37 +299,57 @@ impl Inode {
             }
         }
         redo.reverse();
+        redo
+    }
+
+    fn crash(&mut self, rng: &mut SplitMix64, options: CrashOptions) {
+        let redo = self.undo_unsynced();
         if !options.keep_unsynced_prefix || redo.is_empty() {
             return;
         }
-        // Keep a prefix of the unsynced changes, maybe tearing the next one.
+        // Keep a prefix of the unsynced changes, maybe tearing the next one. The byte ranges
+        // written by the kept writes are where bits may then flip: everything else is either
+        // synced or absent.
         let kept = rng.up_to(redo.len());
-        let mut unsynced_start = self.content.len();
+        let mut written: Vec<(usize, usize)> = Vec::new();
         for (position, change) in redo.into_iter().enumerate() {
-            let bytes = match change {
+            let (offset, bytes) = match change {
                 Redo::Truncate(new_len) if position < kept => {
                     self.content.truncate(new_len);
-                    unsynced_start = unsynced_start.min(new_len);
+                    for range in &mut written {
+                        range.1 = range.1.min(new_len.saturating_sub(range.0));
+                    }
                     continue;
                 }
-                Redo::Append(bytes) if position < kept => bytes,
-                Redo::Append(bytes) if position == kept && options.tear_last_write => {
+                Redo::Write { offset, bytes } if position < kept => (offset, bytes),
+                Redo::Write { offset, bytes } if position == kept && options.tear_last_write => {
                     let torn_len = rng.up_to(bytes.len());
-                    bytes[..torn_len].to_vec()
+                    (offset, bytes[..torn_len].to_vec())
                 }
                 _ => break,
             };
-            self.content.extend_from_slice(&bytes);
+            let end = offset + bytes.len();
+            if end > self.content.len() {
+                self.content.resize(end, 0);
+            }
+            self.content[offset..end].copy_from_slice(&bytes);
+            written.push((offset, bytes.len()));
         }
-        let unsynced_len = self.content.len().saturating_sub(unsynced_start);
-        if unsynced_len == 0 || options.flip_bits_max == 0 {
+        let written_len: usize = written.iter().map(|range| range.1).sum();
+        if written_len == 0 || options.flip_bits_max == 0 {
             return;
         }
         let flips = rng.up_to(options.flip_bits_max as usize);
         for _ in 0..flips {
-            let byte = unsynced_start + rng.up_to(unsynced_len - 1);
+            let mut position = rng.up_to(written_len - 1);
             let bit = rng.up_to(7);
-            self.content[byte] ^= 1 << bit;
+            for (offset, len) in &written {
+                if position < *len {
+                    self.content[offset + position] ^= 1 << bit;
+                    break;
+                }
+                position -= len;
+            }
         }
     }
 }
@@ -360,6 +413,24 @@ impl FaultyDisk {
         Ok(())
     }
 
+    /// Overwrites `len` bytes of a file at `byte_offset` with zeros, in place and durably (a
+    /// sector the device lost, or a test damaging synced data).
+    pub fn zero_range(&self, path: &Path, byte_offset: u64, len: u64) -> io::Result<()> {
+        let mut state = self.lock();
+        let id = state.inode_of(path)?;
+        let content = &mut state
+            .inodes
+            .get_mut(&id)
+            .ok_or_else(|| not_found(path))?
+            .content;
+        let start = byte_offset as usize;
+        let range = content
+            .get_mut(start..start + len as usize)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range past the end"))?;
+        range.fill(0);
+        Ok(())
+    }
+
     /// The current size of a file.
     pub fn file_len(&self, path: &Path) -> io::Result<u64> {
         let state = self.lock();
@@ -377,7 +448,7 @@ impl FaultyDisk {
         let mut len = inode.content.len();
         for change in inode.unsynced.iter().rev() {
             len = match change {
-                Change::Append { offset, .. } => *offset,
+                Change::Write { old_len, .. } => *old_len,
                 Change::Truncate { removed, .. } => len + removed.len(),
             };
         }
@@ -409,6 +480,30 @@ pub struct FaultyFile {
     disk: FaultyDisk,
     inode: InodeId,
     generation: u64,
+}
+
+impl FaultyFile {
+    /// Writes at `offset`, or at the end for `None`.
+    fn write(&mut self, offset: Option<u64>, buf: &[u8]) -> io::Result<()> {
+        self.disk
+            .clone()
+            .with_file(self, DiskOp::Append, |state, id| {
+                let len = state.inodes.get(&id).map_or(0, |inode| inode.content.len());
+                let offset = offset.map_or(len, |offset| offset as usize);
+                let growth = (offset + buf.len()).saturating_sub(len) as u64;
+                if let Some(capacity) = state.capacity_bytes
+                    && state.used_bytes() + growth > capacity
+                {
+                    return Err(InjectedError::Enospc.to_io());
+                }
+                let inode = state
+                    .inodes
+                    .get_mut(&id)
+                    .ok_or_else(|| io::Error::other("file handle to a deleted file"))?;
+                inode.write(offset, buf);
+                Ok(())
+            })
+    }
 }
 
 impl Disk for FaultyDisk {
@@ -528,23 +623,16 @@ impl Disk for FaultyDisk {
 
 impl DiskFile for FaultyFile {
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.disk
-            .clone()
-            .with_file(self, DiskOp::Append, |state, id| {
-                if let Some(capacity) = state.capacity_bytes
-                    && state.used_bytes() + buf.len() as u64 > capacity
-                {
-                    return Err(InjectedError::Enospc.to_io());
-                }
-                let inode = state
-                    .inodes
-                    .get_mut(&id)
-                    .ok_or_else(|| io::Error::other("file handle to a deleted file"))?;
-                let offset = inode.content.len();
-                inode.content.extend_from_slice(buf);
-                inode.unsynced.push(Change::Append { offset });
-                Ok(())
-            })
+        self.write(None, buf)
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.write(Some(offset), buf)
+    }
+
+    fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        // One operation, so a crash-point test sees one write point, not one per chunk.
+        self.write(Some(offset), &vec![0; len as usize])
     }
 
     fn sync_data(&mut self) -> io::Result<()> {

@@ -45,8 +45,26 @@ pub trait Disk: Clone + Send + 'static {
 pub trait DiskFile: Send + 'static {
     /// Appends `buf` at the end of the file.
     fn append(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Writes `buf` at `offset`, overwriting what is there and extending the file if it reaches
+    /// past the end (a gap before `offset` reads as zeros). Durable after the next `sync_data`.
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
     /// Makes the file's data and size durable (`fdatasync`).
     fn sync_data(&mut self) -> io::Result<()>;
     /// Cuts the file to `len` bytes; durable after the next `sync_data`.
     fn truncate(&mut self, len: u64) -> io::Result<()>;
+
+    /// Writes `len` zero bytes at `offset`, for real: the blocks end up allocated and written, so
+    /// later overwrites change neither the file's size nor its extents (see docs/wal.md,
+    /// "Preallocated segments"). Durable after the next `sync_data`.
+    fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        const CHUNK_BYTES: u64 = 256 * 1024;
+        let zeros = vec![0u8; CHUNK_BYTES.min(len) as usize];
+        let mut written = 0;
+        while written < len {
+            let chunk = (len - written).min(CHUNK_BYTES) as usize;
+            self.write_at(offset + written, &zeros[..chunk])?;
+            written += chunk as u64;
+        }
+        Ok(())
+    }
 }

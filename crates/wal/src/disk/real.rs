@@ -1,7 +1,8 @@
 //! The real file system: `std::fs` plus `fdatasync` (`File::sync_data`).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::{Disk, DiskFile};
@@ -13,6 +14,9 @@ pub struct RealDisk;
 #[derive(Debug)]
 pub struct RealFile {
     file: File,
+    /// The file's length as this handle made it. Files are opened without `O_APPEND` (with it,
+    /// Linux ignores the offset of a positional write), so `append` writes here explicitly.
+    len: u64,
 }
 
 impl Disk for RealDisk {
@@ -60,12 +64,13 @@ impl Disk for RealDisk {
             .truncate(true)
             .write(true)
             .open(path)?;
-        Ok(RealFile { file })
+        Ok(RealFile { file, len: 0 })
     }
 
     fn open_append(&self, path: &Path) -> io::Result<RealFile> {
-        let file = OpenOptions::new().append(true).open(path)?;
-        Ok(RealFile { file })
+        let file = OpenOptions::new().write(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(RealFile { file, len })
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -83,7 +88,13 @@ impl Disk for RealDisk {
 
 impl DiskFile for RealFile {
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all(buf)
+        self.write_at(self.len, buf)
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)?;
+        self.len = self.len.max(offset + buf.len() as u64);
+        Ok(())
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
@@ -92,8 +103,7 @@ impl DiskFile for RealFile {
 
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.file.set_len(len)?;
-        // Later appends must land at the new end, not at the old write position.
-        self.file.seek(SeekFrom::End(0))?;
+        self.len = len;
         Ok(())
     }
 }

@@ -29,6 +29,17 @@ pub fn open(
     )
 }
 
+/// Opens the WAL with segments created empty and grown by appends (no zero-filled
+/// preallocation): the layout of WALs written before preallocation existed.
+pub fn open_without_preallocation(
+    disk: &FaultyDisk,
+    segment_size_bytes: u64,
+) -> Result<(Wal<FaultyDisk>, Recovered), WalError> {
+    let mut options = options(segment_size_bytes);
+    options.preallocate_segments = false;
+    Wal::open(disk.clone(), Path::new("/data/wal"), options)
+}
+
 pub fn entry(index: Index, term: u64, data: &[u8]) -> LogEntry {
     LogEntry {
         index,
