@@ -486,7 +486,9 @@ impl Host {
             )?;
         }
         if self.role == Role::Leader {
-            world.checker.observe_leader(self.id, self.term)?;
+            world
+                .checker
+                .observe_leader(self.id, self.incarnation, self.term)?;
             world
                 .checker
                 .check_leader_completeness(self.id, &self.mirror, self.term)?;

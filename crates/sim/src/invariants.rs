@@ -113,7 +113,8 @@ impl LogMirror {
 /// The global record the invariants are checked against.
 #[derive(Debug, Default)]
 pub struct SafetyChecker {
-    leader_of_term: BTreeMap<Term, NodeId>,
+    /// The leader of each term and the incarnation (restart count) in which it led.
+    leader_of_term: BTreeMap<Term, (NodeId, u32)>,
     /// Prefix fingerprint of every (index, term) ever written by any node.
     written: BTreeMap<(Index, Term), u64>,
     /// The committed chain: `committed[i - 1]` is (term, prefix fingerprint) of index i.
@@ -149,16 +150,30 @@ impl SafetyChecker {
         self.written.get(&(index, term)).copied()
     }
 
-    /// Election safety: at most one leader per term, ever.
-    pub fn observe_leader(&mut self, node: NodeId, term: Term) -> Result<(), Violation> {
+    /// Election safety: at most one leader per term, ever — and that leader leads it in one
+    /// incarnation only. A node that led term T, crashed, and leads T again after restarting
+    /// has lost the durable record of its term (Raft paper figure 2: currentTerm is persistent),
+    /// and its second reign may write different entries under the same (index, term).
+    pub fn observe_leader(
+        &mut self,
+        node: NodeId,
+        incarnation: u32,
+        term: Term,
+    ) -> Result<(), Violation> {
         match self.leader_of_term.get(&term) {
-            Some(&other) if other != node => violation(
+            Some(&(other, _)) if other != node => violation(
                 "election safety",
                 format!("nodes {other} and {node} were both leader in term {term}"),
             ),
+            Some(&(_, earlier)) if earlier != incarnation => violation(
+                "election safety",
+                format!(
+                    "node {node} led term {term} before a crash and again after restarting: its term was not durable"
+                ),
+            ),
             Some(_) => Ok(()),
             None => {
-                self.leader_of_term.insert(term, node);
+                self.leader_of_term.insert(term, (node, incarnation));
                 Ok(())
             }
         }
@@ -403,10 +418,13 @@ mod tests {
     #[test]
     fn two_leaders_in_one_term_are_caught() {
         let mut checker = SafetyChecker::new();
-        assert!(checker.observe_leader(1, 2).is_ok());
-        assert!(checker.observe_leader(1, 2).is_ok());
-        assert!(checker.observe_leader(2, 3).is_ok());
-        let error = checker.observe_leader(3, 2).unwrap_err();
+        assert!(checker.observe_leader(1, 1, 2).is_ok());
+        assert!(checker.observe_leader(1, 1, 2).is_ok());
+        assert!(checker.observe_leader(2, 1, 3).is_ok());
+        let error = checker.observe_leader(3, 1, 2).unwrap_err();
+        assert_eq!(error.invariant, "election safety");
+        // The same node leading the same term again after a restart lost its term.
+        let error = checker.observe_leader(2, 2, 3).unwrap_err();
         assert_eq!(error.invariant, "election safety");
     }
 

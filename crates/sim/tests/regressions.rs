@@ -59,7 +59,7 @@ fn seed_509_five_nodes_linearizability_search_decides() {
     assert_seed_passes(509, 5);
 }
 
-/// RAFT BUG (open, in ballot-raft; ignored until fixed there).
+/// RAFT BUG, fixed in ballot-raft: a candidate now wins only once its own vote is durable.
 ///
 /// Replay: `cargo run --release -p ballot-sim -- --seed 4593 --nodes 5 --trace`
 ///
@@ -78,7 +78,6 @@ fn seed_509_five_nodes_linearizability_search_decides() {
 /// leader only once its own vote is reported persisted, even when other voters already form a
 /// quorum.
 #[test]
-#[ignore = "ballot-raft bug: a leader acts in a term before that term is durable; see the doc comment"]
 fn seed_4593_five_nodes_leader_reuses_a_term_lost_in_a_crash() {
     assert_seed_passes(4593, 5);
 }
