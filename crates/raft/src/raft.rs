@@ -696,6 +696,12 @@ impl Raft {
     /// Acts on the election's outcome; returns true when it is decided.
     fn check_election_result(&mut self) -> bool {
         match self.tally() {
+            // A candidate must not lead a term that is not yet durable on its own disk, even when
+            // the other voters already form a quorum: a crash would bring it back in the previous
+            // term, it could win the same term again (the voters re-grant to the same candidate)
+            // and append different entries under the same (index, term), breaking log matching
+            // (found by the simulator, seed 4593 with 5 nodes). `on_persisted` re-checks.
+            VoteResult::Won if self.role == Role::Candidate && self.own_vote().is_none() => false,
             VoteResult::Won => {
                 if self.role == Role::PreCandidate {
                     self.campaign(CampaignKind::Election);

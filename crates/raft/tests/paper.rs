@@ -637,3 +637,29 @@ fn section_6_4_a_partitioned_leader_cannot_confirm_a_read() {
         assert_eq!(answered, defect, "defect {defect}: answered {answered}");
     }
 }
+
+/// Raft §5.2 with asynchronous persistence: a candidate may not lead a term whose (term, vote)
+/// is not yet durable on its own disk, even when the other voters already form a quorum. A
+/// crash would otherwise bring it back in the previous term, let it win the same term again and
+/// append different entries under one (index, term) (simulator seed 4593, 5 nodes).
+#[test]
+fn section_5_2_a_candidate_leads_only_once_its_own_vote_is_durable() {
+    let mut node = follower_with_log(1, &[]);
+    let first = node.ready();
+    node.on_persisted(first.number);
+    node.campaign();
+    let ready = node.ready();
+    let term = node.status().term;
+    assert_eq!(node.status().role, Role::Candidate);
+    for voter in [2, 3] {
+        let grant = message(voter, 1, term, MessageBody::VoteResponse { reject: false });
+        node.step(grant).expect("a vote response is valid input");
+    }
+    assert_eq!(
+        node.status().role,
+        Role::Candidate,
+        "a quorum of other voters must not make a leader before its own vote is durable"
+    );
+    node.on_persisted(ready.number);
+    assert_eq!(node.status().role, Role::Leader);
+}

@@ -73,10 +73,10 @@ fn seed_509_five_nodes_linearizability_search_decides() {
 /// same (index, term): log matching is broken, and a follower holding the first one would never
 /// have it repaired (the consistency check matches on index and term only).
 ///
-/// The fix belongs in the core: a node must not act as leader of a term (or send anything in it
-/// beyond vote requests) before its hard state for that term is durable — for instance, become
-/// leader only once its own vote is reported persisted, even when other voters already form a
-/// quorum.
+/// The fix, in the core: a candidate becomes leader only once its own vote (and so its term) is
+/// reported persisted, even when the other voters already form a quorum. The simulator now also
+/// reports the second reign directly as an election-safety violation (same term, same node, two
+/// incarnations).
 #[test]
 fn seed_4593_five_nodes_leader_reuses_a_term_lost_in_a_crash() {
     assert_seed_passes(4593, 5);
