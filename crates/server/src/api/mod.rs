@@ -301,6 +301,9 @@ async fn oversized_is_resource_exhausted(
 pub struct Api<N> {
     pub(crate) node: N,
     pub(crate) options: Arc<ApiOptions>,
+    /// The store's `--max-txn-ops`, read once: it is fixed for the store's life, and reading it
+    /// per request would take the store lock on the write path.
+    pub(crate) txn_ops_max: usize,
 }
 
 impl<N: ApiNode> Clone for Api<N> {
@@ -308,15 +311,18 @@ impl<N: ApiNode> Clone for Api<N> {
         Api {
             node: self.node.clone(),
             options: Arc::clone(&self.options),
+            txn_ops_max: self.txn_ops_max,
         }
     }
 }
 
 impl<N: ApiNode> Api<N> {
     pub fn new(node: N, options: ApiOptions) -> Api<N> {
+        let txn_ops_max = node.with_store(|store| store.config().txn_ops_max);
         Api {
             node,
             options: Arc::new(options),
+            txn_ops_max,
         }
     }
 
@@ -351,8 +357,7 @@ impl<N: ApiNode> Api<N> {
     /// Replicates a write after etcd's checks that need no state: the request's own validity,
     /// then its size against `--max-request-bytes` (etcd checks the encoded Raft request).
     pub(crate) async fn propose_checked(&self, command: Command) -> Result<ApplyOutcome, Status> {
-        let txn_ops_max = self.node.with_store(|store| store.config().txn_ops_max);
-        ballot_mvcc::check_command(&command, txn_ops_max).map_err(error::mvcc)?;
+        ballot_mvcc::check_command(&command, self.txn_ops_max).map_err(error::mvcc)?;
         if command.encoded_len() > self.options.max_request_bytes {
             return Err(error::request_too_large());
         }
