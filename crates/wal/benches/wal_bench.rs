@@ -6,7 +6,7 @@
 //!    of the same number of bytes, on the same disk, interleaved in the same run.
 //!
 //! Run: `cargo bench -p ballot-wal --bench wal_bench -- [--dir DIR] [--seconds N]
-//! [--latency-samples N] [--writers 1,16,256] [--variants preallocated,appending] [--rounds N]`
+//! [--latency-samples N] [--writers 1,16,256] [--variants pipelined,one-sync,appending] [--rounds N]`
 //! (DIR defaults to /work/wal-bench, which must be on a real disk, not tmpfs). With several
 //! variants and rounds, the runs are interleaved and the median per variant is reported.
 
@@ -40,32 +40,39 @@ struct Args {
 /// shared disk hits every variant alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
-    /// The defaults: segments zero-filled before use.
-    Preallocated,
-    /// Segments created empty and grown by every append (`preallocate_segments = false`).
+    /// The defaults: segments zero-filled before use, up to two syncs in flight.
+    Pipelined,
+    /// Zero-filled segments, one sync at a time (`syncs_in_flight_max = 1`).
+    OneSync,
+    /// The original design: segments grown by every append, one sync at a time.
     Appending,
 }
 
 impl Variant {
+    const ALL: [Variant; 3] = [Variant::Pipelined, Variant::OneSync, Variant::Appending];
+
     fn parse(name: &str) -> Option<Variant> {
-        match name {
-            "preallocated" => Some(Variant::Preallocated),
-            "appending" => Some(Variant::Appending),
-            _ => None,
-        }
+        Variant::ALL
+            .into_iter()
+            .find(|variant| variant.name() == name)
     }
 
     fn name(self) -> &'static str {
         match self {
-            Variant::Preallocated => "preallocated",
+            Variant::Pipelined => "pipelined",
+            Variant::OneSync => "one-sync",
             Variant::Appending => "appending",
         }
     }
 
-    fn options(self) -> WalOptions {
-        let mut options = WalOptions::new(1, 1);
-        options.preallocate_segments = self == Variant::Preallocated;
-        options
+    fn options(self) -> (WalOptions, GroupCommitOptions) {
+        let mut wal = WalOptions::new(1, 1);
+        wal.preallocate_segments = self != Variant::Appending;
+        let group = GroupCommitOptions {
+            syncs_in_flight_max: if self == Variant::Pipelined { 2 } else { 1 },
+            ..GroupCommitOptions::default()
+        };
+        (wal, group)
     }
 }
 
@@ -79,7 +86,7 @@ fn parse_args() -> Args {
         seconds: 5,
         latency_samples: 4000,
         writers: vec![1, 16, 256],
-        variants: vec![Variant::Preallocated],
+        variants: vec![Variant::Pipelined],
         rounds: 1,
     };
     let mut iter = std::env::args().skip(1);
@@ -97,8 +104,9 @@ fn parse_args() -> Args {
                     .expect("--writers takes a comma-separated list of counts");
             }
             "--variants" => {
-                args.variants = parse_list(iter.next(), Variant::parse)
-                    .expect("--variants takes a comma-separated list of: preallocated, appending");
+                args.variants = parse_list(iter.next(), Variant::parse).expect(
+                    "--variants takes a comma-separated list of: pipelined, one-sync, appending",
+                );
             }
             "--rounds" => args.rounds = iter.next().and_then(|s| s.parse().ok()).unwrap_or(1),
             // `cargo bench` passes --bench; ignore anything else.
@@ -116,8 +124,9 @@ fn fresh_dir(base: &Path, name: &str) -> PathBuf {
 }
 
 fn open_wal(dir: &Path, variant: Variant) -> GroupCommitWal {
-    let (wal, _) = Wal::open(RealDisk, dir, variant.options()).expect("open WAL");
-    GroupCommitWal::spawn(wal, GroupCommitOptions::default()).expect("spawn writer")
+    let (wal_options, group_options) = variant.options();
+    let (wal, _) = Wal::open(RealDisk, dir, wal_options).expect("open WAL");
+    GroupCommitWal::spawn(wal, group_options).expect("spawn writer")
 }
 
 fn payload() -> Bytes {

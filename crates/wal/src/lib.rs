@@ -44,4 +44,4 @@ pub use types::{
     DurableState, HardState, Index, LogEntry, Recovered, SnapshotMarker, SyncMode, Term, TornTail,
     WalOptions,
 };
-pub use wal::{SEGMENT_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MIN, Wal};
+pub use wal::{PendingSync, SEGMENT_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MIN, Wal};

@@ -7,13 +7,15 @@
 //! 4       kind
 //! 5..8    reserved, zero
 //! 8..12   payload length in bytes (u32, little-endian)
-//! 12..16  batch start: offset in this segment of the first record of the write batch (the bytes
-//!         written between two syncs) this record belongs to
+//! 12..16  batch start: an offset in this segment below which every byte was durable (a sync
+//!         covering it had returned) when this record was written. With one sync at a time
+//!         that is where the record's write batch (the bytes written between two syncs) began;
+//!         with overlapping syncs it can be the start of an earlier batch still being synced.
 //! ```
 //!
-//! The batch start lets recovery tell a torn tail from corruption: a bad record followed by a
-//! valid record of a *later* batch was synced (the later batch is written only after the earlier
-//! one's sync returned), so it is corruption; otherwise it belongs to the unsynced tail.
+//! The batch start lets recovery tell a torn tail from corruption: a bad record at X followed by
+//! a valid record whose batch start is past X was synced, so it is corruption; otherwise it
+//! belongs to the unsynced tail.
 //!
 //! Decoding never panics, whatever the bytes: every length is checked before use.
 

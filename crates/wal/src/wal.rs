@@ -6,6 +6,7 @@
 //! server drives it through [`crate::GroupCommitWal`], which gathers concurrent callers into one
 //! `sync`.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -64,8 +65,13 @@ pub struct Wal<D: Disk> {
     active_preamble_end: u64,
     /// Encoded records not yet handed to the disk.
     buffer: Vec<u8>,
-    /// Offset where the current (unsynced) write batch began, if one is open.
-    batch_start: Option<u64>,
+    /// Offset in the active segment below which every byte is known durable (a sync covering
+    /// it completed). Every record carries it as its "batch start": a valid record whose batch
+    /// start is past a bad offset proves that offset was synced (see `segment::scan_segment`).
+    durable_len: u64,
+    /// Syncs started by [`Wal::start_sync`] and not yet reported durable, oldest first.
+    started: VecDeque<StartedSync>,
+    next_sync_id: u64,
     /// Bytes were written since the last sync.
     unsynced_data: bool,
     /// A segment was created since the last directory sync.
@@ -118,6 +124,64 @@ fn validate_options(options: &WalOptions) -> Result<(), WalError> {
         )));
     }
     Ok(())
+}
+
+/// What a started sync will make durable, kept until it and every earlier one completed.
+#[derive(Debug)]
+struct StartedSync {
+    id: u64,
+    state: DurableState,
+    /// The active segment and how much of it was written when the sync started.
+    segment_seq: u64,
+    written_len: u64,
+    completed: bool,
+}
+
+/// A sync begun by [`Wal::start_sync`]: the `fdatasync` (and directory sync) that makes
+/// everything written before it durable. It may run on any thread, overlapping later writes and
+/// other syncs; its outcome goes back to [`Wal::complete_sync`].
+pub struct PendingSync<D: Disk> {
+    id: u64,
+    file: Option<(PathBuf, D::File)>,
+    dir: Option<(D, PathBuf)>,
+    state: DurableState,
+}
+
+impl<D: Disk> std::fmt::Debug for PendingSync<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingSync")
+            .field("id", &self.id)
+            .field("file", &self.file.as_ref().map(|(path, _)| path))
+            .field("dir", &self.dir.as_ref().map(|(_, dir)| dir))
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl<D: Disk> PendingSync<D> {
+    /// Identifies the sync to [`Wal::complete_sync`].
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The state the WAL reports durable once this sync and every sync started before it have
+    /// completed.
+    pub fn durable_state(&self) -> &DurableState {
+        &self.state
+    }
+
+    /// `fdatasync`s the segment written to and, if a segment was created, the directory. Blocks
+    /// for as long as the disk takes; call it outside any lock the writer needs.
+    pub fn run(&mut self) -> Result<(), WalError> {
+        if let Some((path, file)) = &mut self.file {
+            file.sync_data().map_err(io_error("fdatasync", path))?;
+        }
+        if let Some((disk, dir)) = &self.dir {
+            disk.sync_dir(dir)
+                .map_err(io_error("sync directory", dir))?;
+        }
+        Ok(())
+    }
 }
 
 /// A segment file being created and zero-filled under its temporary name by a helper thread.
@@ -222,7 +286,9 @@ impl<D: Disk> Wal<D> {
             prepare_in_background: false,
             active_preamble_end: 0,
             buffer: Vec::new(),
-            batch_start: None,
+            durable_len: 0,
+            started: VecDeque::new(),
+            next_sync_id: 0,
             unsynced_data: false,
             unsynced_dir: true,
             shape: LogShape::starting_at(1, false),
@@ -362,7 +428,10 @@ impl<D: Disk> Wal<D> {
             prepare_in_background: false,
             active_preamble_end: 0,
             buffer: Vec::new(),
-            batch_start: None,
+            // What recovery found is on disk (and was synced if the tail was repaired).
+            durable_len: active_len,
+            started: VecDeque::new(),
+            next_sync_id: 0,
             unsynced_data: false,
             unsynced_dir: false,
             shape,
@@ -495,35 +564,117 @@ impl<D: Disk> Wal<D> {
     /// Writes everything buffered with one write and makes it durable with one `fdatasync` (and
     /// a directory sync if a segment was created), then reports the new durable state.
     ///
-    /// Any error is fatal: the WAL becomes unusable.
+    /// Any error is fatal: the WAL becomes unusable. Refused while syncs begun with
+    /// [`Wal::start_sync`] are still pending.
     pub fn sync(&mut self) -> Result<&DurableState, WalError> {
         self.check_usable()?;
+        self.check_no_pending_syncs("sync")?;
+        let mut pending = self.start_sync()?;
+        let outcome = pending.run();
+        self.complete_sync(pending.id, outcome)
+    }
+
+    /// Hands everything buffered to the disk with one write and returns the sync that makes it
+    /// durable, without waiting for it: the caller runs it ([`PendingSync::run`], on any thread)
+    /// and reports the outcome to [`Wal::complete_sync`]. Meanwhile more can be appended and more
+    /// syncs started, so the next `fdatasync` can begin before this one ends (pipelining).
+    ///
+    /// A sync covers exactly what was written before it started. Durability is reported in the
+    /// order syncs were started, whatever order they complete in: a later sync covers the earlier
+    /// writes too, but an earlier sync may still fail (and Linux reports a writeback error to one
+    /// `fdatasync` only), so nothing is reported before every earlier sync succeeded.
+    pub fn start_sync(&mut self) -> Result<PendingSync<D>, WalError> {
+        self.check_usable()?;
         self.flush()?;
-        if self.options.sync_mode == SyncMode::Always {
-            if self.unsynced_data {
-                self.sync_active("fdatasync")?;
+        let always = self.options.sync_mode == SyncMode::Always;
+        let file = if always && self.unsynced_data {
+            let path = self.active_path().to_path_buf();
+            match self.active.try_clone() {
+                Ok(file) => Some((path, file)),
+                Err(error) => return Err(self.poison(io_error("duplicate handle", &path)(error))),
             }
-            if self.unsynced_dir
-                && let Err(error) = self.disk.sync_dir(&self.dir)
-            {
-                let dir = self.dir.clone();
-                return Err(self.poison(io_error("sync directory", &dir)(error)));
-            }
-            // A new batch starts after every sync; see `record` for why recovery needs this.
-            self.batch_start = None;
-        }
+        } else {
+            None
+        };
+        let dir = (always && self.unsynced_dir).then(|| (self.disk.clone(), self.dir.clone()));
         self.unsynced_data = false;
         self.unsynced_dir = false;
+        let id = self.next_sync_id;
+        self.next_sync_id += 1;
         let (last_index, last_term) = self.shape.last();
-        self.durable = DurableState {
+        let state = DurableState {
             last_index,
             last_term,
             hard_state: self.shape.hard_state,
             snapshot_index: self.shape.snapshot_index(),
             snapshot_term: self.shape.snapshot.as_ref().map_or(0, |s| s.term),
-            syncs: self.durable.syncs + 1,
+            syncs: self.durable.syncs + self.started.len() as u64 + 1,
         };
+        self.started.push_back(StartedSync {
+            id,
+            state: state.clone(),
+            segment_seq: self.segments[self.segments.len() - 1].seq,
+            // Without fsync nothing becomes durable, so the batch start never advances: a whole
+            // segment is one batch and damage in it is always treated as a torn tail.
+            written_len: if always { self.active_written_len } else { 0 },
+            completed: false,
+        });
+        Ok(PendingSync {
+            id,
+            file,
+            dir,
+            state,
+        })
+    }
+
+    /// Takes the outcome of a sync begun by [`Wal::start_sync`] and returns the durable state:
+    /// everything up to the newest sync that completed with every earlier one. An error is fatal
+    /// (the WAL becomes unusable and the error is returned), because the data it should have made
+    /// durable may be lost and retrying the `fdatasync` could report it durable anyway.
+    pub fn complete_sync(
+        &mut self,
+        id: u64,
+        outcome: Result<(), WalError>,
+    ) -> Result<&DurableState, WalError> {
+        self.check_usable()?;
+        if let Err(error) = outcome {
+            return Err(self.poison(error));
+        }
+        let Some(started) = self.started.iter_mut().find(|started| started.id == id) else {
+            return Err(WalError::InvalidRequest(format!(
+                "sync {id} is not a pending sync of this WAL"
+            )));
+        };
+        started.completed = true;
+        while self
+            .started
+            .front()
+            .is_some_and(|started| started.completed)
+        {
+            let Some(done) = self.started.pop_front() else {
+                break;
+            };
+            if done.segment_seq == self.segments[self.segments.len() - 1].seq {
+                self.durable_len = self.durable_len.max(done.written_len);
+            }
+            self.durable = done.state;
+        }
         Ok(&self.durable)
+    }
+
+    /// Syncs begun with [`Wal::start_sync`] whose outcome was not yet reported durable.
+    pub fn pending_syncs(&self) -> usize {
+        self.started.len()
+    }
+
+    fn check_no_pending_syncs(&self, what: &str) -> Result<(), WalError> {
+        if self.started.is_empty() {
+            return Ok(());
+        }
+        Err(WalError::InvalidRequest(format!(
+            "{what} needs every started sync completed first, but {} are pending",
+            self.started.len()
+        )))
     }
 
     /// Deletes whole segments whose entries are all at or below `through_index` and the durable
@@ -532,6 +683,7 @@ impl<D: Disk> Wal<D> {
     /// durable before anything it replaces is deleted.
     pub fn compact(&mut self, through_index: Index) -> Result<usize, WalError> {
         self.check_usable()?;
+        self.check_no_pending_syncs("compaction")?;
         if !self.buffer.is_empty() || self.unsynced_data || self.unsynced_dir {
             self.sync()?;
         }
@@ -617,10 +769,12 @@ impl<D: Disk> Wal<D> {
     }
 
     fn encode(&mut self, record: RecordRef<'_>) {
-        let offset = self.active_written_len + self.buffer.len() as u64;
-        let batch_start = *self.batch_start.get_or_insert(offset);
-        let batch_start = u32::try_from(batch_start)
-            .unwrap_or_else(|_| panic!("segment offset {batch_start} exceeds 32 bits; segment size is capped so this cannot happen"));
+        let batch_start = u32::try_from(self.durable_len).unwrap_or_else(|_| {
+            panic!(
+                "segment offset {} exceeds 32 bits; segment size is capped so this cannot happen",
+                self.durable_len
+            )
+        });
         record.encode(batch_start, &mut self.buffer);
     }
 
@@ -643,10 +797,6 @@ impl<D: Disk> Wal<D> {
     /// segment can have a torn tail or a zero tail) and starts the next one with a preamble.
     fn roll(&mut self) -> Result<(), WalError> {
         self.flush()?;
-        let always = self.options.sync_mode == SyncMode::Always;
-        if always && self.unsynced_data {
-            self.sync_active("fdatasync")?;
-        }
         if self.active_file_len > self.active_written_len {
             // The unused preallocated zeros go; the cut must be durable before the next segment
             // exists, or recovery would find a zero tail in a segment that is not the last.
@@ -655,9 +805,11 @@ impl<D: Disk> Wal<D> {
                 return Err(self.poison(io_error("truncate closed segment", &path)(error)));
             }
             self.active_file_len = self.active_written_len;
-            if always {
-                self.sync_active("fdatasync closed segment")?;
-            }
+        }
+        // Unconditionally: syncs started earlier may still be running, and this one must cover
+        // the whole segment (and its cut) before the next segment is created.
+        if self.options.sync_mode == SyncMode::Always {
+            self.sync_active("fdatasync closed segment")?;
         }
         self.unsynced_data = false;
         let seq = self.segments[self.segments.len() - 1].seq + 1;
@@ -675,7 +827,7 @@ impl<D: Disk> Wal<D> {
             max_entry_index: 0,
         });
         self.active_written_len = 0;
-        self.batch_start = None;
+        self.durable_len = 0;
         self.unsynced_dir = true;
         self.write_preamble(seq);
         self.start_preparing_next_segment();

@@ -120,6 +120,15 @@ fn run_steps(
     acked: &mut usize,
 ) -> Result<(), WalError> {
     let (mut wal, _) = open(disk, SEGMENT_SIZE_BYTES)?;
+    run_steps_on(&mut wal, steps, states, acked)
+}
+
+fn run_steps_on(
+    wal: &mut Wal<FaultyDisk>,
+    steps: &[Step],
+    states: &mut Vec<Model>,
+    acked: &mut usize,
+) -> Result<(), WalError> {
     for step in steps {
         let mut model = states[states.len() - 1].clone();
         match step {
@@ -364,6 +373,167 @@ fn a_lost_middle_segment_is_reported() {
         .expect("remove");
     let error = open(&disk, SEGMENT_SIZE_BYTES).expect_err("a hole is corruption");
     assert!(matches!(error, WalError::Corrupt { .. }), "{error}");
+}
+
+/// The script with overlapping syncs, as the group-commit writer runs them: each `Sync` starts
+/// a sync without waiting; with two pending, one is run and completed, alternately the oldest
+/// and the newest (which must not be reported before the oldest). Compaction waits for all.
+#[derive(Clone, Debug)]
+enum PipelinedStep {
+    Step(Step),
+    StartSync,
+    FinishOldest,
+    FinishNewest,
+    FinishAll,
+}
+
+fn pipelined_script() -> Vec<PipelinedStep> {
+    let mut steps = Vec::new();
+    let mut pending = 0;
+    let mut newest_first = false;
+    for step in script() {
+        match step {
+            Step::Sync => {
+                steps.push(PipelinedStep::StartSync);
+                pending += 1;
+                if pending == 2 {
+                    steps.push(if newest_first {
+                        PipelinedStep::FinishNewest
+                    } else {
+                        PipelinedStep::FinishOldest
+                    });
+                    newest_first = !newest_first;
+                    pending -= 1;
+                }
+            }
+            Step::Compact(through) => {
+                steps.push(PipelinedStep::FinishAll);
+                pending = 0;
+                steps.push(PipelinedStep::Step(Step::Compact(through)));
+            }
+            other => steps.push(PipelinedStep::Step(other)),
+        }
+    }
+    steps.push(PipelinedStep::FinishAll);
+    steps
+}
+
+/// Runs the pipelined script; `acked` follows what the WAL reports durable.
+fn run_pipelined(disk: &FaultyDisk, steps: &[PipelinedStep]) -> Run {
+    let mut run = Run {
+        states: vec![Model::default()],
+        acked: 0,
+        outcome: Ok(()),
+    };
+    run.outcome = run_pipelined_steps(disk, steps, &mut run.states, &mut run.acked);
+    run
+}
+
+fn run_pipelined_steps(
+    disk: &FaultyDisk,
+    steps: &[PipelinedStep],
+    states: &mut Vec<Model>,
+    acked: &mut usize,
+) -> Result<(), WalError> {
+    let (mut wal, _) = open(disk, SEGMENT_SIZE_BYTES)?;
+    // Pending syncs with the state index each will acknowledge, oldest first.
+    let mut pending = std::collections::VecDeque::new();
+    for step in steps {
+        match step {
+            PipelinedStep::Step(step) => {
+                run_steps_on(&mut wal, std::slice::from_ref(step), states, acked)?;
+            }
+            PipelinedStep::StartSync => {
+                let sync = wal.start_sync()?;
+                pending.push_back((sync, states.len() - 1));
+            }
+            PipelinedStep::FinishOldest
+            | PipelinedStep::FinishNewest
+            | PipelinedStep::FinishAll => {
+                let count = if matches!(step, PipelinedStep::FinishAll) {
+                    pending.len()
+                } else {
+                    1
+                };
+                for _ in 0..count {
+                    let sync = if matches!(step, PipelinedStep::FinishNewest) {
+                        pending.pop_back()
+                    } else {
+                        pending.pop_front()
+                    };
+                    let Some((mut sync, state_index)) = sync else {
+                        break;
+                    };
+                    let syncs_before = wal.durable_state().syncs;
+                    let acknowledges = (sync.durable_state().syncs, state_index);
+                    let outcome = sync.run();
+                    wal.complete_sync(sync.id(), outcome)?;
+                    let reported = wal.durable_state().syncs;
+                    if matches!(step, PipelinedStep::FinishNewest) && !pending.is_empty() {
+                        assert_eq!(
+                            reported, syncs_before,
+                            "a sync is never reported before an earlier one completed"
+                        );
+                    }
+                    // The durable state reported is that of the newest sync with every earlier
+                    // one completed: find which state it acknowledges.
+                    if reported == acknowledges.0 {
+                        *acked = acknowledges.1;
+                    } else if let Some((_, index)) = pending
+                        .iter()
+                        .find(|(sync, _)| sync.durable_state().syncs == reported)
+                    {
+                        *acked = *index;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn crash_pipelined_and_check(
+    steps: &[PipelinedStep],
+    crash_at_op: u64,
+    seed: u64,
+    options: CrashOptions,
+) {
+    let disk = FaultyDisk::new();
+    disk.cut_power_after(Some(crash_at_op));
+    let run = run_pipelined(&disk, steps);
+    disk.crash(seed, options);
+    let context = format!("pipelined: crash at op {crash_at_op}, seed {seed}, {options:?}");
+    let (_, recovered) = open(&disk, SEGMENT_SIZE_BYTES)
+        .unwrap_or_else(|error| panic!("{context}: recovery failed: {error}"));
+    Model::assert_consistent(&recovered);
+    let got = Model::from_recovered(&recovered);
+    assert!(
+        run.states[run.acked..].contains(&got),
+        "{context}: recovered state is not the acknowledged state or a later one\n\
+         acknowledged: {:?}\nrecovered: {got:?}\nrun ended with {:?}",
+        run.states[run.acked],
+        run.outcome
+    );
+}
+
+#[test]
+fn every_crash_point_of_overlapping_syncs_recovers_what_was_acknowledged() {
+    let steps = pipelined_script();
+    let clean = FaultyDisk::new();
+    let run = run_pipelined(&clean, &steps);
+    assert!(run.outcome.is_ok(), "{:?}", run.outcome);
+    assert_eq!(run.acked, run.states.len() - 1, "the workload ends synced");
+    let total = clean.mutating_ops();
+    for crash_at_op in 0..=total {
+        for (seed, options) in [
+            (crash_at_op, CrashOptions::LOSE_UNSYNCED),
+            (crash_at_op * 31 + 1, CrashOptions::ANY),
+            (crash_at_op * 31 + 2, CrashOptions::ANY),
+            (crash_at_op * 31 + 3, CrashOptions::ANY),
+        ] {
+            crash_pipelined_and_check(&steps, crash_at_op, seed, options);
+        }
+    }
 }
 
 #[test]

@@ -141,22 +141,28 @@ impl DiskFile for GateFile {
     fn truncate(&mut self, len: u64) -> io::Result<()> {
         self.inner.truncate(len)
     }
+    fn try_clone(&self) -> io::Result<GateFile> {
+        Ok(GateFile {
+            inner: self.inner.try_clone()?,
+            gate: Arc::clone(&self.gate),
+        })
+    }
 }
 
 #[test]
 fn writes_queued_during_a_sync_share_the_next_sync() {
-    let gate = Arc::new((StdMutex::new(Gate::default()), Condvar::new()));
-    let disk = GateDisk {
-        inner: FaultyDisk::new(),
-        gate: Arc::clone(&gate),
-    };
+    let (disk, gate) = gate_disk();
     // Without preallocation no helper thread zero-fills (and syncs) the next segment, so every
     // sync at the gate is the writer's.
     let mut options = options(1 << 20);
     options.preallocate_segments = false;
     let (wal, _) = Wal::open(disk, Path::new("/data/wal"), options).expect("open");
     let syncs_at_open = wal.durable_state().syncs;
-    let wal = GroupCommitWal::spawn(wal, GroupCommitOptions::default()).expect("spawn");
+    let one_sync_at_a_time = GroupCommitOptions {
+        syncs_in_flight_max: 1,
+        ..GroupCommitOptions::default()
+    };
+    let wal = GroupCommitWal::spawn(wal, one_sync_at_a_time).expect("spawn");
     gate.0.lock().expect("gate lock").closed = true;
     let first = wal
         .submit_blocking(Write {
@@ -164,14 +170,8 @@ fn writes_queued_during_a_sync_share_the_next_sync() {
             ..Write::default()
         })
         .expect("submit");
-    {
-        // Wait until the writer is inside the sync of the first write.
-        let (lock, condvar) = &*gate;
-        let mut state = lock.lock().expect("gate lock");
-        while state.syncs_waiting == 0 {
-            state = condvar.wait(state).expect("gate lock");
-        }
-    }
+    // Wait until the writer is inside the sync of the first write.
+    wait_for_syncs_at_gate(&gate, 1);
     let queued: Vec<_> = (2..=100)
         .map(|index| {
             wal.submit_blocking(Write {
@@ -197,6 +197,65 @@ fn writes_queued_during_a_sync_share_the_next_sync() {
         last.syncs - syncs_at_open,
         2,
         "one sync for the first write, one for the 99 that queued behind it"
+    );
+}
+
+fn gate_disk() -> (GateDisk, Arc<(StdMutex<Gate>, Condvar)>) {
+    let gate = Arc::new((StdMutex::new(Gate::default()), Condvar::new()));
+    let disk = GateDisk {
+        inner: FaultyDisk::new(),
+        gate: Arc::clone(&gate),
+    };
+    (disk, gate)
+}
+
+fn wait_for_syncs_at_gate(gate: &(StdMutex<Gate>, Condvar), count: usize) {
+    let (lock, condvar) = gate;
+    let mut state = lock.lock().expect("gate lock");
+    while state.syncs_waiting < count {
+        state = condvar.wait(state).expect("gate lock");
+    }
+}
+
+#[test]
+fn a_second_sync_overlaps_the_first_and_writes_queued_behind_both_share_the_third() {
+    let (disk, gate) = gate_disk();
+    let mut options = options(1 << 20);
+    options.preallocate_segments = false;
+    let (wal, _) = Wal::open(disk, Path::new("/data/wal"), options).expect("open");
+    let syncs_at_open = wal.durable_state().syncs;
+    let wal = GroupCommitWal::spawn(wal, GroupCommitOptions::default()).expect("spawn");
+    gate.0.lock().expect("gate lock").closed = true;
+    let submit = |index: u64| {
+        wal.submit_blocking(Write {
+            entries: vec![entry(index, 1, b"x")],
+            ..Write::default()
+        })
+        .expect("submit")
+    };
+    let first = submit(1);
+    wait_for_syncs_at_gate(&gate, 1);
+    // The first sync is held at the gate, yet the second write gets a sync of its own at once.
+    let second = submit(2);
+    wait_for_syncs_at_gate(&gate, 2);
+    let queued: Vec<_> = (3..=100).map(submit).collect();
+    {
+        let (lock, condvar) = &*gate;
+        lock.lock().expect("gate lock").closed = false;
+        condvar.notify_all();
+    }
+    assert!(first.wait_blocking().expect("durable").last_index >= 1);
+    assert!(second.wait_blocking().expect("durable").last_index >= 2);
+    let mut last = None;
+    for completion in queued {
+        last = Some(completion.wait_blocking().expect("durable"));
+    }
+    let last = last.expect("98 completions");
+    assert_eq!(last.last_index, 100);
+    assert_eq!(
+        last.syncs - syncs_at_open,
+        3,
+        "one sync each for the first two writes, one for the 98 queued behind both"
     );
 }
 

@@ -257,3 +257,54 @@ fn the_real_disk_round_trips_with_rollover_and_compaction() {
     assert_eq!(Model::from_recovered(&recovered), model);
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+#[test]
+fn overlapping_syncs_are_reported_in_the_order_they_started() {
+    let disk = FaultyDisk::new();
+    let (mut wal, _) = open(&disk, 1 << 20).expect("open");
+    wal.append(&[entry(1, 1, b"a")]).expect("append");
+    let mut first = wal.start_sync().expect("start");
+    wal.append(&[entry(2, 1, b"b")]).expect("append");
+    let mut second = wal.start_sync().expect("start");
+    assert_eq!(wal.pending_syncs(), 2);
+    assert!(
+        matches!(wal.sync(), Err(WalError::InvalidRequest(_))),
+        "a plain sync waits for no one, so it is refused while syncs are pending"
+    );
+    second.run().expect("second sync");
+    let state = wal
+        .complete_sync(second.id(), Ok(()))
+        .expect("complete")
+        .clone();
+    assert_eq!(
+        state.last_index, 0,
+        "the second sync covers entry 1 too, but the first may still fail"
+    );
+    first.run().expect("first sync");
+    let state = wal.complete_sync(first.id(), Ok(())).expect("complete");
+    assert_eq!(
+        (state.last_index, state.syncs),
+        (2, second.durable_state().syncs)
+    );
+    assert_eq!(wal.pending_syncs(), 0);
+}
+
+#[test]
+fn a_failed_sync_is_fatal_even_when_a_later_one_succeeded() {
+    let disk = FaultyDisk::new();
+    let (mut wal, _) = open(&disk, 1 << 20).expect("open");
+    wal.append(&[entry(1, 1, b"a")]).expect("append");
+    let mut first = wal.start_sync().expect("start");
+    wal.append(&[entry(2, 1, b"b")]).expect("append");
+    let mut second = wal.start_sync().expect("start");
+    second.run().expect("second sync");
+    wal.complete_sync(second.id(), Ok(())).expect("complete");
+    disk.inject(DiskOp::Sync, InjectedError::Eio);
+    let outcome = first.run();
+    let error = wal
+        .complete_sync(first.id(), outcome)
+        .expect_err("EIO is reported");
+    assert!(error.to_string().contains("fdatasync"), "{error}");
+    assert_eq!(wal.durable_state().last_index, 0, "nothing was reported");
+    assert!(wal.is_poisoned());
+}

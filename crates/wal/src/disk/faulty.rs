@@ -630,6 +630,14 @@ impl DiskFile for FaultyFile {
         self.write(Some(offset), buf)
     }
 
+    fn try_clone(&self) -> io::Result<FaultyFile> {
+        Ok(FaultyFile {
+            disk: self.disk.clone(),
+            inode: self.inode,
+            generation: self.generation,
+        })
+    }
+
     fn write_zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
         // One operation, so a crash-point test sees one write point, not one per chunk.
         self.write(Some(offset), &vec![0; len as usize])

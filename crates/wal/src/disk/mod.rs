@@ -52,6 +52,11 @@ pub trait DiskFile: Send + 'static {
     fn sync_data(&mut self) -> io::Result<()>;
     /// Cuts the file to `len` bytes; durable after the next `sync_data`.
     fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// A second handle to the same open file, so another thread can `sync_data` it while this
+    /// one keeps writing (pipelined syncs, see `Wal::start_sync`).
+    fn try_clone(&self) -> io::Result<Self>
+    where
+        Self: Sized;
 
     /// Writes `len` zero bytes at `offset`, for real: the blocks end up allocated and written, so
     /// later overwrites change neither the file's size nor its extents (see docs/wal.md,

@@ -106,4 +106,13 @@ impl DiskFile for RealFile {
         self.len = len;
         Ok(())
     }
+
+    fn try_clone(&self) -> io::Result<RealFile> {
+        // `dup`: the same open file description, so a writeback error is reported to the first
+        // `fdatasync` on either handle (the WAL treats any such error as fatal).
+        Ok(RealFile {
+            file: self.file.try_clone()?,
+            len: self.len,
+        })
+    }
 }
