@@ -268,7 +268,7 @@ async fn leases_expire_and_take_their_keys() {
         .expect("grant")
         .into_inner();
     assert!(granted.id > 0);
-    // ceil(1.5 x 200 ms) rounds up to the 1 s minimum.
+    // ceil(1.5 x 500 ms) = 1 s, the minimum TTL.
     assert_eq!(granted.ttl, 1);
     kv.put(PutRequest {
         lease: granted.id,
@@ -380,13 +380,28 @@ async fn maintenance_cluster_auth_and_health_services() {
     let (data, checksum) = file.split_at(file.len() - 32);
     assert_eq!(checksum, Sha256::digest(data).as_slice());
 
-    let members = ClusterClient::new(channel.clone())
-        .member_list(MemberListRequest { linearizable: true })
-        .await
-        .expect("member list")
-        .into_inner()
-        .members;
+    // A member publishes its name and client URLs through the log after it starts (as etcd's
+    // do), so the list names them once that entry is applied.
+    let cluster_client = ClusterClient::new(channel.clone());
+    let members = eventually("the member's client URLs are published", || {
+        let mut cluster_client = cluster_client.clone();
+        async move {
+            let members = cluster_client
+                .member_list(MemberListRequest { linearizable: true })
+                .await
+                .ok()?
+                .into_inner()
+                .members;
+            members
+                .iter()
+                .all(|member| !member.client_ur_ls.is_empty())
+                .then_some(members)
+        }
+    })
+    .await
+    .expect("published client URLs");
     assert_eq!(members.len(), 1);
+    assert_eq!(members[0].name, "m0");
     assert_eq!(members[0].id, me);
     assert_eq!(members[0].client_ur_ls, vec![member.client_url.clone()]);
     assert_eq!(members[0].peer_ur_ls, vec![member.peer_url.clone()]);

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use ballot_proto::etcdserverpb::{StatusRequest, maintenance_client::MaintenanceClient};
 use tonic::transport::Channel;
 
-/// Short Raft timings keep elections and lease minimums (ceil(1.5 x 0.2 s) = 1 s) fast.
-pub const HEARTBEAT_MS: u64 = 20;
-pub const ELECTION_MS: u64 = 200;
+/// Short Raft timings keep elections and the lease minimum (ceil(1.5 x 0.5 s) = 1 s) fast, with
+/// enough slack that a loaded two-core machine running many tests does not trigger elections.
+pub const HEARTBEAT_MS: u64 = 50;
+pub const ELECTION_MS: u64 = 500;
 /// How long any condition may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
