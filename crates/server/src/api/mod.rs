@@ -14,6 +14,7 @@
 //! - [`cluster`]: MemberList, MemberAdd, MemberRemove, MemberUpdate, MemberPromote.
 //! - [`maintenance`]: Status, Alarm, Hash, HashKV, Snapshot, MoveLeader, Defragment.
 //! - [`auth`]: authentication is not enabled; answers as a disabled etcd does.
+//! - [`lock`]: the `v3lockpb.Lock` service (server-side mutex).
 //! - [`error`]: etcd's error strings and codes for what this layer refuses itself.
 //! - [`authority`]: repairs the malformed HTTP/2 `:authority` some etcd clients send.
 
@@ -23,6 +24,7 @@ pub mod cluster;
 pub mod error;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod watch;
 
@@ -41,6 +43,7 @@ use ballot_proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use ballot_proto::v3lockpb::lock_server::LockServer;
 use bytes::Bytes;
 use tonic::Status;
 
@@ -265,6 +268,11 @@ pub fn router_for<N: ApiNode>(node: N, options: ApiOptions) -> axum::Router {
         )
         .add_service(
             AuthServer::new(api.clone())
+                .max_decoding_message_size(receive_max)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            LockServer::new(api.clone())
                 .max_decoding_message_size(receive_max)
                 .max_encoding_message_size(usize::MAX),
         )

@@ -932,3 +932,73 @@ async fn http_health_version_and_metrics_share_the_grpc_port() {
         (503, r#"{"health":"false","reason":"RAFT NO LEADER"}"#)
     );
 }
+
+#[tokio::test]
+async fn lock_is_mutual_exclusion_in_request_order() {
+    use ballot_proto::v3lockpb::{LockRequest, UnlockRequest, lock_client::LockClient};
+    let (_server, channel) = server().await;
+    let mut leases = LeaseClient::new(channel.clone());
+    let mut grant = async |id: i64| {
+        leases
+            .lease_grant(LeaseGrantRequest { ttl: 60, id })
+            .await
+            .expect("grant")
+            .into_inner()
+            .id
+    };
+    let (first_lease, second_lease) = (grant(101).await, grant(102).await);
+    let mut locks = LockClient::new(channel.clone());
+    let held = locks
+        .lock(LockRequest {
+            name: bytes("job"),
+            lease: first_lease,
+        })
+        .await
+        .expect("the free lock is acquired at once")
+        .into_inner();
+    assert_eq!(held.key, bytes("job/65"));
+    // Lease grants do not change the revision: the lock key is the first write.
+    assert_full_header(held.header, 2);
+
+    let mut second = LockClient::new(channel.clone());
+    let waiter = tokio::spawn(async move {
+        second
+            .lock(LockRequest {
+                name: bytes("job"),
+                lease: second_lease,
+            })
+            .await
+            .map(|response| response.into_inner().key)
+    });
+    // The second locker must still be waiting while the first holds the lock.
+    let still_waiting = tokio::time::timeout(Duration::from_millis(300), async {
+        while !waiter.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        still_waiting.is_err(),
+        "the second lock was granted while held"
+    );
+    locks
+        .unlock(UnlockRequest { key: held.key })
+        .await
+        .expect("unlock");
+    let key = tokio::time::timeout(WAIT, waiter)
+        .await
+        .expect("granted after the unlock")
+        .expect("task")
+        .expect("lock");
+    assert_eq!(key, bytes("job/66"));
+    assert_status(
+        locks
+            .lock(LockRequest {
+                name: bytes("job"),
+                lease: 9999,
+            })
+            .await,
+        Code::NotFound,
+        "etcdserver: requested lease not found",
+    );
+}
