@@ -32,23 +32,35 @@ impl<N: ApiNode> Api<N> {
             prefix
         };
         let key = Bytes::from([prefix.as_slice(), format!("{:x}", req.lease).as_bytes()].concat());
-        let my_revision = self.enqueue(&key, req.lease).await?;
-        loop {
-            self.node.read_barrier().await?;
-            let older = self.nearest_older(&prefix, my_revision)?;
-            let Some((older_key, revision)) = older else {
-                break;
-            };
-            self.wait_deleted(older_key, revision).await?;
-        }
+        let (my_revision, _) = self.enqueue(&key, req.lease, Bytes::new()).await?;
+        self.wait_turn(&prefix, my_revision).await?;
         Ok(LockResponse {
             header: self.current_header(),
             key,
         })
     }
 
-    /// Creates `key` with `lease` unless it exists; returns its create revision.
-    async fn enqueue(&self, key: &Bytes, lease: i64) -> Result<i64, Status> {
+    /// Waits until no key under `prefix` was created before `my_revision` (etcd
+    /// `waitDeletes`).
+    pub(crate) async fn wait_turn(&self, prefix: &[u8], my_revision: i64) -> Result<(), Status> {
+        loop {
+            self.node.read_barrier().await?;
+            let older = self.nearest_older(prefix, my_revision)?;
+            let Some((older_key, revision)) = older else {
+                return Ok(());
+            };
+            self.wait_deleted(older_key, revision).await?;
+        }
+    }
+
+    /// Creates `key` with `lease` and `value` unless it exists. Returns its create revision
+    /// and, when it existed, its current value.
+    pub(crate) async fn enqueue(
+        &self,
+        key: &Bytes,
+        lease: i64,
+        value: Bytes,
+    ) -> Result<(i64, Option<Bytes>), Status> {
         let absent = Compare {
             result: compare::CompareResult::Equal as i32,
             target: compare::CompareTarget::Create as i32,
@@ -65,6 +77,7 @@ impl<N: ApiNode> Api<N> {
         let put = RequestOp {
             request: Some(request_op::Request::RequestPut(PutRequest {
                 key: key.clone(),
+                value,
                 lease,
                 ..PutRequest::default()
             })),
@@ -79,7 +92,7 @@ impl<N: ApiNode> Api<N> {
             other => return Err(error::unexpected_outcome(other)),
         };
         if response.succeeded {
-            return Ok(response.header.map_or(0, |header| header.revision));
+            return Ok((response.header.map_or(0, |header| header.revision), None));
         }
         match response
             .responses
@@ -89,7 +102,7 @@ impl<N: ApiNode> Api<N> {
             Some(response_op::Response::ResponseRange(range)) => range
                 .kvs
                 .first()
-                .map(|kv| kv.create_revision)
+                .map(|kv| (kv.create_revision, Some(kv.value.clone())))
                 .ok_or_else(|| Status::internal("ballot: lock key vanished")),
             _ => Err(Status::internal("ballot: unexpected lock txn response")),
         }
@@ -97,7 +110,11 @@ impl<N: ApiNode> Api<N> {
 
     /// The key under `prefix` created last before `revision`, if any (etcd `WithLastCreate`
     /// and `WithMaxCreateRev`).
-    fn nearest_older(&self, prefix: &[u8], revision: i64) -> Result<Option<(Bytes, i64)>, Status> {
+    pub(crate) fn nearest_older(
+        &self,
+        prefix: &[u8],
+        revision: i64,
+    ) -> Result<Option<(Bytes, i64)>, Status> {
         let request = RangeRequest {
             key: Bytes::copy_from_slice(prefix),
             range_end: Bytes::from(prefix_range_end(prefix)),
@@ -118,7 +135,7 @@ impl<N: ApiNode> Api<N> {
     }
 
     /// Waits until `key` is deleted after `revision`.
-    async fn wait_deleted(&self, key: Bytes, revision: i64) -> Result<(), Status> {
+    pub(crate) async fn wait_deleted(&self, key: Bytes, revision: i64) -> Result<(), Status> {
         let stream = self.node.watch_hub().open_stream(16);
         stream.create(&WatchCreateRequest {
             key,

@@ -15,12 +15,14 @@
 //! - [`maintenance`]: Status, Alarm, Hash, HashKV, Snapshot, MoveLeader, Defragment.
 //! - [`auth`]: authentication is not enabled; answers as a disabled etcd does.
 //! - [`lock`]: the `v3lockpb.Lock` service (server-side mutex).
+//! - [`election`]: the `v3electionpb.Election` service (server-side leader election).
 //! - [`error`]: etcd's error strings and codes for what this layer refuses itself.
 //! - [`authority`]: repairs the malformed HTTP/2 `:authority` some etcd clients send.
 
 pub mod auth;
 pub mod authority;
 pub mod cluster;
+pub mod election;
 pub mod error;
 pub mod kv;
 pub mod lease;
@@ -43,6 +45,7 @@ use ballot_proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use ballot_proto::v3electionpb::election_server::ElectionServer;
 use ballot_proto::v3lockpb::lock_server::LockServer;
 use bytes::Bytes;
 use tonic::Status;
@@ -273,6 +276,11 @@ pub fn router_for<N: ApiNode>(node: N, options: ApiOptions) -> axum::Router {
         )
         .add_service(
             LockServer::new(api.clone())
+                .max_decoding_message_size(receive_max)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            ElectionServer::new(api.clone())
                 .max_decoding_message_size(receive_max)
                 .max_encoding_message_size(usize::MAX),
         )

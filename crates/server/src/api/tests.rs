@@ -1002,3 +1002,109 @@ async fn lock_is_mutual_exclusion_in_request_order() {
         "etcdserver: requested lease not found",
     );
 }
+
+#[tokio::test]
+async fn election_campaign_proclaim_observe_and_resign() {
+    use ballot_proto::v3electionpb::{
+        CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest,
+        election_client::ElectionClient,
+    };
+    let (_server, channel) = server().await;
+    let mut leases = LeaseClient::new(channel.clone());
+    for id in [201, 202] {
+        leases
+            .lease_grant(LeaseGrantRequest { ttl: 60, id })
+            .await
+            .expect("grant");
+    }
+    let mut election = ElectionClient::new(channel.clone());
+    let mut observed = election
+        .observe(LeaderRequest { name: bytes("e") })
+        .await
+        .expect("observe")
+        .into_inner();
+    let mut next_leader_value = async || {
+        tokio::time::timeout(WAIT, observed.next())
+            .await
+            .expect("a leader in time")
+            .expect("stream open")
+            .expect("ok")
+            .kv
+            .expect("kv")
+            .value
+    };
+    let first = election
+        .campaign(CampaignRequest {
+            name: bytes("e"),
+            lease: 201,
+            value: bytes("a"),
+        })
+        .await
+        .expect("the first candidate leads at once")
+        .into_inner()
+        .leader
+        .expect("leader key");
+    assert_eq!(first.key, bytes("e/c9"));
+    assert_eq!(next_leader_value().await, bytes("a"));
+
+    let mut second = ElectionClient::new(channel.clone());
+    let waiting = tokio::spawn(async move {
+        second
+            .campaign(CampaignRequest {
+                name: bytes("e"),
+                lease: 202,
+                value: bytes("b"),
+            })
+            .await
+            .map(|response| response.into_inner().leader)
+    });
+    election
+        .proclaim(ProclaimRequest {
+            leader: Some(first.clone()),
+            value: bytes("a2"),
+        })
+        .await
+        .expect("the leader proclaims");
+    assert_eq!(next_leader_value().await, bytes("a2"));
+    let leader = election
+        .leader(LeaderRequest { name: bytes("e") })
+        .await
+        .expect("leader")
+        .into_inner();
+    assert_eq!(leader.kv.map(|kv| kv.value), Some(bytes("a2")));
+    assert!(!waiting.is_finished(), "the second candidate waits");
+
+    election
+        .resign(ResignRequest {
+            leader: Some(first.clone()),
+        })
+        .await
+        .expect("resign");
+    let second_leader = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("the second candidate leads after the resignation")
+        .expect("task")
+        .expect("campaign")
+        .expect("leader key");
+    assert_eq!(second_leader.key, bytes("e/ca"));
+    assert_eq!(next_leader_value().await, bytes("b"));
+    assert_status(
+        election
+            .proclaim(ProclaimRequest {
+                leader: Some(first),
+                value: bytes("stale"),
+            })
+            .await,
+        Code::Unknown,
+        "election: not leader",
+    );
+    assert_status(
+        election
+            .leader(LeaderRequest {
+                name: bytes("none"),
+            })
+            .await,
+        Code::Unknown,
+        "election: no leader",
+    );
+}
