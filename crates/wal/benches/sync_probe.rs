@@ -8,8 +8,12 @@
 //! - `zerofill+dsync`: as `zerofill`, through a descriptor opened with `O_DSYNC` (no separate
 //!   `fdatasync` call),
 //!
-//! and do two syncs running at once on one file finish in the time of one (`overlap`)?
+//! and what happens when the next write + `fdatasync` is issued while earlier ones still run
+//! (`zerofill, N in flight`: one thread writes at increasing offsets and hands each sync to one
+//! of N syncer threads, at most N outstanding, as the group commit does)?
 //! The variants run interleaved in rounds, so the noise of a shared disk hits all of them alike.
+//! Latency is from the start of the write to the return of its sync; syncs/s is the count over
+//! the wall time spent.
 //!
 //! Run: `cargo bench -p ballot-wal --bench sync_probe -- [--dir DIR] [--rounds N] [--syncs N]`
 
@@ -18,8 +22,8 @@ use std::io::Write as _;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier};
-use std::time::Instant;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -129,37 +133,56 @@ impl Target {
     }
 }
 
-/// Two threads each write + fdatasync their own half of a zero-filled file at the same time;
-/// returns the wall time of each pair of concurrent syncs, in microseconds.
-fn overlap_round(file: &Arc<File>, data: &[u8], syncs: usize, base: u64) -> Vec<u64> {
-    let barrier = Arc::new(Barrier::new(2));
-    let half = REGION_BYTES / 2;
-    let helper = {
+/// Writes at increasing offsets of a zero-filled file, each write's `fdatasync` run by one of
+/// `in_flight` syncer threads, at most `in_flight` outstanding. Returns each sync's latency
+/// (write start to sync return) in microseconds and the wall time of the round.
+fn pipelined_round(
+    file: &Arc<File>,
+    data: &[u8],
+    syncs: usize,
+    in_flight: usize,
+    base: u64,
+) -> (Vec<u64>, Duration) {
+    let (done_sender, done) = mpsc::channel::<Instant>();
+    let mut jobs = Vec::new();
+    let mut syncers = Vec::new();
+    for _ in 0..in_flight {
+        let (job_sender, job) = mpsc::channel::<Instant>();
         let file = Arc::clone(file);
-        let barrier = Arc::clone(&barrier);
-        let data = data.to_vec();
-        std::thread::spawn(move || {
-            for sync in 0..syncs {
-                barrier.wait();
-                let offset = half + (base + sync as u64 * data.len() as u64) % half;
-                file.write_all_at(&data, offset).expect("write");
+        let done_sender = done_sender.clone();
+        syncers.push(std::thread::spawn(move || {
+            for started in job {
                 file.sync_data().expect("fdatasync");
-                barrier.wait();
+                let _ = done_sender.send(started);
             }
-        })
-    };
-    let mut pair_micros = Vec::with_capacity(syncs);
-    for sync in 0..syncs {
-        barrier.wait();
-        let start = Instant::now();
-        let offset = (base + sync as u64 * data.len() as u64) % half;
-        file.write_all_at(data, offset).expect("write");
-        file.sync_data().expect("fdatasync");
-        barrier.wait();
-        pair_micros.push(start.elapsed().as_micros() as u64);
+        }));
+        jobs.push(job_sender);
     }
-    helper.join().expect("helper thread");
-    pair_micros
+    drop(done_sender);
+    let round_start = Instant::now();
+    let mut latencies = Vec::with_capacity(syncs);
+    let mut outstanding = 0;
+    for sync in 0..syncs {
+        if outstanding == in_flight {
+            let started = done.recv().expect("a syncer");
+            latencies.push(started.elapsed().as_micros() as u64);
+            outstanding -= 1;
+        }
+        let started = Instant::now();
+        let offset = (base + (sync * data.len()) as u64) % REGION_BYTES;
+        file.write_all_at(data, offset).expect("write");
+        jobs[sync % in_flight].send(started).expect("a syncer");
+        outstanding += 1;
+    }
+    drop(jobs);
+    for started in done {
+        latencies.push(started.elapsed().as_micros() as u64);
+    }
+    let wall = round_start.elapsed();
+    for syncer in syncers {
+        syncer.join().expect("syncer thread");
+    }
+    (latencies, wall)
 }
 
 fn main() {
@@ -176,12 +199,24 @@ fn main() {
         .iter()
         .map(|variant| open_target(&args.dir, *variant))
         .collect();
-    let overlap_file = Arc::new(open_target(&args.dir, Variant::Zerofill).file);
-    let mut histograms: Vec<Vec<Histogram<u64>>> = sizes
+    let pipelined_file = Arc::new(open_target(&args.dir, Variant::Zerofill).file);
+    let in_flight_counts = [2usize, 3];
+    let names: Vec<String> = variants
+        .iter()
+        .map(|variant| format!("{variant:?}"))
+        .chain(
+            in_flight_counts
+                .iter()
+                .map(|count| format!("Zerofill, {count} in flight")),
+        )
+        .collect();
+    // Per size, per variant: latencies and total wall time.
+    let mut results: Vec<Vec<(Histogram<u64>, Duration, u64)>> = sizes
         .iter()
         .map(|_| {
-            (0..variants.len() + 1)
-                .map(|_| Histogram::new(3).expect("histogram"))
+            names
+                .iter()
+                .map(|_| (Histogram::new(3).expect("histogram"), Duration::ZERO, 0))
                 .collect()
         })
         .collect();
@@ -189,18 +224,24 @@ fn main() {
         for (size_position, size) in sizes.iter().enumerate() {
             let data = vec![0x5au8; *size];
             for (position, target) in targets.iter_mut().enumerate() {
+                let result = &mut results[size_position][position];
                 for _ in 0..args.syncs_per_round {
                     let micros = target.write_and_sync(&data);
-                    histograms[size_position][position]
-                        .record(micros)
-                        .expect("record");
+                    result.0.record(micros).expect("record");
+                    result.1 += Duration::from_micros(micros);
+                    result.2 += 1;
                 }
             }
             let base = (round * args.syncs_per_round * size) as u64;
-            for micros in overlap_round(&overlap_file, &data, args.syncs_per_round, base) {
-                histograms[size_position][variants.len()]
-                    .record(micros)
-                    .expect("record");
+            for (offset, count) in in_flight_counts.iter().enumerate() {
+                let (latencies, wall) =
+                    pipelined_round(&pipelined_file, &data, args.syncs_per_round, *count, base);
+                let result = &mut results[size_position][variants.len() + offset];
+                for micros in latencies {
+                    result.0.record(micros).expect("record");
+                    result.2 += 1;
+                }
+                result.1 += wall;
             }
         }
     }
@@ -212,17 +253,13 @@ fn main() {
     );
     for (size_position, size) in sizes.iter().enumerate() {
         println!("\n{size} bytes per sync:");
-        for (position, histogram) in histograms[size_position].iter().enumerate() {
-            let name = match variants.get(position) {
-                Some(variant) => format!("{variant:?}"),
-                None => "overlap (2 syncs at once, wall time)".into(),
-            };
+        for (name, (histogram, wall, count)) in names.iter().zip(&results[size_position]) {
             println!(
-                "  {name:<38} p50 {:>6} us  p90 {:>6} us  p99 {:>6} us  mean {:>8.1} us",
+                "  {name:<24} p50 {:>6} us  p90 {:>6} us  p99 {:>6} us  {:>7.0} syncs/s",
                 histogram.value_at_quantile(0.50),
                 histogram.value_at_quantile(0.90),
                 histogram.value_at_quantile(0.99),
-                histogram.mean()
+                *count as f64 / wall.as_secs_f64().max(1e-9)
             );
         }
     }

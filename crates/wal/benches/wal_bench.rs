@@ -6,7 +6,7 @@
 //!    of the same number of bytes, on the same disk, interleaved in the same run.
 //!
 //! Run: `cargo bench -p ballot-wal --bench wal_bench -- [--dir DIR] [--seconds N]
-//! [--latency-samples N] [--writers 1,16,256] [--variants pipelined,one-sync,appending] [--rounds N]`
+//! [--latency-samples N] [--writers 1,16,256] [--variants defaults,syncs-N,one-sync,appending] [--rounds N]`
 //! (DIR defaults to /work/wal-bench, which must be on a real disk, not tmpfs). With several
 //! variants and rounds, the runs are interleaved and the median per variant is reported.
 
@@ -40,38 +40,47 @@ struct Args {
 /// shared disk hits every variant alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
-    /// The defaults: segments zero-filled before use, up to two syncs in flight.
-    Pipelined,
-    /// Zero-filled segments, one sync at a time (`syncs_in_flight_max = 1`).
-    OneSync,
+    /// The defaults (`WalOptions::new`, `GroupCommitOptions::default()`).
+    Defaults,
+    /// Zero-filled segments with this many syncs in flight (`syncs-N`; `one-sync` is `syncs-1`).
+    Syncs(usize),
     /// The original design: segments grown by every append, one sync at a time.
     Appending,
 }
 
 impl Variant {
-    const ALL: [Variant; 3] = [Variant::Pipelined, Variant::OneSync, Variant::Appending];
-
     fn parse(name: &str) -> Option<Variant> {
-        Variant::ALL
-            .into_iter()
-            .find(|variant| variant.name() == name)
+        match name {
+            "defaults" => Some(Variant::Defaults),
+            "one-sync" => Some(Variant::Syncs(1)),
+            "appending" => Some(Variant::Appending),
+            _ => name
+                .strip_prefix("syncs-")
+                .and_then(|count| count.parse().ok())
+                .filter(|count| *count >= 1)
+                .map(Variant::Syncs),
+        }
     }
 
-    fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
-            Variant::Pipelined => "pipelined",
-            Variant::OneSync => "one-sync",
-            Variant::Appending => "appending",
+            Variant::Defaults => "defaults".into(),
+            Variant::Syncs(count) => format!("syncs-{count}"),
+            Variant::Appending => "appending".into(),
         }
     }
 
     fn options(self) -> (WalOptions, GroupCommitOptions) {
         let mut wal = WalOptions::new(1, 1);
-        wal.preallocate_segments = self != Variant::Appending;
-        let group = GroupCommitOptions {
-            syncs_in_flight_max: if self == Variant::Pipelined { 2 } else { 1 },
-            ..GroupCommitOptions::default()
-        };
+        let mut group = GroupCommitOptions::default();
+        match self {
+            Variant::Defaults => {}
+            Variant::Syncs(count) => group.syncs_in_flight_max = count,
+            Variant::Appending => {
+                wal.preallocate_segments = false;
+                group.syncs_in_flight_max = 1;
+            }
+        }
         (wal, group)
     }
 }
@@ -86,7 +95,7 @@ fn parse_args() -> Args {
         seconds: 5,
         latency_samples: 4000,
         writers: vec![1, 16, 256],
-        variants: vec![Variant::Pipelined],
+        variants: vec![Variant::Defaults],
         rounds: 1,
     };
     let mut iter = std::env::args().skip(1);

@@ -224,7 +224,11 @@ fn a_second_sync_overlaps_the_first_and_writes_queued_behind_both_share_the_thir
     options.preallocate_segments = false;
     let (wal, _) = Wal::open(disk, Path::new("/data/wal"), options).expect("open");
     let syncs_at_open = wal.durable_state().syncs;
-    let wal = GroupCommitWal::spawn(wal, GroupCommitOptions::default()).expect("spawn");
+    let two_syncs_at_a_time = GroupCommitOptions {
+        syncs_in_flight_max: 2,
+        ..GroupCommitOptions::default()
+    };
+    let wal = GroupCommitWal::spawn(wal, two_syncs_at_a_time).expect("spawn");
     gate.0.lock().expect("gate lock").closed = true;
     let submit = |index: u64| {
         wal.submit_blocking(Write {
