@@ -6,7 +6,7 @@
 //!    of the same number of bytes, on the same disk, interleaved in the same run.
 //!
 //! Run: `cargo bench -p ballot-wal --bench wal_bench -- [--dir DIR] [--seconds N]
-//! [--latency-samples N] [--writers 1,16,256] [--variants defaults,syncs-N,one-sync,appending] [--rounds N]`
+//! [--latency-samples N] [--writers 1,16,256] [--variants defaults,syncs-N,one-sync,appending,no-fsync] [--rounds N]`
 //! (DIR defaults to /work/wal-bench, which must be on a real disk, not tmpfs). With several
 //! variants and rounds, the runs are interleaved and the median per variant is reported.
 
@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ballot_wal::{GroupCommitOptions, GroupCommitWal, LogEntry, RealDisk, Wal, WalOptions, Write};
+use ballot_wal::{
+    GroupCommitOptions, GroupCommitWal, LogEntry, RealDisk, SyncMode, Wal, WalOptions, Write,
+};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
@@ -46,6 +48,9 @@ enum Variant {
     Syncs(usize),
     /// The original design: segments grown by every append, one sync at a time.
     Appending,
+    /// The defaults with `SyncMode::UnsafeNoFsync`: what the WAL and this harness cost in CPU
+    /// with the disk out of the way (not durable; a ceiling, not a result).
+    NoFsync,
 }
 
 impl Variant {
@@ -54,6 +59,7 @@ impl Variant {
             "defaults" => Some(Variant::Defaults),
             "one-sync" => Some(Variant::Syncs(1)),
             "appending" => Some(Variant::Appending),
+            "no-fsync" => Some(Variant::NoFsync),
             _ => name
                 .strip_prefix("syncs-")
                 .and_then(|count| count.parse().ok())
@@ -67,6 +73,7 @@ impl Variant {
             Variant::Defaults => "defaults".into(),
             Variant::Syncs(count) => format!("syncs-{count}"),
             Variant::Appending => "appending".into(),
+            Variant::NoFsync => "no-fsync".into(),
         }
     }
 
@@ -80,6 +87,7 @@ impl Variant {
                 wal.preallocate_segments = false;
                 group.syncs_in_flight_max = 1;
             }
+            Variant::NoFsync => wal.sync_mode = SyncMode::UnsafeNoFsync,
         }
         (wal, group)
     }
