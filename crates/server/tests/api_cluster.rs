@@ -138,7 +138,7 @@ async fn status_membership_and_leader_transfer() {
     expected_ids.sort_unstable();
     assert_eq!(listed_ids, expected_ids);
 
-    // A learner that never starts: added, refused promotion, removed.
+    // A learner that never starts: added and removed (its promotion: see the next test).
     let added = cluster_client
         .member_add(MemberAddRequest {
             peer_ur_ls: vec![format!("http://127.0.0.1:{}", api_support::free_port())],
@@ -151,15 +151,6 @@ async fn status_membership_and_leader_transfer() {
     assert!(learner.is_learner);
     assert!(learner.name.is_empty(), "an unstarted member has no name");
     assert_eq!(added.members.len(), 4);
-    let promote = cluster_client
-        .member_promote(MemberPromoteRequest { id: learner.id })
-        .await
-        .expect_err("the learner is not in sync");
-    assert_eq!(promote.code(), Code::FailedPrecondition);
-    assert_eq!(
-        promote.message(),
-        "etcdserver: can only promote a learner member which is in sync with leader"
-    );
     let bad_urls = cluster_client
         .member_add(MemberAddRequest {
             peer_ur_ls: vec!["not-a-url".into()],
@@ -204,6 +195,50 @@ async fn status_membership_and_leader_transfer() {
         .expect_err("not the leader");
     assert_eq!(refused.code(), Code::FailedPrecondition);
     assert_eq!(refused.message(), "etcdserver: not leader");
+}
+
+/// etcd refuses to promote a learner whose log is not close to the leader's
+/// (`isLearnerReady`): a voter that cannot vote yet would weaken the quorum.
+#[tokio::test]
+async fn a_learner_that_is_not_in_sync_is_not_promoted() {
+    let cluster = Cluster::start(3, &[]).await;
+    let mut cluster_client = ClusterClient::new(cluster.members[0].channel().await);
+    let learner = cluster_client
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![format!("http://127.0.0.1:{}", api_support::free_port())],
+            is_learner: true,
+        })
+        .await
+        .expect("member add --learner")
+        .into_inner()
+        .member
+        .expect("the new member");
+    let promote = cluster_client
+        .member_promote(MemberPromoteRequest { id: learner.id })
+        .await
+        .expect_err("the learner never started, so it is not in sync");
+    assert_eq!(promote.code(), Code::FailedPrecondition);
+    assert_eq!(
+        promote.message(),
+        "etcdserver: can only promote a learner member which is in sync with leader"
+    );
+    let voter = cluster.members[0].channel().await;
+    let status = MaintenanceClient::new(voter)
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    let promote_voter = cluster_client
+        .member_promote(MemberPromoteRequest {
+            id: status.header.expect("header").member_id,
+        })
+        .await
+        .expect_err("a voter is not a learner");
+    assert_eq!(promote_voter.code(), Code::FailedPrecondition);
+    assert_eq!(
+        promote_voter.message(),
+        "etcdserver: can only promote a learner member"
+    );
 }
 
 #[tokio::test]
