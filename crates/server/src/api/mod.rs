@@ -224,8 +224,8 @@ impl ApiOptions {
             grpc_max_receive_bytes: config.grpc_max_receive_bytes(),
             watch_progress_notify_interval: progress_interval,
             watch_queue_events_max: 4096,
-            // etcd's /health waits up to the request timeout (5 s plus election time); a health
-            // probe that waits that long is a failure anyway.
+            // etcd's /health waits up to its request timeout; 5 s, or two election timeouts when
+            // that is longer, lets an election under way finish before the probe gives up.
             health_timeout: Duration::from_secs(5).max(config.election_timeout * 2),
         }
     }
