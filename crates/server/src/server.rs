@@ -213,25 +213,30 @@ async fn join_cluster(config: &ServerConfig) -> Result<ClusterFile, ServerError>
         ));
     }
     let deadline = tokio::time::Instant::now() + JOIN_DISCOVERY_TIMEOUT;
-    let (cluster_id, registry) = loop {
-        match transport::fetch_cluster_info(&peer_urls).await {
-            Ok(answer) => break answer,
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                tracing::info!(%error, "waiting for the cluster to answer");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    // A member that has not applied the `member add` yet answers without this member: ask
+    // again until one knows it, or give up at the deadline.
+    let (cluster_id, registry, me) = loop {
+        let error = match transport::fetch_cluster_info(&peer_urls).await {
+            Ok((cluster_id, registry)) => {
+                match registry
+                    .find_by_peer_urls(&config.advertise_peer_urls)
+                    .cloned()
+                {
+                    Some(me) => break (cluster_id, registry, me),
+                    None => format!(
+                        "the cluster has no member with peer URLs {}; add it first with \
+                         `etcdctl member add`",
+                        config.advertise_peer_urls.join(",")
+                    ),
+                }
             }
-            Err(error) => {
-                return Err(ServerError::Join(format!(
-                    "no member of --initial-cluster answered ({error})"
-                )));
-            }
+            Err(error) => format!("no member of --initial-cluster answered ({error})"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ServerError::Join(error));
         }
-    };
-    let Some(me) = registry.find_by_peer_urls(&config.advertise_peer_urls) else {
-        return Err(ServerError::Join(format!(
-            "the cluster has no member with peer URLs {}; add it first with `etcdctl member add`",
-            config.advertise_peer_urls.join(",")
-        )));
+        tracing::info!(%error, "waiting for the cluster");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     tracing::info!(
         member_id = %format_args!("{:x}", me.id),
@@ -242,7 +247,7 @@ async fn join_cluster(config: &ServerConfig) -> Result<ClusterFile, ServerError>
         cluster_id,
         member_id: me.id,
         peer_urls: config.advertise_peer_urls.clone(),
-        seed: registry.clone(),
+        seed: registry,
         joined: true,
     })
 }

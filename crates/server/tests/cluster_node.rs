@@ -585,3 +585,145 @@ fn bench_node_put_throughput() {
         load.shutdown_background();
     }
 }
+
+#[test]
+fn a_whole_cluster_killed_at_once_restarts_from_its_snapshots_and_logs() {
+    let mut cluster = TestCluster::new("restart-all", 3, 25);
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    for round in 0..120 {
+        propose_retrying(
+            &cluster.members[(leader + round) % 3],
+            put(&format!("k{round:03}"), &format!("v{round}")),
+            Duration::from_secs(5),
+        );
+    }
+    let revision_before = cluster.members[leader]
+        .handle()
+        .with_store(|store| store.current_revision());
+    for member in &mut cluster.members {
+        member.kill();
+    }
+    for index in 0..3 {
+        cluster.restart(index);
+    }
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    for member in &cluster.members {
+        let handle = member.handle();
+        member
+            .block_on(handle.read_barrier())
+            .expect("read barrier");
+        assert_eq!(get_local(&handle, "k000").as_deref(), Some("v0"));
+        assert_eq!(get_local(&handle, "k119").as_deref(), Some("v119"));
+        let revision = handle.with_store(|store| store.current_revision());
+        assert!(
+            revision >= revision_before,
+            "revision went back: {revision} < {revision_before}"
+        );
+        // The registry came back too: names were published before the crash.
+        let members = member.block_on(handle.member_list(false)).expect("list");
+        let mut names: Vec<String> = members.into_iter().map(|m| m.name).collect();
+        names.sort();
+        assert_eq!(names, ["m0", "m1", "m2"]);
+    }
+    propose_retrying(
+        &cluster.members[leader],
+        put("after", "restart"),
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn membership_changes_remove_promote_and_move_leadership() {
+    let mut cluster = TestCluster::new("membership", 3, 10_000);
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    let handle = cluster.members[leader].handle();
+    let follower = (leader + 1) % 3;
+    let follower_handle = cluster.members[follower].handle();
+
+    // A learner, added through a follower (the change is forwarded to the leader).
+    let listener = free_listener();
+    let addr = listener.local_addr().expect("addr");
+    let (learner, members) = cluster.members[follower]
+        .block_on(follower_handle.member_add(vec![format!("http://{addr}")], true))
+        .expect("add learner");
+    assert!(learner.is_learner);
+    assert_eq!(members.len(), 4);
+    let duplicate =
+        cluster.members[leader].block_on(handle.member_add(vec![format!("http://{addr}")], false));
+    assert_eq!(duplicate.err(), Some(ballot::node::NodeError::MemberExists));
+    let second_learner = cluster.members[leader]
+        .block_on(handle.member_add(vec!["http://127.0.0.1:1".to_string()], true));
+    assert_eq!(
+        second_learner.err(),
+        Some(ballot::node::NodeError::TooManyLearners)
+    );
+    let not_learner = cluster.members[leader].block_on(handle.member_promote(handle.member_id()));
+    assert_eq!(
+        not_learner.err(),
+        Some(ballot::node::NodeError::MemberNotLearner)
+    );
+
+    let mut newcomer = TestMember {
+        name: "m3".into(),
+        runtime: None,
+        member: None,
+        peer_addr: addr,
+        data_dir: cluster.dir.join("m3"),
+    };
+    let initial = format!("{},m3=http://{addr}", cluster.initial_cluster);
+    cluster.launch(&mut newcomer, Some(listener), &initial, "existing");
+    let newcomer_handle = newcomer.handle();
+    assert!(newcomer_handle.status().is_learner || newcomer_handle.leader_id() == 0);
+    // Promotion succeeds once the learner has caught up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let promoted = loop {
+        match cluster.members[leader].block_on(handle.member_promote(learner.id)) {
+            Ok(members) => break members,
+            Err(ballot::node::NodeError::LearnerNotReady) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => panic!("promote failed: {error}"),
+        }
+    };
+    assert!(promoted.iter().all(|member| !member.is_learner));
+    cluster.members.push(newcomer);
+
+    // Leadership moves to the named member; a non-leader cannot move it.
+    let target = cluster.members[follower].handle().member_id();
+    assert_eq!(
+        cluster.members[follower]
+            .block_on(follower_handle.move_leader(handle.member_id()))
+            .err(),
+        Some(ballot::node::NodeError::NotLeader)
+    );
+    cluster.members[leader]
+        .block_on(handle.move_leader(target))
+        .expect("move leader");
+    assert_eq!(cluster.wait_leader(Duration::from_secs(5)), follower);
+
+    // Removing a member: it stops, and the others carry on without it.
+    let removed = cluster.members[3].handle().member_id();
+    let members = cluster.members[follower]
+        .block_on(follower_handle.member_remove(removed))
+        .expect("remove");
+    assert_eq!(members.len(), 3);
+    assert!(members.iter().all(|member| member.id != removed));
+    let removed_handle = cluster.members[3].handle();
+    wait_until(
+        "the removed member to stop",
+        Duration::from_secs(10),
+        || removed_handle.was_removed(),
+    );
+    assert_eq!(
+        cluster.members[follower]
+            .block_on(follower_handle.member_remove(removed))
+            .err(),
+        Some(ballot::node::NodeError::MemberNotFound)
+    );
+    cluster.members[3].kill();
+    propose_retrying(
+        &cluster.members[leader],
+        put("still", "serving"),
+        Duration::from_secs(5),
+    );
+}

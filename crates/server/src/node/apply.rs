@@ -158,13 +158,7 @@ impl Applier {
         };
         let context = ConfContext::decode(&change.context).unwrap_or_else(|error| {
             tracing::error!(index = entry.index, %error, "undecodable configuration context");
-            ConfContext {
-                origin: super::envelope::Origin {
-                    member_id: 0,
-                    request_id: 0,
-                },
-                record: None,
-            }
+            ConfContext::bootstrap()
         });
         let me = self.shared.member_id;
         {
@@ -186,7 +180,7 @@ impl Applier {
                     }
                     ConfChangeKind::Remove => {
                         registry.remove(single.node);
-                        self.shared.transport.remove_peer(single.node);
+                        self.forget_peer_later(single.node);
                         if single.node == me {
                             tracing::warn!("this member was removed from the cluster");
                             self.shared.removed.store(true, Ordering::SeqCst);
@@ -203,6 +197,23 @@ impl Applier {
                 Ok(AppliedResult::Members(members)),
             ));
         }
+    }
+
+    /// A removed member must still hear that its removal committed (the core keeps replicating
+    /// to it until it does), so its address is kept for a few election timeouts before the
+    /// transport forgets it and starts refusing its connections.
+    fn forget_peer_later(&self, id: u64) {
+        if id == self.shared.member_id {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let grace = (shared.config.election_timeout * 4).max(std::time::Duration::from_secs(1));
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if !lock_read(&shared.registry).contains(id) {
+                shared.transport.remove_peer(id);
+            }
+        });
     }
 
     /// Hands a batch's results out: watchers first (a client that sees its write acknowledged

@@ -25,9 +25,10 @@ use ballot_wal::{Completion, GroupCommitWal, Write};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::envelope::{ConfContext, Envelope};
+use super::envelope::{ConfContext, ConfPurpose, Envelope};
 use super::error::NodeError;
-use super::{NodeShared, RaftView};
+use super::members::Registry;
+use super::{NodeShared, RaftView, lock_read};
 use crate::metrics::metrics;
 use crate::storage::{entry_to_wal, hard_state_to_wal, snapshot_marker};
 use crate::transport::{PeerFrame, PeerInput, Transport};
@@ -106,6 +107,10 @@ pub struct Driver {
     pub next_read_ctx: u64,
     pub soft_state: SoftState,
     pub applied_index: u64,
+    /// Index of the last configuration change seen in the log (appended or restored).
+    pub last_conf_index: u64,
+    /// Membership changes waiting for the registry to catch up with `last_conf_index`.
+    pub deferred_conf_changes: Vec<(u64, u64, ConfChange)>,
 }
 
 /// Why the driver stopped.
@@ -179,6 +184,15 @@ impl Driver {
         if applied > self.applied_index {
             self.applied_index = applied;
             self.raft.on_applied(applied);
+        }
+        if self.applied_index >= self.last_conf_index {
+            self.retry_deferred_conf_changes();
+        }
+    }
+
+    fn retry_deferred_conf_changes(&mut self) {
+        for (origin, request_id, change) in std::mem::take(&mut self.deferred_conf_changes) {
+            self.propose_conf_change(origin, request_id, change);
         }
     }
 
@@ -312,8 +326,28 @@ impl Driver {
     fn propose_conf_change(&mut self, origin: u64, request_id: u64, change: ConfChange) {
         let me = self.shared.member_id;
         if self.soft_state.role == Role::Leader {
-            if let Err(error) = self.raft.propose_conf_change(change) {
-                self.refuse(origin, request_id, propose_error(error));
+            // Membership is validated against the registry, which the apply task updates; wait
+            // until it reflects every configuration change in the log, so that two changes
+            // proposed on different members cannot both pass a check against a stale registry
+            // (a change takes effect when appended and cannot be undone at apply time).
+            if self.applied_index < self.last_conf_index {
+                self.deferred_conf_changes
+                    .push((origin, request_id, change));
+                return;
+            }
+            if let Err(error) = validate_conf_change(&lock_read(&self.shared.registry), &change) {
+                self.refuse(origin, request_id, error);
+                return;
+            }
+            match self.raft.propose_conf_change(change.clone()) {
+                Ok(_) => {}
+                // Both clear as the log commits and applies (the new leader's first entry, the
+                // previous change): wait rather than fail, and retry as the applied index moves.
+                Err(ProposeError::LeaderTermNotCommitted | ProposeError::ConfChangePending) => {
+                    self.deferred_conf_changes
+                        .push((origin, request_id, change));
+                }
+                Err(error) => self.refuse(origin, request_id, propose_error(error)),
             }
             return;
         }
@@ -507,8 +541,9 @@ impl Driver {
 
     /// A configuration change takes effect when appended, so Raft may message a new member
     /// before the change is applied: learn its address from the change's context now.
-    fn learn_new_peers(&self, entries: &[ballot_raft::Entry]) {
+    fn learn_new_peers(&mut self, entries: &[ballot_raft::Entry]) {
         for entry in entries.iter().filter(|e| e.kind == EntryKind::ConfChange) {
+            self.last_conf_index = self.last_conf_index.max(entry.index);
             let Ok(change) = ConfChange::decode(&entry.data) else {
                 continue;
             };
@@ -543,6 +578,9 @@ impl Driver {
                 }
             }
             self.shared.waiters.fail_forwarded_except(soft_state.leader);
+            // Deferred membership changes follow leadership: forwarded to the new leader, or
+            // refused back to their origin.
+            self.retry_deferred_conf_changes();
         }
     }
 
@@ -568,6 +606,43 @@ impl Driver {
             true
         });
     }
+}
+
+/// etcd's membership checks (`ValidateConfigurationChange`), against the applied registry.
+fn validate_conf_change(registry: &Registry, change: &ConfChange) -> Result<(), NodeError> {
+    let context = ConfContext::decode(&change.context).map_err(|_| NodeError::MemberBadUrls)?;
+    for single in &change.changes {
+        let existing = registry.get(single.node);
+        match context.purpose {
+            ConfPurpose::Bootstrap => {}
+            ConfPurpose::Add => {
+                let urls_taken = context.record.as_ref().is_some_and(|record| {
+                    registry
+                        .peer_url_owner(&record.peer_urls, single.node)
+                        .is_some()
+                });
+                if urls_taken {
+                    return Err(NodeError::MemberExists);
+                }
+                if existing.is_some() {
+                    return Err(NodeError::MemberIdExists);
+                }
+                if single.kind == ConfChangeKind::AddLearner
+                    && registry.records().any(|member| member.is_learner)
+                {
+                    return Err(NodeError::TooManyLearners);
+                }
+            }
+            ConfPurpose::Promote => match existing {
+                None => return Err(NodeError::MemberNotFound),
+                Some(member) if !member.is_learner => return Err(NodeError::MemberNotLearner),
+                Some(_) => {}
+            },
+            ConfPurpose::Remove if existing.is_none() => return Err(NodeError::MemberNotFound),
+            ConfPurpose::Remove => {}
+        }
+    }
+    Ok(())
 }
 
 /// The etcd error for a proposal the core refused.

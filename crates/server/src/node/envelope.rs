@@ -129,10 +129,50 @@ fn read_origin(reader: &mut Reader<'_>) -> Result<Origin, WireError> {
     })
 }
 
-/// The `context` of a configuration change: the waiting request and the member record.
+/// Which membership operation a configuration change carries out; the leader validates each
+/// against the registry differently (etcd's `ValidateConfigurationChange`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfPurpose {
+    /// The bootstrap entry at index 1 (its context is empty).
+    Bootstrap,
+    /// MemberAdd, as a voter or a learner.
+    Add,
+    /// MemberPromote: a learner becomes a voter.
+    Promote,
+    /// MemberRemove.
+    Remove,
+}
+
+impl ConfPurpose {
+    fn code(self) -> u64 {
+        match self {
+            ConfPurpose::Bootstrap => 0,
+            ConfPurpose::Add => 1,
+            ConfPurpose::Promote => 2,
+            ConfPurpose::Remove => 3,
+        }
+    }
+
+    fn from_code(code: u64) -> Result<ConfPurpose, WireError> {
+        match code {
+            0 => Ok(ConfPurpose::Bootstrap),
+            1 => Ok(ConfPurpose::Add),
+            2 => Ok(ConfPurpose::Promote),
+            3 => Ok(ConfPurpose::Remove),
+            tag => Err(WireError::UnknownTag {
+                what: "membership change purpose",
+                tag,
+            }),
+        }
+    }
+}
+
+/// The `context` of a configuration change: the waiting request, the operation and the member
+/// record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfContext {
     pub origin: Origin,
+    pub purpose: ConfPurpose,
     pub record: Option<MemberRecord>,
 }
 
@@ -141,6 +181,7 @@ impl ConfContext {
         let mut buf = BytesMut::new();
         put_varint(&mut buf, self.origin.member_id);
         put_varint(&mut buf, self.origin.request_id);
+        put_varint(&mut buf, self.purpose.code());
         match &self.record {
             Some(record) => {
                 put_varint(&mut buf, 1);
@@ -154,16 +195,11 @@ impl ConfContext {
     /// An empty context (the bootstrap change) decodes as "no origin, no record".
     pub fn decode(bytes: &Bytes) -> Result<ConfContext, WireError> {
         if bytes.is_empty() {
-            return Ok(ConfContext {
-                origin: Origin {
-                    member_id: 0,
-                    request_id: 0,
-                },
-                record: None,
-            });
+            return Ok(ConfContext::bootstrap());
         }
         let mut reader = Reader::new(bytes);
         let origin = read_origin(&mut reader)?;
+        let purpose = ConfPurpose::from_code(reader.varint("purpose")?)?;
         let record = match reader.varint("record present")? {
             0 => None,
             1 => Some(MemberRecord::decode_from(&mut reader)?),
@@ -175,7 +211,23 @@ impl ConfContext {
             }
         };
         reader.finish()?;
-        Ok(ConfContext { origin, record })
+        Ok(ConfContext {
+            origin,
+            purpose,
+            record,
+        })
+    }
+
+    /// The context of the bootstrap change: nobody waits, no record.
+    pub fn bootstrap() -> ConfContext {
+        ConfContext {
+            origin: Origin {
+                member_id: 0,
+                request_id: 0,
+            },
+            purpose: ConfPurpose::Bootstrap,
+            record: None,
+        }
     }
 }
 
@@ -217,6 +269,7 @@ mod tests {
     fn conf_contexts_round_trip() {
         let context = ConfContext {
             origin: ORIGIN,
+            purpose: ConfPurpose::Add,
             record: Some(MemberRecord {
                 id: 9,
                 peer_urls: vec!["http://x:1".into()],

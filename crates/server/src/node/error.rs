@@ -101,7 +101,7 @@ impl NodeError {
 
 /// The errors a leader reports back to a follower for a forwarded request, by code. Errors not
 /// listed (they never arise at the leader for forwarded work) travel as a timeout.
-const WIRE_CODES: [(u8, NodeError); 12] = [
+const WIRE_CODES: [(u8, NodeError); 15] = [
     (1, NodeError::NoLeader),
     (2, NodeError::Timeout),
     (3, NodeError::LeaderChanged),
@@ -114,6 +114,9 @@ const WIRE_CODES: [(u8, NodeError); 12] = [
     (10, NodeError::BadLeaderTransferee),
     (11, NodeError::NotLeader),
     (12, NodeError::MemberExists),
+    (13, NodeError::MemberIdExists),
+    (14, NodeError::TooManyLearners),
+    (15, NodeError::MemberBadUrls),
 ];
 
 impl NodeError {

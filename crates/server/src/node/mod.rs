@@ -34,7 +34,7 @@ use crate::metrics::metrics;
 use crate::storage::{self, Opened};
 use crate::transport::{ClusterInfoSource, PeerFrame, PeerInput, Transport};
 use driver::{Driver, DriverRequest, PersistItem};
-use envelope::{Body, ConfContext, Envelope, Origin};
+use envelope::{Body, ConfContext, ConfPurpose, Envelope, Origin};
 use members::{MemberRecord, Registry};
 use waiters::{AppliedResult, PeerRequests, Waiters};
 
@@ -548,7 +548,7 @@ impl NodeHandle {
             ConfChangeKind::AddVoter
         };
         let members = self
-            .change_membership(kind, id, Some(record.clone()))
+            .change_membership(ConfPurpose::Add, kind, id, Some(record.clone()))
             .await?;
         let member = members
             .iter()
@@ -562,7 +562,7 @@ impl NodeHandle {
         if !lock_read(&self.shared.registry).contains(id) {
             return Err(NodeError::MemberNotFound);
         }
-        self.change_membership(ConfChangeKind::Remove, id, None)
+        self.change_membership(ConfPurpose::Remove, ConfChangeKind::Remove, id, None)
             .await
     }
 
@@ -604,12 +604,18 @@ impl NodeHandle {
                 ..record.clone()
             }
         };
-        self.change_membership(ConfChangeKind::AddVoter, id, Some(record))
-            .await
+        self.change_membership(
+            ConfPurpose::Promote,
+            ConfChangeKind::AddVoter,
+            id,
+            Some(record),
+        )
+        .await
     }
 
     async fn change_membership(
         &self,
+        purpose: ConfPurpose,
         kind: ConfChangeKind,
         node: u64,
         record: Option<MemberRecord>,
@@ -621,6 +627,7 @@ impl NodeHandle {
                 member_id: self.shared.member_id,
                 request_id,
             },
+            purpose,
             record,
         };
         let change = ConfChange {
@@ -784,6 +791,7 @@ pub fn start(
     peer_input: mpsc::Receiver<PeerInput>,
 ) -> Result<StartedNode, StartError> {
     let raft_config = raft_config(&config);
+    let mut last_conf_index = 0;
     let (store, registry, raft, snapshot_index, snapshot_size) = match opened.recovered {
         Some(recovered) => {
             let (store, registry, size) = match &recovered.snapshot {
@@ -801,6 +809,7 @@ pub fn start(
                 .filter(|e| e.kind == EntryKind::ConfChange)
             {
                 learn_peer_from_entry(&transport, entry);
+                last_conf_index = entry.index;
             }
             let snapshot_index = recovered.restore.applied;
             let raft = RaftNode::restore(raft_config, recovered.restore)?;
@@ -885,6 +894,8 @@ pub fn start(
         next_read_ctx: 0,
         soft_state,
         applied_index,
+        last_conf_index,
+        deferred_conf_changes: Vec::new(),
     };
     let applier = apply::Applier {
         shared: Arc::clone(&shared),
