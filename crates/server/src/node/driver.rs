@@ -111,6 +111,10 @@ pub struct Driver {
     pub last_conf_index: u64,
     /// Membership changes waiting for the registry to catch up with `last_conf_index`.
     pub deferred_conf_changes: Vec<(u64, u64, ConfChange)>,
+    /// Term and vote of the last hard state handed to the WAL.
+    pub durable_term_vote: (u64, u64),
+    /// A newer commit index not yet written (see [`Driver::write_for`]).
+    pub pending_hard_state: Option<ballot_raft::HardState>,
 }
 
 /// Why the driver stopped.
@@ -485,25 +489,19 @@ impl Driver {
         }
     }
 
-    async fn handle_ready(&mut self, ready: Ready) -> Result<(), DriverError> {
+    async fn handle_ready(&mut self, mut ready: Ready) -> Result<(), DriverError> {
         if let Some(soft_state) = ready.soft_state {
             self.on_soft_state(soft_state);
         }
         self.learn_new_peers(&ready.entries);
         let must_persist = ready.must_persist();
-        for message in ready.messages {
+        for message in std::mem::take(&mut ready.messages) {
             self.transport.send_message(message);
         }
         if must_persist || !ready.persisted_messages.is_empty() {
-            let completion = if must_persist {
-                let write = Write {
-                    snapshot: ready.snapshot.as_ref().map(snapshot_marker),
-                    entries: ready.entries.iter().map(entry_to_wal).collect(),
-                    hard_state: ready.hard_state.as_ref().map(hard_state_to_wal),
-                };
-                Some(self.wal.submit(write).await?)
-            } else {
-                None
+            let completion = match self.write_for(&ready) {
+                Some(write) => Some(self.wal.submit(write).await?),
+                None => None,
             };
             self.persist
                 .send(PersistItem {
@@ -537,6 +535,40 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// What to make durable for `ready`, or `None` when nothing needs a disk write.
+    ///
+    /// A hard state that changes only the commit index is not written on its own: term and vote
+    /// are what must be durable before a vote or an acknowledgement leaves (Raft paper figure 2),
+    /// while the commit index is a restart hint the leader re-sends anyway (etcd's `MustSync`
+    /// skips the fsync for the same reason). Written alone it would cost an fsync per commit on
+    /// every member, and the next entries would queue behind it; instead it rides along with the
+    /// next write that has to happen. The Ready still goes through the persist task, so it is
+    /// reported persisted only after every earlier write is durable.
+    fn write_for(&mut self, ready: &Ready) -> Option<Write> {
+        let commit_only = ready.snapshot.is_none()
+            && ready.entries.is_empty()
+            && ready
+                .hard_state
+                .is_some_and(|state| (state.term, state.vote) == self.durable_term_vote);
+        if commit_only {
+            self.pending_hard_state = ready.hard_state;
+            return None;
+        }
+        if !ready.must_persist() {
+            return None;
+        }
+        let hard_state = ready.hard_state.or(self.pending_hard_state.take());
+        if let Some(state) = hard_state {
+            self.pending_hard_state = None;
+            self.durable_term_vote = (state.term, state.vote);
+        }
+        Some(Write {
+            snapshot: ready.snapshot.as_ref().map(snapshot_marker),
+            entries: ready.entries.iter().map(entry_to_wal).collect(),
+            hard_state: hard_state.as_ref().map(hard_state_to_wal),
+        })
     }
 
     /// A configuration change takes effect when appended, so Raft may message a new member

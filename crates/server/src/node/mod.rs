@@ -896,6 +896,8 @@ pub fn start(
         applied_index,
         last_conf_index,
         deferred_conf_changes: Vec::new(),
+        durable_term_vote: (status.term, status.vote),
+        pending_hard_state: None,
     };
     let applier = apply::Applier {
         shared: Arc::clone(&shared),
