@@ -6,7 +6,7 @@
 //!    of the same number of bytes, on the same disk, interleaved in the same run.
 //!
 //! Run: `cargo bench -p ballot-wal --bench wal_bench -- [--dir DIR] [--seconds N]
-//! [--latency-samples N] [--writers 1,16,256] [--variants defaults,syncs-N,one-sync,appending,no-fsync] [--rounds N]`
+//! [--latency-samples N] [--writers 1,16,256] [--variants defaults,syncs-N,one-sync,no-slice,appending,no-fsync] [--rounds N]`
 //! (DIR defaults to /work/wal-bench, which must be on a real disk, not tmpfs). With several
 //! variants and rounds, the runs are interleaved and the median per variant is reported.
 
@@ -44,10 +44,13 @@ struct Args {
 enum Variant {
     /// The defaults (`WalOptions::new`, `GroupCommitOptions::default()`).
     Defaults,
-    /// Zero-filled segments with this many syncs in flight (`syncs-N`; `one-sync` is `syncs-1`).
+    /// The defaults with this many syncs in flight (`syncs-N`; `one-sync` is `syncs-1`).
     Syncs(usize),
-    /// The original design: segments grown by every append, one sync at a time.
+    /// The original design: segments grown by every append, one sync at a time, committer with
+    /// the scheduler's default time slice.
     Appending,
+    /// The defaults without the short scheduler time slice for the committer threads.
+    NoSlice,
     /// The defaults with `SyncMode::UnsafeNoFsync`: what the WAL and this harness cost in CPU
     /// with the disk out of the way (not durable; a ceiling, not a result).
     NoFsync,
@@ -60,6 +63,7 @@ impl Variant {
             "one-sync" => Some(Variant::Syncs(1)),
             "appending" => Some(Variant::Appending),
             "no-fsync" => Some(Variant::NoFsync),
+            "no-slice" => Some(Variant::NoSlice),
             _ => name
                 .strip_prefix("syncs-")
                 .and_then(|count| count.parse().ok())
@@ -74,6 +78,7 @@ impl Variant {
             Variant::Syncs(count) => format!("syncs-{count}"),
             Variant::Appending => "appending".into(),
             Variant::NoFsync => "no-fsync".into(),
+            Variant::NoSlice => "no-slice".into(),
         }
     }
 
@@ -86,7 +91,9 @@ impl Variant {
             Variant::Appending => {
                 wal.preallocate_segments = false;
                 group.syncs_in_flight_max = 1;
+                group.committer_time_slice_micros = None;
             }
+            Variant::NoSlice => group.committer_time_slice_micros = None,
             Variant::NoFsync => wal.sync_mode = SyncMode::UnsafeNoFsync,
         }
         (wal, group)
