@@ -7,13 +7,16 @@
 //! - `zerofill`:  lands in space already written with zeros and synced (no metadata change at all),
 //! - `zerofill+dsync`: as `zerofill`, through a descriptor opened with `O_DSYNC` (no separate
 //!   `fdatasync` call),
+//! - `zerofill, short slice`: as `zerofill`, from a thread that asked the scheduler for a 100 µs
+//!   time slice (as the WAL's committer threads do),
 //!
 //! and what happens when the next write + `fdatasync` is issued while earlier ones still run
 //! (`zerofill, N in flight`: one thread writes at increasing offsets and hands each sync to one
 //! of N syncer threads, at most N outstanding, as the group commit does)?
 //! The variants run interleaved in rounds, so the noise of a shared disk hits all of them alike.
 //! Latency is from the start of the write to the return of its sync; syncs/s is the count over
-//! the wall time spent.
+//! the wall time spent; run-queue wait is how long the syncing thread was runnable but not
+//! running per sync (`/proc/thread-self/schedstat`): time the CPU, not the disk, cost.
 //!
 //! Run: `cargo bench -p ballot-wal --bench sync_probe -- [--dir DIR] [--rounds N] [--syncs N]`
 
@@ -61,6 +64,9 @@ enum Variant {
     Fallocate,
     Zerofill,
     ZerofillDsync,
+    /// `Zerofill` from a thread that asked the scheduler for a 100 µs time slice, as the WAL's
+    /// committer threads do (`ballot_wal::sched`).
+    ZerofillShortSlice,
 }
 
 struct Target {
@@ -96,7 +102,9 @@ fn open_target(dir: &Path, variant: Variant) -> Target {
             assert_eq!(result, 0, "fallocate failed");
             file.sync_all().expect("sync fallocate");
         }
-        Variant::Zerofill | Variant::ZerofillDsync => zero_fill(&file, REGION_BYTES),
+        Variant::Zerofill | Variant::ZerofillDsync | Variant::ZerofillShortSlice => {
+            zero_fill(&file, REGION_BYTES)
+        }
     }
     Target {
         variant,
@@ -120,7 +128,7 @@ impl Target {
                 (&self.file).write_all(data).expect("append");
                 self.file.sync_data().expect("fdatasync");
             }
-            Variant::Fallocate | Variant::Zerofill => {
+            Variant::Fallocate | Variant::Zerofill | Variant::ZerofillShortSlice => {
                 self.file.write_all_at(data, self.position).expect("write");
                 self.file.sync_data().expect("fdatasync");
             }
@@ -131,6 +139,32 @@ impl Target {
         self.position += data.len() as u64;
         start.elapsed().as_micros() as u64
     }
+}
+
+/// Time the calling thread spent waiting on a run queue so far (`/proc/thread-self/schedstat`,
+/// second field): runnable, not running. Zero where the file is missing.
+fn runqueue_wait() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|stat| stat.split_whitespace().nth(1)?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
+}
+
+/// The measurements of one variant and size.
+struct Measured {
+    latencies: Histogram<u64>,
+    wall: Duration,
+    syncs: u64,
+    /// Run-queue wait of the syncing thread over all its syncs (sequential variants only).
+    runqueue_wait: Option<Duration>,
+}
+
+/// `syncs` sequential write + fdatasync on `target`, on this thread; returns each latency in
+/// microseconds and the run-queue wait over them.
+fn sequential_round(target: &mut Target, data: &[u8], syncs: usize) -> (Vec<u64>, Duration) {
+    let waited_before = runqueue_wait();
+    let latencies = (0..syncs).map(|_| target.write_and_sync(data)).collect();
+    (latencies, runqueue_wait().saturating_sub(waited_before))
 }
 
 /// Writes at increasing offsets of a zero-filled file, each write's `fdatasync` run by one of
@@ -194,10 +228,11 @@ fn main() {
         Variant::Fallocate,
         Variant::Zerofill,
         Variant::ZerofillDsync,
+        Variant::ZerofillShortSlice,
     ];
-    let mut targets: Vec<Target> = variants
+    let mut targets: Vec<Option<Target>> = variants
         .iter()
-        .map(|variant| open_target(&args.dir, *variant))
+        .map(|variant| Some(open_target(&args.dir, *variant)))
         .collect();
     let pipelined_file = Arc::new(open_target(&args.dir, Variant::Zerofill).file);
     let in_flight_counts = [2usize, 3];
@@ -210,27 +245,50 @@ fn main() {
                 .map(|count| format!("Zerofill, {count} in flight")),
         )
         .collect();
-    // Per size, per variant: latencies and total wall time.
-    let mut results: Vec<Vec<(Histogram<u64>, Duration, u64)>> = sizes
+    let mut results: Vec<Vec<Measured>> = sizes
         .iter()
         .map(|_| {
             names
                 .iter()
-                .map(|_| (Histogram::new(3).expect("histogram"), Duration::ZERO, 0))
+                .map(|_| Measured {
+                    latencies: Histogram::new(3).expect("histogram"),
+                    wall: Duration::ZERO,
+                    syncs: 0,
+                    runqueue_wait: None,
+                })
                 .collect()
         })
         .collect();
     for round in 0..args.rounds {
         for (size_position, size) in sizes.iter().enumerate() {
             let data = vec![0x5au8; *size];
-            for (position, target) in targets.iter_mut().enumerate() {
+            for (position, slot) in targets.iter_mut().enumerate() {
+                let Some(mut target) = slot.take() else {
+                    continue;
+                };
+                let (target, latencies, waited) = if target.variant == Variant::ZerofillShortSlice {
+                    let data = data.clone();
+                    let syncs = args.syncs_per_round;
+                    std::thread::spawn(move || {
+                        ballot_wal::sched::request_time_slice(100);
+                        let (latencies, waited) = sequential_round(&mut target, &data, syncs);
+                        (target, latencies, waited)
+                    })
+                    .join()
+                    .expect("probe thread")
+                } else {
+                    let (latencies, waited) =
+                        sequential_round(&mut target, &data, args.syncs_per_round);
+                    (target, latencies, waited)
+                };
+                *slot = Some(target);
                 let result = &mut results[size_position][position];
-                for _ in 0..args.syncs_per_round {
-                    let micros = target.write_and_sync(&data);
-                    result.0.record(micros).expect("record");
-                    result.1 += Duration::from_micros(micros);
-                    result.2 += 1;
+                for micros in latencies {
+                    result.latencies.record(micros).expect("record");
+                    result.wall += Duration::from_micros(micros);
+                    result.syncs += 1;
                 }
+                result.runqueue_wait = Some(result.runqueue_wait.unwrap_or_default() + waited);
             }
             let base = (round * args.syncs_per_round * size) as u64;
             for (offset, count) in in_flight_counts.iter().enumerate() {
@@ -238,10 +296,10 @@ fn main() {
                     pipelined_round(&pipelined_file, &data, args.syncs_per_round, *count, base);
                 let result = &mut results[size_position][variants.len() + offset];
                 for micros in latencies {
-                    result.0.record(micros).expect("record");
-                    result.2 += 1;
+                    result.latencies.record(micros).expect("record");
+                    result.syncs += 1;
                 }
-                result.1 += wall;
+                result.wall += wall;
             }
         }
     }
@@ -253,13 +311,16 @@ fn main() {
     );
     for (size_position, size) in sizes.iter().enumerate() {
         println!("\n{size} bytes per sync:");
-        for (name, (histogram, wall, count)) in names.iter().zip(&results[size_position]) {
+        for (name, result) in names.iter().zip(&results[size_position]) {
+            let waited = result.runqueue_wait.map_or("-".into(), |waited| {
+                format!("{}", waited.as_micros() as u64 / result.syncs.max(1))
+            });
             println!(
-                "  {name:<24} p50 {:>6} us  p90 {:>6} us  p99 {:>6} us  {:>7.0} syncs/s",
-                histogram.value_at_quantile(0.50),
-                histogram.value_at_quantile(0.90),
-                histogram.value_at_quantile(0.99),
-                *count as f64 / wall.as_secs_f64().max(1e-9)
+                "  {name:<24} p50 {:>6} us  p90 {:>6} us  p99 {:>6} us  {:>7.0} syncs/s  run-queue wait {waited:>5} us/sync",
+                result.latencies.value_at_quantile(0.50),
+                result.latencies.value_at_quantile(0.90),
+                result.latencies.value_at_quantile(0.99),
+                result.syncs as f64 / result.wall.as_secs_f64().max(1e-9)
             );
         }
     }

@@ -30,7 +30,7 @@ mod group;
 mod log_shape;
 mod meta;
 pub mod record;
-mod sched;
+pub mod sched;
 mod segment;
 mod snapshot;
 mod types;
