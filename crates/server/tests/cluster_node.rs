@@ -175,6 +175,22 @@ impl TestCluster {
         member.runtime = Some(runtime);
     }
 
+    /// Starts a member added with `member add` (`--initial-cluster-state existing`), listening
+    /// for peers on `listener`.
+    fn join_new_member(&self, name: &str, listener: std::net::TcpListener) -> TestMember {
+        let addr = listener.local_addr().expect("addr");
+        let mut member = TestMember {
+            name: name.to_string(),
+            runtime: None,
+            member: None,
+            peer_addr: addr,
+            data_dir: self.dir.join(name),
+        };
+        let initial = format!("{},{name}=http://{addr}", self.initial_cluster);
+        self.launch(&mut member, Some(listener), &initial, "existing");
+        member
+    }
+
     fn restart(&mut self, index: usize) {
         let mut member = std::mem::replace(
             &mut self.members[index],
@@ -417,15 +433,7 @@ fn an_added_member_receives_a_snapshot_and_catches_up() {
         .expect("member add");
     assert_eq!(members.len(), 4);
     assert!(added.name.is_empty(), "an unstarted member has no name yet");
-    let mut newcomer = TestMember {
-        name: "m3".into(),
-        runtime: None,
-        member: None,
-        peer_addr: addr,
-        data_dir: cluster.dir.join("m3"),
-    };
-    let initial = format!("{},m3=http://{addr}", cluster.initial_cluster);
-    cluster.launch(&mut newcomer, Some(listener), &initial, "existing");
+    let newcomer = cluster.join_new_member("m3", listener);
     assert_eq!(newcomer.handle().member_id(), added.id);
     let joined = newcomer.handle();
     wait_until(
@@ -663,15 +671,7 @@ fn membership_changes_remove_promote_and_move_leadership() {
         Some(ballot::node::NodeError::MemberNotLearner)
     );
 
-    let mut newcomer = TestMember {
-        name: "m3".into(),
-        runtime: None,
-        member: None,
-        peer_addr: addr,
-        data_dir: cluster.dir.join("m3"),
-    };
-    let initial = format!("{},m3=http://{addr}", cluster.initial_cluster);
-    cluster.launch(&mut newcomer, Some(listener), &initial, "existing");
+    let newcomer = cluster.join_new_member("m3", listener);
     let newcomer_handle = newcomer.handle();
     assert!(newcomer_handle.status().is_learner || newcomer_handle.leader_id() == 0);
     // Promotion succeeds once the learner has caught up.

@@ -617,19 +617,7 @@ impl Driver {
     }
 
     fn publish_view(&self) {
-        let status = self.raft.status();
-        let me = self.shared.member_id;
-        let view = RaftView {
-            term: status.term,
-            leader: status.leader,
-            role: status.role,
-            commit: status.commit,
-            last_index: status.last_index,
-            first_index: status.first_index,
-            is_learner: status.conf.is_learner(me),
-            is_member: status.conf.contains(me),
-            voters: status.conf.voters.clone(),
-        };
+        let view = RaftView::from_status(&self.raft.status(), self.shared.member_id);
         self.shared.view.send_if_modified(|current| {
             if *current == view {
                 return false;

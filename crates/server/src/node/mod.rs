@@ -91,6 +91,22 @@ pub struct RaftView {
     pub voters: Vec<u64>,
 }
 
+impl RaftView {
+    fn from_status(status: &ballot_raft::Status, me: u64) -> RaftView {
+        RaftView {
+            term: status.term,
+            leader: status.leader,
+            role: status.role,
+            commit: status.commit,
+            last_index: status.last_index,
+            first_index: status.first_index,
+            is_learner: status.conf.is_learner(me),
+            is_member: status.conf.contains(me),
+            voters: status.conf.voters.clone(),
+        }
+    }
+}
+
 /// A point-in-time view of this member, for Maintenance.Status, `/metrics` and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeStatus {
@@ -833,17 +849,7 @@ pub fn start(
     let (persisted_tx, persisted_rx) = watch::channel(0u64);
     let (stop_tx, stop_rx) = watch::channel(false);
     let status = raft.status();
-    let (view_tx, _) = watch::channel(RaftView {
-        term: status.term,
-        leader: status.leader,
-        role: status.role,
-        commit: status.commit,
-        last_index: status.last_index,
-        first_index: status.first_index,
-        is_learner: status.conf.is_learner(config.member_id),
-        is_member: status.conf.contains(config.member_id),
-        voters: status.conf.voters.clone(),
-    });
+    let (view_tx, _) = watch::channel(RaftView::from_status(&status, config.member_id));
     let (applied_tx, _) = watch::channel(snapshot_index);
     let request_id_base = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
