@@ -1263,6 +1263,61 @@ mod tests {
         assert!(PeerFrame::decode(&Bytes::from(body)).is_err());
     }
 
+    /// Random bytes, and every truncation and single-byte corruption of valid frames, decode to a
+    /// value or an error: never a panic (a peer can send anything).
+    #[test]
+    fn arbitrary_peer_input_never_panics() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let length = (next() % 64) as usize;
+            let mut body: Vec<u8> = (0..length).map(|_| next() as u8).collect();
+            if let Some(first) = body.first_mut() {
+                *first = (*first % 8) + 1;
+            }
+            let bytes = Bytes::from(body);
+            let _ = PeerFrame::decode(&bytes);
+            let _ = crate::node::envelope::Envelope::decode(&bytes);
+            let _ = crate::node::envelope::ConfContext::decode(&bytes);
+            let _ = crate::node::members::Registry::decode(&bytes);
+        }
+        let valid = body_of(&PeerFrame::Messages(vec![Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: MessageBody::Append {
+                prev_log_index: 1,
+                prev_log_term: 1,
+                entries: vec![Entry {
+                    term: 3,
+                    index: 2,
+                    kind: EntryKind::ConfChange,
+                    data: Bytes::from_static(b"abc"),
+                }],
+                commit: 1,
+            },
+        }]));
+        for cut in 0..valid.len() {
+            // Just the kind byte is a valid, empty batch of messages; any other cut is not.
+            if cut != 1 {
+                assert!(
+                    PeerFrame::decode(&valid.slice(..cut)).is_err(),
+                    "cut at {cut}"
+                );
+            }
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut corrupted = valid.to_vec();
+                corrupted[cut] ^= flip;
+                let _ = PeerFrame::decode(&Bytes::from(corrupted));
+            }
+        }
+    }
+
     struct Receiver {
         transport: Transport,
         input: mpsc::Receiver<PeerInput>,
