@@ -191,6 +191,12 @@ impl NodeShared {
 
     /// Records a fatal error and stops the node.
     fn fail(&self, reason: String) {
+        if self.is_stopped() {
+            // A task that lost its peer tasks during a requested stop (a signal, this member's
+            // removal) is not a failure.
+            tracing::debug!(%reason, "task ended during shutdown");
+            return;
+        }
         tracing::error!(%reason, "the node is stopping after a fatal error");
         let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
         failure.get_or_insert(reason);
