@@ -339,7 +339,9 @@ impl Driver {
                     .push((origin, request_id, change));
                 return;
             }
-            if let Err(error) = validate_conf_change(&lock_read(&self.shared.registry), &change) {
+            let valid = validate_conf_change(&lock_read(&self.shared.registry), &change)
+                .and_then(|purpose| self.check_learner_ready(purpose, &change));
+            if let Err(error) = valid {
                 self.refuse(origin, request_id, error);
                 return;
             }
@@ -368,6 +370,35 @@ impl Driver {
             return;
         }
         self.refuse(origin, request_id, NodeError::NoLeader);
+    }
+
+    /// etcd's `isLearnerReady`: a learner is promoted only when its match index is at least 90%
+    /// of the leader's (the core's own catch-up gap alone would pass a learner that never
+    /// started while the log is short).
+    fn check_learner_ready(
+        &self,
+        purpose: ConfPurpose,
+        change: &ConfChange,
+    ) -> Result<(), NodeError> {
+        if purpose != ConfPurpose::Promote {
+            return Ok(());
+        }
+        let status = self.raft.status();
+        let match_of = |id: u64| {
+            status
+                .progress
+                .iter()
+                .find(|(member, _)| *member == id)
+                .map(|(_, progress)| progress.match_index)
+        };
+        let leader_match = match_of(self.shared.member_id).unwrap_or(status.last_index);
+        for single in &change.changes {
+            let learner_match = match_of(single.node).unwrap_or(0);
+            if (learner_match as f64) < (leader_match as f64) * LEARNER_READY_SHARE {
+                return Err(NodeError::LearnerNotReady);
+            }
+        }
+        Ok(())
     }
 
     /// Fails one request, on this member or back at its origin.
@@ -629,18 +660,23 @@ impl Driver {
 }
 
 /// etcd's membership checks (`ValidateConfigurationChange`), against the applied registry.
-fn validate_conf_change(registry: &Registry, change: &ConfChange) -> Result<(), NodeError> {
+/// Returns the change's purpose.
+fn validate_conf_change(
+    registry: &Registry,
+    change: &ConfChange,
+) -> Result<ConfPurpose, NodeError> {
     let context = ConfContext::decode(&change.context).map_err(|_| NodeError::MemberBadUrls)?;
     for single in &change.changes {
         let existing = registry.get(single.node);
         match context.purpose {
             ConfPurpose::Bootstrap => {}
             ConfPurpose::Add => {
-                let urls_taken = context.record.as_ref().is_some_and(|record| {
-                    registry
-                        .peer_url_owner(&record.peer_urls, single.node)
-                        .is_some()
-                });
+                // Any owner counts, even one with the same ID: two adds of the same URLs within
+                // one second derive the same ID, and "Peer URLs already exists" says why.
+                let urls_taken = context
+                    .record
+                    .as_ref()
+                    .is_some_and(|record| registry.peer_url_owner(&record.peer_urls, 0).is_some());
                 if urls_taken {
                     return Err(NodeError::MemberExists);
                 }
@@ -662,8 +698,12 @@ fn validate_conf_change(registry: &Registry, change: &ConfChange) -> Result<(), 
             ConfPurpose::Remove => {}
         }
     }
-    Ok(())
+    Ok(context.purpose)
 }
+
+/// etcd promotes a learner only once its log matches at least this share of the leader's
+/// (`readyPercent` in etcd's `isLearnerReady`).
+const LEARNER_READY_SHARE: f64 = 0.9;
 
 /// The etcd error for a proposal the core refused.
 pub fn propose_error(error: ProposeError) -> NodeError {
