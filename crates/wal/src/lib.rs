@@ -8,9 +8,12 @@
 //!
 //! - [`Wal`]: the log itself, synchronous and deterministic over any [`Disk`]. The simulator uses
 //!   it directly on a [`FaultyDisk`]; `append`/`truncate_suffix`/`set_hard_state`/`set_snapshot`
-//!   buffer records and [`Wal::sync`] makes them durable with one write and one `fdatasync`.
-//! - [`GroupCommitWal`]: a handle for the server, shareable across tasks, whose writer thread
-//!   gathers concurrent writes into one `sync`.
+//!   buffer records and [`Wal::sync`] makes them durable with one write and one `fdatasync`
+//!   ([`Wal::start_sync`] / [`Wal::complete_sync`] split that in two, so syncs can overlap).
+//!   Segments are zero-filled before use (`WalOptions::preallocate_segments`), so an
+//!   `fdatasync` after an append has no size or extent change to commit.
+//! - [`GroupCommitWal`]: a handle for the server, shareable across tasks, whose committer threads
+//!   gather concurrent writes into shared syncs, up to three of them overlapping.
 //! - [`SnapshotStore`]: snapshot files written atomically (temp file, checksum, fsync, rename,
 //!   directory fsync), loaded newest-valid-first on start.
 //! - [`Disk`]: all file I/O; [`RealDisk`] for production, [`FaultyDisk`] for tests.
