@@ -400,6 +400,12 @@ impl<D: Disk> Wal<D> {
         let last_path = replayed.segments[replayed.segments.len() - 1].path.clone();
         let (active, active_len, active_file_len, torn_tail) =
             repair_tail(&disk, &last_path, &options, &replayed)?;
+        if options.sync_mode == SyncMode::Always {
+            // The newest segment's name may not be durable yet either (its creator died before
+            // syncing the directory), and what it holds now counts as durable.
+            disk.sync_dir(dir)
+                .map_err(io_error("sync directory", dir))?;
+        }
         let (last_index, last_term) = replayed.shape.last();
         let mut shape = replayed.shape;
         let recovered = Recovered {
@@ -926,7 +932,10 @@ fn repair_tail<D: Disk>(
         file_len = file_len.max(active_len);
         changed = true;
     }
-    if changed {
+    // Even an intact tail is synced: if only the previous process died, not the machine, the
+    // records just read may exist in the page cache alone, yet from now on they count as durable
+    // (new records carry them in their batch start, and the caller acts on what was recovered).
+    if changed || options.sync_mode == SyncMode::Always {
         active
             .sync_data()
             .map_err(io_error("sync repaired segment", path))?;

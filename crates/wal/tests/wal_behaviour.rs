@@ -308,3 +308,34 @@ fn a_failed_sync_is_fatal_even_when_a_later_one_succeeded() {
     assert_eq!(wal.durable_state().last_index, 0, "nothing was reported");
     assert!(wal.is_poisoned());
 }
+
+#[test]
+fn what_recovery_reads_is_made_durable_even_if_only_the_process_died() {
+    let disk = FaultyDisk::new();
+    let (mut wal, _) = open(&disk, 1 << 20).expect("open");
+    wal.append(&[entry(1, 1, b"synced")]).expect("append");
+    wal.sync().expect("sync");
+    wal.append(&[entry(2, 1, b"written, never synced")])
+        .expect("append");
+    // The write reaches the file (the page cache), then the process dies before its sync.
+    let never_run = wal.start_sync().expect("start");
+    drop(never_run);
+    drop(wal);
+    let (_, recovered) = open(&disk, 1 << 20).expect("reopen after the process died");
+    assert_eq!(
+        recovered.entries.len(),
+        2,
+        "the page cache still holds entry 2"
+    );
+    // The node may now act on entry 2 (a follower would acknowledge it): a power failure must
+    // not take it back.
+    disk.crash(7, CrashOptions::LOSE_UNSYNCED);
+    let (_, recovered) = open(&disk, 1 << 20).expect("reopen after the power failure");
+    assert_eq!(
+        recovered.entries,
+        vec![
+            entry(1, 1, b"synced"),
+            entry(2, 1, b"written, never synced")
+        ]
+    );
+}
