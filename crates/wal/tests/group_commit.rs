@@ -23,6 +23,16 @@ fn spawn(disk: &FaultyDisk) -> GroupCommitWal {
 async fn concurrent_writers_all_become_durable_in_order() {
     let disk = FaultyDisk::new();
     let wal = spawn(&disk);
+    // With syncs overlapping, the durable watch must still only move forward.
+    let mut watch = wal.durable();
+    let observer = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while watch.changed().await.is_ok() {
+            let state = watch.borrow_and_update().clone();
+            seen.push((state.syncs, state.last_index));
+        }
+        seen
+    });
     // Indexes are handed out in channel order, as the Raft loop would.
     let next_index = Arc::new(Mutex::new(1u64));
     let mut tasks = Vec::new();
@@ -59,6 +69,14 @@ async fn concurrent_writers_all_become_durable_in_order() {
     let durable = wal.durable().borrow().clone();
     assert_eq!(durable.last_index, 640);
     wal.shutdown().await.expect("shutdown");
+    drop(wal);
+    let seen = observer.await.expect("observer");
+    assert!(!seen.is_empty());
+    assert!(
+        seen.windows(2)
+            .all(|pair| pair[0].0 <= pair[1].0 && pair[0].1 <= pair[1].1),
+        "the durable watch went backwards: {seen:?}"
+    );
     let (_, recovered) = open(&disk, 1 << 20).expect("reopen");
     assert_eq!(recovered.entries.len(), 640);
 }
