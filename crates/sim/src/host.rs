@@ -4,6 +4,8 @@
 //! The disk is modelled as a FIFO of pending writes, each durable only after a random delay; a
 //! crash loses every write not yet durable. `persisted_messages` wait in the same FIFO, so they
 //! leave only once their Ready and every earlier one are durable, as the contract demands.
+//! With `--disk-faults` the same FIFO drives the real WAL on a faulty disk (`wal_disk.rs`): each
+//! write is handed to the WAL at once, and its delay ends with the WAL's sync returning.
 
 use std::collections::VecDeque;
 
@@ -13,72 +15,57 @@ use ballot_raft::{
 };
 use bytes::Bytes;
 
+use crate::durable::{DurableStore, SnapshotOrigin};
 use crate::fingerprint::Fingerprint;
 use crate::invariants::{LogMirror, Violation, chain_fingerprint};
 use crate::kv::{Applied, Command, KvStore};
 use crate::network::Time;
 use crate::rng::SimRng;
+use crate::wal_disk::{StartedSync, StorageFailure, WalDisk};
 use crate::world::World;
 
-/// What survives a crash.
-#[derive(Clone, Debug, Default)]
-pub struct DurableStore {
-    pub hard_state: HardState,
-    pub snapshot: Option<(SnapshotMeta, Bytes)>,
-    /// The log after the snapshot (or from index 1), contiguous.
-    pub entries: Vec<Entry>,
+/// What one write adds to the node's durable state.
+#[derive(Debug, Default)]
+struct WriteContent {
+    hard_state: Option<HardState>,
+    snapshot: Option<(SnapshotMeta, Bytes, SnapshotOrigin)>,
+    entries: Vec<Entry>,
 }
 
-impl DurableStore {
-    fn is_empty(&self) -> bool {
-        self.snapshot.is_none()
-            && self.entries.is_empty()
-            && self.hard_state == HardState::default()
-    }
-
-    fn snapshot_index(&self) -> Index {
-        self.snapshot.as_ref().map_or(0, |(meta, _)| meta.index)
-    }
-
-    /// Appends entries, first truncating the stored suffix they replace (the Ready contract,
-    /// step 2). Entries at or below the snapshot are already covered by it.
-    fn append(&mut self, entries: &[Entry]) {
-        let snapshot_index = self.snapshot_index();
-        let entries: Vec<&Entry> = entries
-            .iter()
-            .filter(|e| e.index > snapshot_index)
-            .collect();
-        let Some(first) = entries.first() else {
-            return;
-        };
-        let keep = self
-            .entries
-            .iter()
-            .take_while(|e| e.index < first.index)
-            .count();
-        self.entries.truncate(keep);
-        self.entries.extend(entries.into_iter().cloned());
-    }
-
-    /// Drops entries the snapshot covers.
-    fn trim_to_snapshot(&mut self) {
-        let snapshot_index = self.snapshot_index();
-        self.entries.retain(|e| e.index > snapshot_index);
-    }
+/// With `--disk-faults`, where the WAL sync covering a write stands.
+enum SyncState {
+    /// Nothing to sync (no WAL, or nothing written).
+    NotNeeded,
+    /// The records are in the WAL's buffer; the sync starts (and they reach the disk) at
+    /// `start_at`.
+    Waiting {
+        start_at: Time,
+    },
+    Started(StartedSync),
 }
 
-/// One Ready's worth of disk work, durable at `durable_at`.
-#[derive(Debug)]
+/// One Ready's worth of disk work (or a local snapshot's marker), durable at `durable_at`.
 struct PendingWrite {
     durable_at: Time,
     /// The Ready number to report, when the Ready had something to persist.
     ready_number: Option<u64>,
-    hard_state: Option<HardState>,
-    snapshot: Option<(SnapshotMeta, Bytes)>,
-    entries: Vec<Entry>,
+    content: WriteContent,
     /// Each with the term the node's log had at the acknowledged index when the Ready was
     /// produced: that entry is what the acknowledgement promises is durable.
     persisted_messages: Vec<(Message, Option<Term>)>,
+    sync: SyncState,
+    /// The lowest log index this write may remove (a conflicting suffix, a log replaced by a
+    /// snapshot): after a crash, entries reported durable below it must have survived.
+    overwrite_floor: Option<Index>,
+}
+
+/// A deliberate bug in the host's persistence path, for the self-test: the simulator must
+/// catch it through what the WAL recovers after crashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PersistenceDefect {
+    /// Reports a Ready persisted (`on_persisted`, acknowledgements, the durable model) as soon
+    /// as its records are handed to the WAL, before the sync that makes them durable.
+    PersistedBeforeSync,
 }
 
 /// A host's clock and disk speeds, drawn per seed.
@@ -135,6 +122,12 @@ pub struct Host {
     last_snapshot_index: Index,
     /// Data of the latest snapshot received from a leader, waiting for the core to accept it.
     received_snapshot: Option<(SnapshotMeta, Bytes)>,
+    /// With `--disk-faults`: the real WAL on this node's faulty disk.
+    wal: Option<WalDisk>,
+    /// A crash the simulation must inflict at this step (drawn when a sync starts, so that it
+    /// strikes while the sync's bytes are on the disk unsynced).
+    pub crash_due_at: Option<Time>,
+    defect: Option<PersistenceDefect>,
 }
 
 impl Host {
@@ -177,9 +170,31 @@ impl Host {
             snapshot_every_entries: rng.range(30, 100),
             last_snapshot_index: 0,
             received_snapshot: None,
+            wal: None,
+            crash_due_at: None,
+            defect: None,
         };
         host.tick_interval_steps = skewed_tick_interval(rng, tick_steps, tick_skew_steps);
         host
+    }
+
+    /// Persists through the real WAL on `wal`'s faulty disk instead of the in-memory model;
+    /// `defect` breaks the persistence path on purpose (self-test only).
+    pub fn use_wal(&mut self, wal: WalDisk, defect: Option<PersistenceDefect>) {
+        self.wal = Some(wal);
+        self.defect = defect;
+    }
+
+    pub fn wal(&self) -> Option<&WalDisk> {
+        self.wal.as_ref()
+    }
+
+    /// Healing ends injected I/O errors and crashes aimed at syncs too.
+    pub fn stop_disk_faults(&mut self) {
+        self.crash_due_at = None;
+        if let Some(wal) = self.wal.as_mut() {
+            wal.stop_faults();
+        }
     }
 
     pub fn is_up(&self) -> bool {
@@ -204,6 +219,27 @@ impl Host {
         self.role = Role::Follower;
         self.leader = 0;
         self.restart_at = None;
+        if let Some(wal) = self.wal.as_mut() {
+            // What the WAL recovers replaces the model: from now on every check (and the
+            // restored core) works from what the disk really held.
+            let (recovered, report) = wal.open(&self.durable).map_err(|failure| match failure {
+                StorageFailure::Broken(violation) => violation,
+                StorageFailure::Io(error) => Violation {
+                    invariant: "WAL recovers what it reported durable",
+                    detail: format!("node {} could not reopen its WAL: {error}", self.id),
+                },
+            })?;
+            self.durable = recovered;
+            world.stats.wal_recoveries += 1;
+            world.stats.torn_tails += u64::from(report.torn_tail.is_some());
+            world.stats.recovered_beyond_promise += u64::from(report.beyond_promise);
+            world.trace.event(world.now, || {
+                format!(
+                    "n{} WAL recovered (torn tail: {:?}, beyond what was reported durable: {})",
+                    self.id, report.torn_tail, report.beyond_promise
+                )
+            });
+        }
         self.commit = self.durable.hard_state.commit;
         let raft = if self.durable.is_empty() {
             match &self.origin {
@@ -278,10 +314,44 @@ impl Host {
         })
     }
 
-    /// Crash: everything not yet durable is lost, as is all volatile state.
+    /// Crash: everything not yet durable is lost, as is all volatile state. With the WAL, the
+    /// disk crashes too and keeps what its crash model allows of the unsynced bytes.
     pub fn crash(&mut self, world: &mut World, restart_at: Time) {
+        self.crash_with_floor(world, restart_at, None);
+    }
+
+    /// A crash where a write already taken off the queue (its sync failed) may also have
+    /// removed entries from `overwrite_floor` on.
+    fn crash_with_floor(
+        &mut self,
+        world: &mut World,
+        restart_at: Time,
+        overwrite_floor: Option<Index>,
+    ) {
         self.raft = None;
+        self.crash_due_at = None;
         let lost = self.pending_writes.len();
+        if let Some(wal) = self.wal.as_mut() {
+            let floor = self
+                .pending_writes
+                .iter()
+                .filter_map(|write| write.overwrite_floor)
+                .chain(overwrite_floor)
+                .min();
+            let unsynced = self
+                .pending_writes
+                .iter()
+                .filter(|write| matches!(write.sync, SyncState::Started(_)))
+                .count();
+            world.stats.crashes_with_unsynced_writes += u64::from(unsynced > 0);
+            let options = wal.crash(&mut world.rng, floor);
+            world.trace.event(world.now, || {
+                format!(
+                    "n{} disk crashes with {unsynced} started, unfinished syncs: {options:?}",
+                    self.id
+                )
+            });
+        }
         self.pending_writes.clear();
         self.received_snapshot = None;
         self.kv = KvStore::default();
@@ -346,8 +416,12 @@ impl Host {
     }
 
     /// Makes durable every pending write whose time has come, in order, then reports it and
-    /// releases the messages that waited for it.
+    /// releases the messages that waited for it. With the WAL, "durable" means the write's
+    /// sync returned; an I/O error stops the node instead.
     fn complete_due_writes(&mut self, world: &mut World) -> Result<(), Violation> {
+        if !self.start_due_syncs(world)? {
+            return Ok(());
+        }
         while self
             .pending_writes
             .front()
@@ -356,25 +430,118 @@ impl Host {
             let Some(write) = self.pending_writes.pop_front() else {
                 break;
             };
-            if let Some((meta, data)) = write.snapshot {
-                // An installed snapshot replaces the whole log (Ready contract, step 2).
-                self.durable.entries.clear();
-                if meta.index > self.durable.snapshot_index() {
-                    self.durable.snapshot = Some((meta, data));
-                }
+            if !self.finish_sync(world, write.sync, write.overwrite_floor)? {
+                return Ok(());
             }
-            self.durable.append(&write.entries);
-            if let Some(hard_state) = write.hard_state {
-                self.durable.hard_state = hard_state;
-            }
-            if let (Some(number), Some(raft)) = (write.ready_number, self.raft.as_mut()) {
-                raft.on_persisted(number);
-            }
+            self.report_durable(write.content, write.ready_number);
             for (message, acknowledged_term) in write.persisted_messages {
                 self.check_promise(&message, acknowledged_term)?;
                 world.send(self.id, self.incarnation, message, None);
             }
         }
+        Ok(())
+    }
+
+    /// A write is durable: the model learns it and the core hears of it.
+    fn report_durable(&mut self, content: WriteContent, ready_number: Option<u64>) {
+        if let Some((meta, data, origin)) = content.snapshot {
+            self.durable.set_snapshot(meta, data, origin);
+        }
+        self.durable.append(&content.entries);
+        if let Some(hard_state) = content.hard_state {
+            self.durable.hard_state = hard_state;
+        }
+        if let (Some(number), Some(raft)) = (ready_number, self.raft.as_mut()) {
+            raft.on_persisted(number);
+        }
+    }
+
+    /// Starts, in order, the WAL syncs whose time has come (their bytes reach the disk,
+    /// unsynced). Returns false if the node stopped on an I/O error.
+    fn start_due_syncs(&mut self, world: &mut World) -> Result<bool, Violation> {
+        let Some(wal) = self.wal.as_mut() else {
+            return Ok(true);
+        };
+        for position in 0..self.pending_writes.len() {
+            let write = &mut self.pending_writes[position];
+            match write.sync {
+                SyncState::Waiting { start_at } if start_at <= world.now => {}
+                // Syncs start in write order: a later write waits for an earlier one's start.
+                SyncState::Waiting { .. } => break,
+                SyncState::NotNeeded | SyncState::Started(_) => continue,
+            }
+            let fail_write = wal.draw_io_error(&mut world.rng);
+            match wal.start_sync(fail_write) {
+                Ok(started) => {
+                    write.sync = SyncState::Started(started);
+                    if self.crash_due_at.is_none() && wal.draw_crash_during_sync(&mut world.rng) {
+                        // Strike while these bytes sit on the disk unsynced.
+                        self.crash_due_at =
+                            Some(world.rng.range(world.now, write.durable_at.max(world.now)));
+                    }
+                }
+                Err(failure) => {
+                    self.storage_failed(world, failure, None)?;
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Runs and completes the sync of the write at the front of the queue (starting it first if
+    /// its start is still due). Returns false if the node stopped on an I/O error.
+    fn finish_sync(
+        &mut self,
+        world: &mut World,
+        sync: SyncState,
+        overwrite_floor: Option<Index>,
+    ) -> Result<bool, Violation> {
+        let Some(wal) = self.wal.as_mut() else {
+            return Ok(true);
+        };
+        let started = match sync {
+            SyncState::NotNeeded => return Ok(true),
+            SyncState::Started(started) => Ok(started),
+            SyncState::Waiting { .. } => {
+                let fail_write = wal.draw_io_error(&mut world.rng);
+                wal.start_sync(fail_write)
+            }
+        };
+        let outcome = started.and_then(|started| {
+            let fail_sync = wal.draw_io_error(&mut world.rng);
+            wal.finish_sync(started, fail_sync)
+        });
+        match outcome {
+            Ok(()) => Ok(true),
+            Err(failure) => {
+                self.storage_failed(world, failure, overwrite_floor)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// A storage call failed. An I/O error is fatal for the node, which stops (crashes) and
+    /// restarts later from what its disk holds: it never carries on as if the write had
+    /// succeeded (docs/wal.md). Anything else is a violation. `overwrite_floor` is that of a
+    /// write already taken off the queue.
+    fn storage_failed(
+        &mut self,
+        world: &mut World,
+        failure: StorageFailure,
+        overwrite_floor: Option<Index>,
+    ) -> Result<(), Violation> {
+        let error = match failure {
+            StorageFailure::Broken(violation) => return Err(violation),
+            StorageFailure::Io(error) => error,
+        };
+        world.stats.io_errors += 1;
+        world.stats.crashes += 1;
+        world.trace.event(world.now, || {
+            format!("n{} STOPS on a disk error: {error}", self.id)
+        });
+        let restart_at = world.now + world.rng.range(world.tick_steps, 40 * world.tick_steps);
+        self.crash_with_floor(world, restart_at, overwrite_floor);
         Ok(())
     }
 
@@ -506,21 +673,23 @@ impl Host {
             let data = self.snapshot_data_for(&message);
             world.send(self.id, self.incarnation, message, data);
         }
-        self.queue_write(
+        let still_up = self.queue_write(
             world,
             &ready.hard_state,
             installed,
             ready.entries,
             ready.number,
             ready.persisted_messages,
-        );
+        )?;
+        if !still_up {
+            return Ok(());
+        }
         self.apply(world, &ready.committed_entries)?;
         for read in ready.read_states {
             world.read_index_known(self.id, self.incarnation, read.ctx, read.index);
         }
         world.serve_reads(self.id, self.incarnation, &self.kv);
-        self.maybe_take_snapshot(world);
-        Ok(())
+        self.maybe_take_snapshot(world)
     }
 
     /// The term of the entry an append acknowledgement covers, as the log has it now.
@@ -551,6 +720,8 @@ impl Host {
         }
     }
 
+    /// Queues a Ready's durable part; with the WAL, hands it to the WAL at once. Returns false
+    /// if the node stopped on an I/O error.
     fn queue_write(
         &mut self,
         world: &mut World,
@@ -559,7 +730,7 @@ impl Host {
         entries: Vec<Entry>,
         ready_number: u64,
         persisted_messages: Vec<Message>,
-    ) {
+    ) -> Result<bool, Violation> {
         let must_persist = hard_state.is_some() || snapshot.is_some() || !entries.is_empty();
         let persisted_messages: Vec<(Message, Option<Term>)> = persisted_messages
             .into_iter()
@@ -569,18 +740,59 @@ impl Host {
             })
             .collect();
         if !must_persist && persisted_messages.is_empty() {
-            return;
+            return Ok(true);
         }
         let earliest = self.pending_writes.back().map_or(0, |w| w.durable_at);
         let delay = world.rng.range(0, self.disk_delay_max_steps);
-        self.pending_writes.push_back(PendingWrite {
-            durable_at: earliest.max(world.now + delay),
+        let durable_at = earliest.max(world.now + delay);
+        let mut write = PendingWrite {
+            durable_at,
             ready_number: must_persist.then_some(ready_number),
-            hard_state: *hard_state,
-            snapshot,
-            entries,
+            content: WriteContent {
+                hard_state: *hard_state,
+                snapshot: snapshot.map(|(meta, data)| (meta, data, SnapshotOrigin::Installed)),
+                entries,
+            },
             persisted_messages,
-        });
+            sync: SyncState::NotNeeded,
+            overwrite_floor: None,
+        };
+        if must_persist && let Some(wal) = self.wal.as_mut() {
+            let content = &write.content;
+            let installed = content
+                .snapshot
+                .as_ref()
+                .map(|(meta, data, _)| (meta, data));
+            write.overwrite_floor =
+                wal.overwrite_floor(installed.map(|(meta, _)| meta), &content.entries);
+            if let Err(failure) = wal.write_ready(installed, content.hard_state, &content.entries) {
+                self.storage_failed(world, failure, write.overwrite_floor)?;
+                return Ok(false);
+            }
+            write.sync = SyncState::Waiting {
+                start_at: wal.draw_sync_start(&mut world.rng, world.now, durable_at),
+            };
+            if self.defect == Some(PersistenceDefect::PersistedBeforeSync) {
+                self.report_early(world, &mut write)?;
+            }
+        }
+        self.pending_writes.push_back(write);
+        self.start_due_syncs(world)
+    }
+
+    /// The self-test's broken persistence path: reports the write durable before its sync.
+    fn report_early(
+        &mut self,
+        world: &mut World,
+        write: &mut PendingWrite,
+    ) -> Result<(), Violation> {
+        let content = std::mem::take(&mut write.content);
+        self.report_durable(content, write.ready_number.take());
+        for (message, acknowledged_term) in std::mem::take(&mut write.persisted_messages) {
+            self.check_promise(&message, acknowledged_term)?;
+            world.send(self.id, self.incarnation, message, None);
+        }
+        Ok(())
     }
 
     /// The Ready asked to install a snapshot: it must be the one a leader sent us.
@@ -643,6 +855,9 @@ impl Host {
         let MessageBody::Snapshot { meta } = &message.body else {
             return None;
         };
+        if let Some(wal) = &self.wal {
+            return wal.snapshot_data(meta);
+        }
         match &self.durable.snapshot {
             Some((durable, data)) if durable.index == meta.index => Some(data.clone()),
             _ => None,
@@ -717,28 +932,45 @@ impl Host {
 
     /// Takes a snapshot of the state machine every few dozen entries and compacts the log
     /// behind it, so the snapshot paths (taking, sending, installing, restoring) run constantly.
-    fn maybe_take_snapshot(&mut self, world: &mut World) {
+    fn maybe_take_snapshot(&mut self, world: &mut World) -> Result<(), Violation> {
         let applied = self.kv.applied_index();
         if applied < self.last_snapshot_index + self.snapshot_every_entries
-            || self.pending_writes.iter().any(|w| w.snapshot.is_some())
+            || self
+                .pending_writes
+                .iter()
+                .any(|w| w.content.snapshot.is_some())
         {
-            return;
+            return Ok(());
         }
-        let Some(raft) = self.raft.as_mut() else {
-            return;
-        };
-        let Some(meta) = raft.snapshot_meta(applied) else {
-            return;
+        let Some(meta) = self
+            .raft
+            .as_ref()
+            .and_then(|raft| raft.snapshot_meta(applied))
+        else {
+            return Ok(());
         };
         // The snapshot file is written and synced before the core hears of it.
-        self.durable.snapshot = Some((meta.clone(), self.kv.encode_snapshot()));
-        self.durable.trim_to_snapshot();
+        let data = self.kv.encode_snapshot();
+        if self.wal.is_some() {
+            if !self.save_snapshot_to_wal(world, &meta, &data)? {
+                return Ok(());
+            }
+        } else {
+            self.durable
+                .set_snapshot(meta.clone(), data, SnapshotOrigin::Local);
+        }
+        let Some(raft) = self.raft.as_mut() else {
+            return Ok(());
+        };
         raft.snapshot_taken(meta);
         // Keep a short tail of entries sometimes, so slow followers are served from the log.
         let keep = world.rng.range(0, 20).min(applied);
         let compact_to = applied - keep;
         if compact_to > 0 && raft.compact(compact_to).is_ok() {
             self.mirror.compact_to(compact_to);
+            if let Some(wal) = self.wal.as_mut() {
+                wal.request_compaction(compact_to);
+            }
         }
         self.last_snapshot_index = applied;
         world.trace.event(world.now, || {
@@ -747,6 +979,40 @@ impl Host {
                 self.id
             )
         });
+        Ok(())
+    }
+
+    /// Saves a local snapshot's file and queues its WAL marker, durable with its own sync like
+    /// a Ready. Returns false if the node stopped on an I/O error.
+    fn save_snapshot_to_wal(
+        &mut self,
+        world: &mut World,
+        meta: &SnapshotMeta,
+        data: &Bytes,
+    ) -> Result<bool, Violation> {
+        let Some(wal) = self.wal.as_mut() else {
+            return Ok(true);
+        };
+        if let Err(failure) = wal.save_snapshot(meta, data, SnapshotOrigin::Local) {
+            self.storage_failed(world, failure, None)?;
+            return Ok(false);
+        }
+        let earliest = self.pending_writes.back().map_or(0, |w| w.durable_at);
+        let delay = world.rng.range(0, self.disk_delay_max_steps);
+        let durable_at = earliest.max(world.now + delay);
+        let start_at = wal.draw_sync_start(&mut world.rng, world.now, durable_at);
+        self.pending_writes.push_back(PendingWrite {
+            durable_at,
+            ready_number: None,
+            content: WriteContent {
+                snapshot: Some((meta.clone(), data.clone(), SnapshotOrigin::Local)),
+                ..WriteContent::default()
+            },
+            persisted_messages: Vec::new(),
+            sync: SyncState::Waiting { start_at },
+            overwrite_floor: None,
+        });
+        self.start_due_syncs(world)
     }
 
     pub fn config(&self) -> &Config {

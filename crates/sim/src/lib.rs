@@ -5,6 +5,7 @@
 //! leadership transfers and snapshots. After every step the Raft safety invariants are checked;
 //! at the end of a run the client history is checked for linearizability. See `docs/sim.md`.
 
+pub mod durable;
 pub mod fingerprint;
 pub mod history;
 pub mod host;
@@ -15,6 +16,8 @@ pub mod network;
 pub mod rng;
 pub mod simulation;
 pub mod trace;
+pub mod wal_disk;
 pub mod world;
 
+pub use host::PersistenceDefect;
 pub use simulation::{SeedReport, SimOptions, run_seed};

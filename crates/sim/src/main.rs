@@ -39,7 +39,8 @@ struct Args {
     /// Lines of trace printed per failing seed when running a range.
     #[arg(long, default_value_t = 300)]
     trace_tail_lines: usize,
-    /// Reserved for the WAL's faulty disk (torn writes, bit flips); not available yet.
+    /// Persist through the real WAL on faulty disks: crashes lose, keep a prefix of, tear or
+    /// corrupt unsynced bytes; writes and syncs may fail with EIO.
     #[arg(long)]
     disk_faults: bool,
     /// Build Raft with a deliberate defect (feature `defects`): VoteIgnoresLog,
@@ -62,12 +63,9 @@ fn parse_nodes(text: &str) -> Result<usize, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.disk_faults {
-        eprintln!("--disk-faults is not available yet: the faulty disk arrives with the WAL");
-        return ExitCode::from(2);
-    }
     let mut options = SimOptions::new(args.nodes);
     options.chaos_steps = args.steps;
+    options.disk_faults = args.disk_faults;
     #[cfg(feature = "defects")]
     if let Some(name) = &args.defect {
         match parse_defect(name) {
@@ -167,26 +165,43 @@ fn print_report(report: &SeedReport, args: &Args, always: bool) {
         } else {
             format!(" --steps {}", args.steps)
         };
+        let disk = if args.disk_faults {
+            " --disk-faults"
+        } else {
+            ""
+        };
         println!(
-            "replay: cargo run --release -p ballot-sim -- --seed {} --nodes {}{steps} --trace",
+            "replay: cargo run --release -p ballot-sim -- --seed {} --nodes {}{steps}{disk} --trace",
             report.seed, args.nodes
         );
     } else if always || args.verbose {
         println!(
-            "seed {} ok: {} ops ({} completed, {} unknown), {} leaders, {} crashes, {} partitions, {} pauses, {} snapshots sent, {} conf changes, {} transfers, {} msgs ({} dropped)",
+            "seed {} ok: {} ops ({} completed, {} unknown), {} leaders, {} crashes ({} on disk errors), {} partitions, {} pauses, {} snapshots sent, {} conf changes, {} transfers, {} msgs ({} dropped){}",
             report.seed,
             report.operations,
             stats.operations_completed,
             stats.operations_unknown,
             stats.leaders_elected,
             stats.crashes,
+            stats.io_errors,
             stats.partitions,
             stats.pauses,
             stats.snapshots_sent,
             stats.conf_changes_proposed,
             stats.transfers,
             stats.messages_sent,
-            stats.messages_dropped
+            stats.messages_dropped,
+            if args.disk_faults {
+                format!(
+                    ", {} crashes with unsynced writes, {} WAL recoveries ({} torn tails, {} beyond what was reported durable)",
+                    stats.crashes_with_unsynced_writes,
+                    stats.wal_recoveries,
+                    stats.torn_tails,
+                    stats.recovered_beyond_promise
+                )
+            } else {
+                String::new()
+            }
         );
     }
 }

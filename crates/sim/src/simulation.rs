@@ -13,13 +13,14 @@ use ballot_raft::{
 use bytes::{Bytes, BytesMut};
 
 use crate::history::{Call, Key, OperationId, Value};
-use crate::host::{Host, HostTiming, Origin, SimMessage};
+use crate::host::{Host, HostTiming, Origin, PersistenceDefect, SimMessage};
 use crate::invariants::Violation;
 use crate::kv::Command;
 use crate::linearizability::check_history;
 use crate::network::{Network, NetworkProfile, Partition, Time};
 use crate::rng::SimRng;
 use crate::trace::Trace;
+use crate::wal_disk::{DiskFaultProfile, WalDisk};
 use crate::world::{Client, Request, RequestKind, RunStats, World};
 
 /// Raft's election timeout T in ticks; the randomized timeout lies in [T, 2T).
@@ -50,9 +51,12 @@ pub struct SimOptions {
     pub chaos_steps: Time,
     pub trace: bool,
     pub config_hook: Option<ConfigHook>,
-    /// Reserved: the WAL's faulty disk (torn writes, bit flips in unsynced data) will plug in
-    /// here. Nothing reads it yet; the CLI refuses `--disk-faults` until it does.
+    /// Every node persists through the real `ballot-wal` on its own faulty disk, which crashes
+    /// with the node (losing, keeping a prefix of, tearing or corrupting unsynced bytes) and may
+    /// fail a write or sync with EIO. See `wal_disk.rs`.
     pub disk_faults: bool,
+    /// With `disk_faults`: a deliberately broken persistence path (self-test only).
+    pub persistence_defect: Option<PersistenceDefect>,
 }
 
 impl SimOptions {
@@ -63,6 +67,7 @@ impl SimOptions {
             trace: false,
             config_hook: None,
             disk_faults: false,
+            persistence_defect: None,
         }
     }
 }
@@ -298,6 +303,13 @@ impl Simulation {
             self.profile.timing,
             self.world.now,
         );
+        if self.options.disk_faults {
+            let profile = DiskFaultProfile::random(&mut self.world.rng);
+            self.world
+                .trace
+                .event(self.world.now, || format!("n{id} disk: {profile:?}"));
+            host.use_wal(WalDisk::new(id, profile), self.options.persistence_defect);
+        }
         host.start(&mut self.world)?;
         self.hosts.insert(id, host);
         self.flush_reports()
@@ -419,6 +431,7 @@ impl Simulation {
         if self.happens(profile.crash_every_steps) {
             self.crash_random_host();
         }
+        self.crash_hosts_due();
         if self.partition_heals_at.is_none() && self.happens(profile.partition_every_steps) {
             self.partition();
         }
@@ -482,15 +495,34 @@ impl Simulation {
             }
         };
         for id in victims {
-            let restart_at = self.world.now
-                + self
-                    .world
-                    .rng
-                    .range(TICK_STEPS, self.profile.restart_after_steps_max);
-            if let Some(host) = self.hosts.get_mut(&id) {
-                host.crash(&mut self.world, restart_at);
-                self.world.stats.crashes += 1;
-            }
+            self.crash_host(id);
+        }
+    }
+
+    /// Crashes the nodes whose disks asked for a crash now (`--disk-faults`: a crash aimed at
+    /// a sync in progress).
+    fn crash_hosts_due(&mut self) {
+        let now = self.world.now;
+        let due: Vec<NodeId> = self
+            .hosts
+            .values()
+            .filter(|h| h.is_up() && h.crash_due_at.is_some_and(|at| at <= now))
+            .map(|h| h.id)
+            .collect();
+        for id in due {
+            self.crash_host(id);
+        }
+    }
+
+    fn crash_host(&mut self, id: NodeId) {
+        let restart_at = self.world.now
+            + self
+                .world
+                .rng
+                .range(TICK_STEPS, self.profile.restart_after_steps_max);
+        if let Some(host) = self.hosts.get_mut(&id) {
+            host.crash(&mut self.world, restart_at);
+            self.world.stats.crashes += 1;
         }
     }
 
@@ -894,6 +926,7 @@ impl Simulation {
             // vote requests keep resetting the peer's election timer).
             host.tick_interval_steps = TICK_STEPS;
             host.paused_until = 0;
+            host.stop_disk_faults();
             if !host.is_up() {
                 host.restart_at = Some(now);
             }

@@ -45,6 +45,15 @@ pub struct RunStats {
     pub messages_dropped: u64,
     pub leaders_elected: u64,
     pub crashes: u64,
+    /// Nodes stopped by an injected disk error (`--disk-faults`); counted in `crashes` too.
+    pub io_errors: u64,
+    /// WAL reopenings (`--disk-faults`), those that cut a torn tail, and those that found more
+    /// than had been reported durable (unsynced writes that survived the crash).
+    pub wal_recoveries: u64,
+    pub torn_tails: u64,
+    /// Crashes that hit a node while bytes it had written were on its disk unsynced.
+    pub crashes_with_unsynced_writes: u64,
+    pub recovered_beyond_promise: u64,
     pub partitions: u64,
     pub pauses: u64,
     pub snapshots_sent: u64,
