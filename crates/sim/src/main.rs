@@ -43,6 +43,14 @@ struct Args {
     /// corrupt unsynced bytes; writes and syncs may fail with EIO.
     #[arg(long)]
     disk_faults: bool,
+    /// With --disk-faults: let nodes write a Ready's hard state before its entries (the order
+    /// ballot-raft's Ready contract prescribes; unsafe, see docs/sim.md "Findings").
+    #[arg(long)]
+    hard_state_before_entries: bool,
+    /// With --disk-faults: keep snapshot files the WAL does not record after a crash (exposes
+    /// the snapshot store's pruning finding, see docs/sim.md "Findings").
+    #[arg(long)]
+    keep_orphan_snapshots: bool,
     /// Build Raft with a deliberate defect (feature `defects`): VoteIgnoresLog,
     /// CommitOldTermByCount, VoteTwiceInTerm, AckBeforePersist, ReadWithoutQuorum.
     #[cfg(feature = "defects")]
@@ -66,6 +74,8 @@ fn main() -> ExitCode {
     let mut options = SimOptions::new(args.nodes);
     options.chaos_steps = args.steps;
     options.disk_faults = args.disk_faults;
+    options.hard_state_before_entries = args.hard_state_before_entries;
+    options.remove_orphan_snapshots = !args.keep_orphan_snapshots;
     #[cfg(feature = "defects")]
     if let Some(name) = &args.defect {
         match parse_defect(name) {
@@ -165,11 +175,18 @@ fn print_report(report: &SeedReport, args: &Args, always: bool) {
         } else {
             format!(" --steps {}", args.steps)
         };
-        let disk = if args.disk_faults {
-            " --disk-faults"
-        } else {
-            ""
-        };
+        let disk: String = [
+            (args.disk_faults, " --disk-faults"),
+            (
+                args.hard_state_before_entries,
+                " --hard-state-before-entries",
+            ),
+            (args.keep_orphan_snapshots, " --keep-orphan-snapshots"),
+        ]
+        .iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, flag)| *flag)
+        .collect();
         println!(
             "replay: cargo run --release -p ballot-sim -- --seed {} --nodes {}{steps}{disk} --trace",
             report.seed, args.nodes

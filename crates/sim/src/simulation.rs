@@ -57,6 +57,18 @@ pub struct SimOptions {
     pub disk_faults: bool,
     /// With `disk_faults`: a deliberately broken persistence path (self-test only).
     pub persistence_defect: Option<PersistenceDefect>,
+    /// With `disk_faults`: let nodes write a Ready's hard state before its entries, the order
+    /// ballot-raft's Ready contract prescribes, which loses committed-entry safety in a crash
+    /// (docs/sim.md, "Findings", seed 1731). Off: entries first.
+    pub hard_state_before_entries: bool,
+    /// With `disk_faults`: after recovery, delete snapshot files the WAL does not record, so
+    /// the snapshot store's pruning cannot delete the one it does (docs/sim.md, "Findings",
+    /// seeds 846 and 1683). On by default.
+    pub remove_orphan_snapshots: bool,
+    /// With `disk_faults`: compare every WAL recovery with what the WAL had reported durable.
+    /// On by default; the self-test turns it off to show that the Raft checks, which run on
+    /// the recovered state, catch a broken persistence path on their own.
+    pub check_wal_recovery: bool,
 }
 
 impl SimOptions {
@@ -68,6 +80,9 @@ impl SimOptions {
             config_hook: None,
             disk_faults: false,
             persistence_defect: None,
+            hard_state_before_entries: false,
+            remove_orphan_snapshots: true,
+            check_wal_recovery: true,
         }
     }
 }
@@ -304,7 +319,7 @@ impl Simulation {
             self.world.now,
         );
         if self.options.disk_faults {
-            let profile = DiskFaultProfile::random(&mut self.world.rng);
+            let profile = DiskFaultProfile::random(&mut self.world.rng, &self.options);
             self.world
                 .trace
                 .event(self.world.now, || format!("n{id} disk: {profile:?}"));
