@@ -56,6 +56,16 @@ struct Args {
     #[cfg(feature = "defects")]
     #[arg(long)]
     defect: Option<String>,
+    /// With --disk-faults (feature `defects`): break the host's persistence path on purpose:
+    /// PersistedBeforeSync.
+    #[cfg(feature = "defects")]
+    #[arg(long)]
+    persistence_defect: Option<String>,
+    /// With --disk-faults (feature `defects`): skip the direct comparison of each WAL recovery
+    /// with what the WAL reported durable (the Raft checks still run on the recovered state).
+    #[cfg(feature = "defects")]
+    #[arg(long)]
+    no_wal_recovery_check: bool,
     /// Print per-seed statistics.
     #[arg(long)]
     verbose: bool,
@@ -86,6 +96,21 @@ fn main() -> ExitCode {
             }
             None => {
                 eprintln!("unknown defect {name}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    #[cfg(feature = "defects")]
+    {
+        options.check_wal_recovery = !args.no_wal_recovery_check;
+        match args.persistence_defect.as_deref() {
+            None => {}
+            Some("PersistedBeforeSync") => {
+                options.persistence_defect =
+                    Some(ballot_sim::PersistenceDefect::PersistedBeforeSync);
+            }
+            Some(other) => {
+                eprintln!("unknown persistence defect {other}");
                 return ExitCode::from(2);
             }
         }
