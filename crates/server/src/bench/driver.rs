@@ -8,10 +8,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
-use ballot_proto::etcdserverpb::kv_client::KvClient;
-
+use super::grpc::GrpcConnection;
 use super::report::{
     BenchReport, ErrorTally, LATENCY_US_MAX, LatencySummary, new_latency_histogram,
 };
@@ -29,7 +28,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     args.validate()?;
     let factory = RequestFactory::new(args)?;
     let endpoints = parse_endpoints(&args.endpoints)?;
-    let channels = connect_all(&endpoints, args.conns).await?;
+    let connections = connect_all(&endpoints, args.conns).await?;
 
     let limit = match (args.total, args.effective_duration()) {
         (Some(total), _) => RunLimit::Total(total),
@@ -57,8 +56,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let progress = Progress::start(Arc::clone(&shared), limit, started, !args.json);
     let mut tasks = Vec::with_capacity(args.clients);
     for client_index in 0..args.clients {
-        let kv = KvClient::new(channels[client_index % channels.len()].clone())
-            .max_decoding_message_size(usize::MAX);
+        let kv = connections[client_index % connections.len()].clone();
         let shared = Arc::clone(&shared);
         tasks.push(tokio::spawn(client_loop(shared, kv, client_index as u64)));
     }
@@ -172,7 +170,7 @@ struct ClientOutcome {
 
 async fn client_loop(
     shared: Arc<Shared>,
-    mut kv: KvClient<Channel>,
+    mut kv: GrpcConnection,
     client_index: u64,
 ) -> ClientOutcome {
     let mut rng = FastRng::new(0x5EED_0000_0000_0000 ^ client_index.wrapping_mul(0x9E37_79B9));
@@ -247,8 +245,11 @@ pub fn parse_endpoints(text: &str) -> Result<Vec<String>, BenchError> {
     Ok(endpoints)
 }
 
-/// Opens `conns` channels, round-robin over the endpoints, all at once.
-async fn connect_all(endpoints: &[String], conns: usize) -> Result<Vec<Channel>, BenchError> {
+/// Opens `conns` connections, round-robin over the endpoints, all at once.
+async fn connect_all(
+    endpoints: &[String],
+    conns: usize,
+) -> Result<Vec<GrpcConnection>, BenchError> {
     let mut pending = Vec::with_capacity(conns);
     for index in 0..conns {
         let url = endpoints[index % endpoints.len()].clone();
@@ -257,35 +258,24 @@ async fn connect_all(endpoints: &[String], conns: usize) -> Result<Vec<Channel>,
             (url, result)
         }));
     }
-    let mut channels = Vec::with_capacity(conns);
+    let mut connections = Vec::with_capacity(conns);
     for task in pending {
         let (url, result) = task
             .await
             .unwrap_or_else(|err| panic!("a connect task must not panic: {err}"));
-        channels.push(result.map_err(|reason| BenchError::Connect {
+        connections.push(result.map_err(|reason| BenchError::Connect {
             endpoint: url,
             reason,
         })?);
     }
-    Ok(channels)
+    Ok(connections)
 }
 
-async fn connect_one(url: &str) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|err| err.to_string())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
-    endpoint.connect().await.map_err(|err| {
-        // tonic's top-level message is just "transport error"; the causes say what failed.
-        let mut message = err.to_string();
-        let mut cause = std::error::Error::source(&err);
-        while let Some(source) = cause {
-            message.push_str(": ");
-            message.push_str(&source.to_string());
-            cause = source.source();
-        }
-        message
-    })
+async fn connect_one(url: &str) -> Result<GrpcConnection, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, GrpcConnection::connect(url)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
+    }
 }
 
 /// The progress bar on stderr, refreshed by its own task; hidden when stderr is not a terminal

@@ -11,9 +11,11 @@
 //!
 //! - [`workload`]: what each request is (keys, values, the operation mix).
 //! - [`driver`]: connections, client tasks, pacing, progress.
+//! - [`grpc`]: the lean unary gRPC client (HTTP/2 straight from the `h2` crate).
 //! - [`report`]: the summary, as text or as one JSON object.
 
 pub mod driver;
+pub mod grpc;
 pub mod report;
 pub mod workload;
 

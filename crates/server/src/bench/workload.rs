@@ -2,12 +2,12 @@
 
 use bytes::Bytes;
 
-use ballot_proto::etcdserverpb::kv_client::KvClient;
 use ballot_proto::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, request_op,
+    Compare, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest,
+    TxnResponse, compare, request_op,
 };
-use tonic::transport::Channel;
 
+use super::grpc::{GrpcConnection, KvMethod};
 use super::{BenchArgs, BenchError, Consistency, Workload};
 
 /// Largest key table built: keys are precomputed so that a request only bumps a reference count.
@@ -182,15 +182,24 @@ impl RequestFactory {
     /// Builds and sends one request of `kind` on `kv`; returns the gRPC status on failure.
     pub async fn execute(
         &self,
-        kv: &mut KvClient<Channel>,
+        kv: &mut GrpcConnection,
         kind: OpKind,
         rng: &mut FastRng,
     ) -> Result<(), tonic::Status> {
         let key = self.keys.key(rng.next_u64());
         match kind {
-            OpKind::Put => kv.put(self.put(key)).await.map(drop),
-            OpKind::Range => kv.range(self.range(key)).await.map(drop),
-            OpKind::Txn => kv.txn(self.txn(key)).await.map(drop),
+            OpKind::Put => kv
+                .unary::<_, PutResponse>(KvMethod::Put, &self.put(key))
+                .await
+                .map(drop),
+            OpKind::Range => kv
+                .unary::<_, RangeResponse>(KvMethod::Range, &self.range(key))
+                .await
+                .map(drop),
+            OpKind::Txn => kv
+                .unary::<_, TxnResponse>(KvMethod::Txn, &self.txn(key))
+                .await
+                .map(drop),
         }
     }
 }
