@@ -187,8 +187,7 @@ impl ApiNode for NodeHandle {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiOptions {
     /// Largest write request (the encoded command) accepted; larger ones get
-    /// "etcdserver: request is too large". Also the size above which a watch response is
-    /// fragmented for watchers that asked for fragments, as in etcd.
+    /// "etcdserver: request is too large".
     pub max_request_bytes: usize,
     /// gRPC decode limit: `max_request_bytes` plus 512 KiB, as in etcd; larger messages are
     /// refused by the transport with ResourceExhausted.
@@ -210,6 +209,14 @@ pub const WATCH_PROGRESS_NOTIFY_INTERVAL_DEFAULT: Duration = Duration::from_secs
 pub const WATCH_PROGRESS_NOTIFY_INTERVAL_ENV: &str = "BALLOT_WATCH_PROGRESS_NOTIFY_INTERVAL_MS";
 
 impl ApiOptions {
+    /// The size from which a watch response is split for watchers created with `fragment`:
+    /// etcd's watch server uses `MaxRequestBytes + grpcOverheadBytes` (512 KiB), the same
+    /// figure as the gRPC receive limit, so a fragment is never larger than what a member
+    /// itself would accept.
+    pub fn watch_fragment_bytes(&self) -> usize {
+        self.grpc_max_receive_bytes
+    }
+
     pub fn from_config(config: &ServerConfig) -> ApiOptions {
         let progress_interval = std::env::var(WATCH_PROGRESS_NOTIFY_INTERVAL_ENV)
             .ok()

@@ -498,15 +498,56 @@ async fn watch_from_history_and_from_a_compacted_revision() {
     assert_eq!(canceled.compact_revision, 4);
 }
 
+/// A Txn putting `keys` to `value` in one revision.
+fn put_all(keys: &[String], value: &str) -> TxnRequest {
+    TxnRequest {
+        success: keys
+            .iter()
+            .map(|key| RequestOp {
+                request: Some(request_op::Request::RequestPut(put(key, value))),
+            })
+            .collect(),
+        ..TxnRequest::default()
+    }
+}
+
+/// Reads responses until both watchers (IDs 0 and 1) have seen `events_each` events.
+async fn collect_two_watchers(
+    watcher: &mut Watcher,
+    events_each: usize,
+    revision: i64,
+) -> (Vec<WatchResponse>, Vec<WatchResponse>) {
+    let mut fragmented: Vec<WatchResponse> = Vec::new();
+    let mut whole: Vec<WatchResponse> = Vec::new();
+    let events = |responses: &[WatchResponse]| -> usize {
+        responses.iter().map(|response| response.events.len()).sum()
+    };
+    while events(&fragmented) < events_each || events(&whole) < events_each {
+        let response = watcher.next().await;
+        assert_full_header(response.header, revision);
+        match response.watch_id {
+            0 => fragmented.push(response),
+            1 => whole.push(response),
+            other => panic!("unexpected watch ID {other}"),
+        }
+    }
+    assert_eq!(events(&fragmented), events_each);
+    assert_eq!(events(&whole), events_each);
+    (fragmented, whole)
+}
+
 #[tokio::test]
 async fn large_revisions_are_fragmented_only_when_asked() {
+    use prost::Message;
     let (_server, channel) = server().await;
     let mut kv = KvClient::new(channel.clone());
-    let keys: Vec<String> = (0..4).map(|i| format!("f{i}")).collect();
-    let value = "v".repeat(350 * 1024);
-    for key in &keys {
-        kv.put(put(key, &value)).await.expect("put");
-    }
+    let limit = test_options().watch_fragment_bytes();
+    assert_eq!(limit, 2 * 1024 * 1024, "etcd: max request bytes + 512 KiB");
+    // Many keys in one revision: 64 puts of 20 KiB are a 1.3 MiB request (under
+    // --max-request-bytes), and with previous values the watch response is about 2.6 MiB.
+    let keys: Vec<String> = (0..64).map(|i| format!("f{i:02}")).collect();
+    let value = "v".repeat(20 * 1024);
+    kv.txn(put_all(&keys, &value)).await.expect("first values");
     let mut watcher = Watcher::open(channel).await;
     for fragment in [true, false] {
         watcher
@@ -520,40 +561,39 @@ async fn large_revisions_are_fragmented_only_when_asked() {
             .await;
         assert!(watcher.next().await.created);
     }
-    // One revision rewriting all four keys: the request (1.4 MiB) fits --max-request-bytes,
-    // but with previous values the watch response is about 2.8 MiB.
-    let txn = TxnRequest {
-        success: keys
-            .iter()
-            .map(|key| RequestOp {
-                request: Some(request_op::Request::RequestPut(put(key, &value))),
-            })
-            .collect(),
-        ..TxnRequest::default()
-    };
-    kv.txn(txn).await.expect("a 1.4 MiB txn fits");
-    let mut fragmented: Vec<WatchResponse> = Vec::new();
-    let mut whole: Vec<WatchResponse> = Vec::new();
-    let events = |responses: &[WatchResponse]| -> usize {
-        responses.iter().map(|response| response.events.len()).sum()
-    };
-    while events(&fragmented) < 4 || events(&whole) < 4 {
-        let response = watcher.next().await;
-        assert_full_header(response.header, 6);
-        match response.watch_id {
-            0 => fragmented.push(response),
-            1 => whole.push(response),
-            other => panic!("unexpected watch ID {other}"),
-        }
-    }
-    assert_eq!(whole.len(), 1);
+    kv.txn(put_all(&keys, &value))
+        .await
+        .expect("a 1.3 MiB txn fits");
+    let (fragmented, whole) = collect_two_watchers(&mut watcher, keys.len(), 3).await;
+    assert_eq!(whole.len(), 1, "without `fragment` a revision stays whole");
     assert!(!whole[0].fragment);
+    assert!(whole[0].encoded_len() > limit);
     assert!(fragmented.len() >= 2, "{} parts", fragmented.len());
     let (last, parts) = fragmented.split_last().expect("parts");
     assert!(parts.iter().all(|part| part.fragment));
     assert!(!last.fragment);
+    for part in &fragmented {
+        assert!(
+            part.encoded_len() < limit,
+            "a part of {} bytes",
+            part.encoded_len()
+        );
+    }
     let rejoined: Vec<_> = fragmented.iter().flat_map(|r| r.events.clone()).collect();
     assert_eq!(rejoined, whole[0].events);
+
+    // A revision above --max-request-bytes but under the fragment limit (64 events of a 6 KiB
+    // value and its 20 KiB previous value: about 1.6 MiB) travels whole even to the
+    // fragmenting watcher, as in etcd.
+    let small_value = "w".repeat(6 * 1024);
+    kv.txn(put_all(&keys, &small_value))
+        .await
+        .expect("a small txn");
+    let (fragmented, whole) = collect_two_watchers(&mut watcher, keys.len(), 4).await;
+    assert!(fragmented[0].encoded_len() > test_options().max_request_bytes);
+    assert_eq!(fragmented.len(), 1);
+    assert!(!fragmented[0].fragment);
+    assert_eq!(fragmented[0].events, whole[0].events);
 }
 
 #[tokio::test]

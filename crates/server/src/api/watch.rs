@@ -11,9 +11,10 @@
 //! watchers "unsynced" so they later catch up from the store's history instead of buffering.
 //!
 //! Fragmentation follows etcd's `sendFragments`: a response of a watcher created with
-//! `fragment = true` that is at least `--max-request-bytes` large and carries two or more events
-//! is split into several responses, each holding as many events as fit, all but the last marked
-//! `fragment = true`.
+//! `fragment = true` that is at least [`super::ApiOptions::watch_fragment_bytes`] large
+//! (`--max-request-bytes` plus 512 KiB, etcd's `MaxRequestBytes + grpcOverheadBytes`) and carries
+//! two or more events is split into several responses, each holding as many events as fit, all
+//! but the last marked `fragment = true`.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -159,7 +160,7 @@ impl<N: ApiNode> WatchSession<N> {
             self.fragmenting.remove(&response.watch_id);
             metrics().watchers.dec();
         }
-        let limit = self.api.options.max_request_bytes;
+        let limit = self.api.options.watch_fragment_bytes();
         let parts = if self.fragmenting.contains(&response.watch_id) {
             fragments(response, limit)
         } else {
