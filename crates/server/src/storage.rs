@@ -24,6 +24,7 @@ use ballot_wal::{
 };
 use bytes::{Bytes, BytesMut};
 
+use crate::metered_disk::MeteredDisk;
 use crate::node::members::Registry;
 use crate::node::wire::{Reader, WireError, put_bytes, put_strings, put_varint};
 
@@ -409,7 +410,9 @@ pub fn open(
     if unsafe_no_fsync {
         options.sync_mode = SyncMode::UnsafeNoFsync;
     }
-    let (wal, recovered) = Wal::open(RealDisk, &data_dir.wal_dir(), options)?;
+    // The log's disk is metered (fsync durations, bytes written: `metered_disk`); snapshot files
+    // are not part of etcd's WAL metrics.
+    let (wal, recovered) = Wal::open(MeteredDisk::real(), &data_dir.wal_dir(), options)?;
     let snapshots = SnapshotStore::open(RealDisk, &data_dir.snap_dir(), SNAPSHOT_FILES_KEPT)?;
     let fresh = recovered.entries.is_empty()
         && recovered.snapshot.is_none()

@@ -471,4 +471,14 @@ async fn http_endpoints_answer_on_the_client_port() {
         .and_then(|value| value.parse::<u64>().ok())
         .expect("proposals committed");
     assert!(committed >= 1);
+    let value_of = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    // The put was acknowledged after an fsync of the log that carried it.
+    assert!(value_of("etcd_disk_wal_fsync_duration_seconds_count") >= 1);
+    assert!(value_of("etcd_disk_wal_write_bytes_total") >= "metric".len() as u64 + 1);
 }
