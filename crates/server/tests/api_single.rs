@@ -351,6 +351,25 @@ async fn maintenance_cluster_auth_and_health_services() {
     assert_eq!(status.version, "3.5.0");
     assert!(status.raft_index >= 2 && status.raft_applied_index >= 2);
     assert!(status.errors.is_empty());
+    // etcdctl's JSON output omits zero fields, so a size must be there from the start; it grows
+    // with what is written.
+    assert!(status.db_size > 0 && status.db_size_in_use > 0, "{status:?}");
+    let value = "s".repeat(64 * 1024);
+    KvClient::new(channel.clone())
+        .put(put("big", &value))
+        .await
+        .expect("put a 64 KiB value");
+    let grown = maintenance
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(
+        grown.db_size >= status.db_size + 64 * 1024,
+        "{} -> {}",
+        status.db_size,
+        grown.db_size
+    );
     assert!(
         maintenance
             .alarm(AlarmRequest::default())

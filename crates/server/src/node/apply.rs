@@ -48,6 +48,8 @@ struct BatchEffects {
     registry_changed: bool,
     last_index: u64,
     applied_commands: u64,
+    /// Payload bytes of the entries applied, for `dbSize`.
+    applied_bytes: u64,
 }
 
 impl Applier {
@@ -83,6 +85,7 @@ impl Applier {
         if entry.index <= store.last_applied() {
             return;
         }
+        effects.applied_bytes += entry.data.len() as u64;
         match entry.kind {
             EntryKind::Normal if entry.data.is_empty() => store.skip(entry.index),
             EntryKind::Normal => self.apply_normal(store, entry, effects),
@@ -226,6 +229,7 @@ impl Applier {
             super::lease::on_applied(&self.shared, &effects.granted, &effects.revoked);
         }
         metrics().proposals_applied.add(effects.applied_commands);
+        self.shared.db_size.add_applied(effects.applied_bytes);
         self.shared.applied.send_replace(effects.last_index);
         self.shared.waiters.resolve_many(effects.answers);
         self.shared.waiters.fail_lost_through(effects.last_index);
@@ -256,7 +260,8 @@ impl Applier {
         *lock_write(&self.shared.store) = store;
         self.shared.install_registry(registry);
         self.shared.watch_hub.reset_to(revision);
-        self.shared.db_size_bytes.store(size, Ordering::Relaxed);
+        let mark = self.shared.db_size.applied_mark();
+        self.shared.db_size.snapshot_saved(size, mark);
         self.snapshot_index = index;
         self.shared.applied.send_replace(index);
         self.shared.waiters.fail_lost_through(index);
@@ -279,9 +284,11 @@ impl Applier {
         self.snapshot_index = applied;
         let store = lock_read(&self.shared.store).clone();
         let registry = lock_read(&self.shared.registry).clone();
+        let db_size_mark = self.shared.db_size.applied_mark();
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
-            if let Err(reason) = take_snapshot(&shared, applied, store, registry).await {
+            let taken = take_snapshot(&shared, applied, store, registry, db_size_mark).await;
+            if let Err(reason) = taken {
                 tracing::error!(index = applied, %reason, "taking a snapshot failed");
                 if reason.starts_with("WAL") {
                     shared.fail(reason);
@@ -302,13 +309,15 @@ fn track_leases(command: &Command, outcome: &ApplyOutcome, effects: &mut BatchEf
     }
 }
 
-/// Writes a snapshot of `store` and `registry` (both as of `index`), records it in the WAL and
-/// lets the core and the WAL compact behind it.
+/// Writes a snapshot of `store` and `registry` (both as of `index`, when `dbSize` had counted
+/// `db_size_mark` applied bytes), records it in the WAL and lets the core and the WAL compact
+/// behind it.
 async fn take_snapshot(
     shared: &Arc<NodeShared>,
     index: u64,
     store: Store,
     registry: Registry,
+    db_size_mark: u64,
 ) -> Result<(), String> {
     let (reply, meta) = oneshot::channel();
     shared
@@ -346,7 +355,7 @@ async fn take_snapshot(
     metrics()
         .snapshot_save_seconds
         .observe(save_started.elapsed());
-    shared.db_size_bytes.store(size, Ordering::Relaxed);
+    shared.db_size.snapshot_saved(size, db_size_mark);
     let compact_through = index.saturating_sub(shared.config.snapshot_catchup_entries);
     shared
         .requests

@@ -7,6 +7,7 @@
 //! and client URLs through the log after it starts, as etcd does).
 
 mod apply;
+mod db_size;
 mod driver;
 pub mod envelope;
 mod error;
@@ -119,8 +120,9 @@ pub struct NodeStatus {
     /// The last index in this member's log (etcd's `raftIndex`).
     pub last_index: u64,
     pub is_learner: bool,
-    /// Size of the latest snapshot's data, in bytes (the closest thing to etcd's `dbSize`:
-    /// the state lives in memory and on disk as snapshot plus log).
+    /// The latest snapshot's data plus the payload of the entries applied since, in bytes (the
+    /// closest thing to etcd's `dbSize`: the state lives in memory and on disk as snapshot plus
+    /// log; see `db_size.rs`). Never zero.
     pub db_size_bytes: u64,
     /// Leader changes this member has seen since it started.
     pub leader_changes: u64,
@@ -145,7 +147,7 @@ pub(crate) struct NodeShared {
     snapshots: SnapshotStore<RealDisk>,
     snapshot_in_progress: AtomicBool,
     removed: AtomicBool,
-    db_size_bytes: AtomicU64,
+    db_size: db_size::DbSize,
     leader_changes: AtomicU64,
     next_request_id: AtomicU64,
     /// Set to ask every task to stop.
@@ -708,7 +710,7 @@ impl NodeHandle {
             applied_index: *self.shared.applied.borrow(),
             last_index: view.last_index,
             is_learner: view.is_learner,
-            db_size_bytes: self.shared.db_size_bytes.load(Ordering::Relaxed),
+            db_size_bytes: self.shared.db_size.bytes(),
             leader_changes: self.shared.leader_changes.load(Ordering::Relaxed),
         }
     }
@@ -802,6 +804,12 @@ fn raft_config(config: &NodeConfig) -> ballot_raft::Config {
     raft
 }
 
+/// The snapshot size of a store that holds nothing yet: the base of `dbSize` before the first
+/// snapshot (cheap, the store is empty).
+fn empty_store_bytes(store: &Store) -> u64 {
+    store.snapshot().len() as u64
+}
+
 /// Starts the node's tasks over opened storage. `seed` is the registry to start from when there
 /// is no snapshot; `mode` says how to create a node when the storage is fresh.
 pub fn start(
@@ -822,7 +830,11 @@ pub fn start(
                     snapshot.payload.registry.clone(),
                     snapshot.payload.store.len() as u64,
                 ),
-                None => (Store::new(config.store_config.clone()), seed, 0),
+                None => {
+                    let store = Store::new(config.store_config.clone());
+                    let size = empty_store_bytes(&store);
+                    (store, seed, size)
+                }
             };
             for entry in recovered
                 .restore
@@ -842,7 +854,9 @@ pub fn start(
                 StartMode::Bootstrap { voters } => RaftNode::bootstrap(raft_config, &voters)?,
                 StartMode::Join => RaftNode::join(raft_config)?,
             };
-            (Store::new(config.store_config.clone()), seed, raft, 0, 0)
+            let store = Store::new(config.store_config.clone());
+            let size = empty_store_bytes(&store);
+            (store, seed, raft, 0, size)
         }
     };
     for member in registry.records() {
@@ -879,7 +893,7 @@ pub fn start(
         snapshots: opened.snapshots,
         snapshot_in_progress: AtomicBool::new(false),
         removed: AtomicBool::new(false),
-        db_size_bytes: AtomicU64::new(snapshot_size),
+        db_size: db_size::DbSize::new(snapshot_size),
         leader_changes: AtomicU64::new(0),
         next_request_id: AtomicU64::new(request_id_base),
         stop: stop_tx,
