@@ -26,6 +26,8 @@ pub const DEFAULT_NAME: &str = "default";
 pub const DEFAULT_CLUSTER_TOKEN: &str = "ballot-cluster";
 /// etcd's `--max-request-bytes` default, 1.5 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1536 * 1024;
+/// WAL segment size, as etcd's `SegmentSizeBytes` (64 MiB).
+pub const DEFAULT_WAL_SEGMENT_BYTES: u64 = ballot_wal::WalOptions::DEFAULT_SEGMENT_SIZE_BYTES;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -137,6 +139,18 @@ pub struct MemberArgs {
     /// Extra URLs to serve /metrics and /health on (HTTP only), besides the client URLs.
     #[arg(long, env = "BALLOT_LISTEN_METRICS_URLS")]
     pub listen_metrics_urls: Option<String>,
+
+    /// Advanced: size of a WAL segment file, in bytes. Segments are preallocated (zero-filled
+    /// at full size, one prepared ahead), like etcd's 64 MiB WAL files; a smaller size saves
+    /// disk for tests and small machines at the cost of more frequent segment rollovers.
+    /// Hidden from --help; see docs/cli.md.
+    #[arg(
+        long,
+        env = "BALLOT_WAL_SEGMENT_BYTES",
+        default_value_t = DEFAULT_WAL_SEGMENT_BYTES,
+        hide = true
+    )]
+    pub wal_segment_bytes: u64,
 }
 
 /// `--initial-cluster-state`.
@@ -192,6 +206,7 @@ mod tests {
         assert_eq!(cli.member.initial_cluster_state, ClusterStateArg::New);
         assert_eq!(cli.member.max_request_bytes, 1_572_864);
         assert!(!cli.member.unsafe_no_fsync);
+        assert_eq!(cli.member.wal_segment_bytes, 64 * 1024 * 1024);
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct ServerConfig {
     pub max_request_bytes: u64,
     /// Skip fsync (benchmarks only; an acknowledged write can be lost on power failure).
     pub unsafe_no_fsync: bool,
+    /// Size of a WAL segment file (`--wal-segment-bytes`, advanced).
+    pub wal_segment_bytes: u64,
     pub log_level: LogLevel,
 }
 
@@ -146,6 +148,8 @@ pub enum ConfigError {
     ZeroSnapshotCount,
     #[error("--max-request-bytes must be at least 1")]
     ZeroMaxRequestBytes,
+    #[error("--wal-segment-bytes must be between {min} and {max}, got {given}")]
+    WalSegmentBytesOutOfRange { given: u64, min: u64, max: u64 },
     #[error("address {addr} is given both as {first} and as {second}")]
     ListenAddressReused {
         addr: SocketAddr,
@@ -169,6 +173,15 @@ impl ServerConfig {
         }
         if args.max_request_bytes == 0 {
             return Err(ConfigError::ZeroMaxRequestBytes);
+        }
+        let segment_bytes_allowed =
+            ballot_wal::SEGMENT_SIZE_BYTES_MIN..=ballot_wal::SEGMENT_SIZE_BYTES_MAX;
+        if !segment_bytes_allowed.contains(&args.wal_segment_bytes) {
+            return Err(ConfigError::WalSegmentBytesOutOfRange {
+                given: args.wal_segment_bytes,
+                min: *segment_bytes_allowed.start(),
+                max: *segment_bytes_allowed.end(),
+            });
         }
 
         let client_listen = parse_url_list("listen-client-urls", &args.listen_client_urls)?;
@@ -235,6 +248,7 @@ impl ServerConfig {
             snapshot_count: args.snapshot_count,
             max_request_bytes: args.max_request_bytes,
             unsafe_no_fsync: args.unsafe_no_fsync,
+            wal_segment_bytes: args.wal_segment_bytes,
             log_level: args.log_level,
         })
     }
@@ -873,6 +887,16 @@ mod tests {
         assert_eq!(
             config(&["--max-request-bytes", "0"]).expect_err("must fail"),
             ConfigError::ZeroMaxRequestBytes
+        );
+        assert!(matches!(
+            config(&["--wal-segment-bytes", "100"]).expect_err("must fail"),
+            ConfigError::WalSegmentBytesOutOfRange { given: 100, .. }
+        ));
+        assert_eq!(
+            config(&["--wal-segment-bytes", "4194304"])
+                .expect("4 MiB segments are fine")
+                .wal_segment_bytes,
+            4 * 1024 * 1024
         );
         assert_eq!(
             config(&["--name", ""]).expect_err("must fail"),

@@ -55,6 +55,11 @@ pub struct DevArgs {
     #[arg(long)]
     pub unsafe_no_fsync: bool,
 
+    /// Advanced: passed to every member as --wal-segment-bytes (small segments keep a test
+    /// cluster from preallocating 64 MiB files per member); see docs/cli.md.
+    #[arg(long, hide = true)]
+    pub wal_segment_bytes: Option<u64>,
+
     /// Program to run as each member instead of this executable. For testing `ballot dev` and
     /// the scripts built on it: etcd takes the same member flags.
     #[arg(long, hide = true, env = "BALLOT_DEV_MEMBER_PROGRAM")]
@@ -115,6 +120,7 @@ pub struct DevPlan {
     pub members: Vec<DevMember>,
     pub log_level: LogLevel,
     pub unsafe_no_fsync: bool,
+    pub wal_segment_bytes: Option<u64>,
 }
 
 impl DevPlan {
@@ -139,6 +145,7 @@ impl DevPlan {
             members,
             log_level: args.log_level,
             unsafe_no_fsync: args.unsafe_no_fsync,
+            wal_segment_bytes: args.wal_segment_bytes,
         }
     }
 
@@ -187,6 +194,9 @@ impl DevPlan {
         ];
         if self.unsafe_no_fsync {
             args.push("--unsafe-no-fsync".to_owned());
+        }
+        if let Some(bytes) = self.wal_segment_bytes {
+            args.push(format!("--wal-segment-bytes={bytes}"));
         }
         args
     }
@@ -485,6 +495,7 @@ mod tests {
             keep: false,
             log_level: LogLevel::Warn,
             unsafe_no_fsync: true,
+            wal_segment_bytes: Some(4 * 1024 * 1024),
             member_program: None,
         }
     }
@@ -538,6 +549,7 @@ mod tests {
             assert_eq!(config.data_dir, dir.join(format!("m{}.ballot", index + 1)));
             assert_eq!(config.initial_cluster.len(), 3);
             assert!(config.unsafe_no_fsync);
+            assert_eq!(config.wal_segment_bytes, 4 * 1024 * 1024);
             assert_eq!(
                 config.client_listen_addrs[0].port(),
                 plan.members[index].client_port

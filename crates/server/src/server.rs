@@ -133,8 +133,8 @@ pub async fn start_member(
     let opened = {
         let data_dir = data_dir.clone();
         let cluster = cluster.clone();
-        let unsafe_no_fsync = config.unsafe_no_fsync;
-        tokio::task::spawn_blocking(move || storage::open(&data_dir, &cluster, unsafe_no_fsync))
+        let settings = storage::WalSettings::from_config(config);
+        tokio::task::spawn_blocking(move || storage::open(&data_dir, &cluster, settings))
             .await
             .map_err(|error| ServerError::Fatal(error.to_string()))??
     };

@@ -24,6 +24,7 @@ use ballot_wal::{
 };
 use bytes::{Bytes, BytesMut};
 
+use crate::config::ServerConfig;
 use crate::metered_disk::MeteredDisk;
 use crate::node::members::Registry;
 use crate::node::wire::{Reader, WireError, put_bytes, put_strings, put_varint};
@@ -399,15 +400,43 @@ pub struct Opened {
     pub recovered: Option<Recovered>,
 }
 
+/// How the member's WAL is run, from its flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalSettings {
+    /// `--unsafe-no-fsync`.
+    pub unsafe_no_fsync: bool,
+    /// `--wal-segment-bytes`.
+    pub segment_bytes: u64,
+}
+
+impl WalSettings {
+    pub fn from_config(config: &ServerConfig) -> WalSettings {
+        WalSettings {
+            unsafe_no_fsync: config.unsafe_no_fsync,
+            segment_bytes: config.wal_segment_bytes,
+        }
+    }
+}
+
+impl Default for WalSettings {
+    fn default() -> WalSettings {
+        WalSettings {
+            unsafe_no_fsync: false,
+            segment_bytes: WalOptions::DEFAULT_SEGMENT_SIZE_BYTES,
+        }
+    }
+}
+
 /// Opens (creating if needed) the WAL and the snapshot store and recovers what they hold.
 /// Blocking: call from a blocking context.
 pub fn open(
     data_dir: &DataDir,
     cluster: &ClusterFile,
-    unsafe_no_fsync: bool,
+    settings: WalSettings,
 ) -> Result<Opened, StorageError> {
     let mut options = WalOptions::new(cluster.cluster_id, cluster.member_id);
-    if unsafe_no_fsync {
+    options.segment_size_bytes = settings.segment_bytes;
+    if settings.unsafe_no_fsync {
         options.sync_mode = SyncMode::UnsafeNoFsync;
     }
     // The log's disk is metered (fsync durations, bytes written: `metered_disk`); snapshot files
@@ -551,7 +580,11 @@ mod tests {
         let root = temp_dir("open");
         let data_dir = DataDir::new(&root);
         let cluster = cluster_file();
-        let opened = open(&data_dir, &cluster, false).expect("open");
+        let settings = WalSettings {
+            segment_bytes: 64 * 1024,
+            ..WalSettings::default()
+        };
+        let opened = open(&data_dir, &cluster, settings).expect("open");
         assert!(opened.recovered.is_none());
         let entry = Entry {
             term: 1,
@@ -572,7 +605,7 @@ mod tests {
             })
             .expect("append");
         drop(opened);
-        let reopened = open(&data_dir, &cluster, false).expect("reopen");
+        let reopened = open(&data_dir, &cluster, settings).expect("reopen");
         let recovered = reopened.recovered.expect("recovered state");
         assert_eq!(recovered.restore.entries, vec![entry]);
         assert_eq!(recovered.restore.hard_state.commit, 1);

@@ -18,6 +18,7 @@ use clap::Parser;
 
 const HEARTBEAT_MS: u64 = 20;
 const ELECTION_MS: u64 = 200;
+const WAL_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
 struct TestMember {
     name: String,
@@ -92,6 +93,8 @@ fn config_for(
         format!("--heartbeat-interval={HEARTBEAT_MS}"),
         format!("--election-timeout={ELECTION_MS}"),
         format!("--snapshot-count={snapshot_count}"),
+        // Small preallocated WAL segments: kilobytes of writes, not 64 MiB per member.
+        format!("--wal-segment-bytes={WAL_SEGMENT_BYTES}"),
     ])
     .expect("test flags parse");
     ServerConfig::from_args(&cli.member).expect("test config is valid")

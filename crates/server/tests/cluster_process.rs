@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 
 const HEARTBEAT_MS: u64 = 25;
 const ELECTION_MS: u64 = 250;
+const WAL_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -70,6 +71,8 @@ impl Process {
                 format!("--heartbeat-interval={HEARTBEAT_MS}"),
                 format!("--election-timeout={ELECTION_MS}"),
                 format!("--snapshot-count={snapshot_count}"),
+                // Small preallocated WAL segments: kilobytes of writes, not 64 MiB per member.
+                format!("--wal-segment-bytes={WAL_SEGMENT_BYTES}"),
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -17,6 +17,8 @@ use tonic::transport::Channel;
 /// enough slack that a loaded two-core machine running many tests does not trigger elections.
 pub const HEARTBEAT_MS: u64 = 50;
 pub const ELECTION_MS: u64 = 500;
+/// WAL segment size of test members (`--wal-segment-bytes`), instead of 64 MiB.
+pub const TEST_WAL_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 /// How long any condition may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -195,6 +197,8 @@ fn spawn_member(
         .args(["--initial-cluster", initial_cluster])
         .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
         .args(["--election-timeout", &ELECTION_MS.to_string()])
+        // Small preallocated WAL segments: a test writes kilobytes, not 64 MiB per member.
+        .args(["--wal-segment-bytes", &TEST_WAL_SEGMENT_BYTES.to_string()])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(log_file)
