@@ -201,8 +201,6 @@ async fn status_membership_and_leader_transfer() {
 /// (`isLearnerReady`: its match index at least 90% of the leader's): a voter that cannot vote
 /// yet would weaken the quorum.
 #[tokio::test]
-#[ignore = "known node bug: a learner that never started is promoted (ballot-raft counts a gap \
-            of up to learner_catchup_gap = 1000 entries as caught up); un-ignore once fixed"]
 async fn a_learner_that_is_not_in_sync_is_not_promoted() {
     let cluster = Cluster::start(3, &[]).await;
     let mut cluster_client = ClusterClient::new(cluster.members[0].channel().await);
