@@ -21,7 +21,7 @@ use crate::invariants::{LogMirror, Violation, chain_fingerprint};
 use crate::kv::{Applied, Command, KvStore};
 use crate::network::Time;
 use crate::rng::SimRng;
-use crate::wal_disk::{StartedSync, StorageFailure, WalDisk};
+use crate::wal_disk::{StartedSync, StorageFailure, SyncPromise, WalDisk};
 use crate::world::World;
 
 /// What one write adds to the node's durable state.
@@ -42,6 +42,9 @@ enum SyncState {
         start_at: Time,
     },
     Started(StartedSync),
+    /// The sync ran and completed while an earlier one was still outstanding; the WAL reports
+    /// it durable with that earlier one. Holds what it promised.
+    CompletedEarly(SyncPromise),
 }
 
 /// One Ready's worth of disk work (or a local snapshot's marker), durable at `durable_at`.
@@ -468,10 +471,12 @@ impl Host {
                 SyncState::Waiting { start_at } if start_at <= world.now => {}
                 // Syncs start in write order: a later write waits for an earlier one's start.
                 SyncState::Waiting { .. } => break,
-                SyncState::NotNeeded | SyncState::Started(_) => continue,
+                SyncState::NotNeeded | SyncState::Started(_) | SyncState::CompletedEarly(_) => {
+                    continue;
+                }
             }
-            let fail_write = wal.draw_io_error(&mut world.rng);
-            match wal.start_sync(fail_write) {
+            let failure = wal.draw_io_error(&mut world.rng);
+            match wal.start_sync(failure) {
                 Ok(started) => {
                     write.sync = SyncState::Started(started);
                     if self.crash_due_at.is_none() && wal.draw_crash_during_sync(&mut world.rng) {
@@ -489,8 +494,9 @@ impl Host {
         Ok(true)
     }
 
-    /// Runs and completes the sync of the write at the front of the queue (starting it first if
-    /// its start is still due). Returns false if the node stopped on an I/O error.
+    /// Runs and completes the sync of the write just taken off the queue (starting it first if
+    /// its start is still due), sometimes after completing the next write's sync first. Returns
+    /// false if the node stopped on an I/O error.
     fn finish_sync(
         &mut self,
         world: &mut World,
@@ -501,16 +507,27 @@ impl Host {
             return Ok(true);
         };
         let started = match sync {
-            SyncState::NotNeeded => return Ok(true),
+            SyncState::NotNeeded | SyncState::CompletedEarly(_) => return Ok(true),
             SyncState::Started(started) => Ok(started),
             SyncState::Waiting { .. } => {
-                let fail_write = wal.draw_io_error(&mut world.rng);
-                wal.start_sync(fail_write)
+                let failure = wal.draw_io_error(&mut world.rng);
+                wal.start_sync(failure)
             }
         };
         let outcome = started.and_then(|started| {
-            let fail_sync = wal.draw_io_error(&mut world.rng);
-            wal.finish_sync(started, fail_sync)
+            if complete_next_sync_early(wal, &mut self.pending_writes, &mut world.rng)? {
+                world.stats.syncs_completed_early += 1;
+            }
+            let completed_after = self
+                .pending_writes
+                .iter()
+                .map_while(|write| match &write.sync {
+                    SyncState::CompletedEarly(promise) => Some(promise),
+                    _ => None,
+                })
+                .last();
+            let failure = wal.draw_io_error(&mut world.rng);
+            wal.finish_sync(started, failure, completed_after)
         });
         match outcome {
             Ok(()) => Ok(true),
@@ -1018,6 +1035,29 @@ impl Host {
     pub fn config(&self) -> &Config {
         &self.config
     }
+}
+
+/// Sometimes runs and completes the sync of the next pending write before the one being
+/// finished, as overlapping syncs may end in any order. Returns whether it did.
+fn complete_next_sync_early(
+    wal: &mut WalDisk,
+    pending_writes: &mut VecDeque<PendingWrite>,
+    rng: &mut SimRng,
+) -> Result<bool, StorageFailure> {
+    let Some(next) = pending_writes.front_mut() else {
+        return Ok(false);
+    };
+    if !matches!(next.sync, SyncState::Started(_)) || !wal.draw_out_of_order(rng) {
+        return Ok(false);
+    }
+    let SyncState::Started(started) = std::mem::replace(&mut next.sync, SyncState::NotNeeded)
+    else {
+        return Ok(false);
+    };
+    let failure = wal.draw_io_error(rng);
+    let promise = wal.finish_sync_out_of_order(started, failure)?;
+    next.sync = SyncState::CompletedEarly(promise);
+    Ok(true)
 }
 
 /// A tick interval up to `skew_steps` faster or slower than the nominal tick.

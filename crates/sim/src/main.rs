@@ -47,10 +47,10 @@ struct Args {
     /// ballot-raft's Ready contract prescribes; unsafe, see docs/sim.md "Findings").
     #[arg(long)]
     hard_state_before_entries: bool,
-    /// With --disk-faults: keep snapshot files the WAL does not record after a crash (exposes
-    /// the snapshot store's pruning finding, see docs/sim.md "Findings").
+    /// With --disk-faults: let the snapshot store prune old snapshot files by count, as
+    /// ballot-wal does, instead of the nodes' safe pruning (see docs/sim.md "Findings").
     #[arg(long)]
-    keep_orphan_snapshots: bool,
+    store_pruning: bool,
     /// Build Raft with a deliberate defect (feature `defects`): VoteIgnoresLog,
     /// CommitOldTermByCount, VoteTwiceInTerm, AckBeforePersist, ReadWithoutQuorum.
     #[cfg(feature = "defects")]
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
     options.chaos_steps = args.steps;
     options.disk_faults = args.disk_faults;
     options.hard_state_before_entries = args.hard_state_before_entries;
-    options.remove_orphan_snapshots = !args.keep_orphan_snapshots;
+    options.safe_snapshot_pruning = !args.store_pruning;
     #[cfg(feature = "defects")]
     if let Some(name) = &args.defect {
         match parse_defect(name) {
@@ -206,7 +206,7 @@ fn print_report(report: &SeedReport, args: &Args, always: bool) {
                 args.hard_state_before_entries,
                 " --hard-state-before-entries",
             ),
-            (args.keep_orphan_snapshots, " --keep-orphan-snapshots"),
+            (args.store_pruning, " --store-pruning"),
         ]
         .iter()
         .filter(|(set, _)| *set)
@@ -235,8 +235,9 @@ fn print_report(report: &SeedReport, args: &Args, always: bool) {
             stats.messages_dropped,
             if args.disk_faults {
                 format!(
-                    ", {} crashes with unsynced writes, {} WAL recoveries ({} torn tails, {} beyond what was reported durable)",
+                    ", {} crashes with unsynced writes, {} syncs completed before an earlier one, {} WAL recoveries ({} torn tails, {} beyond what was reported durable)",
                     stats.crashes_with_unsynced_writes,
+                    stats.syncs_completed_early,
                     stats.wal_recoveries,
                     stats.torn_tails,
                     stats.recovered_beyond_promise

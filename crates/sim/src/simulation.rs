@@ -61,10 +61,10 @@ pub struct SimOptions {
     /// ballot-raft's Ready contract prescribes, which loses committed-entry safety in a crash
     /// (docs/sim.md, "Findings", seed 1731). Off: entries first.
     pub hard_state_before_entries: bool,
-    /// With `disk_faults`: after recovery, delete snapshot files the WAL does not record, so
-    /// the snapshot store's pruning cannot delete the one it does (docs/sim.md, "Findings",
-    /// seeds 846 and 1683). On by default.
-    pub remove_orphan_snapshots: bool,
+    /// With `disk_faults`: nodes prune snapshot files themselves, never the one the WAL's
+    /// durable marker names, instead of letting `SnapshotStore` prune by count, which can
+    /// (docs/sim.md, "Findings"). On by default.
+    pub safe_snapshot_pruning: bool,
     /// With `disk_faults`: compare every WAL recovery with what the WAL had reported durable.
     /// On by default; the self-test turns it off to show that the Raft checks, which run on
     /// the recovered state, catch a broken persistence path on their own.
@@ -81,7 +81,7 @@ impl SimOptions {
             disk_faults: false,
             persistence_defect: None,
             hard_state_before_entries: false,
-            remove_orphan_snapshots: true,
+            safe_snapshot_pruning: true,
             check_wal_recovery: true,
         }
     }
@@ -319,7 +319,8 @@ impl Simulation {
             self.world.now,
         );
         if self.options.disk_faults {
-            let profile = DiskFaultProfile::random(&mut self.world.rng, &self.options);
+            // A generator of its own, so that adding a draw to the profile shifts nothing else.
+            let profile = DiskFaultProfile::random(&mut self.world.rng.fork(), &self.options);
             self.world
                 .trace
                 .event(self.world.now, || format!("n{id} disk: {profile:?}"));

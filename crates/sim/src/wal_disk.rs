@@ -56,21 +56,26 @@ pub struct DiskFaultProfile {
     ///
     /// [`SimOptions::hard_state_before_entries`]: crate::SimOptions::hard_state_before_entries
     pub hard_state_first: bool,
-    /// After recovery, delete snapshot files newer than the WAL's snapshot marker: their marker
-    /// was lost in the crash, so no recovery will ever use them, but `SnapshotStore` would count
-    /// them among the files it keeps and may prune the only file the WAL's marker names
-    /// (docs/sim.md, "Findings").
-    pub remove_orphan_snapshots: bool,
+    /// The node prunes snapshot files itself, safely: after recovery it deletes the files newer
+    /// than the WAL's snapshot marker (their marker was lost in the crash, no recovery will use
+    /// them), and only once a marker is durable does it delete older files, keeping the marker's
+    /// own file and `snapshots_kept - 1` older ones. The store's own pruning, which counts files
+    /// whatever the WAL records and runs before the new marker is durable, can delete the only
+    /// file the WAL's marker names (docs/sim.md, "Findings"); it is used only when this is off.
+    pub safe_snapshot_pruning: bool,
     /// Compare what the WAL recovers with what it reported durable (off only in the self-test
     /// that shows the Raft checks alone catch a broken persistence path).
     pub check_recovery: bool,
     /// Chance that a Ready's sync starts (its bytes reach the disk) the moment it is handled;
     /// otherwise at a random step before it completes.
     pub sync_starts_at_once_per_million: u64,
-    /// Chance that a sync or write fails with EIO (fatal: the node stops).
+    /// Chance that a sync or write fails with EIO or ENOSPC (fatal: the node stops).
     pub io_error_per_million: u64,
     /// Chance, per sync started, that the node crashes before that sync completes.
     pub crash_during_sync_per_million: u64,
+    /// Chance, when a sync is due and the next one has started, that the next one completes
+    /// first (overlapping syncs finish in any order; the WAL reports them in start order).
+    pub out_of_order_syncs_per_million: u64,
 }
 
 impl DiskFaultProfile {
@@ -83,7 +88,7 @@ impl DiskFaultProfile {
             write_buffer_bytes_max: *rng.pick(&[64, 512, 4096, 1 << 20]),
             snapshots_kept: rng.range(2, 3) as usize,
             hard_state_first: rng.chance(500_000) && options.hard_state_before_entries,
-            remove_orphan_snapshots: options.remove_orphan_snapshots,
+            safe_snapshot_pruning: options.safe_snapshot_pruning,
             check_recovery: options.check_wal_recovery,
             sync_starts_at_once_per_million: rng.range(0, 1_000_000),
             io_error_per_million: if rng.chance(300_000) {
@@ -92,6 +97,11 @@ impl DiskFaultProfile {
                 0
             },
             crash_during_sync_per_million: rng.range(0, 10_000),
+            out_of_order_syncs_per_million: if rng.chance(500_000) {
+                rng.range(100_000, 900_000)
+            } else {
+                0
+            },
         }
     }
 
@@ -152,6 +162,8 @@ pub struct WalDisk {
     snapshots: Option<SnapshotStore<FaultyDisk>>,
     /// Everything handed to the WAL, durable or not.
     written: DurableStore,
+    /// Snapshot files below the durable marker's index were last pruned up to this index.
+    pruned_below: Index,
     /// The lowest index that writes not yet reported durable may have removed (a conflicting
     /// suffix, a log replaced by an installed snapshot), set when the node crashes: below it,
     /// every entry reported durable must survive the crash.
@@ -237,6 +249,7 @@ impl WalDisk {
             written: DurableStore::default(),
             overwrite_floor_at_crash: None,
             compact_through: 0,
+            pruned_below: 0,
             io_errors: 0,
         }
     }
@@ -279,22 +292,24 @@ impl WalDisk {
             .map_err(|error| {
                 recovery_violation(node, format!("reopening the WAL failed: {error}"))
             })?;
-        let store = SnapshotStore::open(
-            self.disk.clone(),
-            &snapshot_dir(),
-            self.profile.snapshots_kept,
-        )
-        .map_err(|error| {
-            recovery_violation(
-                node,
-                format!("reopening the snapshot store failed: {error}"),
-            )
-        })?;
+        // With safe pruning the store's own pruning must never run: no run saves this many.
+        let store_keep_count = if self.profile.safe_snapshot_pruning {
+            usize::MAX
+        } else {
+            self.profile.snapshots_kept
+        };
+        let store = SnapshotStore::open(self.disk.clone(), &snapshot_dir(), store_keep_count)
+            .map_err(|error| {
+                recovery_violation(
+                    node,
+                    format!("reopening the snapshot store failed: {error}"),
+                )
+            })?;
         let chosen = store.choose_for_recovery(&recovered).map_err(|error| {
             recovery_violation(node, format!("no snapshot to recover from: {error}"))
         })?;
         let marker = recovered.snapshot.as_ref().map(|m| (m.index, m.term));
-        if self.profile.remove_orphan_snapshots {
+        if self.profile.safe_snapshot_pruning {
             self.remove_orphan_snapshots(&store, marker)?;
         }
         let snapshot = match &chosen {
@@ -376,6 +391,7 @@ impl WalDisk {
         self.written = state.clone();
         self.overwrite_floor_at_crash = None;
         self.compact_through = 0;
+        self.pruned_below = 0;
         Ok((state, report))
     }
 
@@ -410,6 +426,36 @@ impl WalDisk {
                     node,
                     format!("syncing the snapshot directory failed: {error}"),
                 )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A snapshot marker at `durable_index` is durable: deletes the snapshot files older than
+    /// it except the `snapshots_kept - 1` newest of them. Its own file and newer ones (whose
+    /// markers may still be pending) stay.
+    fn prune_snapshots(&mut self, durable_index: Index) -> Result<(), StorageFailure> {
+        self.pruned_below = durable_index;
+        let node = self.node;
+        let listed = self
+            .store()
+            .list()
+            .map_err(|error| snapshot_failure(node, "list snapshot files", error))?;
+        let older_kept = self.profile.snapshots_kept.saturating_sub(1);
+        let doomed: Vec<PathBuf> = listed
+            .into_iter()
+            .filter(|(index, _, _)| *index < durable_index)
+            .skip(older_kept)
+            .map(|(_, _, path)| path)
+            .collect();
+        for path in &doomed {
+            self.disk
+                .remove_file(path)
+                .map_err(|error| StorageFailure::Io(format!("remove old snapshot: {error}")))?;
+        }
+        if !doomed.is_empty() {
+            self.disk.sync_dir(&snapshot_dir()).map_err(|error| {
+                StorageFailure::Io(format!("sync the snapshot directory: {error}"))
             })?;
         }
         Ok(())
@@ -574,16 +620,27 @@ impl WalDisk {
             && rng.chance(self.profile.crash_during_sync_per_million)
     }
 
-    /// Whether this node's next sync or write should fail (drawn per sync).
-    pub fn draw_io_error(&self, rng: &mut SimRng) -> bool {
-        self.profile.io_error_per_million > 0 && rng.chance(self.profile.io_error_per_million)
+    /// Whether this node's next sync or write should fail, and how (drawn per sync).
+    pub fn draw_io_error(&self, rng: &mut SimRng) -> Option<InjectedError> {
+        let fails =
+            self.profile.io_error_per_million > 0 && rng.chance(self.profile.io_error_per_million);
+        fails.then(|| *rng.pick(&[InjectedError::Eio, InjectedError::Enospc]))
+    }
+
+    /// Whether the sync after the one about to complete should complete first.
+    pub fn draw_out_of_order(&self, rng: &mut SimRng) -> bool {
+        self.profile.out_of_order_syncs_per_million > 0
+            && rng.chance(self.profile.out_of_order_syncs_per_million)
     }
 
     /// Writes everything buffered to the disk (unsynced) and returns the sync that will make it
-    /// durable. `fail_write` makes the disk refuse the next write with EIO first.
-    pub fn start_sync(&mut self, fail_write: bool) -> Result<StartedSync, StorageFailure> {
-        if fail_write {
-            self.disk.inject(DiskOp::Append, InjectedError::Eio);
+    /// durable. `failure` makes the disk refuse the next write first.
+    pub fn start_sync(
+        &mut self,
+        failure: Option<InjectedError>,
+    ) -> Result<StartedSync, StorageFailure> {
+        if let Some(error) = failure {
+            self.disk.inject(DiskOp::Append, error);
         }
         let (last_index, last_term) = self.written.last();
         let promise = SyncPromise {
@@ -601,24 +658,22 @@ impl WalDisk {
     }
 
     /// Runs a started sync (`fdatasync`) and reports it to the WAL; checks that what the WAL
-    /// now calls durable is what was written before the sync started. `fail_sync` makes the
-    /// `fdatasync` fail with EIO.
+    /// now calls durable is what was written before the sync started, or before the start of
+    /// `completed_after`, the newest of the syncs started after this one that already completed
+    /// out of order. `failure` makes the `fdatasync` fail.
     pub fn finish_sync(
         &mut self,
-        mut started: StartedSync,
-        fail_sync: bool,
+        started: StartedSync,
+        failure: Option<InjectedError>,
+        completed_after: Option<&SyncPromise>,
     ) -> Result<(), StorageFailure> {
-        if fail_sync {
-            self.disk.inject(DiskOp::Sync, InjectedError::Eio);
-        }
         let node = self.node;
-        let outcome = started.pending.run();
-        let durable = self
-            .wal()
-            .complete_sync(started.pending.id(), outcome)
-            .map_err(|error| wal_failure(node, "complete a sync", error))?
-            .clone();
-        check_sync_report(node, &durable, &started.promise)?;
+        let expected = completed_after.unwrap_or(&started.promise).clone();
+        let durable = self.run_and_complete(started, failure)?;
+        check_sync_report(node, &durable, &expected)?;
+        if self.profile.safe_snapshot_pruning && durable.snapshot_index > self.pruned_below {
+            self.prune_snapshots(durable.snapshot_index)?;
+        }
         if self.wal().pending_syncs() == 0 && self.compact_through > 0 {
             let through = std::mem::take(&mut self.compact_through);
             self.wal()
@@ -626,6 +681,47 @@ impl WalDisk {
                 .map_err(|error| wal_failure(node, "compact", error))?;
         }
         Ok(())
+    }
+
+    /// Runs and completes a sync while an earlier one is still outstanding, as the group
+    /// commit's overlapping syncs do. The WAL reports durability in start order only, so its
+    /// durable state must not move; the sync's promise is returned for when the earlier one
+    /// completes.
+    pub fn finish_sync_out_of_order(
+        &mut self,
+        started: StartedSync,
+        failure: Option<InjectedError>,
+    ) -> Result<SyncPromise, StorageFailure> {
+        let node = self.node;
+        let before = self.wal().durable_state().clone();
+        let promise = started.promise.clone();
+        let durable = self.run_and_complete(started, failure)?;
+        if durable != before {
+            return Err(StorageFailure::Broken(Violation {
+                invariant: "WAL reports what it made durable",
+                detail: format!(
+                    "node {node}: a sync completed before an earlier one, and the WAL's durable state moved from {before:?} to {durable:?}"
+                ),
+            }));
+        }
+        Ok(promise)
+    }
+
+    fn run_and_complete(
+        &mut self,
+        mut started: StartedSync,
+        failure: Option<InjectedError>,
+    ) -> Result<DurableState, StorageFailure> {
+        if let Some(error) = failure {
+            self.disk.inject(DiskOp::Sync, error);
+        }
+        let node = self.node;
+        let outcome = started.pending.run();
+        Ok(self
+            .wal()
+            .complete_sync(started.pending.id(), outcome)
+            .map_err(|error| wal_failure(node, "complete a sync", error))?
+            .clone())
     }
 
     /// The core compacted its log through `index`; whole WAL segments below it go once the

@@ -53,6 +53,8 @@ pub struct RunStats {
     pub torn_tails: u64,
     /// Crashes that hit a node while bytes it had written were on its disk unsynced.
     pub crashes_with_unsynced_writes: u64,
+    /// Syncs that completed while an earlier sync was still outstanding.
+    pub syncs_completed_early: u64,
     pub recovered_beyond_promise: u64,
     pub partitions: u64,
     pub pauses: u64,

@@ -26,6 +26,7 @@ fn seeds_pass_on_faulty_disks_and_exercise_every_fault() {
         totals.recovered_beyond_promise += stats.recovered_beyond_promise;
         totals.crashes_with_unsynced_writes += stats.crashes_with_unsynced_writes;
         totals.io_errors += stats.io_errors;
+        totals.syncs_completed_early += stats.syncs_completed_early;
         totals.snapshots_sent += stats.snapshots_sent;
     }
     eprintln!("{totals:?}");
@@ -34,6 +35,7 @@ fn seeds_pass_on_faulty_disks_and_exercise_every_fault() {
     assert!(totals.torn_tails > 0, "{totals:?}");
     assert!(totals.recovered_beyond_promise > 0, "{totals:?}");
     assert!(totals.io_errors > 0, "{totals:?}");
+    assert!(totals.syncs_completed_early > 0, "{totals:?}");
     assert!(totals.snapshots_sent > 0, "{totals:?}");
 }
 

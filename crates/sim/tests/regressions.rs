@@ -101,69 +101,73 @@ fn seed_4593_five_nodes_leader_reuses_a_term_lost_in_a_crash() {
 /// RAFT CONTRACT BUG, to fix in ballot-raft's `Ready` documentation; the simulator writes
 /// entries before the hard state by default, so the default run passes.
 ///
-/// Replay: `cargo run --release -p ballot-sim -- --seed 1731 --nodes 5 --disk-faults
+/// Replay: `cargo run --release -p ballot-sim -- --seed 7683 --nodes 5 --disk-faults
 /// --hard-state-before-entries --trace`
 ///
 /// The Ready contract says to persist `snapshot`, `hard_state` and `entries` "best atomically,
-/// else in this order". Node 3 (whose disk draws that order) holds a divergent suffix 565..569
-/// of term 90 and receives from the term-94 leader entries 565..567 with commit 565. Its Ready
-/// carries hard state (term 94, commit 565), then a truncation from 565 and the new entries.
-/// The WAL's segment fills up between the two: the rollover syncs the closed segment, hard state
-/// included; then the write of the truncation and entries fails with EIO and the node stops. It
-/// restarts with commit 565 over its *old* entry 565 of term 90 and applies it: an entry that
-/// was never committed (state-machine safety, Raft §5.4.3). A crash keeping a prefix of one
-/// unsynced batch does the same. Writing entries first (etcd's `WAL.Save`, Ballot's server) makes
-/// a surviving hard state imply that every entry written before it survived.
+/// else in this order". Node 4 (whose disk draws that order) holds entry 172 of term 23 and
+/// receives from the term-24 leader a different entry 172 with commit 172. Its Ready carries the
+/// hard state (term 24, commit 172), then a truncation from 172 and the new entry, all in one
+/// write. It crashes before the sync, and the disk keeps a prefix of that write: the hard state
+/// only. The node restarts with commit 172 over its *old* entry 172 and applies it: an entry that
+/// was never committed (state-machine safety, Raft §5.4.3). (Seed 1731 once showed the same
+/// through a segment rollover, which syncs the hard state before an EIO stops the write of the
+/// entries.) Writing entries first (etcd's `WAL.Save`, Ballot's server) makes a surviving hard
+/// state imply that every entry written before it survived.
 #[test]
-fn seed_1731_five_nodes_hard_state_written_before_entries_applies_an_uncommitted_entry() {
+fn seed_7683_five_nodes_hard_state_written_before_entries_applies_an_uncommitted_entry() {
     let mut options = disk_fault_options(5);
     options.hard_state_before_entries = true;
-    let report = run_seed(1731, &options);
+    let report = run_seed(7683, &options);
     let violation = report.violation.unwrap_or_default();
     assert!(
         violation.contains("state-machine safety"),
-        "the contract's hard-state-first order must be caught at seed 1731, found: {violation:?}"
+        "the contract's hard-state-first order must be caught at seed 7683, found: {violation:?}"
     );
     // The same seed with entries written first is safe.
-    assert_disk_fault_seed_passes(1731, &disk_fault_options(5), "");
+    assert_disk_fault_seed_passes(7683, &disk_fault_options(5), "");
 }
 
 /// WAL BUG, to fix in ballot-wal's `SnapshotStore` (ignored until then).
 ///
-/// Replay: `cargo run --release -p ballot-sim -- --seed 846 --nodes 5 --disk-faults
-/// --keep-orphan-snapshots --trace`
+/// Replay: `cargo run --release -p ballot-sim -- --seed 3569 --nodes 5 --disk-faults
+/// --store-pruning --trace`
 ///
-/// Node 5 (2 snapshot files kept) has a durable marker for snapshot 38. It saves snapshot 136
-/// and crashes before that marker is synced, so 136 is a file the WAL never records. After the
-/// restart it saves snapshot 137, and `SnapshotWriter::finish` prunes to the two newest files,
-/// 137 and 136, deleting 38: the only file the WAL's durable marker names. It crashes again
-/// before marker 137 is synced, and `choose_for_recovery` finds no usable snapshot
+/// Node 5 keeps 2 snapshot files and has a durable marker for snapshot 114. It saves snapshot
+/// 171 and crashes before that marker is synced, so 171 is a file the WAL never records. After
+/// the restart it saves snapshot 173, and `SnapshotWriter::finish` prunes to the two newest
+/// files, 173 and 171, deleting 114: the only file the WAL's durable marker names. It crashes
+/// again before marker 173 is synced, and `choose_for_recovery` finds no usable snapshot
 /// (`Unrecoverable`): the member must be rebuilt from a peer although it lost nothing it had
-/// reported durable. Pruning must never delete the snapshot of the WAL's durable marker (or the
-/// store must delete unrecorded files on recovery, as the simulator now does by default).
+/// reported durable. Pruning must never delete the snapshot of the WAL's durable marker.
 #[test]
 #[ignore = "WAL BUG: SnapshotStore prunes the snapshot the WAL's durable marker names; fix in ballot-wal"]
-fn seed_846_five_nodes_snapshot_store_prunes_the_recorded_snapshot() {
+fn seed_3569_five_nodes_snapshot_store_prunes_the_recorded_snapshot_after_an_orphan() {
     let mut options = disk_fault_options(5);
-    options.remove_orphan_snapshots = false;
-    assert_disk_fault_seed_passes(846, &options, " --keep-orphan-snapshots");
+    options.safe_snapshot_pruning = false;
+    assert_disk_fault_seed_passes(3569, &options, " --store-pruning");
 }
 
-/// The same WAL bug as seed 846: orphan snapshot 198 (marker lost in a crash) and the new
-/// snapshot 199 push the recorded snapshot 99 out of the two files kept.
+/// The same WAL bug without any orphan: node 6 (2 files kept) has a durable marker for snapshot
+/// 89, takes a local snapshot 134 and, while that marker is still pending, installs snapshot
+/// 177 from the leader; saving 177 prunes 89. An EIO stops the node before either marker is
+/// durable, and recovery finds no file for marker 89.
+///
+/// Replay: `cargo run --release -p ballot-sim -- --seed 6101 --nodes 5 --disk-faults
+/// --store-pruning --trace`
 #[test]
 #[ignore = "WAL BUG: SnapshotStore prunes the snapshot the WAL's durable marker names; fix in ballot-wal"]
-fn seed_1683_five_nodes_snapshot_store_prunes_the_recorded_snapshot() {
+fn seed_6101_five_nodes_snapshot_store_prunes_the_recorded_snapshot_while_markers_are_pending() {
     let mut options = disk_fault_options(5);
-    options.remove_orphan_snapshots = false;
-    assert_disk_fault_seed_passes(1683, &options, " --keep-orphan-snapshots");
+    options.safe_snapshot_pruning = false;
+    assert_disk_fault_seed_passes(6101, &options, " --store-pruning");
 }
 
-/// With the simulator's default (unrecorded snapshot files deleted after recovery), seeds 846
-/// and 1683 pass.
+/// With the simulator's default (nodes prune snapshot files themselves, safely), seeds 3569
+/// and 6101 pass.
 #[test]
-fn seeds_846_and_1683_five_nodes_pass_when_unrecorded_snapshots_are_removed() {
+fn seeds_3569_and_6101_five_nodes_pass_with_safe_snapshot_pruning() {
     let options = disk_fault_options(5);
-    assert_disk_fault_seed_passes(846, &options, "");
-    assert_disk_fault_seed_passes(1683, &options, "");
+    assert_disk_fault_seed_passes(3569, &options, "");
+    assert_disk_fault_seed_passes(6101, &options, "");
 }
