@@ -353,7 +353,10 @@ async fn maintenance_cluster_auth_and_health_services() {
     assert!(status.errors.is_empty());
     // etcdctl's JSON output omits zero fields, so a size must be there from the start; it grows
     // with what is written.
-    assert!(status.db_size > 0 && status.db_size_in_use > 0, "{status:?}");
+    assert!(
+        status.db_size > 0 && status.db_size_in_use > 0,
+        "{status:?}"
+    );
     let value = "s".repeat(64 * 1024);
     KvClient::new(channel.clone())
         .put(put("big", &value))
