@@ -502,5 +502,5 @@ async fn http_endpoints_answer_on_the_client_port() {
     };
     // The put was acknowledged after an fsync of the log that carried it.
     assert!(value_of("etcd_disk_wal_fsync_duration_seconds_count") >= 1);
-    assert!(value_of("etcd_disk_wal_write_bytes_total") >= "metric".len() as u64 + 1);
+    assert!(value_of("etcd_disk_wal_write_bytes_total") > "metric".len() as u64);
 }
