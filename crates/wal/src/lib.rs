@@ -15,7 +15,8 @@
 //! - [`GroupCommitWal`]: a handle for the server, shareable across tasks, whose committer threads
 //!   gather concurrent writes into shared syncs, up to three of them overlapping.
 //! - [`SnapshotStore`]: snapshot files written atomically (temp file, checksum, fsync, rename,
-//!   directory fsync), loaded newest-valid-first on start.
+//!   directory fsync), loaded newest-valid-first on start, and deleted only by explicit calls:
+//!   behind the WAL's durable snapshot marker, never its file, and orphans on start.
 //! - [`Disk`]: all file I/O; [`RealDisk`] for production, [`FaultyDisk`] for tests.
 //!
 //! # The durability contract

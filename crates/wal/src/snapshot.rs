@@ -4,7 +4,27 @@
 //! checksummed, `fdatasync`ed, renamed to its final name, and the directory is synced; only then
 //! does the caller record a snapshot marker in the WAL. On start the newest snapshot the WAL
 //! vouches for is loaded; a corrupt newest falls back to an older one only when the log still
-//! holds every entry between them. The `keep_count` newest files are kept.
+//! holds every entry between them.
+//!
+//! # Retention
+//!
+//! Which file the store must keep depends on the WAL, not on how many files exist: recovery
+//! needs the file named by the WAL's *durable* snapshot marker, and a file saved after it is
+//! needed as soon as its own marker (written after the save, still pending) becomes durable.
+//! Saving therefore never deletes anything. The caller deletes files at two moments only:
+//!
+//! - [`SnapshotStore::prune_behind_durable_marker`], each time the WAL reports a newer snapshot
+//!   marker durable: deletes files older than that marker, keeping the marker's own file and
+//!   the `keep_count - 1` newest older ones (fallbacks if the marker's file rots); files newer
+//!   than the marker are never touched, their markers may still be pending;
+//! - [`SnapshotStore::remove_orphans`], once on start: deletes the files the recovered WAL does
+//!   not record (saved, but their marker was lost in a crash), which no recovery will ever use.
+//!
+//! Counting files instead, as an earlier version did on every save, deletes the only file the
+//! durable marker names when newer files pile up whose markers are not durable (orphans of a
+//! crash, or snapshots saved while earlier markers were pending), and the member is then
+//! unrecoverable although it lost nothing it had reported durable (docs/sim.md, seeds 3569 and
+//! 6101).
 //!
 //! File layout (little-endian; details in docs/wal.md):
 //!
@@ -22,7 +42,7 @@ use bytes::Bytes;
 
 use crate::disk::{Disk, DiskFile};
 use crate::error::SnapshotError;
-use crate::types::{Index, Recovered, Term};
+use crate::types::{DurableState, Index, Recovered, Term};
 
 const SNAPSHOT_MAGIC: [u8; 8] = *b"BLTSNAP1";
 const TRAILER_MAGIC: [u8; 8] = *b"BLTSNEND";
@@ -58,6 +78,8 @@ pub struct LoadedSnapshot {
 pub struct SnapshotStore<D: Disk> {
     disk: D,
     dir: PathBuf,
+    /// Files kept by [`SnapshotStore::prune_behind_durable_marker`]: the durable marker's own
+    /// and `keep_count - 1` older ones. Invariant: at least 1.
     keep_count: usize,
 }
 
@@ -88,8 +110,9 @@ fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
 }
 
 impl<D: Disk> SnapshotStore<D> {
-    /// Opens (creating if needed) the store in `dir`, keeping the `keep_count` newest snapshots
-    /// (at least one). Temporary files of interrupted writes are deleted.
+    /// Opens (creating if needed) the store in `dir`. Pruning keeps `keep_count` files (at least
+    /// one): the durable marker's and `keep_count - 1` older ones (see the module docs).
+    /// Temporary files of interrupted writes are deleted; nothing else is.
     pub fn open(disk: D, dir: &Path, keep_count: usize) -> Result<Self, SnapshotError> {
         disk.create_dir_all(dir)
             .map_err(io_error("create directory", dir))?;
@@ -343,20 +366,103 @@ impl<D: Disk> SnapshotStore<D> {
         })
     }
 
-    /// Deletes all but the `keep_count` newest snapshot files.
-    fn prune(&self) -> Result<(), SnapshotError> {
-        let all = self.list()?;
-        if all.len() <= self.keep_count {
-            return Ok(());
+    /// Deletes the snapshot files that the WAL's durable snapshot marker made obsolete: every
+    /// file older than the marker except the `keep_count - 1` newest of them. The marker's own
+    /// file and every newer file (a snapshot whose marker is written but not yet durable, or not
+    /// yet written) are never deleted. Returns how many files were deleted.
+    ///
+    /// Contract: `durable` is what the WAL last *reported* durable ([`crate::Wal::sync`],
+    /// [`crate::Wal::durable_state`], a [`crate::GroupCommitWal`] completion or its durable
+    /// watch), never a marker merely handed to the WAL: if that marker were lost in a crash,
+    /// recovery would need the older file this call deletes. Call it whenever the durable
+    /// marker moves; calling it again with the same state deletes nothing.
+    ///
+    /// A durable marker must name an existing file (snapshot files are made durable before
+    /// their marker is written). If it does not, nothing is deleted and `InvalidRequest` is
+    /// returned: the older files may be all that recovery has left.
+    pub fn prune_behind_durable_marker(
+        &self,
+        durable: &DurableState,
+    ) -> Result<usize, SnapshotError> {
+        if durable.snapshot_index == 0 {
+            return Ok(0);
         }
-        for (_, _, path) in &all[self.keep_count..] {
-            self.disk
-                .remove_file(path)
-                .map_err(io_error("remove old snapshot", path))?;
+        let marker = (durable.snapshot_index, durable.snapshot_term);
+        let listed = self.list()?;
+        if !listed
+            .iter()
+            .any(|(index, term, _)| (*index, *term) == marker)
+        {
+            return Err(SnapshotError::InvalidRequest(format!(
+                "the durable snapshot marker (index {}, term {}) names no snapshot file in {}; \
+                 refusing to prune the older ones",
+                marker.0,
+                marker.1,
+                self.dir.display()
+            )));
+        }
+        // `list` is newest first, so the older files kept as fallbacks are the first ones.
+        let obsolete: Vec<PathBuf> = listed
+            .into_iter()
+            .filter(|(index, _, _)| *index < marker.0)
+            .skip(self.keep_count - 1)
+            .map(|(_, _, path)| path)
+            .collect();
+        self.remove_files(&obsolete, "remove old snapshot")
+    }
+
+    /// Deletes the snapshot files the recovered WAL does not record: newer than its snapshot
+    /// marker, or at the marker's index with another term, or every file when the WAL records no
+    /// snapshot. Such a file was saved but its marker never became durable; recovery ignores it
+    /// ([`SnapshotStore::choose_for_recovery`]), and left in place it would count among the
+    /// files [`SnapshotStore::prune_behind_durable_marker`] keeps once a newer marker is durable.
+    /// Returns how many files were deleted.
+    ///
+    /// Contract: call it on start, after recovery and before any snapshot is saved, with what
+    /// [`crate::Wal::open`] returned (recovery makes everything it read durable, so the recovered
+    /// marker is the durable one).
+    pub fn remove_orphans(&self, recovered: &Recovered) -> Result<usize, SnapshotError> {
+        let recorded = recovered
+            .snapshot
+            .as_ref()
+            .map(|marker| (marker.index, marker.term));
+        let orphans: Vec<PathBuf> = self
+            .list()?
+            .into_iter()
+            .filter(|(index, term, _)| match recorded {
+                Some((marker_index, marker_term)) => {
+                    *index > marker_index || (*index == marker_index && *term != marker_term)
+                }
+                None => true,
+            })
+            .map(|(_, _, path)| path)
+            .collect();
+        for path in &orphans {
+            tracing::info!(
+                file = %path.display(),
+                "removing a snapshot file the WAL does not record (its marker was lost)"
+            );
+        }
+        self.remove_files(&orphans, "remove unrecorded snapshot")
+    }
+
+    /// Deletes `paths` and then syncs the directory once. A file already gone counts as deleted,
+    /// so two prunes racing over the same files both succeed.
+    fn remove_files(&self, paths: &[PathBuf], op: &'static str) -> Result<usize, SnapshotError> {
+        if paths.is_empty() {
+            return Ok(0);
+        }
+        for path in paths {
+            match self.disk.remove_file(path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(io_error(op, path)(error)),
+            }
         }
         self.disk
             .sync_dir(&self.dir)
-            .map_err(io_error("sync directory", &self.dir))
+            .map_err(io_error("sync directory", &self.dir))?;
+        Ok(paths.len())
     }
 }
 
@@ -468,8 +574,9 @@ impl<D: Disk> SnapshotWriter<D> {
         Ok(())
     }
 
-    /// Writes the trailer, syncs, renames into place, syncs the directory and prunes old
-    /// snapshots. Only after this returns may the WAL record the snapshot's marker.
+    /// Writes the trailer, syncs, renames into place and syncs the directory. Only after this
+    /// returns may the WAL record the snapshot's marker. It deletes no other file (see the
+    /// module docs, "Retention").
     pub fn finish(mut self) -> Result<SnapshotInfo, SnapshotError> {
         let mut trailer = Vec::with_capacity(TRAILER_LEN);
         trailer.extend_from_slice(&self.data_len.to_le_bytes());
@@ -486,7 +593,6 @@ impl<D: Disk> SnapshotWriter<D> {
             .map_err(io_error("rename snapshot", &self.final_path))?;
         disk.sync_dir(&self.store.dir)
             .map_err(io_error("sync directory", &self.store.dir))?;
-        self.store.prune()?;
         Ok(SnapshotInfo {
             index: self.index,
             term: self.term,

@@ -1,5 +1,5 @@
-//! The snapshot store: atomic saves under crashes, verification, retention, and the choice of
-//! the snapshot to recover from.
+//! The snapshot store: atomic saves under crashes, verification, and the choice of the snapshot
+//! to recover from (retention: `snapshot_retention.rs`).
 
 mod common;
 
@@ -51,19 +51,6 @@ fn a_saved_snapshot_loads_back_and_streams() {
         .read_to_end(&mut streamed)
         .expect("read");
     assert_eq!(streamed, data(10));
-}
-
-#[test]
-fn only_the_newest_snapshots_are_kept() {
-    let disk = FaultyDisk::new();
-    let store = store(&disk);
-    for index in [5, 10, 15] {
-        store
-            .save(index, 1, Bytes::new(), &data(index))
-            .expect("save");
-    }
-    let kept: Vec<u64> = store.list().expect("list").iter().map(|s| s.0).collect();
-    assert_eq!(kept, vec![15, 10]);
 }
 
 #[test]
