@@ -47,10 +47,6 @@ struct Args {
     /// ballot-raft's Ready contract prescribes; unsafe, see docs/sim.md "Findings").
     #[arg(long)]
     hard_state_before_entries: bool,
-    /// With --disk-faults: let the snapshot store prune old snapshot files by count, as
-    /// ballot-wal does, instead of the nodes' safe pruning (see docs/sim.md "Findings").
-    #[arg(long)]
-    store_pruning: bool,
     /// Build Raft with a deliberate defect (feature `defects`): VoteIgnoresLog,
     /// CommitOldTermByCount, VoteTwiceInTerm, AckBeforePersist, ReadWithoutQuorum.
     #[cfg(feature = "defects")]
@@ -85,7 +81,6 @@ fn main() -> ExitCode {
     options.chaos_steps = args.steps;
     options.disk_faults = args.disk_faults;
     options.hard_state_before_entries = args.hard_state_before_entries;
-    options.safe_snapshot_pruning = !args.store_pruning;
     #[cfg(feature = "defects")]
     if let Some(name) = &args.defect {
         match parse_defect(name) {
@@ -206,7 +201,6 @@ fn print_report(report: &SeedReport, args: &Args, always: bool) {
                 args.hard_state_before_entries,
                 " --hard-state-before-entries",
             ),
-            (args.store_pruning, " --store-pruning"),
         ]
         .iter()
         .filter(|(set, _)| *set)

@@ -61,10 +61,6 @@ pub struct SimOptions {
     /// ballot-raft's Ready contract prescribes, which loses committed-entry safety in a crash
     /// (docs/sim.md, "Findings", seed 1731). Off: entries first.
     pub hard_state_before_entries: bool,
-    /// With `disk_faults`: nodes prune snapshot files themselves, never the one the WAL's
-    /// durable marker names, instead of letting `SnapshotStore` prune by count, which can
-    /// (docs/sim.md, "Findings"). On by default.
-    pub safe_snapshot_pruning: bool,
     /// With `disk_faults`: compare every WAL recovery with what the WAL had reported durable.
     /// On by default; the self-test turns it off to show that the Raft checks, which run on
     /// the recovered state, catch a broken persistence path on their own.
@@ -81,7 +77,6 @@ impl SimOptions {
             disk_faults: false,
             persistence_defect: None,
             hard_state_before_entries: false,
-            safe_snapshot_pruning: true,
             check_wal_recovery: true,
         }
     }

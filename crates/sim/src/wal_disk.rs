@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use ballot_raft::{Entry, EntryKind, HardState, Index, NodeId, SnapshotMeta, Term};
 use ballot_wal::{
-    CrashOptions, Disk, DiskOp, DurableState, FaultyDisk, InjectedError, LogEntry, PendingSync,
+    CrashOptions, DiskOp, DurableState, FaultyDisk, InjectedError, LogEntry, PendingSync,
     SnapshotError, SnapshotMarker, SnapshotStore, Wal, WalError, WalOptions,
 };
 use bytes::{Bytes, BytesMut};
@@ -47,6 +47,8 @@ pub struct DiskFaultProfile {
     pub preallocate_segments: bool,
     /// Small buffers, so one Ready's records reach the disk in several writes.
     pub write_buffer_bytes_max: usize,
+    /// The snapshot store's `keep_count`: the durable marker's file and `snapshots_kept - 1`
+    /// older ones survive pruning.
     pub snapshots_kept: usize,
     /// Whether a Ready's hard state is written before its entries, the order ballot-raft's
     /// Ready contract prescribes. It is unsafe (docs/sim.md, "Findings": a crash can keep the
@@ -56,13 +58,6 @@ pub struct DiskFaultProfile {
     ///
     /// [`SimOptions::hard_state_before_entries`]: crate::SimOptions::hard_state_before_entries
     pub hard_state_first: bool,
-    /// The node prunes snapshot files itself, safely: after recovery it deletes the files newer
-    /// than the WAL's snapshot marker (their marker was lost in the crash, no recovery will use
-    /// them), and only once a marker is durable does it delete older files, keeping the marker's
-    /// own file and `snapshots_kept - 1` older ones. The store's own pruning, which counts files
-    /// whatever the WAL records and runs before the new marker is durable, can delete the only
-    /// file the WAL's marker names (docs/sim.md, "Findings"); it is used only when this is off.
-    pub safe_snapshot_pruning: bool,
     /// Compare what the WAL recovers with what it reported durable (off only in the self-test
     /// that shows the Raft checks alone catch a broken persistence path).
     pub check_recovery: bool,
@@ -88,7 +83,6 @@ impl DiskFaultProfile {
             write_buffer_bytes_max: *rng.pick(&[64, 512, 4096, 1 << 20]),
             snapshots_kept: rng.range(2, 3) as usize,
             hard_state_first: rng.chance(500_000) && options.hard_state_before_entries,
-            safe_snapshot_pruning: options.safe_snapshot_pruning,
             check_recovery: options.check_wal_recovery,
             sync_starts_at_once_per_million: rng.range(0, 1_000_000),
             io_error_per_million: if rng.chance(300_000) {
@@ -162,7 +156,7 @@ pub struct WalDisk {
     snapshots: Option<SnapshotStore<FaultyDisk>>,
     /// Everything handed to the WAL, durable or not.
     written: DurableStore,
-    /// Snapshot files below the durable marker's index were last pruned up to this index.
+    /// The durable snapshot marker's index when snapshot files were last pruned behind it.
     pruned_below: Index,
     /// The lowest index that writes not yet reported durable may have removed (a conflicting
     /// suffix, a log replaced by an installed snapshot), set when the node crashes: below it,
@@ -292,26 +286,29 @@ impl WalDisk {
             .map_err(|error| {
                 recovery_violation(node, format!("reopening the WAL failed: {error}"))
             })?;
-        // With safe pruning the store's own pruning must never run: no run saves this many.
-        let store_keep_count = if self.profile.safe_snapshot_pruning {
-            usize::MAX
-        } else {
-            self.profile.snapshots_kept
-        };
-        let store = SnapshotStore::open(self.disk.clone(), &snapshot_dir(), store_keep_count)
-            .map_err(|error| {
-                recovery_violation(
-                    node,
-                    format!("reopening the snapshot store failed: {error}"),
-                )
-            })?;
+        let store = SnapshotStore::open(
+            self.disk.clone(),
+            &snapshot_dir(),
+            self.profile.snapshots_kept,
+        )
+        .map_err(|error| {
+            recovery_violation(
+                node,
+                format!("reopening the snapshot store failed: {error}"),
+            )
+        })?;
         let chosen = store.choose_for_recovery(&recovered).map_err(|error| {
             recovery_violation(node, format!("no snapshot to recover from: {error}"))
         })?;
         let marker = recovered.snapshot.as_ref().map(|m| (m.index, m.term));
-        if self.profile.safe_snapshot_pruning {
-            self.remove_orphan_snapshots(&store, marker)?;
-        }
+        // Files whose markers the crash lost: no recovery will use them (ballot-wal's retention
+        // contract, docs/wal.md "Which files are kept").
+        store.remove_orphans(&recovered).map_err(|error| {
+            recovery_violation(
+                node,
+                format!("removing orphan snapshot files failed: {error}"),
+            )
+        })?;
         let snapshot = match &chosen {
             Some(info) => {
                 if Some((info.index, info.term)) != marker {
@@ -393,72 +390,6 @@ impl WalDisk {
         self.compact_through = 0;
         self.pruned_below = 0;
         Ok((state, report))
-    }
-
-    /// Deletes the snapshot files the WAL does not record: newer than its marker (index, term).
-    fn remove_orphan_snapshots(
-        &self,
-        store: &SnapshotStore<FaultyDisk>,
-        marker: Option<(Index, Term)>,
-    ) -> Result<(), StorageFailure> {
-        let node = self.node;
-        let listed = store.list().map_err(|error| {
-            recovery_violation(node, format!("listing the snapshot files failed: {error}"))
-        })?;
-        let orphans: Vec<PathBuf> = listed
-            .into_iter()
-            .filter(|(index, term, _)| match marker {
-                Some((marker_index, marker_term)) => {
-                    *index > marker_index || (*index == marker_index && *term != marker_term)
-                }
-                None => true,
-            })
-            .map(|(_, _, path)| path)
-            .collect();
-        for path in &orphans {
-            self.disk.remove_file(path).map_err(|error| {
-                recovery_violation(node, format!("removing {} failed: {error}", path.display()))
-            })?;
-        }
-        if !orphans.is_empty() {
-            self.disk.sync_dir(&snapshot_dir()).map_err(|error| {
-                recovery_violation(
-                    node,
-                    format!("syncing the snapshot directory failed: {error}"),
-                )
-            })?;
-        }
-        Ok(())
-    }
-
-    /// A snapshot marker at `durable_index` is durable: deletes the snapshot files older than
-    /// it except the `snapshots_kept - 1` newest of them. Its own file and newer ones (whose
-    /// markers may still be pending) stay.
-    fn prune_snapshots(&mut self, durable_index: Index) -> Result<(), StorageFailure> {
-        self.pruned_below = durable_index;
-        let node = self.node;
-        let listed = self
-            .store()
-            .list()
-            .map_err(|error| snapshot_failure(node, "list snapshot files", error))?;
-        let older_kept = self.profile.snapshots_kept.saturating_sub(1);
-        let doomed: Vec<PathBuf> = listed
-            .into_iter()
-            .filter(|(index, _, _)| *index < durable_index)
-            .skip(older_kept)
-            .map(|(_, _, path)| path)
-            .collect();
-        for path in &doomed {
-            self.disk
-                .remove_file(path)
-                .map_err(|error| StorageFailure::Io(format!("remove old snapshot: {error}")))?;
-        }
-        if !doomed.is_empty() {
-            self.disk.sync_dir(&snapshot_dir()).map_err(|error| {
-                StorageFailure::Io(format!("sync the snapshot directory: {error}"))
-            })?;
-        }
-        Ok(())
     }
 
     /// The recovered state must hold everything the WAL reported durable, except what later
@@ -671,8 +602,13 @@ impl WalDisk {
         let expected = completed_after.unwrap_or(&started.promise).clone();
         let durable = self.run_and_complete(started, failure)?;
         check_sync_report(node, &durable, &expected)?;
-        if self.profile.safe_snapshot_pruning && durable.snapshot_index > self.pruned_below {
-            self.prune_snapshots(durable.snapshot_index)?;
+        if durable.snapshot_index > self.pruned_below {
+            // Only a durable marker lets older snapshot files go (ballot-wal's retention
+            // contract, docs/wal.md "Which files are kept").
+            self.pruned_below = durable.snapshot_index;
+            self.store()
+                .prune_behind_durable_marker(&durable)
+                .map_err(|error| snapshot_failure(node, "prune snapshot files", error))?;
         }
         if self.wal().pending_syncs() == 0 && self.compact_through > 0 {
             let through = std::mem::take(&mut self.compact_through);

@@ -128,46 +128,33 @@ fn seed_7683_five_nodes_hard_state_written_before_entries_applies_an_uncommitted
     assert_disk_fault_seed_passes(7683, &disk_fault_options(5), "");
 }
 
-/// WAL BUG, to fix in ballot-wal's `SnapshotStore` (ignored until then).
+/// WAL BUG, fixed in ballot-wal's `SnapshotStore`.
 ///
-/// Replay: `cargo run --release -p ballot-sim -- --seed 3569 --nodes 5 --disk-faults
-/// --store-pruning --trace`
+/// Replay: `cargo run --release -p ballot-sim -- --seed 3569 --nodes 5 --disk-faults --trace`
 ///
 /// Node 5 keeps 2 snapshot files and has a durable marker for snapshot 114. It saves snapshot
 /// 171 and crashes before that marker is synced, so 171 is a file the WAL never records. After
-/// the restart it saves snapshot 173, and `SnapshotWriter::finish` prunes to the two newest
-/// files, 173 and 171, deleting 114: the only file the WAL's durable marker names. It crashes
-/// again before marker 173 is synced, and `choose_for_recovery` finds no usable snapshot
-/// (`Unrecoverable`): the member must be rebuilt from a peer although it lost nothing it had
-/// reported durable. Pruning must never delete the snapshot of the WAL's durable marker.
+/// the restart it saves snapshot 173, and `SnapshotWriter::finish` used to prune to the two
+/// newest files, 173 and 171, deleting 114: the only file the WAL's durable marker names. It
+/// crashed again before marker 173 was synced, and `choose_for_recovery` found no usable
+/// snapshot (`Unrecoverable`): the member had to be rebuilt from a peer although it lost nothing
+/// it had reported durable. Fixed: saving deletes nothing; the node removes orphans such as 171
+/// on start (`SnapshotStore::remove_orphans`) and prunes only behind a durable marker
+/// (`SnapshotStore::prune_behind_durable_marker`), never its file. Replayed step by step in
+/// ballot-wal's `tests/snapshot_retention.rs`.
 #[test]
-#[ignore = "WAL BUG: SnapshotStore prunes the snapshot the WAL's durable marker names; fix in ballot-wal"]
-fn seed_3569_five_nodes_snapshot_store_prunes_the_recorded_snapshot_after_an_orphan() {
-    let mut options = disk_fault_options(5);
-    options.safe_snapshot_pruning = false;
-    assert_disk_fault_seed_passes(3569, &options, " --store-pruning");
+fn seed_3569_five_nodes_snapshot_pruning_keeps_the_recorded_snapshot_after_an_orphan() {
+    assert_disk_fault_seed_passes(3569, &disk_fault_options(5), "");
 }
 
 /// The same WAL bug without any orphan: node 6 (2 files kept) has a durable marker for snapshot
 /// 89, takes a local snapshot 134 and, while that marker is still pending, installs snapshot
-/// 177 from the leader; saving 177 prunes 89. An EIO stops the node before either marker is
-/// durable, and recovery finds no file for marker 89.
+/// 177 from the leader; saving 177 used to prune 89. An EIO stops the node before either marker
+/// is durable, and recovery found no file for marker 89. Fixed with seed 3569: files newer than
+/// the durable marker are never pruned, nor is its own.
 ///
-/// Replay: `cargo run --release -p ballot-sim -- --seed 6101 --nodes 5 --disk-faults
-/// --store-pruning --trace`
+/// Replay: `cargo run --release -p ballot-sim -- --seed 6101 --nodes 5 --disk-faults --trace`
 #[test]
-#[ignore = "WAL BUG: SnapshotStore prunes the snapshot the WAL's durable marker names; fix in ballot-wal"]
-fn seed_6101_five_nodes_snapshot_store_prunes_the_recorded_snapshot_while_markers_are_pending() {
-    let mut options = disk_fault_options(5);
-    options.safe_snapshot_pruning = false;
-    assert_disk_fault_seed_passes(6101, &options, " --store-pruning");
-}
-
-/// With the simulator's default (nodes prune snapshot files themselves, safely), seeds 3569
-/// and 6101 pass.
-#[test]
-fn seeds_3569_and_6101_five_nodes_pass_with_safe_snapshot_pruning() {
-    let options = disk_fault_options(5);
-    assert_disk_fault_seed_passes(3569, &options, "");
-    assert_disk_fault_seed_passes(6101, &options, "");
+fn seed_6101_five_nodes_snapshot_pruning_keeps_the_recorded_snapshot_while_markers_are_pending() {
+    assert_disk_fault_seed_passes(6101, &disk_fault_options(5), "");
 }
