@@ -31,7 +31,9 @@ use crate::node::wire::{Reader, WireError, put_bytes, put_strings, put_varint};
 
 const CLUSTER_FILE_MAGIC: &[u8; 8] = b"BLTCLST1";
 const PAYLOAD_MAGIC: &[u8; 8] = b"BLTSNPL1";
-/// Snapshot files kept; the newest is what peers are sent, older ones are fallbacks.
+/// Snapshot files kept behind the WAL's durable snapshot marker: the marker's own file (what
+/// peers are sent) and two older ones as fallbacks. Files newer than the marker, whose markers
+/// are still pending, are kept besides (ballot-wal's retention contract, docs/wal.md).
 pub const SNAPSHOT_FILES_KEPT: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
@@ -371,7 +373,8 @@ pub fn find_snapshot(
 }
 
 /// Writes a snapshot file (durable when this returns); the caller then records the marker in
-/// the WAL.
+/// the WAL. It deletes no file: older ones go only once the marker is durable
+/// (`node::snapshot_pruning`).
 pub fn save_snapshot(
     snapshots: &SnapshotStore<RealDisk>,
     meta: &SnapshotMeta,
@@ -446,16 +449,42 @@ pub fn open(
     let fresh = recovered.entries.is_empty()
         && recovered.snapshot.is_none()
         && recovered.hard_state == ballot_wal::HardState::default();
-    let recovered = if fresh {
+    let restored = if fresh {
         None
     } else {
         Some(recover(&snapshots, &recovered)?)
     };
+    // Snapshot files whose markers a crash lost are never used and must not take the places of
+    // fallbacks; the recovered marker is durable (recovery syncs what it read), so the files
+    // behind it can be pruned now. While the node runs, `node::snapshot_pruning` prunes each
+    // time the WAL reports a newer marker durable.
+    let orphans = snapshots.remove_orphans(&recovered)?;
+    let marker_file_used = match (&recovered.snapshot, &restored) {
+        (Some(marker), Some(restored)) => restored
+            .snapshot
+            .as_ref()
+            .is_some_and(|loaded| loaded.meta.index == marker.index),
+        _ => true,
+    };
+    let pruned = if marker_file_used {
+        snapshots.prune_behind_durable_marker(wal.durable_state())?
+    } else {
+        // Recovery fell back to an older file because the marker's own is unusable: keep every
+        // file until a newer marker is durable.
+        0
+    };
+    if orphans + pruned > 0 {
+        tracing::info!(
+            orphans,
+            pruned,
+            "removed snapshot files the WAL does not record or no longer needs"
+        );
+    }
     let wal = GroupCommitWal::spawn(wal, GroupCommitOptions::default())?;
     Ok(Opened {
         wal,
         snapshots,
-        recovered,
+        recovered: restored,
     })
 }
 
@@ -610,6 +639,87 @@ mod tests {
         assert_eq!(recovered.restore.entries, vec![entry]);
         assert_eq!(recovered.restore.hard_state.commit, 1);
         assert!(recovered.snapshot.is_none());
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    /// Snapshot files are deleted only behind the WAL's durable marker and, on start, when the
+    /// WAL does not record them (ballot-wal's retention contract, docs/wal.md).
+    #[test]
+    fn reopening_removes_unrecorded_snapshots_and_prunes_only_behind_the_durable_marker() {
+        let root = temp_dir("snapshot-retention");
+        let data_dir = DataDir::new(&root);
+        let cluster = cluster_file();
+        let settings = WalSettings {
+            segment_bytes: 64 * 1024,
+            ..WalSettings::default()
+        };
+        let meta = |index| SnapshotMeta {
+            index,
+            term: 1,
+            conf: ballot_raft::ConfState {
+                voters: vec![0xa1],
+                ..ballot_raft::ConfState::default()
+            },
+        };
+        let payload = SnapshotPayload {
+            registry: cluster.seed.clone(),
+            store: Bytes::from_static(b"store"),
+        };
+        let entries: Vec<LogEntry> = (1..=12)
+            .map(|index| {
+                entry_to_wal(&Entry {
+                    term: 1,
+                    index,
+                    kind: EntryKind::Normal,
+                    data: Bytes::from_static(b"e"),
+                })
+            })
+            .collect();
+        let opened = open(&data_dir, &cluster, settings).expect("open");
+        opened
+            .wal
+            .append_blocking(ballot_wal::Write {
+                snapshot: None,
+                entries,
+                hard_state: Some(hard_state_to_wal(&HardState {
+                    term: 1,
+                    vote: 0xa1,
+                    commit: 12,
+                })),
+            })
+            .expect("append");
+        for index in [2, 4, 6, 8, 10] {
+            save_snapshot(&opened.snapshots, &meta(index), &payload).expect("save");
+        }
+        opened
+            .wal
+            .append_blocking(ballot_wal::Write {
+                snapshot: Some(snapshot_marker(&meta(8))),
+                entries: Vec::new(),
+                hard_state: None,
+            })
+            .expect("marker 8");
+        // Saving deletes nothing: snapshot 10's marker was never written, 2..=6 are older.
+        let indexes = |opened: &Opened| -> Vec<u64> {
+            opened
+                .snapshots
+                .list()
+                .expect("list")
+                .iter()
+                .map(|(index, _, _)| *index)
+                .collect()
+        };
+        assert_eq!(indexes(&opened), vec![10, 8, 6, 4, 2]);
+        drop(opened);
+        let reopened = open(&data_dir, &cluster, settings).expect("reopen");
+        let recovered = reopened.recovered.as_ref().expect("recovered state");
+        assert_eq!(recovered.snapshot.as_ref().map(|s| s.meta.index), Some(8));
+        assert_eq!(
+            indexes(&reopened),
+            vec![8, 6, 4],
+            "10 is not recorded; the marker's file and {} older ones stay",
+            SNAPSHOT_FILES_KEPT - 1
+        );
         let _ = std::fs::remove_dir_all(root);
     }
 }

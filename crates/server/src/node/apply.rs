@@ -5,7 +5,9 @@
 //! applied index, and every `--snapshot-count` entries starts a snapshot: a copy of the store
 //! and registry at that index is serialized off the apply path, written to the snapshot store,
 //! recorded in the WAL, and then the core and the WAL compact the log behind it, keeping
-//! `snapshot_catchup_entries` entries for slow followers (etcd keeps 5000).
+//! `snapshot_catchup_entries` entries for slow followers (etcd keeps 5000). Saving deletes no
+//! older snapshot file: the pruning task does once the marker is durable
+//! ([`super::snapshot_pruning`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -3,8 +3,9 @@
 //!
 //! Tasks (see `docs/server.md`): the Raft driver ([`driver`]), the persist task (waits for WAL
 //! durability, then releases the messages that promise it), the apply task ([`apply`]), the
-//! leader's lease expiry ([`lease`]) and the attribute publisher (a member announces its name
-//! and client URLs through the log after it starts, as etcd does).
+//! leader's lease expiry ([`lease`]), the snapshot pruning task ([`snapshot_pruning`]: old
+//! snapshot files go only once a newer marker is durable) and the attribute publisher (a member
+//! announces its name and client URLs through the log after it starts, as etcd does).
 
 mod apply;
 mod db_size;
@@ -13,6 +14,7 @@ pub mod envelope;
 mod error;
 mod lease;
 pub mod members;
+mod snapshot_pruning;
 mod waiters;
 pub mod wire;
 
@@ -941,6 +943,11 @@ pub fn start(
     tasks.push(spawn_guarded(&shared, "apply", async move {
         applier.run().await.map_err(|error| error.to_string())
     }));
+    tasks.push(spawn_guarded(
+        &shared,
+        "snapshot pruning",
+        snapshot_pruning::run(Arc::clone(&shared)),
+    ));
     tasks.push(tokio::spawn(lease::run_expiry(Arc::clone(&shared))));
     tasks.push(tokio::spawn(publish_attributes(Arc::clone(&shared))));
     Ok(StartedNode {
