@@ -6,24 +6,16 @@
 //! - `GET /version`: `{"etcdserver":"3.5.0","etcdcluster":"3.5.0"}`.
 //! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
 //!
-//! [`serve`] accepts HTTP/2 (gRPC, with prior knowledge as etcd clients use it) and HTTP/1 (curl,
-//! Prometheus) on the same socket.
+//! [`crate::serve`] serves these over HTTP/1 (curl, Prometheus) on the same socket as gRPC.
 
-use std::future::Future;
-
+use crate::api::{Api, ApiNode, ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
+use crate::metrics::{ScrapeState, metrics};
 use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ballot_proto::etcdserverpb::RangeRequest;
 use bytes::Bytes;
-use futures::StreamExt;
-use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
-
-use crate::api::authority::AuthorityRepair;
-use crate::api::{Api, ApiNode, ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
-use crate::metrics::{ScrapeState, metrics};
 
 /// The HTTP routes, sharing `api` with the gRPC services.
 pub fn routes<N: ApiNode>(api: Api<N>) -> axum::Router {
@@ -32,28 +24,6 @@ pub fn routes<N: ApiNode>(api: Api<N>) -> axum::Router {
         .route("/version", get(version))
         .route("/metrics", get(prometheus::<N>))
         .with_state(api)
-}
-
-/// Serves `router` on `listener` until `shutdown` completes: gRPC over HTTP/2 and the HTTP
-/// endpoints over HTTP/1 on the same port. Nagle's algorithm is off: gRPC responses are small
-/// and latency-bound. Each connection's reader repairs the malformed `:authority` some etcd
-/// clients send ([`AuthorityRepair`]).
-pub async fn serve(
-    listener: TcpListener,
-    router: axum::Router,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .map(|accepted| accepted.map(AuthorityRepair::new));
-    tonic::transport::Server::builder()
-        .accept_http1(true)
-        // etcd (grpc-go) puts no limit on concurrent streams per connection; hyper's default
-        // of 200 would stall a client that multiplexes more requests on one connection.
-        .max_concurrent_streams(Some(u32::MAX))
-        .add_routes(tonic::service::Routes::from(router))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
 }
 
 fn json(status: StatusCode, body: String) -> Response {

@@ -11,6 +11,7 @@ pub mod http;
 pub mod metered_disk;
 pub mod metrics;
 pub mod node;
+pub mod serve;
 pub mod server;
 pub mod storage;
 pub mod transport;

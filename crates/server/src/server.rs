@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use crate::config::{ClusterState, ServerConfig};
 use crate::node::members::{MemberRecord, Registry};
 use crate::node::{self, NodeConfig, NodeHandle, StartMode};
+use crate::serve::ClientService;
 use crate::storage::{self, ClusterFile, DataDir, StorageError};
 use crate::transport::{self, Transport};
 
@@ -279,20 +280,19 @@ async fn serve_clients(
     metrics_listeners: Vec<TcpListener>,
 ) -> Result<(), ServerError> {
     let mut servers = tokio::task::JoinSet::new();
-    let router = crate::api::router(node.clone(), config);
+    let service = crate::api::client_service(node.clone(), config);
     for listener in listeners {
-        servers.spawn(crate::http::serve(
+        servers.spawn(crate::serve::serve(
             listener,
-            router.clone(),
+            service.clone(),
             std::future::pending(),
         ));
     }
-    let http_only = crate::http::routes(crate::api::Api::new(
-        node,
-        crate::api::ApiOptions::from_config(config),
+    let http_only = ClientService::<NodeHandle>::router_only(crate::http::routes(
+        crate::api::Api::new(node, crate::api::ApiOptions::from_config(config)),
     ));
     for listener in metrics_listeners {
-        servers.spawn(crate::http::serve(
+        servers.spawn(crate::serve::serve(
             listener,
             http_only.clone(),
             std::future::pending(),

@@ -53,6 +53,7 @@ use tonic::Status;
 use crate::config::ServerConfig;
 use crate::metrics::{GrpcMethod, metrics};
 use crate::node::{NodeError, NodeHandle, NodeStatus};
+use crate::serve::ClientService;
 
 /// The version this server reports in `/version` and Maintenance.Status. etcdctl 3.4 and the
 /// 3.5 client libraries accept a 3.5 server; Ballot implements the 3.5 API surface.
@@ -244,9 +245,24 @@ pub fn router(node: NodeHandle, config: &ServerConfig) -> axum::Router {
     router_for(node, ApiOptions::from_config(config))
 }
 
+/// What a client listener serves for `node`: the router, with the unary KV calls answered on
+/// the connection tasks ([`crate::serve`]).
+pub fn client_service(node: NodeHandle, config: &ServerConfig) -> ClientService<NodeHandle> {
+    client_service_for(node, ApiOptions::from_config(config))
+}
+
+/// [`client_service`] for any [`ApiNode`].
+pub fn client_service_for<N: ApiNode>(node: N, options: ApiOptions) -> ClientService<N> {
+    let api = Api::new(node, options);
+    ClientService::new(router_with(api.clone()), api)
+}
+
 /// [`router`] for any [`ApiNode`].
 pub fn router_for<N: ApiNode>(node: N, options: ApiOptions) -> axum::Router {
-    let api = Api::new(node, options);
+    router_with(Api::new(node, options))
+}
+
+fn router_with<N: ApiNode>(api: Api<N>) -> axum::Router {
     let receive_max = api.options.grpc_max_receive_bytes;
     let (_health_reporter, health_service) = tonic_health::server::health_reporter();
     let grpc = tonic::service::Routes::builder()

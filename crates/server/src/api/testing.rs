@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
-use super::{ApiNode, ApiOptions, router_for};
+use super::{ApiNode, ApiOptions, client_service_for};
 use crate::node::{NodeError, NodeStatus};
 
 pub const CLUSTER_ID: u64 = 0xc1u64;
@@ -277,12 +277,12 @@ impl TestServer {
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound address");
         let (stop, stopped) = oneshot::channel::<()>();
-        let router = router_for(node.clone(), options);
+        let service = client_service_for(node.clone(), options);
         tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            if let Err(error) = crate::http::serve(listener, router, shutdown).await {
+            if let Err(error) = crate::serve::serve(listener, service, shutdown).await {
                 panic!("test server failed: {error}");
             }
         });
