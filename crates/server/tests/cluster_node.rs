@@ -538,6 +538,45 @@ fn leases_expire_on_the_leader_and_keep_alives_through_followers_renew_them() {
     assert_eq!(gone, 0, "an expired lease answers TTL 0");
 }
 
+/// A lease granted through a follower is renewed by the leader at once: the follower may apply
+/// the grant (and answer the client) before the leader has, and a keep-alive reaching the
+/// leader in that window must not be told the new lease is unknown (TTL 0 ends an etcd
+/// client's session).
+#[test]
+fn a_keep_alive_right_after_a_grant_through_a_follower_renews_the_lease() {
+    let cluster = TestCluster::new("fresh-lease", 3, 10_000);
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    let follower = (leader + 1) % 3;
+    let leader_handle = cluster.members[leader].handle();
+    let follower_handle = cluster.members[follower].handle();
+    for round in 0..200 {
+        let id = match propose_retrying(
+            &cluster.members[follower],
+            Command::LeaseGrant {
+                id: 0,
+                ttl_secs: 60,
+            },
+            Duration::from_secs(5),
+        ) {
+            ApplyOutcome::LeaseGrant(response) => response.id,
+            other => panic!("lease grant answered {other:?}"),
+        };
+        let (renewed, time_to_live) = cluster.members[leader].block_on(async {
+            tokio::join!(
+                leader_handle.lease_keep_alive(id),
+                follower_handle.lease_time_to_live(id, false)
+            )
+        });
+        assert_eq!(
+            renewed.expect("keep-alive on the leader"),
+            60,
+            "round {round}: a just-granted lease renews with its TTL"
+        );
+        let time_to_live = time_to_live.expect("time to live through the follower");
+        assert_eq!(time_to_live.granted_ttl, 60, "round {round}");
+    }
+}
+
 /// Throughput of the node itself (no gRPC): `clients` concurrent proposers on the leader's
 /// handle of a three-member in-process cluster, with fsync. A benchmark, not a check: run with
 /// `cargo test --release -p ballot --test cluster_node -- --ignored --nocapture`.

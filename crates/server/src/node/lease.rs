@@ -114,16 +114,45 @@ pub async fn run_expiry(shared: Arc<NodeShared>) {
 }
 
 /// Renews a lease on the leader: the TTL, or 0 for an unknown or expired lease.
-pub fn keep_alive_local(shared: &NodeShared, id: i64) -> Result<i64, NodeError> {
+///
+/// A lease the clock does not know may be one whose grant this leader has committed but not
+/// applied yet: the member that took the grant can apply it first and answer the client, whose
+/// first keep-alive then reaches the leader (directly, or forwarded) ahead of the leader's own
+/// apply. Answering 0 then would tell the client its new lease is gone (etcd's client closes
+/// the keep-alive and a session on it ends). So before answering "unknown" the leader waits
+/// until it has applied everything it had committed when the request came.
+pub async fn keep_alive_on_leader(shared: &NodeShared, id: i64) -> Result<i64, NodeError> {
+    if let Some(ttl) = keep_alive_local(shared, id)? {
+        return Ok(ttl);
+    }
+    shared.apply_committed().await?;
+    Ok(keep_alive_local(shared, id)?.unwrap_or(0))
+}
+
+fn keep_alive_local(shared: &NodeShared, id: i64) -> Result<Option<i64>, NodeError> {
     let mut keeper = shared.lock_leases();
     if !ensure_promoted(shared, &mut keeper) {
         return Err(NodeError::NoLeader);
     }
-    Ok(keeper.clock.keep_alive(id, shared.now_ms()).unwrap_or(0))
+    Ok(keeper.clock.keep_alive(id, shared.now_ms()))
 }
 
-/// TimeToLive on the leader: the replicated lease with the leader's remaining TTL.
-pub fn time_to_live_local(
+/// TimeToLive on the leader: the replicated lease with the leader's remaining TTL. An unknown
+/// lease waits for the leader's apply as in [`keep_alive_on_leader`].
+pub async fn time_to_live_on_leader(
+    shared: &NodeShared,
+    id: i64,
+    keys: bool,
+) -> Result<LeaseTimeToLiveResponse, NodeError> {
+    let response = time_to_live_local(shared, id, keys)?;
+    if response.ttl >= 0 {
+        return Ok(response);
+    }
+    shared.apply_committed().await?;
+    time_to_live_local(shared, id, keys)
+}
+
+fn time_to_live_local(
     shared: &NodeShared,
     id: i64,
     keys: bool,
@@ -154,9 +183,11 @@ pub async fn answer_peer_request(
     keys: bool,
 ) {
     let result = match op {
-        OP_KEEP_ALIVE => keep_alive_local(&shared, lease_id)
+        OP_KEEP_ALIVE => keep_alive_on_leader(&shared, lease_id)
+            .await
             .map(|ttl| Bytes::copy_from_slice(&ttl.to_le_bytes())),
-        OP_TIME_TO_LIVE => time_to_live_local(&shared, lease_id, keys)
+        OP_TIME_TO_LIVE => time_to_live_on_leader(&shared, lease_id, keys)
+            .await
             .map(|response| Bytes::from(response.encode_to_vec())),
         _ => Err(NodeError::Timeout),
     };

@@ -189,6 +189,19 @@ impl NodeShared {
         *self.stop.borrow()
     }
 
+    /// Waits until this member has applied every entry it knew to be committed when called
+    /// (bounded by the request timeout).
+    async fn apply_committed(&self) -> Result<(), NodeError> {
+        let commit = self.view.borrow().commit;
+        let mut applied = self.applied.subscribe();
+        let caught_up = applied.wait_for(|applied| *applied >= commit);
+        match tokio::time::timeout(self.config.request_timeout, caught_up).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => Err(NodeError::Timeout),
+        }
+    }
+
     fn request_stop(&self) {
         self.stop.send_replace(true);
     }
@@ -473,7 +486,7 @@ impl NodeHandle {
     pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, NodeError> {
         self.check_ready()?;
         if self.is_leader() {
-            return lease::keep_alive_local(&self.shared, id);
+            return lease::keep_alive_on_leader(&self.shared, id).await;
         }
         let payload = self.ask_leader(lease::OP_KEEP_ALIVE, id, false).await?;
         lease::decode_keep_alive(&payload)
@@ -488,7 +501,7 @@ impl NodeHandle {
     ) -> Result<LeaseTimeToLiveResponse, NodeError> {
         self.check_ready()?;
         let mut response = if self.is_leader() {
-            lease::time_to_live_local(&self.shared, id, keys)?
+            lease::time_to_live_on_leader(&self.shared, id, keys).await?
         } else {
             let payload = self.ask_leader(lease::OP_TIME_TO_LIVE, id, keys).await?;
             lease::decode_time_to_live(&payload)?
