@@ -920,12 +920,27 @@ impl Raft {
                         },
                     );
                 }
-                // Tell the pre-candidate our term so it can catch up instead of retrying.
+                // Tell the pre-candidate our term so it can catch up instead of retrying (etcd
+                // answers a lower-term pre-vote the same way).
                 MessageBody::PreVote { .. } => {
                     self.send_after_persist(
                         from,
                         self.term,
                         MessageBody::PreVoteResponse { reject: true },
+                    );
+                }
+                // Raft paper figure 2, RequestVote: "reply false if term < currentTerm", with the
+                // current term, so that the candidate adopts it (§5.1). etcd's raft drops such
+                // a request and relies on the higher-term node sending something itself, but a
+                // node may never do so: a learner that a pending joint change makes a voter
+                // does not campaign, and its term may have been raised by a removed member the
+                // candidate does not hear. The candidate would then ask for that vote at a
+                // stale term for ever (simulator, seed 4496 with 3 nodes and disk faults).
+                MessageBody::Vote { .. } => {
+                    self.send_after_persist(
+                        from,
+                        self.term,
+                        MessageBody::VoteResponse { reject: true },
                     );
                 }
                 _ => {}

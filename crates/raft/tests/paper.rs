@@ -141,6 +141,44 @@ fn section_5_1_a_stale_term_is_refused_and_answered_with_the_current_term() {
     assert_eq!(answer.map(|message| message.term), Some(3));
 }
 
+/// Figure 2, RequestVote: "reply false if term < currentTerm", and the reply carries the
+/// current term so that the candidate adopts it (testdata/stale_candidate.txt shows why a
+/// dropped request can leave a cluster without a leader).
+#[test]
+fn section_5_1_a_stale_vote_request_is_refused_with_the_current_term() {
+    let mut node = follower_with_log(2, &[3]);
+    node.ready();
+    let stale = message(
+        1,
+        2,
+        2,
+        MessageBody::Vote {
+            last_log_index: 9,
+            last_log_term: 2,
+            leader_transfer: false,
+        },
+    );
+    node.step(stale).expect("valid message");
+    let status = node.status();
+    assert_eq!(
+        (status.term, status.vote),
+        (3, 0),
+        "no vote, no term change"
+    );
+    let ready = node.ready();
+    let answers: Vec<_> = ready
+        .persisted_messages
+        .iter()
+        .chain(&ready.messages)
+        .filter(|message| message.to == 1)
+        .map(|message| (message.term, message.body.clone()))
+        .collect();
+    assert_eq!(
+        answers,
+        vec![(3, MessageBody::VoteResponse { reject: true })]
+    );
+}
+
 #[test]
 fn section_5_2_election_timeouts_are_randomized_in_t_to_2t() {
     let election_tick = 10;

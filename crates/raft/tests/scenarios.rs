@@ -307,4 +307,5 @@ scenarios!(
     leader_transfer,
     read_index,
     lease_read,
+    stale_candidate,
 );

@@ -160,25 +160,24 @@ fn seed_6101_five_nodes_snapshot_pruning_keeps_the_recorded_snapshot_while_marke
 }
 
 /// LIVENESS, found while checking the WAL fix (seeds 2000–4999, 3 nodes, `--disk-faults`); not a
-/// storage bug: the run is the same before and after the snapshot-retention change. Ignored
-/// until the simulator models what the server does with a removed member's messages, or the
-/// raft owner decides otherwise (docs/sim.md, "Findings").
+/// storage bug: the run is the same before and after the snapshot-retention change. Fixed in
+/// ballot-raft: a vote request with a stale term is now refused with the current term (Raft
+/// paper §5.1, figure 2) instead of being dropped (docs/sim.md, "Findings").
 ///
 /// Replay: `cargo run --release -p ballot-sim -- --seed 4496 --nodes 3 --disk-faults --trace`
 ///
 /// Pre-vote is off. Node 3 was removed at index 207 (term 8) but never learned it (its log ends
 /// at 203), so it campaigns for ever, at ever higher terms, to nodes 1 and 2, which reject it but
 /// adopt its term. Leader 4 appended, at index 430 (term 102), the joint change "add voter 2,
-/// remove 4" and was cut off before committing it; node 4 (log to 432) now needs votes from
-/// both halves, {4, 6} and {2, 6}, so learner 2's vote is required. Node 2's term (~243) is far
-/// above node 4's (~215) thanks to node 3, and a Vote request of a lower term is dropped without
-/// an answer (as in etcd's raft), so node 4 never learns the higher term; node 6 cannot win
-/// without node 4, whose log is longer. No write commits after healing. The server would not
-/// see this: its transport refuses frames from a member it no longer knows ("the sender was
-/// removed"), so node 3 could not have raised node 2's term; the simulator's network delivers
-/// them.
+/// remove 4" and was cut off before committing it; node 4 (log to 432) then needed votes from
+/// both halves, {4, 6} and {2, 6}, so learner 2's vote was required. Node 2's term (~243) was
+/// far above node 4's (~215) thanks to node 3, and a Vote request of a lower term was dropped
+/// without an answer (as in etcd's raft); node 2, a learner in its own configuration (its log
+/// ends at 428), never campaigns, so node 4 never learned the higher term; node 6 cannot win
+/// without node 4, whose log is longer. No write committed after healing. Since the fix the
+/// run diverges early (step 4627, the first stale vote request now answered) and passes; the
+/// mechanism itself is replayed exactly by ballot-raft's `testdata/stale_candidate.txt`.
 #[test]
-#[ignore = "LIVENESS: a removed node's vote requests inflate a learner's term; the simulator does not refuse removed members' messages as the server's transport does"]
 fn seed_4496_three_nodes_removed_node_inflates_the_term_of_a_needed_learner() {
     assert_disk_fault_seed_passes(4496, &disk_fault_options(3), "");
 }
