@@ -118,7 +118,8 @@ pub struct MemberArgs {
     )]
     pub election_timeout: u64,
 
-    /// Number of applied entries between snapshots; the log is compacted behind each snapshot.
+    /// Least number of applied entries between snapshots (a snapshot also waits until the log
+    /// since the last one is as large as that snapshot); the log is compacted behind each.
     #[arg(long, env = "BALLOT_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
 

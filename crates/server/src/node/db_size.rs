@@ -67,6 +67,14 @@ impl DbSize {
         }
     }
 
+    /// Whether the payload applied since the latest snapshot has reached that snapshot's size:
+    /// only then does writing a new snapshot cost no more than the log it lets go.
+    pub(crate) fn log_outweighs_snapshot(&self) -> bool {
+        let base = *self.base.lock().unwrap_or_else(|p| p.into_inner());
+        let applied = self.applied_bytes.load(Ordering::Relaxed);
+        applied.saturating_sub(base.applied_bytes_mark) >= base.size_bytes
+    }
+
     pub(crate) fn bytes(&self) -> u64 {
         let base = *self.base.lock().unwrap_or_else(|p| p.into_inner());
         let applied = self.applied_bytes.load(Ordering::Relaxed);
@@ -92,5 +100,21 @@ mod tests {
         // An older snapshot finishing late does not replace the newer base.
         size.snapshot_saved(10, 0);
         assert_eq!(size.bytes(), 127);
+    }
+
+    #[test]
+    fn the_log_outweighs_the_snapshot_once_as_many_bytes_were_applied_since() {
+        let size = DbSize::new(100);
+        size.add_applied(99);
+        assert!(!size.log_outweighs_snapshot());
+        size.add_applied(1);
+        assert!(size.log_outweighs_snapshot());
+        let mark = size.applied_mark();
+        size.add_applied(30);
+        size.snapshot_saved(1_000, mark);
+        // Counted from the new snapshot's mark against its size.
+        assert!(!size.log_outweighs_snapshot());
+        size.add_applied(970);
+        assert!(size.log_outweighs_snapshot());
     }
 }
