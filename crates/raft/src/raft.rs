@@ -936,7 +936,12 @@ impl Raft {
                 // does not campaign, and its term may have been raised by a removed member the
                 // candidate does not hear. The candidate would then ask for that vote at a
                 // stale term for ever (simulator, seed 4496 with 3 nodes and disk faults).
-                MessageBody::Vote { .. } => {
+                // A sender outside our configuration is still ignored, as in etcd: it is most
+                // likely a removed member that never learned of its removal, and our term would
+                // only let it depose the next leader sooner (thesis §4.2.3; with pre-vote and
+                // check-quorum off nothing else stops it, and the simulator's seed 8856 with 3
+                // nodes and disk faults lost liveness that way when every sender was answered).
+                MessageBody::Vote { .. } if self.conf.current().contains(from) => {
                     self.send_after_persist(
                         from,
                         self.term,

@@ -143,7 +143,7 @@ fn section_5_1_a_stale_term_is_refused_and_answered_with_the_current_term() {
 
 /// Figure 2, RequestVote: "reply false if term < currentTerm", and the reply carries the
 /// current term so that the candidate adopts it (testdata/stale_candidate.txt shows why a
-/// dropped request can leave a cluster without a leader).
+/// dropped request can leave a cluster without a leader); only members are answered.
 #[test]
 fn section_5_1_a_stale_vote_request_is_refused_with_the_current_term() {
     let mut node = follower_with_log(2, &[3]);
@@ -176,6 +176,25 @@ fn section_5_1_a_stale_vote_request_is_refused_with_the_current_term() {
     assert_eq!(
         answers,
         vec![(3, MessageBody::VoteResponse { reject: true })]
+    );
+
+    // A sender outside the configuration (most likely removed without knowing it) is not told
+    // the term, as in etcd: it would only depose the next leader sooner (thesis §4.2.3).
+    let from_outsider = message(
+        4,
+        2,
+        2,
+        MessageBody::Vote {
+            last_log_index: 9,
+            last_log_term: 2,
+            leader_transfer: false,
+        },
+    );
+    node.step(from_outsider).expect("valid message");
+    let ready = node.ready();
+    assert!(
+        ready.persisted_messages.is_empty() && ready.messages.is_empty(),
+        "no answer to a non-member: {ready:?}"
     );
 }
 
