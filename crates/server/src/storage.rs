@@ -522,14 +522,32 @@ mod tests {
     use super::*;
     use crate::node::members::MemberRecord;
 
-    fn temp_dir(name: &str) -> PathBuf {
+    /// A fresh directory, removed when dropped (also when the test fails).
+    struct TempDir(PathBuf);
+
+    impl std::ops::Deref for TempDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp_dir(name: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
         let dir = std::env::temp_dir().join(format!(
-            "ballot-storage-{name}-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
+            "ballot-storage-{name}-{}-{nanos:x}",
+            std::process::id()
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        dir
+        TempDir(dir)
     }
 
     fn cluster_file() -> ClusterFile {
@@ -570,7 +588,6 @@ mod tests {
             ClusterFile::read(&data_dir),
             Err(StorageError::Corrupt { .. })
         ));
-        let _ = std::fs::remove_dir_all(root);
     }
 
     #[test]
@@ -639,7 +656,6 @@ mod tests {
         assert_eq!(recovered.restore.entries, vec![entry]);
         assert_eq!(recovered.restore.hard_state.commit, 1);
         assert!(recovered.snapshot.is_none());
-        let _ = std::fs::remove_dir_all(root);
     }
 
     /// Snapshot files are deleted only behind the WAL's durable marker and, on start, when the
@@ -720,6 +736,5 @@ mod tests {
             "10 is not recorded; the marker's file and {} older ones stay",
             SNAPSHOT_FILES_KEPT - 1
         );
-        let _ = std::fs::remove_dir_all(root);
     }
 }
