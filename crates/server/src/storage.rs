@@ -27,7 +27,7 @@ use bytes::{Bytes, BytesMut};
 use crate::config::ServerConfig;
 use crate::metered_disk::MeteredDisk;
 use crate::node::members::Registry;
-use crate::node::wire::{Reader, WireError, put_bytes, put_strings, put_varint};
+use crate::node::wire::{Reader, WireError, put_strings, put_varint};
 
 const CLUSTER_FILE_MAGIC: &[u8; 8] = b"BLTCLST1";
 const PAYLOAD_MAGIC: &[u8; 8] = b"BLTSNPL1";
@@ -241,9 +241,18 @@ pub struct SnapshotPayload {
 impl SnapshotPayload {
     pub fn encode(&self) -> Bytes {
         let mut buf = BytesMut::with_capacity(self.store.len() + 256);
+        buf.extend_from_slice(&self.encode_head());
+        buf.extend_from_slice(&self.store);
+        buf.freeze()
+    }
+
+    /// Everything before the store's bytes: [`SnapshotPayload::encode`] is this followed by
+    /// `store`, so a large store can be written after it without copying both into one buffer.
+    fn encode_head(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(256);
         buf.extend_from_slice(PAYLOAD_MAGIC);
         self.registry.encode_to(&mut buf);
-        put_bytes(&mut buf, &self.store);
+        put_varint(&mut buf, self.store.len() as u64);
         buf.freeze()
     }
 
@@ -380,12 +389,10 @@ pub fn save_snapshot(
     meta: &SnapshotMeta,
     payload: &SnapshotPayload,
 ) -> Result<SnapshotInfo, StorageError> {
-    Ok(snapshots.save(
-        meta.index,
-        meta.term,
-        encode_snapshot_meta(meta),
-        &payload.encode(),
-    )?)
+    let mut writer = snapshots.writer(meta.index, meta.term, encode_snapshot_meta(meta))?;
+    writer.write_chunk(&payload.encode_head())?;
+    writer.write_chunk(&payload.store)?;
+    Ok(writer.finish()?)
 }
 
 /// What was found in an existing data directory.
