@@ -360,7 +360,9 @@ fn frame<M: Message>(response: &tonic::Response<M>) -> Bytes {
 async fn read_message(mut body: h2::RecvStream, limit: usize) -> Result<Bytes, Status> {
     let mut first: Option<Bytes> = None;
     let mut rest = BytesMut::new();
-    let mut checked = false;
+    // The whole request's size once its prefix is read: a body that goes on past it is refused
+    // at once instead of being buffered (its length prefix alone must not bound what is read).
+    let mut expected: Option<usize> = None;
     while let Some(chunk) = body.data().await {
         let chunk =
             chunk.map_err(|error| Status::internal(format!("h2 protocol error: {error}")))?;
@@ -375,9 +377,16 @@ async fn read_message(mut body: h2::RecvStream, limit: usize) -> Result<Bytes, S
             }
         }
         let received = first.as_deref().unwrap_or(&rest);
-        if !checked && received.len() >= MESSAGE_PREFIX_BYTES {
-            checked = true;
-            check_prefix(received, limit)?;
+        if expected.is_none() && received.len() >= MESSAGE_PREFIX_BYTES {
+            expected = Some(MESSAGE_PREFIX_BYTES + check_prefix(received, limit)?);
+        }
+        if let Some(expected) = expected
+            && received.len() > expected
+        {
+            return Err(Status::internal(format!(
+                "the request carries more than the one message of {} bytes its prefix announces",
+                expected - MESSAGE_PREFIX_BYTES
+            )));
         }
     }
     let mut message = first.unwrap_or_else(|| rest.freeze());
@@ -396,7 +405,8 @@ async fn read_message(mut body: h2::RecvStream, limit: usize) -> Result<Bytes, S
     Ok(message)
 }
 
-fn check_prefix(prefix: &[u8], limit: usize) -> Result<(), Status> {
+/// Checks a message prefix; returns the length of the message it announces.
+fn check_prefix(prefix: &[u8], limit: usize) -> Result<usize, Status> {
     if prefix[0] != 0 {
         return Err(Status::unimplemented(
             "Message compressed, compression support not enabled.",
@@ -409,7 +419,7 @@ fn check_prefix(prefix: &[u8], limit: usize) -> Result<(), Status> {
             "Error, decoded message length too large: found {length} bytes, the limit is: {limit} bytes"
         )));
     }
-    Ok(())
+    Ok(length)
 }
 
 /// Writes a unary answer: headers, the message and `grpc-status: 0` trailers, or a
@@ -680,5 +690,73 @@ mod tests {
         );
         let compressed = check_prefix(&[1, 0, 0, 0, 1], 10).expect_err("compressed");
         assert_eq!(compressed.code(), tonic::Code::Unimplemented);
+    }
+
+    /// Sends one gRPC request to the KV Range path with `body` and returns the `grpc-status`
+    /// of the answer (from the headers of a trailers-only answer, or from the trailers).
+    async fn range_status_for_body(body: Bytes) -> Option<String> {
+        let server =
+            crate::api::testing::TestServer::start(crate::api::testing::test_options()).await;
+        let stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect to the test server");
+        let (mut send, connection) = h2::client::handshake(stream)
+            .await
+            .expect("HTTP/2 handshake");
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}/etcdserverpb.KV/Range", server.addr))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(())
+            .expect("a request");
+        let (response, mut stream) = send.send_request(request, false).expect("send headers");
+        // The server may stop reading once it has refused the request; a failed send is fine.
+        let _ = stream.send_data(body, true);
+        let response = response.await.expect("an answer");
+        let status = |headers: &HeaderMap| {
+            headers
+                .get("grpc-status")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        if let Some(code) = status(response.headers()) {
+            return Some(code);
+        }
+        let mut body = response.into_body();
+        while let Some(chunk) = body.data().await {
+            let _ = chunk.expect("answer data");
+        }
+        body.trailers()
+            .await
+            .expect("answer trailers")
+            .and_then(|trailers| status(&trailers))
+    }
+
+    #[tokio::test]
+    async fn a_request_with_bytes_past_its_announced_message_is_refused() {
+        let message = RangeRequest {
+            key: Bytes::from_static(b"k"),
+            ..RangeRequest::default()
+        }
+        .encode_to_vec();
+        let mut framed = BytesMut::new();
+        framed.put_u8(0);
+        framed.put_u32(message.len() as u32);
+        framed.extend_from_slice(&message);
+        assert_eq!(
+            range_status_for_body(framed.clone().freeze())
+                .await
+                .as_deref(),
+            Some("0"),
+            "a well-formed request is answered"
+        );
+        // 64 KiB after a message announced as a few bytes: refused, not buffered to the end.
+        framed.extend_from_slice(&[7u8; 64 * 1024]);
+        assert_eq!(
+            range_status_for_body(framed.freeze()).await.as_deref(),
+            Some("13"),
+            "bytes past the announced message are an INTERNAL error"
+        );
     }
 }
