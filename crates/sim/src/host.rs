@@ -10,8 +10,8 @@
 use std::collections::VecDeque;
 
 use ballot_raft::{
-    Config, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, RaftNode, Ready,
-    RestoreState, Role, SnapshotMeta, Term,
+    ConfState, Config, Entry, EntryKind, HardState, Index, Message, MessageBody, NodeId, RaftNode,
+    Ready, RestoreState, Role, SnapshotMeta, Term,
 };
 use bytes::Bytes;
 
@@ -20,6 +20,7 @@ use crate::fingerprint::Fingerprint;
 use crate::invariants::{LogMirror, Violation, chain_fingerprint};
 use crate::kv::{Applied, Command, KvStore};
 use crate::network::Time;
+use crate::removal::RemovedSenders;
 use crate::rng::SimRng;
 use crate::wal_disk::{StartedSync, StorageFailure, SyncPromise, WalDisk};
 use crate::world::World;
@@ -131,6 +132,11 @@ pub struct Host {
     /// strikes while the sync's bytes are on the disk unsynced).
     pub crash_due_at: Option<Time>,
     defect: Option<PersistenceDefect>,
+    /// Ticks this node has made (across restarts): the clock its removal grace periods run on.
+    ticks_elapsed: u64,
+    /// The members whose removal this node applied, refused after a grace period as the
+    /// server's transport refuses them (`removal.rs`).
+    removed_senders: RemovedSenders,
 }
 
 impl Host {
@@ -147,6 +153,8 @@ impl Host {
             tick_skew_steps,
             disk_delay_max_steps,
         } = timing;
+        let removed_sender_grace_ticks =
+            REMOVED_SENDER_GRACE_ELECTION_TIMEOUTS * u64::from(config.election_tick);
         let mut host = Host {
             id,
             origin,
@@ -176,6 +184,8 @@ impl Host {
             wal: None,
             crash_due_at: None,
             defect: None,
+            ticks_elapsed: 0,
+            removed_senders: RemovedSenders::new(removed_sender_grace_ticks),
         };
         host.tick_interval_steps = skewed_tick_interval(rng, tick_steps, tick_skew_steps);
         host
@@ -257,6 +267,8 @@ impl Host {
             self.restore_from_disk(world)?
         };
         self.raft = Some(raft);
+        self.removed_senders.restart_at(self.kv.applied_index());
+        self.observe_membership(world, None);
         self.drive(world)
     }
 
@@ -374,8 +386,46 @@ impl Host {
         self.next_tick_at = world.now + self.tick_interval_steps;
         if let Some(raft) = self.raft.as_mut() {
             raft.tick();
+            self.ticks_elapsed += 1;
         }
         self.drive(world)
+    }
+
+    /// Whether this node's transport refuses messages from `sender`: a member whose removal it
+    /// applied at least the grace period ago (the server's "the sender was removed").
+    pub fn refuses_sender(&self, sender: NodeId) -> bool {
+        self.removed_senders.refuses(sender, self.ticks_elapsed)
+    }
+
+    /// Records the configuration this node has applied (and the latest in its log), so members
+    /// it has seen removed are refused once the grace period has passed. `installed` is the
+    /// configuration of a snapshot installed by the Ready just handled, if any.
+    fn observe_membership(&mut self, world: &mut World, installed: Option<&ConfState>) {
+        let Some(raft) = self.raft.as_ref() else {
+            return;
+        };
+        let applied = raft
+            .snapshot_meta(self.kv.applied_index())
+            .map(|meta| meta.conf)
+            .or_else(|| installed.cloned());
+        let Some(applied) = applied else {
+            return;
+        };
+        let newly_removed = self.removed_senders.observe(
+            self.kv.applied_index(),
+            &applied,
+            raft.conf_state(),
+            self.ticks_elapsed,
+        );
+        for removed in newly_removed {
+            world.trace.event(world.now, || {
+                format!(
+                    "n{} applied the removal of n{removed}: refuses it after {} ticks",
+                    self.id,
+                    self.removed_senders.grace_ticks()
+                )
+            });
+        }
     }
 
     /// Delivers a message from the network.
@@ -690,6 +740,7 @@ impl Host {
             let data = self.snapshot_data_for(&message);
             world.send(self.id, self.incarnation, message, data);
         }
+        let installed_conf = installed.as_ref().map(|(meta, _)| meta.conf.clone());
         let still_up = self.queue_write(
             world,
             &ready.hard_state,
@@ -701,7 +752,15 @@ impl Host {
         if !still_up {
             return Ok(());
         }
+        let membership_may_change = installed_conf.is_some()
+            || ready
+                .committed_entries
+                .iter()
+                .any(|entry| entry.kind == EntryKind::ConfChange);
         self.apply(world, &ready.committed_entries)?;
+        if membership_may_change {
+            self.observe_membership(world, installed_conf.as_ref());
+        }
         for read in ready.read_states {
             world.read_index_known(self.id, self.incarnation, read.ctx, read.index);
         }
@@ -1059,6 +1118,10 @@ fn complete_next_sync_early(
     next.sync = SyncState::CompletedEarly(promise);
     Ok(true)
 }
+
+/// The server forgets a removed member `max(4 × election timeout, 1 s)` after applying its
+/// removal (`forget_peer_later` in crates/server); here, 4 election timeouts of the node's ticks.
+const REMOVED_SENDER_GRACE_ELECTION_TIMEOUTS: u64 = 4;
 
 /// A tick interval up to `skew_steps` faster or slower than the nominal tick.
 fn skewed_tick_interval(rng: &mut SimRng, tick_steps: Time, skew_steps: Time) -> Time {

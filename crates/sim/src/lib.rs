@@ -13,6 +13,7 @@ pub mod invariants;
 pub mod kv;
 pub mod linearizability;
 pub mod network;
+pub mod removal;
 pub mod rng;
 pub mod simulation;
 pub mod trace;

@@ -368,10 +368,17 @@ impl Simulation {
             let is_snapshot = envelope.message.snapshot_data.is_some();
             let reachable = self.world.network.link_up(from, to)
                 && self.hosts.get(&to).is_some_and(|h| h.is_up());
-            if !reachable {
-                self.world
-                    .trace
-                    .event(now, || format!("n{from} -> n{to} lost in flight"));
+            // The server's transport cuts a removed member's connection a grace period after
+            // applying its removal (`removal.rs`); a refused snapshot has failed, as a lost one.
+            let refused = reachable && self.hosts.get(&to).is_some_and(|h| h.refuses_sender(from));
+            if !reachable || refused {
+                self.world.trace.event(now, || {
+                    if refused {
+                        format!("n{from} -> n{to} refused (n{from} was removed)")
+                    } else {
+                        format!("n{from} -> n{to} lost in flight")
+                    }
+                });
                 if is_snapshot {
                     let incarnation = envelope.message.sender_incarnation;
                     self.world
