@@ -11,7 +11,7 @@ use ballot_wal::{
     Disk, DiskFile, DiskOp, FaultyDisk, GroupCommitOptions, GroupCommitWal, HardState,
     InjectedError, Wal, WalError, Write,
 };
-use common::{entry, open, options};
+use common::{entry, open, open_without_preallocation, options};
 use tokio::sync::Mutex;
 
 fn spawn(disk: &FaultyDisk) -> GroupCommitWal {
@@ -310,7 +310,10 @@ async fn a_detached_write_is_reported_on_the_durable_watch() {
 #[tokio::test]
 async fn a_failed_sync_fails_every_waiter_and_every_later_call() {
     let disk = FaultyDisk::new();
-    let wal = spawn(&disk);
+    // Without preallocation: the helper thread that zero-fills and syncs the next segment
+    // would race the append below for the one injected sync error.
+    let (wal, _) = open_without_preallocation(&disk, 1 << 20).expect("open");
+    let wal = GroupCommitWal::spawn(wal, GroupCommitOptions::default()).expect("spawn");
     wal.append(Write {
         entries: vec![entry(1, 1, b"a")],
         ..Write::default()
