@@ -357,7 +357,9 @@ async fn take_snapshot(
         / 4;
     let size_hint = size_hint.min(SNAPSHOT_RESERVE_MAX_BYTES);
     let size = tokio::task::spawn_blocking(move || {
-        let mut store_bytes = Vec::with_capacity(size_hint);
+        let mut store_bytes = Vec::new();
+        // Only a hint: if the memory cannot be had up front, the buffer grows as it goes.
+        let _ = store_bytes.try_reserve(size_hint);
         store
             .snapshot_write(&mut store_bytes)
             .map_err(|error| format!("serializing the store failed: {error}"))?;
