@@ -5,38 +5,18 @@
 
 mod api_support;
 
-use api_support::{Cluster, eventually};
+use api_support::{Cluster, bytes, eventually, get, put};
 use ballot_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseKeepAliveRequest, MemberAddRequest, MemberListRequest,
-    MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, PutRequest, RangeRequest,
-    StatusRequest, WatchCreateRequest, WatchRequest, cluster_client::ClusterClient,
-    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
-    watch_client::WatchClient, watch_request::RequestUnion,
+    MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, PutRequest, StatusRequest,
+    WatchCreateRequest, WatchRequest, cluster_client::ClusterClient, kv_client::KvClient,
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
+    watch_request::RequestUnion,
 };
-use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-
-fn bytes(text: &str) -> Bytes {
-    Bytes::from(text.to_owned())
-}
-
-fn put(key: &str, value: &str) -> PutRequest {
-    PutRequest {
-        key: bytes(key),
-        value: bytes(value),
-        ..PutRequest::default()
-    }
-}
-
-fn get(key: &str) -> RangeRequest {
-    RangeRequest {
-        key: bytes(key),
-        ..RangeRequest::default()
-    }
-}
 
 #[tokio::test]
 async fn followers_forward_writes_serve_linearizable_reads_and_watches() {

@@ -4,7 +4,7 @@
 
 mod api_support;
 
-use api_support::{Cluster, eventually, http_get};
+use api_support::{Cluster, bytes, eventually, get, http_get, put};
 use ballot_proto::etcdserverpb::{
     AlarmRequest, AuthStatusRequest, AuthenticateRequest, CompactionRequest, Compare,
     DeleteRangeRequest, HashKvRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
@@ -14,31 +14,11 @@ use ballot_proto::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
     request_op, watch_client::WatchClient, watch_request::RequestUnion,
 };
-use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-
-fn bytes(text: &str) -> Bytes {
-    Bytes::from(text.to_owned())
-}
-
-fn put(key: &str, value: &str) -> PutRequest {
-    PutRequest {
-        key: bytes(key),
-        value: bytes(value),
-        ..PutRequest::default()
-    }
-}
-
-fn get(key: &str) -> RangeRequest {
-    RangeRequest {
-        key: bytes(key),
-        ..RangeRequest::default()
-    }
-}
 
 fn assert_status<T: std::fmt::Debug>(
     result: Result<tonic::Response<T>, tonic::Status>,

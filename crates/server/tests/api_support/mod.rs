@@ -10,7 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ballot_proto::etcdserverpb::{StatusRequest, maintenance_client::MaintenanceClient};
+use ballot_proto::etcdserverpb::{
+    PutRequest, RangeRequest, StatusRequest, maintenance_client::MaintenanceClient,
+};
+use bytes::Bytes;
 use tonic::transport::Channel;
 
 /// Short Raft timings keep elections and the lease minimum (ceil(1.5 x 0.5 s) = 1 s) fast, with
@@ -279,4 +282,25 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     (code, body)
+}
+
+pub fn bytes(text: &str) -> Bytes {
+    Bytes::from(text.to_owned())
+}
+
+/// A Put of `value` at `key`.
+pub fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: bytes(key),
+        value: bytes(value),
+        ..PutRequest::default()
+    }
+}
+
+/// A Range of the one `key` (linearizable).
+pub fn get(key: &str) -> RangeRequest {
+    RangeRequest {
+        key: bytes(key),
+        ..RangeRequest::default()
+    }
 }
