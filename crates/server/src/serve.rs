@@ -43,16 +43,15 @@ use futures::stream::FuturesUnordered;
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body::Frame;
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tonic::Status;
 use tonic::codegen::Service;
 
-use crate::api::authority::AuthorityRepair;
+use crate::api::authority::{AuthorityRepair, PREFACE};
 use crate::api::{Api, ApiNode};
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Per-stream receive window: a request up to the largest accepted size needs few updates.
 const STREAM_WINDOW_BYTES: u32 = 1 << 20;
 /// Connection receive window, shared by the streams of a connection.
@@ -142,10 +141,7 @@ async fn serve_connection<N: ApiNode>(
         }
     }
     let is_http2 = prefix.starts_with(PREFACE);
-    let io = AuthorityRepair::new(Prefixed {
-        prefix: prefix.freeze(),
-        inner: socket,
-    });
+    let io = AuthorityRepair::after_read(socket, prefix)?;
     if is_http2 {
         serve_http2(io, service, stop).await
     } else {
@@ -603,58 +599,6 @@ impl HttpBody for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         self.stream.is_end_stream()
-    }
-}
-
-/// A socket whose first bytes were already read (to tell HTTP/2 from HTTP/1).
-struct Prefixed<S> {
-    prefix: Bytes,
-    inner: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -30,7 +30,8 @@ use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The client connection preface that opens every HTTP/2 connection (RFC 9113 §3.4).
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER_BYTES: usize = 9;
 const FRAME_HEADERS: u8 = 0x1;
 const FRAME_CONTINUATION: u8 = 0x9;
@@ -85,6 +86,16 @@ impl<S> AuthorityRepair<S> {
             decoder: hpack::Decoder::new(),
             eof: false,
         }
+    }
+
+    /// Like [`AuthorityRepair::new`], for a connection whose first bytes, `read`, were already
+    /// taken from `inner` (to tell HTTP/2 from HTTP/1): they are handed on first.
+    pub fn after_read(inner: S, read: BytesMut) -> io::Result<AuthorityRepair<S>> {
+        let mut repair = AuthorityRepair::new(inner);
+        repair.input = read;
+        // Parsed now: a reader must get what is complete without waiting for more bytes.
+        repair.process()?;
+        Ok(repair)
     }
 
     /// Parses as much of `input` as is complete, moving what is ready to `output`.
@@ -475,6 +486,22 @@ mod tests {
     /// client's dynamic table fills, as Go's encoder does).
     fn indexed_block(encoder: &mut hpack::Encoder<'_>, fields: &[(&[u8], &[u8])]) -> Vec<u8> {
         encoder.encode(fields.iter().copied())
+    }
+
+    #[tokio::test]
+    async fn bytes_read_before_the_wrapper_come_first_without_waiting_for_more() {
+        // The peer stays connected and sends nothing more: a complete HTTP/1 request already
+        // read must be handed on at once, or the server would wait for the client forever.
+        let (socket, _peer) = tokio::io::duplex(64);
+        let request = b"GET /health HTTP/1.1\r\n\r\n";
+        let mut repair = AuthorityRepair::after_read(socket, BytesMut::from(&request[..]))
+            .expect("a plain HTTP/1 request");
+        let mut got = vec![0u8; request.len()];
+        repair
+            .read_exact(&mut got)
+            .await
+            .expect("the bytes already read");
+        assert_eq!(got, request);
     }
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
