@@ -9,9 +9,16 @@
 //! the hash map. The hash map's iteration order is never observed (snapshots,
 //! hashes and ranges walk the ordered map), so its random seed cannot make
 //! replicas differ.
+//!
+//! Each slot is shared (`Arc`) and copied on write: a snapshot takes the
+//! slots in key order by reference count ([`KeyIndex::shared_in_order`]),
+//! which costs a counter per key instead of a copy of every history, and
+//! the first change to a key while a snapshot still holds it copies that
+//! one key's history.
 
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::history::KeyHistory;
 use crate::keys::KeyRange;
@@ -31,7 +38,7 @@ pub(crate) struct KeyIndex {
     // that key. A slot is reused only after its key was removed.
     ordered: BTreeMap<Bytes, u32>,
     by_key: HashMap<Bytes, u32>,
-    slots: Vec<Option<Slot>>,
+    slots: Vec<Option<Arc<Slot>>>,
     free: Vec<u32>,
 }
 
@@ -44,15 +51,11 @@ impl KeyIndex {
         }
     }
 
-    fn slot_mut(slots: &mut [Option<Slot>], slot: u32) -> &mut Slot {
+    fn slot_mut(slots: &mut [Option<Arc<Slot>>], slot: u32) -> &mut Slot {
         match slots.get_mut(slot as usize) {
-            Some(Some(entry)) => entry,
+            Some(Some(entry)) => Arc::make_mut(entry),
             _ => panic!("key index slot {slot} is not in use"),
         }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.ordered.len()
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<&KeyHistory> {
@@ -74,10 +77,10 @@ impl KeyIndex {
 
     /// Adds a key that is not in the index; returns its slot.
     pub(crate) fn insert(&mut self, key: Bytes, history: KeyHistory) -> u32 {
-        let entry = Some(Slot {
+        let entry = Some(Arc::new(Slot {
             key: key.clone(),
             history,
-        });
+        }));
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot as usize] = entry;
@@ -167,6 +170,18 @@ impl KeyIndex {
                 }
             }
         }
+    }
+
+    /// Every key with its history in key order, shared: later changes to
+    /// the index copy what they change and leave these as they are.
+    pub(crate) fn shared_in_order(&self) -> Vec<Arc<Slot>> {
+        self.ordered
+            .values()
+            .map(|&slot| match self.slots.get(slot as usize) {
+                Some(Some(entry)) => Arc::clone(entry),
+                _ => panic!("key index slot {slot} is not in use"),
+            })
+            .collect()
     }
 
     /// Every slot, key and history in key order.

@@ -21,27 +21,49 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::error::SnapshotError;
 use crate::history::{KeyHistory, Version};
-use crate::index::KeyIndex;
+use crate::index::{KeyIndex, Slot};
 use crate::store::{Change, Lease, Store, StoreConfig};
 
 const MAGIC: &[u8; 8] = b"BALLOTMV";
 const FORMAT_VERSION: u32 = 1;
 
-/// A writer that checksums what passes through it.
-struct Crc<W> {
+/// Bytes gathered before they are checksummed and handed to the writer:
+/// the format is made of many small fields, and one checksum call and one
+/// write per field would cost more than the bytes themselves.
+const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+/// A buffering writer that checksums what passes through it.
+struct Crc<W: Write> {
     inner: W,
     crc: u32,
+    buffer: Vec<u8>,
 }
 
 impl<W: Write> Crc<W> {
+    fn new(inner: W) -> Crc<W> {
+        Crc {
+            inner,
+            crc: 0,
+            buffer: Vec::with_capacity(WRITE_BUFFER_BYTES),
+        }
+    }
+
     fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.crc = crc32c::crc32c_append(self.crc, bytes);
-        self.inner.write_all(bytes)
+        if self.buffer.len() + bytes.len() > WRITE_BUFFER_BYTES {
+            self.flush_buffer()?;
+            if bytes.len() >= WRITE_BUFFER_BYTES {
+                self.crc = crc32c::crc32c_append(self.crc, bytes);
+                return self.inner.write_all(bytes);
+            }
+        }
+        self.buffer.extend_from_slice(bytes);
+        Ok(())
     }
 
     fn put_len(&mut self, len: usize) -> io::Result<()> {
@@ -53,32 +75,86 @@ impl<W: Write> Crc<W> {
         })?;
         self.put(&len.to_le_bytes())
     }
+
+    fn flush_buffer(&mut self) -> io::Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, &self.buffer);
+        self.inner.write_all(&self.buffer)?;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Writes what is buffered, then the checksum of everything.
+    fn finish(mut self) -> io::Result<()> {
+        self.flush_buffer()?;
+        let crc = self.crc;
+        self.inner.write_all(&crc.to_le_bytes())
+    }
 }
 
-impl Store {
-    /// Writes the snapshot to `writer` (streaming; no full copy in memory).
-    pub fn snapshot_write(&self, writer: &mut impl Write) -> io::Result<()> {
-        let mut out = Crc {
-            inner: writer,
-            crc: 0,
-        };
+/// The state a snapshot writes, taken from a [`Store`] at one applied
+/// index without copying it: histories are shared with the store, which
+/// copies a key's history when it next changes it. Taking one costs a
+/// reference count per key; writing it can then run on another thread
+/// while the store goes on applying.
+#[derive(Debug, Clone)]
+pub struct StoreSnapshot {
+    last_applied: u64,
+    current_revision: i64,
+    compact_revision: i64,
+    /// (id, ttl_secs, remaining_ttl_secs), ascending by ID.
+    leases: Vec<(i64, i64, i64)>,
+    /// In key order.
+    keys: Vec<Arc<Slot>>,
+}
+
+const HEADER_BYTES: u64 = 8 + 4 + 8 + 8 + 8;
+const LEASE_BYTES: u64 = 8 * 3;
+const VERSION_FIXED_BYTES: u64 = 8 + 4 + 8 + 8 + 8 + 4;
+
+impl StoreSnapshot {
+    /// The applied index the snapshot is of.
+    pub fn last_applied(&self) -> u64 {
+        self.last_applied
+    }
+
+    /// The exact length of what [`StoreSnapshot::write_to`] writes.
+    pub fn encoded_len(&self) -> u64 {
+        let keys: u64 = self
+            .keys
+            .iter()
+            .map(|slot| {
+                let versions: u64 = slot
+                    .history
+                    .versions
+                    .iter()
+                    .map(|version| VERSION_FIXED_BYTES + version.value.len() as u64)
+                    .sum();
+                4 + slot.key.len() as u64 + 4 + versions
+            })
+            .sum();
+        HEADER_BYTES + 8 + LEASE_BYTES * self.leases.len() as u64 + 8 + keys + 4
+    }
+
+    /// Writes the snapshot to `writer` (streaming, in large writes).
+    pub fn write_to(&self, writer: impl Write) -> io::Result<()> {
+        let mut out = Crc::new(writer);
         out.put(MAGIC)?;
         out.put(&FORMAT_VERSION.to_le_bytes())?;
         out.put(&self.last_applied.to_le_bytes())?;
         out.put(&self.current_revision.to_le_bytes())?;
         out.put(&self.compact_revision.to_le_bytes())?;
         out.put(&(self.leases.len() as u64).to_le_bytes())?;
-        for (id, lease) in &self.leases {
+        for (id, ttl_secs, remaining_ttl_secs) in &self.leases {
             out.put(&id.to_le_bytes())?;
-            out.put(&lease.ttl_secs.to_le_bytes())?;
-            out.put(&lease.remaining_ttl_secs.to_le_bytes())?;
+            out.put(&ttl_secs.to_le_bytes())?;
+            out.put(&remaining_ttl_secs.to_le_bytes())?;
         }
         out.put(&(self.keys.len() as u64).to_le_bytes())?;
-        for (_, key, history) in self.keys.iter() {
-            out.put_len(key.len())?;
-            out.put(key)?;
-            out.put_len(history.versions.len())?;
-            for version in &history.versions {
+        for slot in &self.keys {
+            out.put_len(slot.key.len())?;
+            out.put(&slot.key)?;
+            out.put_len(slot.history.versions.len())?;
+            for version in &slot.history.versions {
                 out.put(&version.main.to_le_bytes())?;
                 out.put(&version.sub.to_le_bytes())?;
                 out.put(&version.create_revision.to_le_bytes())?;
@@ -88,17 +164,43 @@ impl Store {
                 out.put(&version.value)?;
             }
         }
-        let crc = out.crc;
-        out.inner.write_all(&crc.to_le_bytes())
+        out.finish()
+    }
+
+    /// The snapshot as one buffer.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut buffer = Vec::with_capacity(usize::try_from(self.encoded_len()).unwrap_or(0));
+        if let Err(error) = self.write_to(&mut buffer) {
+            panic!("writing a snapshot into memory failed: {error}");
+        }
+        Bytes::from(buffer)
+    }
+}
+
+impl Store {
+    /// The state as of now, for writing a snapshot (see [`StoreSnapshot`]).
+    pub fn snapshot_state(&self) -> StoreSnapshot {
+        StoreSnapshot {
+            last_applied: self.last_applied,
+            current_revision: self.current_revision,
+            compact_revision: self.compact_revision,
+            leases: self
+                .leases
+                .iter()
+                .map(|(id, lease)| (*id, lease.ttl_secs, lease.remaining_ttl_secs))
+                .collect(),
+            keys: self.keys.shared_in_order(),
+        }
+    }
+
+    /// Writes the snapshot to `writer` (streaming; no full copy in memory).
+    pub fn snapshot_write(&self, writer: &mut impl Write) -> io::Result<()> {
+        self.snapshot_state().write_to(writer)
     }
 
     /// The snapshot as one buffer.
     pub fn snapshot(&self) -> Bytes {
-        let mut buffer = Vec::new();
-        if let Err(error) = self.snapshot_write(&mut buffer) {
-            panic!("writing a snapshot into memory failed: {error}");
-        }
-        Bytes::from(buffer)
+        self.snapshot_state().to_bytes()
     }
 
     /// Rebuilds a store from [`Store::snapshot`] bytes. Any malformed input

@@ -17,6 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ballot_mvcc::StoreSnapshot;
 use ballot_raft::{Entry, EntryKind, HardState, RestoreState, SnapshotMeta};
 use ballot_wal::{
     GroupCommitOptions, GroupCommitWal, LogEntry, RealDisk, SnapshotError, SnapshotInfo,
@@ -249,10 +250,15 @@ impl SnapshotPayload {
     /// Everything before the store's bytes: [`SnapshotPayload::encode`] is this followed by
     /// `store`, so a large store can be written after it without copying both into one buffer.
     fn encode_head(&self) -> Bytes {
+        SnapshotPayload::head(&self.registry, self.store.len() as u64)
+    }
+
+    /// The bytes before a store of `store_len` bytes.
+    fn head(registry: &Registry, store_len: u64) -> Bytes {
         let mut buf = BytesMut::with_capacity(256);
         buf.extend_from_slice(PAYLOAD_MAGIC);
-        self.registry.encode_to(&mut buf);
-        put_varint(&mut buf, self.store.len() as u64);
+        registry.encode_to(&mut buf);
+        put_varint(&mut buf, store_len);
         buf.freeze()
     }
 
@@ -393,6 +399,58 @@ pub fn save_snapshot(
     writer.write_chunk(&payload.encode_head())?;
     writer.write_chunk(&payload.store)?;
     Ok(writer.finish()?)
+}
+
+/// Like [`save_snapshot`] for the payload of `registry` and `store`, with the store written
+/// straight from its state into the file: no buffer holds the whole store.
+pub fn save_store_snapshot(
+    snapshots: &SnapshotStore<RealDisk>,
+    meta: &SnapshotMeta,
+    registry: &Registry,
+    store: &StoreSnapshot,
+) -> Result<SnapshotInfo, StorageError> {
+    let store_len = store.encoded_len();
+    let mut writer = snapshots.writer(meta.index, meta.term, encode_snapshot_meta(meta))?;
+    writer.write_chunk(&SnapshotPayload::head(registry, store_len))?;
+    let mut counted = CountingWriter {
+        inner: &mut writer,
+        written: 0,
+    };
+    store
+        .write_to(&mut counted)
+        .map_err(|source| StorageError::Io {
+            op: "write snapshot",
+            path: snapshots.dir().to_path_buf(),
+            source,
+        })?;
+    if counted.written != store_len {
+        // The length is announced before the store; a mismatch would be a corrupt file.
+        return Err(StorageError::BadSnapshot {
+            index: meta.index,
+            reason: format!(
+                "the store wrote {} bytes where {store_len} were announced",
+                counted.written
+            ),
+        });
+    }
+    Ok(writer.finish()?)
+}
+
+struct CountingWriter<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.written += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// What was found in an existing data directory.
@@ -605,6 +663,45 @@ mod tests {
         };
         assert_eq!(SnapshotPayload::decode(&payload.encode()), Ok(payload));
         assert!(SnapshotPayload::decode(&Bytes::from_static(b"nonsense")).is_err());
+    }
+
+    /// A store streamed into a snapshot file reads back as the same payload as the store's
+    /// bytes saved whole.
+    #[test]
+    fn a_streamed_store_snapshot_loads_as_the_whole_payload() {
+        let root = temp_dir("streamed-snapshot");
+        let data_dir = DataDir::new(&root);
+        let cluster = cluster_file();
+        let opened = open(&data_dir, &cluster, WalSettings::default()).expect("open");
+        let mut store = ballot_mvcc::Store::new(ballot_mvcc::StoreConfig::default());
+        for (index, key) in (1..=300u64).zip(["a", "b", "c"].iter().cycle()) {
+            let command = ballot_mvcc::Command::Put(ballot_proto::etcdserverpb::PutRequest {
+                key: Bytes::from(*key),
+                value: Bytes::from(vec![b'v'; 1024 * index as usize]),
+                ..Default::default()
+            });
+            store.apply(index, &command);
+        }
+        let state = store.snapshot_state();
+        let meta = SnapshotMeta {
+            index: 300,
+            term: 2,
+            conf: ballot_raft::ConfState {
+                voters: vec![0xa1],
+                ..ballot_raft::ConfState::default()
+            },
+        };
+        let info =
+            save_store_snapshot(&opened.snapshots, &meta, &cluster.seed, &state).expect("save");
+        let loaded = load_snapshot(&opened.snapshots, &info).expect("load");
+        assert_eq!(loaded.meta, meta);
+        assert_eq!(
+            loaded.payload,
+            SnapshotPayload {
+                registry: cluster.seed.clone(),
+                store: store.snapshot(),
+            }
+        );
     }
 
     #[test]

@@ -139,6 +139,11 @@ impl<D: Disk> SnapshotStore<D> {
             .map_err(io_error("list directory", &self.dir))
     }
 
+    /// The directory holding the snapshot files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// `(index, term, path)` of every snapshot file, newest first, unverified.
     pub fn list(&self) -> Result<Vec<(Index, Term, PathBuf)>, SnapshotError> {
         let mut found: Vec<(Index, Term, PathBuf)> = self

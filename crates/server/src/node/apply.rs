@@ -12,11 +12,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use ballot_mvcc::{ApplyOutcome, Command, Store};
+use ballot_mvcc::{ApplyOutcome, Command, Store, StoreSnapshot};
 use ballot_proto::mvccpb::Event;
 use ballot_raft::{ConfChange, ConfChangeKind, Entry, EntryKind, SnapshotMeta};
 use ballot_wal::Write;
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::driver::{ApplyItem, DriverRequest};
@@ -25,10 +24,7 @@ use super::members::Registry;
 use super::waiters::{AppliedResult, ProposalResult};
 use super::{NodeShared, lock_read, lock_write};
 use crate::metrics::metrics;
-use crate::storage::{self, SnapshotPayload, snapshot_marker};
-
-/// Most a snapshot's buffer reserves up front (it grows past it if it must).
-const SNAPSHOT_RESERVE_MAX_BYTES: usize = 4 << 30;
+use crate::storage::{self, snapshot_marker};
 
 /// Why the apply task stopped.
 #[derive(Debug, thiserror::Error)]
@@ -297,7 +293,9 @@ impl Applier {
             return;
         }
         self.snapshot_index = applied;
-        let store = lock_read(&self.shared.store).clone();
+        // Shares the histories with the store (a reference count per key): the apply task
+        // does not stop to copy the state, and the file is written on a blocking thread.
+        let store = lock_read(&self.shared.store).snapshot_state();
         let registry = lock_read(&self.shared.registry).clone();
         let db_size_mark = self.shared.db_size.applied_mark();
         let shared = Arc::clone(&self.shared);
@@ -330,7 +328,7 @@ fn track_leases(command: &Command, outcome: &ApplyOutcome, effects: &mut BatchEf
 async fn take_snapshot(
     shared: &Arc<NodeShared>,
     index: u64,
-    store: Store,
+    store: StoreSnapshot,
     registry: Registry,
     db_size_mark: u64,
 ) -> Result<(), String> {
@@ -347,27 +345,8 @@ async fn take_snapshot(
     let snapshots = shared.snapshots.clone();
     let meta_for_file = meta.clone();
     let save_started = std::time::Instant::now();
-    // The store's snapshot is about the size `dbSize` tracks (the last snapshot plus the
-    // payload applied since), a little more for each version's revisions; reserving that up
-    // front spares the buffer's doublings, each a copy of everything so far into freshly
-    // faulted memory (a tenth of a member's CPU under load). Untouched reserve costs nothing.
-    let size_hint = usize::try_from(shared.db_size.bytes())
-        .unwrap_or(usize::MAX)
-        .saturating_mul(5)
-        / 4;
-    let size_hint = size_hint.min(SNAPSHOT_RESERVE_MAX_BYTES);
     let size = tokio::task::spawn_blocking(move || {
-        let mut store_bytes = Vec::new();
-        // Only a hint: if the memory cannot be had up front, the buffer grows as it goes.
-        let _ = store_bytes.try_reserve(size_hint);
-        store
-            .snapshot_write(&mut store_bytes)
-            .map_err(|error| format!("serializing the store failed: {error}"))?;
-        let payload = SnapshotPayload {
-            registry,
-            store: Bytes::from(store_bytes),
-        };
-        storage::save_snapshot(&snapshots, &meta_for_file, &payload)
+        storage::save_store_snapshot(&snapshots, &meta_for_file, &registry, &store)
             .map(|info| info.data_len)
             .map_err(|error| error.to_string())
     })

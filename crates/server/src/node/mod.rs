@@ -743,8 +743,8 @@ impl NodeHandle {
 
     /// A consistent snapshot of the store, for Maintenance.Snapshot.
     pub async fn backup_snapshot(&self) -> Result<Bytes, NodeError> {
-        let store = lock_read(&self.shared.store).clone();
-        tokio::task::spawn_blocking(move || store.snapshot())
+        let store = lock_read(&self.shared.store).snapshot_state();
+        tokio::task::spawn_blocking(move || store.to_bytes())
             .await
             .map_err(|_| NodeError::Stopped)
     }
