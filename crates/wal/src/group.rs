@@ -121,6 +121,7 @@ struct Shared {
 pub struct GroupCommitWal {
     commands: mpsc::Sender<Command>,
     durable: watch::Receiver<DurableState>,
+    durable_snapshot: watch::Receiver<DurableState>,
     shared: Arc<Shared>,
 }
 
@@ -142,6 +143,8 @@ impl GroupCommitWal {
         wal.prepare_segments_in_background();
         let (commands, receiver) = mpsc::channel(options.queue_depth_max.max(1));
         let (durable_sender, durable) = watch::channel(wal.durable_state().clone());
+        let (durable_snapshot_sender, durable_snapshot) =
+            watch::channel(wal.durable_state().clone());
         let shared = Arc::new(Shared {
             failure: Mutex::new(None),
             threads: Mutex::new(Vec::new()),
@@ -154,6 +157,7 @@ impl GroupCommitWal {
             in_flight: Mutex::new(0),
             idle: Condvar::new(),
             durable: durable_sender,
+            durable_snapshot: durable_snapshot_sender,
             shared: Arc::clone(&shared),
             batch_bytes_max: options.batch_bytes_max,
             wake: commands.downgrade(),
@@ -179,6 +183,7 @@ impl GroupCommitWal {
         Ok(GroupCommitWal {
             commands,
             durable,
+            durable_snapshot,
             shared,
         })
     }
@@ -239,6 +244,12 @@ impl GroupCommitWal {
     /// (after a fatal error or [`GroupCommitWal::shutdown`]).
     pub fn durable(&self) -> watch::Receiver<DurableState> {
         self.durable.clone()
+    }
+
+    /// The durable state, updated only when the durable snapshot marker changes: for a task that
+    /// acts on markers and should not wake at every sync. Closes like [`GroupCommitWal::durable`].
+    pub fn durable_snapshot(&self) -> watch::Receiver<DurableState> {
+        self.durable_snapshot.clone()
     }
 
     /// Deletes segments covered by the durable snapshot up to `through_index` (see
@@ -312,6 +323,8 @@ struct Committer<D: Disk> {
     in_flight: Mutex<usize>,
     idle: Condvar,
     durable: watch::Sender<DurableState>,
+    /// Like `durable`, changed only when the durable snapshot marker changes.
+    durable_snapshot: watch::Sender<DurableState>,
     shared: Arc<Shared>,
     batch_bytes_max: usize,
     /// Does not keep the channel open: when every handle is gone the committers finish.
@@ -428,7 +441,7 @@ impl<D: Disk> Committer<D> {
                 let done = self.take_durable_tickets(state.syncs);
                 if !done.is_empty() {
                     // Under the WAL lock, so the watch never goes back to an older state.
-                    self.durable.send_replace(state.clone());
+                    self.publish_durable(&state);
                 }
                 drop(wal);
                 for done in done.into_iter().flat_map(|ticket| ticket.waiters) {
@@ -447,6 +460,19 @@ impl<D: Disk> Committer<D> {
         }
         *lock(&self.in_flight) -= 1;
         self.idle.notify_all();
+    }
+
+    /// Reports `state` on the durable watches; call under the WAL lock.
+    fn publish_durable(&self, state: &DurableState) {
+        self.durable.send_replace(state.clone());
+        self.durable_snapshot.send_if_modified(|current| {
+            let marker = |state: &DurableState| (state.snapshot_index, state.snapshot_term);
+            if marker(current) == marker(state) {
+                return false;
+            }
+            *current = state.clone();
+            true
+        });
     }
 
     fn take_durable_tickets(&self, durable_syncs: u64) -> Vec<Ticket> {
@@ -481,7 +507,7 @@ impl<D: Disk> Committer<D> {
         match wal.sync() {
             Ok(state) => {
                 let state = state.clone();
-                self.durable.send_replace(state.clone());
+                self.publish_durable(&state);
                 drop(wal);
                 for done in waiters {
                     let _ = done.send(Ok(state.clone()));

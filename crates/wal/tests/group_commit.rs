@@ -9,8 +9,9 @@ use std::sync::{Arc, Condvar, Mutex as StdMutex};
 
 use ballot_wal::{
     Disk, DiskFile, DiskOp, FaultyDisk, GroupCommitOptions, GroupCommitWal, HardState,
-    InjectedError, Wal, WalError, Write,
+    InjectedError, SnapshotMarker, Wal, WalError, Write,
 };
+use bytes::Bytes;
 use common::{entry, open, open_without_preallocation, options};
 use tokio::sync::Mutex;
 
@@ -304,6 +305,48 @@ async fn a_detached_write_is_reported_on_the_durable_watch() {
         .clone();
     assert_eq!((state.last_index, state.last_term), (2, 1));
     assert_eq!(state.hard_state.vote, 1);
+    wal.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn the_durable_snapshot_watch_changes_only_with_the_marker() {
+    let disk = FaultyDisk::new();
+    let wal = spawn(&disk);
+    let mut markers = wal.durable_snapshot();
+    markers.borrow_and_update();
+    for index in 1..=3 {
+        wal.append(Write {
+            entries: vec![entry(index, 1, b"e")],
+            ..Write::default()
+        })
+        .await
+        .expect("append");
+    }
+    assert!(
+        !markers.has_changed().expect("watch open"),
+        "syncs without a new marker leave the watch alone"
+    );
+    wal.append(Write {
+        snapshot: Some(SnapshotMarker {
+            index: 2,
+            term: 1,
+            meta: Bytes::from_static(b"meta"),
+        }),
+        ..Write::default()
+    })
+    .await
+    .expect("append marker");
+    assert!(markers.has_changed().expect("watch open"));
+    let state = markers.borrow_and_update().clone();
+    assert_eq!((state.snapshot_index, state.snapshot_term), (2, 1));
+    wal.append(Write {
+        entries: vec![entry(4, 1, b"e")],
+        ..Write::default()
+    })
+    .await
+    .expect("append");
+    assert!(!markers.has_changed().expect("watch open"));
+    assert_eq!(wal.durable().borrow().last_index, 4);
     wal.shutdown().await.expect("shutdown");
 }
 

@@ -5,10 +5,11 @@
 //! `--snapshot-count` entries) and snapshots received from the leader (`transport.rs`). Either
 //! way the file is saved first and its marker goes into the WAL after it; until that marker is
 //! durable a crash can lose it, and recovery then needs the file of the previous durable marker.
-//! So this task follows the WAL's durable watch, the WAL's own report of what is durable, and
-//! hands each newer durable marker to `SnapshotStore::prune_behind_durable_marker`, which keeps
-//! that marker's file, every newer one and `SNAPSHOT_FILES_KEPT - 1` older ones (docs/wal.md,
-//! "Which files are kept"). One task does all pruning, so prunes never race each other.
+//! So this task follows the WAL's own report of what is durable (its durable-snapshot watch,
+//! which changes only when the durable marker does, so the task does not wake at every sync)
+//! and hands each newer durable marker to `SnapshotStore::prune_behind_durable_marker`, which
+//! keeps that marker's file, every newer one and `SNAPSHOT_FILES_KEPT - 1` older ones
+//! (docs/wal.md, "Which files are kept"). One task does all pruning, so prunes never race each other.
 //! `storage::open` removes the files whose markers a crash lost and prunes behind the recovered
 //! marker before this task starts.
 
@@ -23,7 +24,7 @@ use super::NodeShared;
 /// write; this one just stops watching). A failed prune is fatal: it is a disk error, or a
 /// durable marker whose file is gone.
 pub(crate) async fn run(shared: Arc<NodeShared>) -> Result<(), String> {
-    let mut pruner = Pruner::new(shared.wal.durable(), shared.snapshots.clone());
+    let mut pruner = Pruner::new(shared.wal.durable_snapshot(), shared.snapshots.clone());
     let mut stop = shared.stop.subscribe();
     loop {
         tokio::select! {
@@ -162,7 +163,7 @@ mod tests {
         })
         .await
         .expect("append");
-        let mut pruner = Pruner::new(wal.durable(), snapshots.clone());
+        let mut pruner = Pruner::new(wal.durable_snapshot(), snapshots.clone());
         for index in [2, 4, 6, 8] {
             snapshots
                 .save(index, 1, Bytes::new(), b"data")
