@@ -761,16 +761,23 @@ async fn peer_writer(
 /// messages share one frame.
 fn pack(buf: &mut BytesMut, first: Outbound, queue: &mut mpsc::Receiver<Outbound>) {
     let mut messages: Vec<Message> = Vec::new();
+    // Kept as messages are gathered: summing all of them at every turn would make a long queue
+    // cost its length squared.
+    let mut messages_bytes = 0;
     let mut next = Some(first);
     while let Some(item) = next.take() {
         match item {
-            Outbound::Message(message) => messages.push(message),
+            Outbound::Message(message) => {
+                messages_bytes += approximate_bytes(&message);
+                messages.push(message);
+            }
             Outbound::Frame(frame) => {
                 flush_messages(buf, &mut messages);
+                messages_bytes = 0;
                 frame.encode_to(buf);
             }
         }
-        if buf.len() + approximate_bytes(&messages) >= WRITE_BATCH_BYTES_MAX {
+        if buf.len() + messages_bytes >= WRITE_BATCH_BYTES_MAX {
             break;
         }
         next = queue.try_recv().ok();
@@ -778,20 +785,17 @@ fn pack(buf: &mut BytesMut, first: Outbound, queue: &mut mpsc::Receiver<Outbound
     flush_messages(buf, &mut messages);
 }
 
-fn approximate_bytes(messages: &[Message]) -> usize {
-    messages
-        .iter()
-        .map(|message| match &message.body {
-            MessageBody::Append { entries, .. } => {
-                entries
-                    .iter()
-                    .map(|entry| entry.data.len() + 16)
-                    .sum::<usize>()
-                    + 32
-            }
-            _ => 32,
-        })
-        .sum()
+fn approximate_bytes(message: &Message) -> usize {
+    match &message.body {
+        MessageBody::Append { entries, .. } => {
+            entries
+                .iter()
+                .map(|entry| entry.data.len() + 16)
+                .sum::<usize>()
+                + 32
+        }
+        _ => 32,
+    }
 }
 
 fn flush_messages(buf: &mut BytesMut, messages: &mut Vec<Message>) {

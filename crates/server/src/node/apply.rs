@@ -71,6 +71,7 @@ impl Applier {
             return;
         };
         let mut effects = BatchEffects {
+            answers: Vec::with_capacity(entries.len()),
             last_index: last.index,
             ..BatchEffects::default()
         };
