@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::time::Instant;
@@ -54,11 +55,22 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     });
 
     let progress = Progress::start(Arc::clone(&shared), limit, started, !args.json);
-    let mut tasks = Vec::with_capacity(args.clients);
-    for client_index in 0..args.clients {
-        let kv = connections[client_index % connections.len()].clone();
-        let shared = Arc::clone(&shared);
-        tasks.push(tokio::spawn(client_loop(shared, kv, client_index as u64)));
+    // Clients are spread round-robin over the connections; the clients of one connection run
+    // in one task (see `connection_clients`).
+    let mut tasks = Vec::with_capacity(connections.len());
+    for (connection_index, kv) in connections.iter().enumerate() {
+        let clients: Vec<u64> = (connection_index..args.clients)
+            .step_by(connections.len())
+            .map(|client_index| client_index as u64)
+            .collect();
+        if clients.is_empty() {
+            continue;
+        }
+        tasks.push(tokio::spawn(connection_clients(
+            Arc::clone(&shared),
+            kv.clone(),
+            clients,
+        )));
     }
 
     let mut histogram = new_latency_histogram();
@@ -168,14 +180,53 @@ struct ClientOutcome {
     errors: ErrorTally,
 }
 
-async fn client_loop(
+/// Runs the clients of one connection concurrently in one task. Each is still a closed loop
+/// with one request in flight, but when a batch of answers arrives together the clients all
+/// issue their next requests in the same poll, and the connection writes them with one
+/// `writev` (as gRPC clients that gather frames do), instead of one system call per request
+/// when every client is a task of its own woken in turn. They share one latency histogram.
+async fn connection_clients(
     shared: Arc<Shared>,
+    kv: GrpcConnection,
+    clients: Vec<u64>,
+) -> ClientOutcome {
+    let outcome = std::sync::Mutex::new(ClientOutcome {
+        histogram: new_latency_histogram(),
+        errors: ErrorTally::default(),
+    });
+    // Polls only the clients whose answers arrived (`join_all` would poll every one of them at
+    // each wake-up).
+    let mut running: futures::stream::FuturesUnordered<_> = clients
+        .into_iter()
+        .map(|client_index| client_loop(&shared, kv.clone(), client_index, &outcome))
+        .collect();
+    while running.next().await.is_some() {}
+    drop(running);
+    outcome
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn client_loop(
+    shared: &Shared,
     mut kv: GrpcConnection,
     client_index: u64,
-) -> ClientOutcome {
+    outcome: &std::sync::Mutex<ClientOutcome>,
+) {
     let mut rng = FastRng::new(0x5EED_0000_0000_0000 ^ client_index.wrapping_mul(0x9E37_79B9));
-    let mut histogram = new_latency_histogram();
-    let mut errors = ErrorTally::default();
+    let record = |result: Result<u64, tonic::Status>| {
+        let mut outcome = outcome
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match result {
+            Ok(micros) => {
+                outcome
+                    .histogram
+                    .saturating_record(micros.clamp(1, LATENCY_US_MAX));
+            }
+            Err(status) => outcome.errors.record(&status),
+        }
+    };
     while shared.may_issue() {
         if let Some(pacer) = &shared.pacer {
             pacer.wait_for_slot().await;
@@ -188,17 +239,17 @@ async fn client_loop(
         let sent = Instant::now();
         match shared.factory.execute(&mut kv, kind, &mut rng).await {
             Ok(()) => {
-                let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-                histogram.saturating_record(micros.clamp(1, LATENCY_US_MAX));
+                record(Ok(
+                    u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX)
+                ));
             }
             Err(status) => {
-                errors.record(&status);
+                record(Err(status));
                 shared.failed.fetch_add(1, Ordering::Relaxed);
             }
         }
         shared.completed.fetch_add(1, Ordering::Relaxed);
     }
-    ClientOutcome { histogram, errors }
 }
 
 /// User plus system CPU time of this process so far (zero if the kernel will not say).
@@ -366,6 +417,9 @@ mod tests {
         ranges: AtomicU64,
         serializable_ranges: AtomicU64,
         txns: AtomicU64,
+        /// When set to `(n, barrier for n)`, the first `n` ranges are answered only once all
+        /// `n` are in flight.
+        first_ranges_together: Option<(u64, tokio::sync::Barrier)>,
     }
 
     #[tonic::async_trait]
@@ -374,7 +428,12 @@ mod tests {
             &self,
             request: Request<RangeRequest>,
         ) -> Result<Response<RangeResponse>, Status> {
-            self.ranges.fetch_add(1, Ordering::Relaxed);
+            let earlier = self.ranges.fetch_add(1, Ordering::Relaxed);
+            if let Some((together, barrier)) = &self.first_ranges_together
+                && earlier < *together
+            {
+                barrier.wait().await;
+            }
             if request.get_ref().serializable {
                 self.serializable_ranges.fetch_add(1, Ordering::Relaxed);
             }
@@ -406,11 +465,15 @@ mod tests {
     }
 
     async fn serve_counting_kv() -> (Arc<CountingKv>, String) {
+        serve_kv(CountingKv::default()).await
+    }
+
+    async fn serve_kv(service: CountingKv) -> (Arc<CountingKv>, String) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local address");
-        let service = Arc::new(CountingKv::default());
+        let service = Arc::new(service);
         let server = tonic::transport::Server::builder()
             .add_service(KvServer::from_arc(Arc::clone(&service)))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
@@ -450,6 +513,30 @@ mod tests {
             "sending 500 requests takes some CPU"
         );
         assert!(report.latency.max_us >= report.latency.p50_us);
+    }
+
+    /// The clients of one connection run in one task, yet each is its own closed loop: all of
+    /// them have a request in flight at once (the service answers none of the first ones until
+    /// every client has sent one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_client_has_a_request_in_flight_at_once() {
+        const CLIENTS: usize = 9;
+        let (service, endpoint) = serve_kv(CountingKv {
+            first_ranges_together: Some((CLIENTS as u64, tokio::sync::Barrier::new(CLIENTS))),
+            ..CountingKv::default()
+        })
+        .await;
+        let mut args = bench_args(Workload::Range, &endpoint);
+        // Not a multiple of the connection count: one connection gets an extra client.
+        args.clients = CLIENTS;
+        args.conns = 2;
+        args.total = Some(100);
+        let report = tokio::time::timeout(Duration::from_secs(30), run(&args))
+            .await
+            .expect("all clients had a request in flight together")
+            .expect("bench runs");
+        assert_eq!(report.ops, 100);
+        assert_eq!(service.ranges.load(Ordering::Relaxed), 100);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

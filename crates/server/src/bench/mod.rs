@@ -3,7 +3,9 @@
 //! Each simulated client issues one request, waits for its answer and issues the next, so the
 //! number of clients is the number of requests in flight. Clients share `--conns` gRPC channels
 //! (HTTP/2 connections), spread round-robin over the endpoints, as etcd's own `benchmark` tool
-//! does. Latencies go into an HDR histogram per client, merged at the end.
+//! does. The clients of one connection run in one task (each still its own closed loop), so
+//! requests issued together are written together; their latencies go into one HDR histogram per
+//! connection, merged at the end.
 //!
 //! The generator shares the machine with the servers it measures, so it is written to cost little
 //! per request: keys are precomputed slices of one buffer, the value is one shared `Bytes`, the
