@@ -28,6 +28,11 @@ pub const DEFAULT_CLUSTER_TOKEN: &str = "ballot-cluster";
 pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1536 * 1024;
 /// WAL segment size, as etcd's `SegmentSizeBytes` (64 MiB).
 pub const DEFAULT_WAL_SEGMENT_BYTES: u64 = ballot_wal::WalOptions::DEFAULT_SEGMENT_SIZE_BYTES;
+/// `--wal-syncs-in-flight` (docs/BENCHMARKS.md: one sync at a time measured faster on the
+/// shared virtual disk the benchmarks run on).
+pub const DEFAULT_WAL_SYNCS_IN_FLIGHT: usize = 1;
+/// Most `--wal-syncs-in-flight` accepts.
+pub const WAL_SYNCS_IN_FLIGHT_MAX: usize = 8;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -152,6 +157,17 @@ pub struct MemberArgs {
         hide = true
     )]
     pub wal_segment_bytes: u64,
+    /// WAL syncs that may run at once (1 to 8; advanced). While one `fdatasync` runs, the next
+    /// batch gathers; more than one lets a disk that completes flushes in parallel work on
+    /// several. The default is 1: on a disk that serializes flushes, overlapping them only adds
+    /// thread hand-offs. Hidden from --help; see docs/cli.md.
+    #[arg(
+        long,
+        env = "BALLOT_WAL_SYNCS_IN_FLIGHT",
+        default_value_t = DEFAULT_WAL_SYNCS_IN_FLIGHT,
+        hide = true
+    )]
+    pub wal_syncs_in_flight: usize,
 }
 
 /// `--initial-cluster-state`.

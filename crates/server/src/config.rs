@@ -90,6 +90,8 @@ pub struct ServerConfig {
     pub unsafe_no_fsync: bool,
     /// Size of a WAL segment file (`--wal-segment-bytes`, advanced).
     pub wal_segment_bytes: u64,
+    /// WAL syncs that may run at once (`--wal-syncs-in-flight`, advanced).
+    pub wal_syncs_in_flight: usize,
     pub log_level: LogLevel,
 }
 
@@ -150,6 +152,8 @@ pub enum ConfigError {
     ZeroMaxRequestBytes,
     #[error("--wal-segment-bytes must be between {min} and {max}, got {given}")]
     WalSegmentBytesOutOfRange { given: u64, min: u64, max: u64 },
+    #[error("--wal-syncs-in-flight must be between 1 and {max}, got {given}")]
+    WalSyncsInFlightOutOfRange { given: usize, max: usize },
     #[error("address {addr} is given both as {first} and as {second}")]
     ListenAddressReused {
         addr: SocketAddr,
@@ -181,6 +185,13 @@ impl ServerConfig {
                 given: args.wal_segment_bytes,
                 min: *segment_bytes_allowed.start(),
                 max: *segment_bytes_allowed.end(),
+            });
+        }
+
+        if !(1..=crate::cli::WAL_SYNCS_IN_FLIGHT_MAX).contains(&args.wal_syncs_in_flight) {
+            return Err(ConfigError::WalSyncsInFlightOutOfRange {
+                given: args.wal_syncs_in_flight,
+                max: crate::cli::WAL_SYNCS_IN_FLIGHT_MAX,
             });
         }
 
@@ -249,6 +260,7 @@ impl ServerConfig {
             max_request_bytes: args.max_request_bytes,
             unsafe_no_fsync: args.unsafe_no_fsync,
             wal_segment_bytes: args.wal_segment_bytes,
+            wal_syncs_in_flight: args.wal_syncs_in_flight,
             log_level: args.log_level,
         })
     }
@@ -897,6 +909,21 @@ mod tests {
                 .expect("4 MiB segments are fine")
                 .wal_segment_bytes,
             4 * 1024 * 1024
+        );
+        assert_eq!(
+            config(&["--wal-syncs-in-flight", "0"]).expect_err("must fail"),
+            ConfigError::WalSyncsInFlightOutOfRange { given: 0, max: 8 }
+        );
+        assert_eq!(
+            config(&["--wal-syncs-in-flight", "9"]).expect_err("must fail"),
+            ConfigError::WalSyncsInFlightOutOfRange { given: 9, max: 8 }
+        );
+        assert_eq!(config(&[]).expect("defaults").wal_syncs_in_flight, 1);
+        assert_eq!(
+            config(&["--wal-syncs-in-flight", "3"])
+                .expect("3 is fine")
+                .wal_syncs_in_flight,
+            3
         );
         assert_eq!(
             config(&["--name", ""]).expect_err("must fail"),

@@ -475,6 +475,8 @@ pub struct WalSettings {
     pub unsafe_no_fsync: bool,
     /// `--wal-segment-bytes`.
     pub segment_bytes: u64,
+    /// `--wal-syncs-in-flight`.
+    pub syncs_in_flight: usize,
 }
 
 impl WalSettings {
@@ -482,6 +484,7 @@ impl WalSettings {
         WalSettings {
             unsafe_no_fsync: config.unsafe_no_fsync,
             segment_bytes: config.wal_segment_bytes,
+            syncs_in_flight: config.wal_syncs_in_flight,
         }
     }
 }
@@ -491,6 +494,7 @@ impl Default for WalSettings {
         WalSettings {
             unsafe_no_fsync: false,
             segment_bytes: WalOptions::DEFAULT_SEGMENT_SIZE_BYTES,
+            syncs_in_flight: crate::cli::DEFAULT_WAL_SYNCS_IN_FLIGHT,
         }
     }
 }
@@ -545,7 +549,11 @@ pub fn open(
             "removed snapshot files the WAL does not record or no longer needs"
         );
     }
-    let wal = GroupCommitWal::spawn(wal, GroupCommitOptions::default())?;
+    let group_options = GroupCommitOptions {
+        syncs_in_flight_max: settings.syncs_in_flight,
+        ..GroupCommitOptions::default()
+    };
+    let wal = GroupCommitWal::spawn(wal, group_options)?;
     Ok(Opened {
         wal,
         snapshots,
