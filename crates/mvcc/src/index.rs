@@ -10,6 +10,14 @@
 //! hashes and ranges walk the ordered map), so its random seed cannot make
 //! replicas differ.
 //!
+//! The hash map uses foldhash, seeded at random per process, rather than the
+//! standard SipHash: a put took 925 ns instead of 1,070 ns and a point read
+//! 0.5 µs instead of 0.75 µs (docs/mvcc.md). Keys come from clients, and
+//! foldhash is only minimally resistant to hash flooding: someone who could
+//! learn a member's seed could choose keys that collide and slow its lookups
+//! down (never change what they return). The seed is not exposed; accepted
+//! for the speed.
+//!
 //! Each slot is shared (`Arc`) and copied on write: a snapshot takes the
 //! slots in key order by reference count ([`KeyIndex::shared_in_order`]),
 //! which costs a counter per key instead of a copy of every history, and
@@ -37,7 +45,7 @@ pub(crate) struct KeyIndex {
     // slots; `slots[slot]` is `Some` exactly for slots they name, holding
     // that key. A slot is reused only after its key was removed.
     ordered: BTreeMap<Bytes, u32>,
-    by_key: HashMap<Bytes, u32>,
+    by_key: HashMap<Bytes, u32, foldhash::fast::RandomState>,
     slots: Vec<Option<Arc<Slot>>>,
     free: Vec<u32>,
 }

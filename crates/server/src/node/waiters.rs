@@ -33,7 +33,8 @@ struct Pending {
 
 #[derive(Default)]
 struct Inner {
-    pending: HashMap<u64, Pending>,
+    /// Keyed by request ids this member makes up, so a fast hash needs no flooding defence.
+    pending: HashMap<u64, Pending, foldhash::fast::RandomState>,
     /// Request ids by log index, for proposals appended by this member as leader.
     // Invariant: every value is a key of `pending` whose `index` is the key here.
     by_index: BTreeMap<u64, u64>,
