@@ -148,17 +148,19 @@ fn section_5_1_a_stale_term_is_refused_and_answered_with_the_current_term() {
 fn section_5_1_a_stale_vote_request_is_refused_with_the_current_term() {
     let mut node = follower_with_log(2, &[3]);
     node.ready();
-    let stale = message(
-        1,
-        2,
-        2,
-        MessageBody::Vote {
-            last_log_index: 9,
-            last_log_term: 2,
-            leader_transfer: false,
-        },
-    );
-    node.step(stale).expect("valid message");
+    let stale_vote_from = |from| {
+        message(
+            from,
+            2,
+            2,
+            MessageBody::Vote {
+                last_log_index: 9,
+                last_log_term: 2,
+                leader_transfer: false,
+            },
+        )
+    };
+    node.step(stale_vote_from(1)).expect("valid message");
     let status = node.status();
     assert_eq!(
         (status.term, status.vote),
@@ -180,17 +182,7 @@ fn section_5_1_a_stale_vote_request_is_refused_with_the_current_term() {
 
     // A sender outside the configuration (most likely removed without knowing it) is not told
     // the term, as in etcd: it would only depose the next leader sooner (thesis §4.2.3).
-    let from_outsider = message(
-        4,
-        2,
-        2,
-        MessageBody::Vote {
-            last_log_index: 9,
-            last_log_term: 2,
-            leader_transfer: false,
-        },
-    );
-    node.step(from_outsider).expect("valid message");
+    node.step(stale_vote_from(4)).expect("valid message");
     let ready = node.ready();
     assert!(
         ready.persisted_messages.is_empty() && ready.messages.is_empty(),

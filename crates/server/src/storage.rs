@@ -242,18 +242,16 @@ pub struct SnapshotPayload {
 impl SnapshotPayload {
     pub fn encode(&self) -> Bytes {
         let mut buf = BytesMut::with_capacity(self.store.len() + 256);
-        buf.extend_from_slice(&self.encode_head());
+        buf.extend_from_slice(&SnapshotPayload::head(
+            &self.registry,
+            self.store.len() as u64,
+        ));
         buf.extend_from_slice(&self.store);
         buf.freeze()
     }
 
-    /// Everything before the store's bytes: [`SnapshotPayload::encode`] is this followed by
-    /// `store`, so a large store can be written after it without copying both into one buffer.
-    fn encode_head(&self) -> Bytes {
-        SnapshotPayload::head(&self.registry, self.store.len() as u64)
-    }
-
-    /// The bytes before a store of `store_len` bytes.
+    /// The bytes before a store of `store_len` bytes: a payload is these followed by the store,
+    /// so a large store can be streamed after them.
     fn head(registry: &Registry, store_len: u64) -> Bytes {
         let mut buf = BytesMut::with_capacity(256);
         buf.extend_from_slice(PAYLOAD_MAGIC);
@@ -387,22 +385,10 @@ pub fn find_snapshot(
     Ok(snapshots.verify(&path)?)
 }
 
-/// Writes a snapshot file (durable when this returns); the caller then records the marker in
-/// the WAL. It deletes no file: older ones go only once the marker is durable
-/// (`node::snapshot_pruning`).
-pub fn save_snapshot(
-    snapshots: &SnapshotStore<RealDisk>,
-    meta: &SnapshotMeta,
-    payload: &SnapshotPayload,
-) -> Result<SnapshotInfo, StorageError> {
-    let mut writer = snapshots.writer(meta.index, meta.term, encode_snapshot_meta(meta))?;
-    writer.write_chunk(&payload.encode_head())?;
-    writer.write_chunk(&payload.store)?;
-    Ok(writer.finish()?)
-}
-
-/// Like [`save_snapshot`] for the payload of `registry` and `store`, with the store written
-/// straight from its state into the file: no buffer holds the whole store.
+/// Writes the snapshot file of `registry` and `store` (a [`SnapshotPayload`]), streaming the
+/// store from its state straight into the file: no buffer holds the whole store. The file is
+/// durable when this returns; the caller then records the marker in the WAL. It deletes no
+/// file: older ones go only once the marker is durable (`node::snapshot_pruning`).
 pub fn save_store_snapshot(
     snapshots: &SnapshotStore<RealDisk>,
     meta: &SnapshotMeta,
@@ -412,45 +398,23 @@ pub fn save_store_snapshot(
     let store_len = store.encoded_len();
     let mut writer = snapshots.writer(meta.index, meta.term, encode_snapshot_meta(meta))?;
     writer.write_chunk(&SnapshotPayload::head(registry, store_len))?;
-    let mut counted = CountingWriter {
-        inner: &mut writer,
-        written: 0,
-    };
+    let head_len = writer.data_len();
     store
-        .write_to(&mut counted)
+        .write_to(&mut writer)
         .map_err(|source| StorageError::Io {
             op: "write snapshot",
             path: snapshots.dir().to_path_buf(),
             source,
         })?;
-    if counted.written != store_len {
+    let written = writer.data_len() - head_len;
+    if written != store_len {
         // The length is announced before the store; a mismatch would be a corrupt file.
         return Err(StorageError::BadSnapshot {
             index: meta.index,
-            reason: format!(
-                "the store wrote {} bytes where {store_len} were announced",
-                counted.written
-            ),
+            reason: format!("the store wrote {written} bytes where {store_len} were announced"),
         });
     }
     Ok(writer.finish()?)
-}
-
-struct CountingWriter<W> {
-    inner: W,
-    written: u64,
-}
-
-impl<W: std::io::Write> std::io::Write for CountingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let written = self.inner.write(buf)?;
-        self.written += written as u64;
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// What was found in an existing data directory.
@@ -789,10 +753,7 @@ mod tests {
                 ..ballot_raft::ConfState::default()
             },
         };
-        let payload = SnapshotPayload {
-            registry: cluster.seed.clone(),
-            store: Bytes::from_static(b"store"),
-        };
+        let store = ballot_mvcc::Store::new(ballot_mvcc::StoreConfig::default()).snapshot_state();
         let entries: Vec<LogEntry> = (1..=12)
             .map(|index| {
                 entry_to_wal(&Entry {
@@ -817,7 +778,8 @@ mod tests {
             })
             .expect("append");
         for index in [2, 4, 6, 8, 10] {
-            save_snapshot(&opened.snapshots, &meta(index), &payload).expect("save");
+            save_store_snapshot(&opened.snapshots, &meta(index), &cluster.seed, &store)
+                .expect("save");
         }
         opened
             .wal

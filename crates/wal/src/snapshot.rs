@@ -551,6 +551,11 @@ pub struct SnapshotWriter<D: Disk> {
 }
 
 impl<D: Disk> SnapshotWriter<D> {
+    /// Bytes of snapshot data appended so far.
+    pub fn data_len(&self) -> u64 {
+        self.data_len
+    }
+
     /// Appends snapshot data.
     pub fn write_chunk(&mut self, data: &[u8]) -> Result<(), SnapshotError> {
         self.data_crc = crc32c::crc32c_append(self.data_crc, data);
