@@ -1,6 +1,6 @@
 //! The snapshot store: snapshot files written atomically and checked on load.
 //!
-//! A snapshot is written to `<name>.tmp` (streamed, so it never needs to fit in memory),
+//! A snapshot is written to `<name>.<n>.tmp` (streamed, so it never needs to fit in memory),
 //! checksummed, `fdatasync`ed, renamed to its final name, and the directory is synced; only then
 //! does the caller record a snapshot marker in the WAL. On start the newest snapshot the WAL
 //! vouches for is loaded; a corrupt newest falls back to an older one only when the log still
@@ -37,6 +37,7 @@
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -49,6 +50,8 @@ const TRAILER_MAGIC: [u8; 8] = *b"BLTSNEND";
 const TRAILER_LEN: usize = 24;
 const SNAPSHOT_SUFFIX: &str = ".snap";
 const TMP_SUFFIX: &str = ".tmp";
+/// Numbers the temporary files of the writers of this process.
+static NEXT_WRITER: AtomicU64 = AtomicU64::new(0);
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// Largest `meta` accepted when reading, so a corrupt length cannot ask for gigabytes.
 const META_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -171,9 +174,13 @@ impl<D: Disk> SnapshotStore<D> {
             )));
         }
         let final_path = self.dir.join(file_name(index, term));
-        let tmp_path = self
-            .dir
-            .join(format!("{}{TMP_SUFFIX}", file_name(index, term)));
+        // Each writer has its own temporary file: two writers of the same snapshot (a transfer
+        // restarted by a new leader while the old one's is still open) must not share a file.
+        let writer_number = NEXT_WRITER.fetch_add(1, Ordering::Relaxed);
+        let tmp_path = self.dir.join(format!(
+            "{}.{writer_number}{TMP_SUFFIX}",
+            file_name(index, term)
+        ));
         let file = self
             .disk
             .create_file(&tmp_path)
@@ -198,6 +205,7 @@ impl<D: Disk> SnapshotStore<D> {
             data_len: 0,
             tmp_path,
             final_path,
+            finished: false,
         })
     }
 
@@ -535,7 +543,8 @@ fn checksum_rest(
 }
 
 /// Streams one snapshot into its temporary file; [`SnapshotWriter::finish`] makes it durable
-/// and visible. Dropped unfinished, it leaves a temporary file that the next open removes.
+/// and visible. Dropped unfinished, it removes its temporary file (what a crash leaves behind,
+/// the next open removes).
 pub struct SnapshotWriter<D: Disk> {
     store: SnapshotStore<D>,
     file: D::File,
@@ -548,6 +557,16 @@ pub struct SnapshotWriter<D: Disk> {
     data_len: u64,
     tmp_path: PathBuf,
     final_path: PathBuf,
+    /// Set once the file has been renamed into place.
+    finished: bool,
+}
+
+impl<D: Disk> Drop for SnapshotWriter<D> {
+    fn drop(&mut self) {
+        if !self.finished && self.store.disk.remove_file(&self.tmp_path).is_err() {
+            tracing::debug!(file = %self.tmp_path.display(), "could not remove an abandoned snapshot file");
+        }
+    }
 }
 
 impl<D: Disk> SnapshotWriter<D> {
@@ -601,14 +620,15 @@ impl<D: Disk> SnapshotWriter<D> {
         let disk = &self.store.disk;
         disk.rename(&self.tmp_path, &self.final_path)
             .map_err(io_error("rename snapshot", &self.final_path))?;
+        self.finished = true;
         disk.sync_dir(&self.store.dir)
             .map_err(io_error("sync directory", &self.store.dir))?;
         Ok(SnapshotInfo {
             index: self.index,
             term: self.term,
-            meta: self.meta,
+            meta: self.meta.clone(),
             data_len: self.data_len,
-            path: self.final_path,
+            path: self.final_path.clone(),
             data_offset: self.data_offset,
         })
     }

@@ -183,3 +183,29 @@ fn no_snapshot_is_fine_without_a_marker_or_with_the_whole_log() {
     let error = store.choose_for_recovery(&recovered(Some((3, 1)), vec![]));
     assert!(matches!(error, Err(SnapshotError::Unrecoverable { .. })));
 }
+
+#[test]
+fn two_writers_of_one_snapshot_do_not_share_a_file_and_an_abandoned_one_leaves_nothing() {
+    let disk = FaultyDisk::new();
+    let store = store(&disk);
+    // A transfer restarted while the first one is still open writes the same (index, term).
+    let mut first = store.writer(10, 2, Bytes::new()).expect("first writer");
+    let mut second = store.writer(10, 2, Bytes::new()).expect("second writer");
+    let (one, two) = (data(10), data(11));
+    for (a, b) in one.chunks(1000).zip(two.chunks(1000)) {
+        first.write_chunk(a).expect("first chunk");
+        second.write_chunk(b).expect("second chunk");
+    }
+    first.finish().expect("first finishes");
+    let info = second.finish().expect("second finishes");
+    assert_eq!(store.load(&info.path).expect("load").data, two);
+
+    let mut abandoned = store.writer(20, 2, Bytes::new()).expect("writer");
+    abandoned.write_chunk(&data(20)).expect("chunk");
+    drop(abandoned);
+    let names = disk.list_dir(Path::new("/data/snap")).expect("list");
+    assert!(
+        names.iter().all(|name| !name.ends_with(".tmp")),
+        "left behind: {names:?}"
+    );
+}
