@@ -28,12 +28,13 @@
 //! ```
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use ballot_raft::{Message, MessageBody, NodeId};
-use ballot_wal::{RealDisk, SnapshotStore, SnapshotWriter};
+use ballot_wal::{RealDisk, SnapshotInfo, SnapshotStore, SnapshotWriter};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -326,8 +327,6 @@ struct Inner {
     snapshots: SnapshotStore<RealDisk>,
     partials: Mutex<HashMap<PartialKey, Arc<Mutex<PartialSnapshot>>>>,
     cluster_info: Mutex<Option<Arc<dyn ClusterInfoSource>>>,
-    /// The snapshot data last read for sending, keyed by (index, term).
-    outgoing_snapshot: Mutex<Option<((u64, u64), Bytes)>>,
 }
 
 /// The transport handle. Cheap to clone.
@@ -356,7 +355,6 @@ impl Transport {
                 snapshots,
                 partials: Mutex::new(HashMap::new()),
                 cluster_info: Mutex::new(None),
-                outgoing_snapshot: Mutex::new(None),
             }),
         }
     }
@@ -832,6 +830,69 @@ struct Offer {
     crc: u32,
 }
 
+/// Reads a snapshot file's data in chunks on blocking threads, so a transfer holds one chunk in
+/// memory, not the snapshot. The file is reopened when a chunk is wanted from anywhere but
+/// where the last one ended (a resumed transfer).
+struct SnapshotChunks {
+    snapshots: SnapshotStore<RealDisk>,
+    info: SnapshotInfo,
+    reader: Option<OpenData>,
+}
+
+/// An open snapshot data reader and the data offset it is at.
+type OpenData = (Box<dyn Read + Send>, u64);
+
+impl SnapshotChunks {
+    fn new(snapshots: SnapshotStore<RealDisk>, info: SnapshotInfo) -> Self {
+        Self {
+            snapshots,
+            info,
+            reader: None,
+        }
+    }
+
+    /// Up to `SNAPSHOT_CHUNK_BYTES` of data starting at `offset` (< the data's length).
+    async fn read(&mut self, offset: u64) -> Result<Bytes, TransportError> {
+        let reader = self.reader.take();
+        let snapshots = self.snapshots.clone();
+        let info = self.info.clone();
+        let (chunk, reader) = tokio::task::spawn_blocking(move || {
+            read_snapshot_chunk(&snapshots, &info, reader, offset)
+        })
+        .await
+        .map_err(|error| TransportError::Snapshot(error.to_string()))??;
+        self.reader = Some(reader);
+        Ok(chunk)
+    }
+}
+
+fn read_snapshot_chunk(
+    snapshots: &SnapshotStore<RealDisk>,
+    info: &SnapshotInfo,
+    reader: Option<OpenData>,
+    offset: u64,
+) -> Result<(Bytes, OpenData), TransportError> {
+    let failed = |error: std::io::Error| {
+        TransportError::Snapshot(format!("reading snapshot {}: {error}", info.path.display()))
+    };
+    let mut reader = match reader {
+        Some((reader, at)) if at == offset => reader,
+        _ => {
+            let mut reader: Box<dyn Read + Send> = Box::new(
+                snapshots
+                    .open_data(info)
+                    .map_err(|error| TransportError::Snapshot(error.to_string()))?,
+            );
+            std::io::copy(&mut (&mut reader).take(offset), &mut std::io::sink()).map_err(failed)?;
+            reader
+        }
+    };
+    let want = (info.data_len.saturating_sub(offset)).min(SNAPSHOT_CHUNK_BYTES as u64) as usize;
+    let mut chunk = vec![0u8; want];
+    reader.read_exact(&mut chunk).map_err(failed)?;
+    Ok((Bytes::from(chunk), (reader, offset + want as u64)))
+}
+
 impl Transport {
     /// Streams the snapshot named by a `Snapshot` message on its own connection, then reports
     /// the outcome to the node.
@@ -854,42 +915,32 @@ impl Transport {
         });
     }
 
-    async fn snapshot_data(&self, index: u64, term: u64) -> Result<Bytes, TransportError> {
-        if let Some((key, data)) = lock(&self.inner.outgoing_snapshot).as_ref()
-            && *key == (index, term)
-        {
-            return Ok(data.clone());
-        }
+    /// The verified snapshot file for (index, term): one pass over the file on a blocking
+    /// thread checks it and yields the data's length and checksum for the offer.
+    async fn snapshot_source(&self, index: u64, term: u64) -> Result<SnapshotInfo, TransportError> {
         let snapshots = self.inner.snapshots.clone();
-        let data = tokio::task::spawn_blocking(move || -> Result<Bytes, String> {
-            let info =
-                storage::find_snapshot(&snapshots, index, term).map_err(|e| e.to_string())?;
-            let loaded = snapshots.load(&info.path).map_err(|e| e.to_string())?;
-            Ok(loaded.data)
-        })
-        .await
-        .map_err(|error| TransportError::Snapshot(error.to_string()))?
-        .map_err(TransportError::Snapshot)?;
-        *lock(&self.inner.outgoing_snapshot) = Some(((index, term), data.clone()));
-        Ok(data)
+        tokio::task::spawn_blocking(move || storage::find_snapshot(&snapshots, index, term))
+            .await
+            .map_err(|error| TransportError::Snapshot(error.to_string()))?
+            .map_err(|error| TransportError::Snapshot(error.to_string()))
     }
 
     async fn send_snapshot_with_retries(&self, message: &Message) -> Result<(), TransportError> {
         let MessageBody::Snapshot { meta } = &message.body else {
             return Err(TransportError::Protocol("not a snapshot message".into()));
         };
-        let data = self.snapshot_data(meta.index, meta.term).await?;
+        let source = self.snapshot_source(meta.index, meta.term).await?;
         let mut encoded = BytesMut::new();
         message.encode(&mut encoded);
         let offer = Offer {
             message: encoded.freeze(),
-            total_len: data.len() as u64,
-            crc: crc32c::crc32c(&data),
+            total_len: source.data_len,
+            crc: source.data_crc,
         };
         let mut backoff = BACKOFF_MIN * 5;
         let mut last_error = TransportError::Timeout;
         for attempt in 1..=SNAPSHOT_SEND_ATTEMPTS {
-            match self.send_snapshot_once(message.to, &offer, &data).await {
+            match self.send_snapshot_once(message.to, &offer, &source).await {
                 Ok(()) => return Ok(()),
                 Err(error) => {
                     tracing::info!(
@@ -911,7 +962,7 @@ impl Transport {
         &self,
         to: NodeId,
         offer: &Offer,
-        data: &Bytes,
+        source: &SnapshotInfo,
     ) -> Result<(), TransportError> {
         let urls = self
             .peer(to)
@@ -932,15 +983,22 @@ impl Transport {
                 offer.total_len
             )));
         }
+        let mut chunks = SnapshotChunks::new(self.inner.snapshots.clone(), source.clone());
         while offset < offer.total_len {
-            let end = (offset as usize + SNAPSHOT_CHUNK_BYTES).min(data.len());
-            let chunk = data.slice(offset as usize..end);
+            let chunk = chunks.read(offset).await?;
             write_frame_body(&mut stream, SNAP_CHUNK, |buf| {
                 put_varint(buf, offset);
                 put_bytes(buf, &chunk);
             })
             .await?;
-            offset = expect_offset(&mut stream, SNAP_ACK).await?;
+            let acknowledged = expect_offset(&mut stream, SNAP_ACK).await?;
+            if acknowledged > offer.total_len {
+                return Err(TransportError::Protocol(format!(
+                    "the receiver acknowledged {acknowledged} bytes of {}",
+                    offer.total_len
+                )));
+            }
+            offset = acknowledged;
         }
         let body = read_timed_frame(&mut stream).await?;
         let mut reader = Reader::new(&body);
@@ -1521,5 +1579,56 @@ mod tests {
         assert!(storage::find_snapshot(&receiver.snapshots, 60, 2).is_err());
         drop(receiver.transport);
         let _ = std::fs::remove_dir_all(&receiver.dir);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_sent_from_its_file_in_chunks_and_stored_whole() {
+        let mut receiver = receiver("send-from-file").await;
+        let dir = temp_dir("send-from-file-sender");
+        let snapshots = SnapshotStore::open(RealDisk, &dir, 3).expect("snapshot store");
+        let (input_tx, _input) = mpsc::channel(16);
+        let sender = Transport::new(CLUSTER, SENDER, input_tx, snapshots.clone());
+        sender.set_peer(RECEIVER, vec![format!("http://{}", receiver.addr)]);
+        let message = snapshot_message(70);
+        let MessageBody::Snapshot { meta } = &message.body else {
+            unreachable!()
+        };
+        // Two and a half chunks.
+        let data: Vec<u8> = (0..SNAPSHOT_CHUNK_BYTES * 5 / 2)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let info = snapshots
+            .save(70, 2, encode_snapshot_meta(meta), &data)
+            .expect("save");
+
+        // Chunks read from the file: in order, and again from any offset (a resumed transfer).
+        let mut chunks = SnapshotChunks::new(snapshots.clone(), info);
+        let mut offset = 0;
+        while offset < data.len() {
+            let chunk = chunks.read(offset as u64).await.expect("chunk");
+            assert_eq!(&chunk[..], &data[offset..offset + chunk.len()]);
+            offset += chunk.len();
+        }
+        let resumed = chunks.read(12_345).await.expect("resumed chunk");
+        assert_eq!(&resumed[..], &data[12_345..12_345 + SNAPSHOT_CHUNK_BYTES]);
+
+        sender
+            .send_snapshot_with_retries(&message)
+            .await
+            .expect("sent");
+        match receiver.input.recv().await {
+            Some(PeerInput::Frame {
+                frame: PeerFrame::Messages(messages),
+                ..
+            }) => assert_eq!(messages, vec![message.clone()]),
+            other => panic!("expected the Snapshot message, got {other:?}"),
+        }
+        let stored = storage::find_snapshot(&receiver.snapshots, 70, 2).expect("stored");
+        let stored = receiver.snapshots.load(&stored.path).expect("load");
+        assert_eq!(&stored.data[..], &data[..]);
+        drop(sender);
+        drop(receiver.transport);
+        let _ = std::fs::remove_dir_all(&receiver.dir);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -64,6 +64,8 @@ pub struct SnapshotInfo {
     /// Opaque to the store (the server keeps the encoded configuration here).
     pub meta: Bytes,
     pub data_len: u64,
+    /// CRC32C of the data (what a receiver of the data checks it against).
+    pub data_crc: u32,
     pub path: PathBuf,
     /// Offset of the data in the file.
     data_offset: u64,
@@ -275,6 +277,7 @@ impl<D: Disk> SnapshotStore<D> {
             term,
             meta: Bytes::from(meta),
             data_len,
+            data_crc,
             path: path.to_path_buf(),
             data_offset: 28 + meta_len as u64 + 4,
         })
@@ -628,6 +631,7 @@ impl<D: Disk> SnapshotWriter<D> {
             term: self.term,
             meta: self.meta.clone(),
             data_len: self.data_len,
+            data_crc: self.data_crc,
             path: self.final_path.clone(),
             data_offset: self.data_offset,
         })
