@@ -10,7 +10,7 @@ use ballot_proto::mvccpb::KeyValue;
 use bytes::Bytes;
 
 /// One change of a key: a put (live) or a delete (tombstone).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Version {
     /// Main revision of the change.
     pub main: i64,
@@ -24,6 +24,26 @@ pub(crate) struct Version {
     pub lease: i64,
     /// The value; empty for tombstones.
     pub value: Bytes,
+    /// Whether `value` is an allocation of its own. A put stores the request's value as is: a
+    /// slice of the buffer the request arrived in (a peer frame or an HTTP/2 read buffer,
+    /// holding many requests), which it keeps alive. The compaction that first finds this
+    /// version still needed copies the value out (`KeyHistory::compact`), so a long-lived value
+    /// never pins a buffer, and the many values overwritten before a compaction are never
+    /// copied.
+    pub owned: bool,
+}
+
+/// Equal when they describe the same change; where the value's bytes live (`owned`) is not
+/// part of the state (a member restored from a snapshot owns every value, its peers do not).
+impl PartialEq for Version {
+    fn eq(&self, other: &Self) -> bool {
+        self.main == other.main
+            && self.sub == other.sub
+            && self.create_revision == other.create_revision
+            && self.version == other.version
+            && self.lease == other.lease
+            && self.value == other.value
+    }
 }
 
 impl Version {
@@ -35,6 +55,7 @@ impl Version {
             version: 0,
             lease: 0,
             value: Bytes::new(),
+            owned: true,
         }
     }
 
@@ -132,6 +153,15 @@ impl KeyHistory {
         let keep_newest_below = self.versions[below - 1].is_live();
         let drop = if keep_newest_below { below - 1 } else { below };
         self.versions.drain(..drop);
+        if keep_newest_below {
+            // The versions at or above `revision` are still in the change log and reach the
+            // next compaction; this one does not (see `Version::owned`).
+            let kept = &mut self.versions[0];
+            if !kept.owned {
+                kept.value = Bytes::copy_from_slice(&kept.value);
+                kept.owned = true;
+            }
+        }
         self.versions.is_empty()
     }
 }

@@ -359,6 +359,7 @@ fn read_versions(
             version,
             lease,
             value,
+            owned: true,
         };
         let ordered = versions
             .last()

@@ -341,7 +341,8 @@ impl Store {
         }
         match self.leases.get_mut(&lease) {
             Some(entry) => {
-                entry.keys.insert(key.clone());
+                // Copied, like stored keys and values (see `next_version`).
+                entry.keys.insert(Bytes::copy_from_slice(key));
             }
             None => panic!("put attached key {key:?} to lease {lease} that was checked to exist"),
         }
@@ -509,9 +510,11 @@ fn next_version(previous: Option<&Version>, req: &PutRequest, main: i64, sub: u3
         Some(previous) => (previous.create_revision, previous.version + 1),
         None => (main, 1),
     };
-    let value = match (req.ignore_value, previous) {
-        (true, Some(previous)) => previous.value.clone(),
-        _ => req.value.clone(),
+    // The request's value is stored as is, a slice of the buffer it arrived in, until a
+    // compaction finds it still needed (see `Version::owned`).
+    let (value, owned) = match (req.ignore_value, previous) {
+        (true, Some(previous)) => (previous.value.clone(), previous.owned),
+        _ => (req.value.clone(), false),
     };
     let lease = match (req.ignore_lease, previous) {
         (true, Some(previous)) => previous.lease,
@@ -525,5 +528,6 @@ fn next_version(previous: Option<&Version>, req: &PutRequest, main: i64, sub: u3
         version,
         lease,
         value,
+        owned,
     }
 }

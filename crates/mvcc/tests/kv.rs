@@ -5,7 +5,7 @@ mod common;
 use ballot_mvcc::{ApplyOutcome, Command, GrpcCode, MvccError, StoreConfig, prefix_range_end};
 use ballot_proto::etcdserverpb::{
     Compare, PutRequest, RangeRequest, TxnRequest, compare, range_request::SortOrder,
-    range_request::SortTarget, response_op::Response,
+    range_request::SortTarget, request_op::Request, response_op::Response,
 };
 use ballot_proto::mvccpb::event::EventType;
 use common::*;
@@ -754,4 +754,50 @@ fn configurable_txn_limit() {
         failure: vec![],
     };
     assert_eq!(node.txn(three), Err(MvccError::TooManyOps));
+}
+
+#[test]
+fn stored_keys_and_values_stop_pointing_into_the_request_buffer_by_the_first_compaction() {
+    // A command decoded from a log entry holds slices of the entry's buffer (a peer frame, an
+    // HTTP/2 read buffer, many requests long). A new key is copied at once; a value is copied
+    // by the first compaction that keeps it, so that one live value does not keep the whole
+    // buffer alive afterwards.
+    let mut node = Node::new();
+    let frame = Command::Txn(TxnRequest {
+        compare: vec![],
+        success: vec![op_put("new-key", "value-1"), op_put("other", "value-2")],
+        failure: vec![],
+    })
+    .encode();
+    let inside = |bytes: &[u8]| {
+        let start = frame.as_ptr() as usize;
+        let at = bytes.as_ptr() as usize;
+        at >= start && at < start + frame.len()
+    };
+    let command = Command::decode(frame.clone()).expect("decode");
+    let Command::Txn(txn) = &command else {
+        panic!("decoded {command:?}")
+    };
+    let Some(Request::RequestPut(put)) = &txn.success[0].request else {
+        panic!("decoded {txn:?}")
+    };
+    assert!(
+        inside(&put.key) && inside(&put.value),
+        "decoding slices the buffer (else this test checks nothing)"
+    );
+    node.apply(command);
+    assert!(
+        !inside(&node.get("new-key").expect("stored").key),
+        "a new key is a copy"
+    );
+    node.put("other", "value-3");
+    let revision = node.store.current_revision();
+    node.compact(revision);
+    let kept = node.get("new-key").expect("kept");
+    assert_eq!(&kept.value[..], b"value-1");
+    assert!(
+        !inside(&kept.value),
+        "the compaction copied the value it kept"
+    );
+    assert_eq!(&node.get("other").expect("kept").value[..], b"value-3");
 }
