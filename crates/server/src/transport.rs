@@ -992,9 +992,10 @@ impl Transport {
             })
             .await?;
             let acknowledged = expect_offset(&mut stream, SNAP_ACK).await?;
-            if acknowledged > offer.total_len {
+            // Every chunk must move the transfer forward, and not past its end.
+            if acknowledged <= offset || acknowledged > offer.total_len {
                 return Err(TransportError::Protocol(format!(
-                    "the receiver acknowledged {acknowledged} bytes of {}",
+                    "the receiver acknowledged {acknowledged} bytes of {} after a chunk at {offset}",
                     offer.total_len
                 )));
             }
