@@ -86,7 +86,7 @@ impl KeyIndex {
     /// Adds a key that is not in the index; returns its slot.
     pub(crate) fn insert(&mut self, key: Bytes, history: KeyHistory) -> u32 {
         // The key is copied out of the request's buffer, which it would otherwise keep alive
-        // (see `next_version`).
+        // (as a value does until a compaction copies it, see `Version::owned`).
         let key = Bytes::copy_from_slice(&key);
         let entry = Some(Arc::new(Slot {
             key: key.clone(),

@@ -341,7 +341,7 @@ impl Store {
         }
         match self.leases.get_mut(&lease) {
             Some(entry) => {
-                // Copied, like stored keys and values (see `next_version`).
+                // Copied out of the request's buffer, like a new key (see `KeyIndex::insert`).
                 entry.keys.insert(Bytes::copy_from_slice(key));
             }
             None => panic!("put attached key {key:?} to lease {lease} that was checked to exist"),

@@ -1533,6 +1533,24 @@ mod tests {
         body[1] == 1
     }
 
+    /// The receiver stepped `message` into its node and stored `data` as that snapshot.
+    async fn assert_snapshot_delivered(receiver: &mut Receiver, message: &Message, data: &[u8]) {
+        match receiver.input.recv().await {
+            Some(PeerInput::Frame {
+                frame: PeerFrame::Messages(messages),
+                ..
+            }) => assert_eq!(messages, vec![message.clone()]),
+            other => panic!("expected the Snapshot message, got {other:?}"),
+        }
+        let MessageBody::Snapshot { meta } = &message.body else {
+            panic!("not a snapshot message: {message:?}")
+        };
+        let info =
+            storage::find_snapshot(&receiver.snapshots, meta.index, meta.term).expect("stored");
+        let stored = receiver.snapshots.load(&info.path).expect("load");
+        assert_eq!(&stored.data[..], data);
+    }
+
     #[tokio::test]
     async fn a_snapshot_transfer_resumes_after_a_broken_connection_and_is_checked() {
         let mut receiver = receiver("snapshot").await;
@@ -1558,16 +1576,7 @@ mod tests {
             outcome(&mut second).await,
             "the receiver accepts a matching checksum"
         );
-        match receiver.input.recv().await {
-            Some(PeerInput::Frame {
-                frame: PeerFrame::Messages(messages),
-                ..
-            }) => assert_eq!(messages, vec![message.clone()]),
-            other => panic!("expected the Snapshot message, got {other:?}"),
-        }
-        let info = storage::find_snapshot(&receiver.snapshots, 50, 2).expect("stored");
-        let stored = receiver.snapshots.load(&info.path).expect("load");
-        assert_eq!(&stored.data[..], &data[..]);
+        assert_snapshot_delivered(&mut receiver, &message, &data).await;
 
         // A transfer whose bytes do not match the announced checksum is refused.
         let bad = snapshot_message(60);
@@ -1617,16 +1626,7 @@ mod tests {
             .send_snapshot_with_retries(&message)
             .await
             .expect("sent");
-        match receiver.input.recv().await {
-            Some(PeerInput::Frame {
-                frame: PeerFrame::Messages(messages),
-                ..
-            }) => assert_eq!(messages, vec![message.clone()]),
-            other => panic!("expected the Snapshot message, got {other:?}"),
-        }
-        let stored = storage::find_snapshot(&receiver.snapshots, 70, 2).expect("stored");
-        let stored = receiver.snapshots.load(&stored.path).expect("load");
-        assert_eq!(&stored.data[..], &data[..]);
+        assert_snapshot_delivered(&mut receiver, &message, &data).await;
         drop(sender);
         drop(receiver.transport);
         let _ = std::fs::remove_dir_all(&receiver.dir);
