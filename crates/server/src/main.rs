@@ -11,6 +11,7 @@ use ballot::config::ServerConfig;
 use ballot::dev::DevArgs;
 
 fn main() -> ExitCode {
+    ballot::server::disable_transparent_huge_pages();
     let cli = Cli::parse();
     match cli.command {
         None => run_member(&cli),
