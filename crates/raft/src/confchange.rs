@@ -231,6 +231,19 @@ impl ConfHistory {
         }
     }
 
+    /// Every node that is a member of some configuration in effect at or after entry `index`
+    /// (sorted, without duplicates).
+    pub fn members_since(&self, index: Index) -> Vec<NodeId> {
+        let later = self.changes.partition_point(|(at, _)| *at <= index);
+        let mut all = self.at(index).all_members();
+        for (_, conf) in &self.changes[later..] {
+            all.extend(conf.all_members());
+        }
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
     /// Records a ConfChange entry at `index` (appended after every recorded one). Returns true
     /// when the configuration changed.
     pub fn push_entry(&mut self, index: Index, data: &[u8]) -> bool {

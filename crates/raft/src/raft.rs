@@ -423,6 +423,7 @@ impl Raft {
         for id in self.conf.current().all_members() {
             self.progress.insert(id, self.new_progress(id, next_index));
         }
+        self.track_members_removed_uncommitted(next_index);
         if let Some(own) = self.progress.get_mut(&self.config.id) {
             own.maybe_update(self.log.persisted());
             own.become_replicate();
@@ -437,6 +438,28 @@ impl Raft {
             data: Bytes::new(),
         };
         self.append_as_leader_would(vec![noop]);
+    }
+
+    /// A new leader also replicates to the members that changes not yet committed removed: such
+    /// a member may hold its own removal and, until it learns that the removal committed, it
+    /// may still campaign (see [`Raft::promotable`]). Heard from a leader, it does not; without
+    /// pre-vote and check-quorum its campaigns would depose every leader before the removal
+    /// commits (the Raft dissertation's disruptive server, §4.2.3; simulator seed 42511). It is
+    /// forgotten like any removed member ([`Raft::forget_removed_members`]).
+    fn track_members_removed_uncommitted(&mut self, next_index: Index) {
+        let last_change = self.conf.last_change_index();
+        if last_change <= self.log.committed() {
+            return;
+        }
+        let current = self.conf.current().all_members();
+        for id in self.conf.members_since(self.log.committed()) {
+            if id == self.config.id || current.binary_search(&id).is_ok() {
+                continue;
+            }
+            let mut progress = self.new_progress(id, next_index);
+            progress.removed_at = last_change;
+            self.progress.insert(id, progress);
+        }
     }
 
     fn new_progress(&self, id: NodeId, next_index: Index) -> Progress {
@@ -504,12 +527,13 @@ impl Raft {
                 progress.removed_at = 0;
                 return true;
             }
-            // A removed member keeps receiving the log until it has the entry that removed it
-            // (or at once forgotten if it already has it, or it is this node).
+            // A removed member keeps receiving the log and heartbeats until it knows that its
+            // removal committed (`forget_removed_members`), so that it does not campaign; this
+            // node forgets itself at once.
             if progress.removed_at == 0 {
                 progress.removed_at = removal_index;
             }
-            *id != own_id && progress.match_index < progress.removed_at
+            *id != own_id
         });
         let next_index = self.log.last_index();
         for id in members {

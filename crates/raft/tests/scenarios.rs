@@ -308,4 +308,5 @@ scenarios!(
     read_index,
     lease_read,
     stale_candidate,
+    removed_uncommitted,
 );

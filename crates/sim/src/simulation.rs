@@ -173,13 +173,6 @@ struct Simulation {
     clients_open: bool,
 }
 
-/// How the healing phase's liveness check ended.
-enum Healed {
-    Committed,
-    /// No progress is promised in this configuration (see `unaware_removed_member`).
-    NotRequired,
-}
-
 /// Runs one seed; a panic inside the core or the simulator is reported as a violation.
 pub fn run_seed(seed: u64, options: &SimOptions) -> SeedReport {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -305,10 +298,8 @@ impl Simulation {
             self.step()?;
         }
         self.heal()?;
-        match self.require_healed_write()? {
-            Healed::Committed => self.require_convergence(),
-            Healed::NotRequired => Ok(()),
-        }
+        self.require_healed_write()?;
+        self.require_convergence()
     }
 
     fn add_host(&mut self, id: NodeId, origin: Origin) -> Result<(), Violation> {
@@ -967,9 +958,8 @@ impl Simulation {
     }
 
     /// After healing, a write must commit within a bound (liveness): a dedicated client retries
-    /// until one write is acknowledged. The one exemption is Raft's "disruptive server"
-    /// (dissertation §4.2.3), see [`Simulation::unaware_removed_member`].
-    fn require_healed_write(&mut self) -> Result<Healed, Violation> {
+    /// until one write is acknowledged.
+    fn require_healed_write(&mut self) -> Result<(), Violation> {
         let start = self.world.now;
         let final_client = self.world.clients.len();
         self.world.clients.push(Client {
@@ -988,7 +978,7 @@ impl Simulation {
                     self.world.trace.event(self.world.now, || {
                         "healed cluster committed a write".to_string()
                     });
-                    return Ok(Healed::Committed);
+                    return Ok(());
                 }
                 let value = self.next_value;
                 self.next_value += 1;
@@ -1000,42 +990,12 @@ impl Simulation {
             }
             self.advance()?;
         }
-        if let Some(member) = self.unaware_removed_member() {
-            self.world.trace.event(self.world.now, || {
-                format!(
-                    "no write committed, and none required: pre-vote and check-quorum are off \
-                     and n{member}, whose removal it does not know committed, keeps campaigning"
-                )
-            });
-            return Ok(Healed::NotRequired);
-        }
         Err(Violation {
             invariant: "liveness after healing",
             detail: format!(
                 "no write committed within {HEALED_WRITE_BOUND_STEPS} steps after all faults healed"
             ),
         })
-    }
-
-    /// A member that makes Raft promise no progress when pre-vote and check-quorum are both off:
-    /// one whose latest configuration (its own log) removes it while the removal is not known
-    /// committed. The core lets such a member campaign (it may be needed to elect the leader
-    /// that commits its removal; see `promotable` in ballot-raft), no leader replicates to it
-    /// any more, so it campaigns at every election timeout with a higher term and deposes each
-    /// new leader before the removal commits (the "disruptive server" of the Raft dissertation,
-    /// §4.2.3); the server's refusal of removed members starts only once the removal is
-    /// applied. The server always runs with both protections on, and with either one such a
-    /// member is ignored; the simulator turns them off to stress safety.
-    fn unaware_removed_member(&self) -> Option<NodeId> {
-        if self.config_template.pre_vote || self.config_template.check_quorum {
-            return None;
-        }
-        self.hosts
-            .values()
-            .filter(|host| host.is_up())
-            .filter_map(|host| host.raft.as_ref().map(|raft| raft.status()))
-            .find(|status| !status.conf.contains(status.id) && status.commit < status.last_index)
-            .map(|status| status.id)
     }
 
     fn leave_explicit_joint(&mut self) -> Result<(), Violation> {

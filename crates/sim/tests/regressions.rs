@@ -210,17 +210,17 @@ fn seed_8856_three_nodes_removed_member_deposes_leaders_without_pre_vote_or_chec
     assert_disk_fault_seed_passes(8856, &disk_fault_options(3), "");
 }
 
-/// Not a safety problem, and not one the server can meet: with pre-vote and check-quorum both
-/// off (drawn for this seed, with one-entry Appends), member 1's log holds its own removal,
-/// uncommitted. The core lets it campaign until it knows the removal committed, no leader
-/// replicates to it, so it campaigns at every election timeout with a higher term and deposes
-/// each new leader before that leader has caught member 2 up over a reordering network: no
-/// write committed within the bound after healing. The Raft dissertation's "disruptive server"
-/// (§4.2.3). Fixed in the simulator: the liveness check does not require progress in exactly
-/// this situation. With either protection on (the server always runs both) the same seed
-/// commits after healing.
+/// Liveness, with pre-vote and check-quorum both off (drawn for this seed, with one-entry
+/// Appends): member 1's log holds its own removal, uncommitted. The core lets it campaign until
+/// it knows the removal committed, and no leader replicated to it, so it campaigned at every
+/// election timeout with a higher term and deposed each new leader before that leader had
+/// caught member 2 up over a reordering network: no write committed within the bound after
+/// healing. The Raft dissertation's "disruptive server" (§4.2.3). Fixed in ballot-raft: a new
+/// leader also heartbeats the members that a change it holds but does not know committed
+/// removed, until they know the commit (`track_members_removed_uncommitted`). With either
+/// protection on (the server always runs both) the same seed commits too.
 #[test]
-fn seed_42511_three_nodes_removed_member_disrupts_only_without_pre_vote_and_check_quorum() {
+fn seed_42511_three_nodes_removed_member_no_longer_deposes_leaders() {
     assert_seed_passes(42511, 3);
     for (pre_vote, check_quorum) in [(true, false), (false, true)] {
         let mut options = SimOptions::new(3);
