@@ -629,10 +629,11 @@ impl<D: Disk> SnapshotWriter<D> {
         Ok(SnapshotInfo {
             index: self.index,
             term: self.term,
-            meta: self.meta.clone(),
+            // Moved out (the writer is dropped right after, finished, so it removes nothing).
+            meta: std::mem::take(&mut self.meta),
             data_len: self.data_len,
             data_crc: self.data_crc,
-            path: self.final_path.clone(),
+            path: std::mem::take(&mut self.final_path),
             data_offset: self.data_offset,
         })
     }
