@@ -77,7 +77,8 @@ endpoints=$(sed -n 's/^  etcdctl --endpoints=\([^ ]*\) put foo bar$/\1/p' "$work
 [ -n "$endpoints" ] || { echo "run-against-ballot: no endpoints in the output of ballot dev" >&2; exit 1; }
 
 set +e
-"$here/suite.sh" "$endpoints" "${suite_args[@]}"
+# SUITE_MEMBER_BIN: the suite starts a learner of its own with this binary and promotes it.
+SUITE_MEMBER_BIN=$bin "$here/suite.sh" "$endpoints" "${suite_args[@]}"
 status=$?
 set -e
 exit "$status"
