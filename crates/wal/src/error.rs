@@ -48,6 +48,16 @@ pub enum WalError {
         expected_member_id: u64,
     },
 
+    /// The disk has no room for the next segment ([`crate::Wal::ensure_room`]). Not fatal:
+    /// nothing was written, the WAL stays usable, and the write can be retried once space is
+    /// freed.
+    #[error("no space left on the WAL's disk for the next segment {path}: {source}")]
+    NoSpace {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
     /// An earlier I/O error made the WAL unusable.
     #[error("WAL is unusable after an earlier fatal error: {cause}")]
     Poisoned { cause: String },

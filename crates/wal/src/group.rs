@@ -14,8 +14,10 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -41,7 +43,22 @@ impl Write {
             .sum::<usize>()
             + 64
     }
+
+    /// At least the bytes of records this write adds to the log (a record header, padding and
+    /// the entries' own headers included), for [`Wal::ensure_room`].
+    fn room_bytes(&self) -> u64 {
+        let entries = self.approximate_bytes();
+        let records = entries / crate::record::ENTRIES_RECORD_PAYLOAD_TARGET + 1;
+        let marker = self
+            .snapshot
+            .as_ref()
+            .map_or(0, |marker| marker.meta.len() + 128);
+        (entries + records * 64 + marker + 256) as u64
+    }
 }
+
+/// How often a write that found the disk full tries again for room.
+pub const NO_SPACE_RETRY: Duration = Duration::from_secs(1);
 
 /// Limits of the group-commit writer.
 #[derive(Clone, Debug)]
@@ -112,6 +129,8 @@ impl Completion {
 struct Shared {
     /// Why the writer failed, once it has.
     failure: Mutex<Option<String>>,
+    /// Set by [`GroupCommitWal::shutdown`]: a write that finds no room fails instead of waiting.
+    stopping: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
     dir: PathBuf,
 }
@@ -121,6 +140,7 @@ struct Shared {
 pub struct GroupCommitWal {
     commands: mpsc::Sender<Command>,
     durable: watch::Receiver<DurableState>,
+    no_space: watch::Receiver<bool>,
     durable_snapshot: watch::Receiver<DurableState>,
     shared: Arc<Shared>,
 }
@@ -145,8 +165,10 @@ impl GroupCommitWal {
         let (durable_sender, durable) = watch::channel(wal.durable_state().clone());
         let (durable_snapshot_sender, durable_snapshot) =
             watch::channel(wal.durable_state().clone());
+        let (no_space_sender, no_space) = watch::channel(false);
         let shared = Arc::new(Shared {
             failure: Mutex::new(None),
+            stopping: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
             dir: wal.dir().to_path_buf(),
         });
@@ -158,6 +180,8 @@ impl GroupCommitWal {
             idle: Condvar::new(),
             durable: durable_sender,
             durable_snapshot: durable_snapshot_sender,
+            no_space: no_space_sender,
+            held: Mutex::new(None),
             shared: Arc::clone(&shared),
             batch_bytes_max: options.batch_bytes_max,
             wake: commands.downgrade(),
@@ -183,6 +207,7 @@ impl GroupCommitWal {
         Ok(GroupCommitWal {
             commands,
             durable,
+            no_space,
             durable_snapshot,
             shared,
         })
@@ -266,8 +291,19 @@ impl GroupCommitWal {
         result.await.unwrap_or_else(|_| Err(self.stopped()))
     }
 
+    /// True while a write waits because the disk has no room for the next segment (see
+    /// [`Wal::ensure_room`]): it and every write after it wait, retried every
+    /// [`NO_SPACE_RETRY`], until space is freed; nothing is lost or reordered, and the WAL
+    /// stays usable. Changes when the state does.
+    pub fn no_space(&self) -> watch::Receiver<bool> {
+        self.no_space.clone()
+    }
+
     /// Makes everything queued durable, stops the writer and waits for its thread to end.
+    /// Writes that find no room on the disk then fail with [`WalError::NoSpace`] instead of
+    /// waiting for space.
     pub async fn shutdown(&self) -> Result<(), WalError> {
+        self.shared.stopping.store(true, Ordering::SeqCst);
         let (done, result) = oneshot::channel();
         self.commands
             .send(Command::Shutdown { done })
@@ -325,6 +361,11 @@ struct Committer<D: Disk> {
     durable: watch::Sender<DurableState>,
     /// Like `durable`, changed only when the durable snapshot marker changes.
     durable_snapshot: watch::Sender<DurableState>,
+    /// True while `held` waits for disk space.
+    no_space: watch::Sender<bool>,
+    /// A write taken from the channel that found no room on the disk; the next turn starts
+    /// with it, so it keeps its place before everything still in the channel.
+    held: Mutex<Option<Command>>,
     shared: Arc<Shared>,
     batch_bytes_max: usize,
     /// Does not keep the channel open: when every handle is gone the committers finish.
@@ -356,7 +397,8 @@ impl<D: Disk> Committer<D> {
             self.reject_queued(receiver);
             return Turn::Stop;
         }
-        let Some(first) = receiver.blocking_recv() else {
+        let held = lock(&self.held).take();
+        let Some(first) = held.or_else(|| receiver.blocking_recv()) else {
             // Every handle is gone (or the channel was closed at shutdown): make what was
             // gathered durable before the committers end.
             let _ = self.drain_and_sync(Vec::new());
@@ -366,10 +408,39 @@ impl<D: Disk> Committer<D> {
         let mut waiters = Vec::new();
         let mut batch_bytes = 0;
         let mut wrote = false;
+        let mut waiting_for_space = false;
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
                 Command::Write { write, done } => {
+                    match wal.ensure_room(write.room_bytes()) {
+                        // Only a reader's lock on the common path.
+                        Ok(()) if *self.no_space.borrow() => self.report_no_space(None),
+                        Ok(()) => {}
+                        Err(error @ WalError::NoSpace { .. }) => {
+                            if self.shared.stopping.load(Ordering::SeqCst) {
+                                if let Some(done) = done {
+                                    let _ = done.send(Err(error));
+                                }
+                            } else {
+                                self.report_no_space(Some(&error));
+                                *lock(&self.held) = Some(Command::Write { write, done });
+                                waiting_for_space = true;
+                                break;
+                            }
+                            if batch_bytes < self.batch_bytes_max {
+                                next = receiver.try_recv().ok();
+                            }
+                            continue;
+                        }
+                        Err(error) => {
+                            drop(wal);
+                            waiters.extend(done);
+                            self.fail(error, waiters);
+                            self.reject_queued(receiver);
+                            return Turn::Stop;
+                        }
+                    }
                     wrote = true;
                     batch_bytes += write.approximate_bytes();
                     waiters.extend(done);
@@ -410,6 +481,10 @@ impl<D: Disk> Committer<D> {
             return Turn::Stop;
         }
         if !wrote {
+            drop(wal);
+            if waiting_for_space {
+                self.wait_before_retrying_room();
+            }
             return Turn::Idle;
         }
         match wal.start_sync() {
@@ -460,6 +535,38 @@ impl<D: Disk> Committer<D> {
         }
         *lock(&self.in_flight) -= 1;
         self.idle.notify_all();
+    }
+
+    /// Records whether a write waits for disk space (`Some(error)`) or not, logging the
+    /// changes.
+    fn report_no_space(&self, error: Option<&WalError>) {
+        let waiting = error.is_some();
+        let changed = self.no_space.send_if_modified(|current| {
+            let changed = *current != waiting;
+            *current = waiting;
+            changed
+        });
+        match error {
+            Some(error) if changed => tracing::error!(
+                %error,
+                retry_every = ?NO_SPACE_RETRY,
+                "the WAL's disk is full: writes wait (none is lost) until space is freed"
+            ),
+            None if changed => tracing::warn!("the WAL's disk has room again: writes resume"),
+            _ => {}
+        }
+    }
+
+    /// Sleeps [`NO_SPACE_RETRY`] before the held write is tried again, or less once
+    /// [`GroupCommitWal::shutdown`] has begun.
+    fn wait_before_retrying_room(&self) {
+        let slices = 10;
+        for _ in 0..slices {
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(NO_SPACE_RETRY / slices);
+        }
     }
 
     /// Reports `state` on the durable watches; call under the WAL lock.

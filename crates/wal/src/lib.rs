@@ -42,7 +42,7 @@ mod wal;
 
 pub use disk::{CrashOptions, Disk, DiskFile, DiskOp, FaultyDisk, InjectedError, RealDisk};
 pub use error::{RESTORE_ADVICE, SnapshotError, WalError};
-pub use group::{Completion, GroupCommitOptions, GroupCommitWal, Write};
+pub use group::{Completion, GroupCommitOptions, GroupCommitWal, NO_SPACE_RETRY, Write};
 pub use meta::META_FILE_NAME;
 pub use snapshot::{LoadedSnapshot, SnapshotInfo, SnapshotStore, SnapshotWriter};
 pub use types::{

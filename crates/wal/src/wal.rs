@@ -57,8 +57,8 @@ pub struct Wal<D: Disk> {
     /// written and synced when the segment was prepared (with `preallocate_segments`).
     active_file_len: u64,
     /// The next segment, being zero-filled on a helper thread (see
-    /// [`Wal::prepare_segments_in_background`]).
-    next_segment: Option<PreparingSegment<D::File>>,
+    /// [`Wal::prepare_segments_in_background`]) or ready (see [`Wal::ensure_room`]).
+    next_segment: Option<NextSegment<D::File>>,
     prepare_in_background: bool,
     /// Offset in the active segment where its preamble ends; a segment holding nothing more is
     /// never rolled over, so a record larger than a segment still finds a home.
@@ -98,7 +98,7 @@ impl<D: Disk> Drop for Wal<D> {
     fn drop(&mut self) {
         // A preparer must not outlive its WAL: a WAL reopened on the same directory could
         // otherwise adopt the temporary file while the old thread is still zero-filling it.
-        if let Some(preparing) = self.next_segment.take() {
+        if let Some(NextSegment::Preparing(preparing)) = self.next_segment.take() {
             let _ = preparing.thread.join();
         }
     }
@@ -189,6 +189,54 @@ struct PreparingSegment<F> {
     seq: u64,
     result: mpsc::Receiver<std::io::Result<F>>,
     thread: JoinHandle<()>,
+}
+
+impl<F> PreparingSegment<F> {
+    /// Waits for the helper thread; the file if it prepared one.
+    fn finish(self, temporary: &Path) -> Option<F> {
+        let result = self.result.recv();
+        let _ = self.thread.join();
+        match result {
+            Ok(Ok(file)) => Some(file),
+            // A failed preparation made nothing durable and reported nothing: the caller tries
+            // again itself.
+            Ok(Err(error)) => {
+                tracing::warn!(%error, file = %temporary.display(),
+                    "preparing the next WAL segment in the background failed; retrying");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// The segment after the active one, before the rollover that puts it under its name.
+enum NextSegment<F> {
+    /// Being zero-filled on a helper thread.
+    Preparing(PreparingSegment<F>),
+    /// Zero-filled (and synced) under its temporary name.
+    Ready { seq: u64, file: F },
+}
+
+impl<F> NextSegment<F> {
+    /// The prepared file of segment `seq`, waiting for a helper thread if one is at work.
+    fn into_file(self, seq: u64, temporary: &Path) -> Option<F> {
+        match self {
+            NextSegment::Preparing(preparing) => {
+                let prepared = preparing.seq;
+                preparing.finish(temporary).filter(|_| prepared == seq)
+            }
+            NextSegment::Ready { seq: ready, file } => (ready == seq).then_some(file),
+        }
+    }
+}
+
+/// ENOSPC or EDQUOT: the disk (or the user's quota) has no room.
+fn is_out_of_space(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT)
+    )
 }
 
 /// The temporary name a segment is prepared under; only a fully zero-filled and synced file is
@@ -308,7 +356,7 @@ impl<D: Disk> Wal<D> {
         dir: &Path,
         options: &WalOptions,
         seq: u64,
-        prepared: Option<PreparingSegment<D::File>>,
+        prepared: Option<NextSegment<D::File>>,
     ) -> Result<(D::File, u64), WalError> {
         let path = dir.join(segment_file_name(seq));
         if !options.preallocate_segments {
@@ -318,23 +366,8 @@ impl<D: Disk> Wal<D> {
             return Ok((file, 0));
         }
         let temporary = prepared_segment_path(dir, seq);
-        let prepared = prepared
-            .filter(|preparing| preparing.seq == seq)
-            .and_then(|preparing| {
-                let result = preparing.result.recv();
-                let _ = preparing.thread.join();
-                match result {
-                    Ok(Ok(file)) => Some(file),
-                    // A failed preparation made nothing durable and reported nothing: try again
-                    // here, where a second failure is fatal.
-                    Ok(Err(error)) => {
-                        tracing::warn!(%error, file = %temporary.display(),
-                            "preparing the next WAL segment in the background failed; retrying");
-                        None
-                    }
-                    Err(_) => None,
-                }
-            });
+        // A second failure, here, is fatal (see `Wal::ensure_room` for the way to avoid it).
+        let prepared = prepared.and_then(|next| next.into_file(seq, &temporary));
         let file = match prepared {
             Some(file) => file,
             None => prepare_segment_file(
@@ -375,15 +408,21 @@ impl<D: Disk> Wal<D> {
         let spawned = std::thread::Builder::new()
             .name("wal-prealloc".into())
             .spawn(move || {
-                let _ = sender.send(prepare_segment_file(&disk, &path, len, sync));
+                let prepared = prepare_segment_file(&disk, &path, len, sync);
+                if prepared.is_err() {
+                    // A partial file would hold space a full disk needs for everything else;
+                    // the rollover prepares the segment again.
+                    let _ = disk.remove_file(&path);
+                }
+                let _ = sender.send(prepared);
             });
         match spawned {
             Ok(thread) => {
-                self.next_segment = Some(PreparingSegment {
+                self.next_segment = Some(NextSegment::Preparing(PreparingSegment {
                     seq,
                     result,
                     thread,
-                })
+                }))
             }
             // Not fatal: the rollover prepares the segment itself.
             Err(error) => tracing::warn!(%error, "cannot start the WAL segment preparer thread"),
@@ -467,6 +506,63 @@ impl<D: Disk> Wal<D> {
         tracing::error!(%error, "WAL failed; it is now unusable and the node must stop");
         self.poisoned = Some(error.to_string());
         error
+    }
+
+    /// Makes sure that `bytes` more of records can be written without needing disk space the
+    /// WAL cannot get: when they do not fit in the active segment, the next segment is prepared
+    /// (zero-filled and synced under its temporary name) now, or its background preparation
+    /// awaited. When the disk has no room for it (ENOSPC, EDQUOT) nothing changes, the partial
+    /// file is removed, and [`WalError::NoSpace`] is returned: the WAL stays usable, and the
+    /// caller may try again once space is freed. Any other error is fatal as usual.
+    ///
+    /// Writes into the active segment need no new space (it was zero-filled when created), so a
+    /// caller that asks for room for each write before appending it never meets ENOSPC at a
+    /// rollover, where it would be fatal. Room for more than one new segment is not ensured:
+    /// a write larger than a whole segment may still meet it. Without preallocated segments
+    /// this does nothing (every write may then need space).
+    pub fn ensure_room(&mut self, bytes: u64) -> Result<(), WalError> {
+        self.check_usable()?;
+        if !self.options.preallocate_segments {
+            return Ok(());
+        }
+        let used = self.active_written_len + self.buffer.len() as u64;
+        if used.saturating_add(bytes) <= self.options.segment_size_bytes {
+            return Ok(());
+        }
+        let seq = self.segments[self.segments.len() - 1].seq + 1;
+        let temporary = prepared_segment_path(&self.dir, seq);
+        if matches!(&self.next_segment, Some(NextSegment::Ready { seq: ready, .. }) if *ready == seq)
+        {
+            return Ok(());
+        }
+        let prepared = self
+            .next_segment
+            .take()
+            .and_then(|next| next.into_file(seq, &temporary));
+        let file = match prepared {
+            Some(file) => file,
+            None => match prepare_segment_file(
+                &self.disk,
+                &temporary,
+                self.options.segment_size_bytes,
+                self.options.sync_mode == SyncMode::Always,
+            ) {
+                Ok(file) => file,
+                Err(source) if is_out_of_space(&source) => {
+                    // What the attempt wrote is given back; the name was never a segment's.
+                    let _ = self.disk.remove_file(&temporary);
+                    return Err(WalError::NoSpace {
+                        path: temporary,
+                        source,
+                    });
+                }
+                Err(source) => {
+                    return Err(self.poison(io_error("prepare segment", &temporary)(source)));
+                }
+            },
+        };
+        self.next_segment = Some(NextSegment::Ready { seq, file });
+        Ok(())
     }
 
     /// Appends entries (buffered until [`Wal::sync`]).

@@ -398,3 +398,78 @@ fn blocking_callers_work_without_a_runtime() {
         .expect("durable");
     assert_eq!(state.last_index, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_while_the_disk_is_full_and_resume_in_order_when_space_is_freed() {
+    let disk = FaultyDisk::new();
+    let (wal, _) = open(&disk, 4096).expect("open");
+    let wal = GroupCommitWal::spawn(wal, GroupCommitOptions::default()).expect("spawn");
+    let dir = Path::new("/data/wal");
+    // Let the background preparation of segment 2 finish, then leave the disk no room beyond
+    // what exists: segment 2 can still be used, segment 3 cannot be made.
+    let prepared = dir.join(format!("{:016x}.wal.prealloc", 2));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while disk.synced_len(&prepared).ok() != Some(4096) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "segment 2 is prepared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let used: u64 = disk
+        .list_dir(dir)
+        .expect("list")
+        .iter()
+        .map(|name| disk.file_len(&dir.join(name)).expect("len"))
+        .sum();
+    disk.set_capacity_bytes(Some(used));
+
+    let write = |index: u64| Write {
+        entries: vec![entry(index, 1, &[index as u8; 1000])],
+        ..Write::default()
+    };
+    let mut no_space = wal.no_space();
+    assert!(!*no_space.borrow());
+    let mut index = 1;
+    // Writes are durable until the log needs segment 3; that write then waits.
+    let mut held = loop {
+        let mut completion = Box::pin(wal.submit(write(index)).await.expect("submit").wait());
+        tokio::select! {
+            durable = &mut completion => {
+                durable.expect("durable while there is room");
+            }
+            waiting = no_space.wait_for(|waiting| *waiting) => {
+                waiting.expect("the writer is alive");
+                break completion;
+            }
+        }
+        index += 1;
+        assert!(index < 20, "the disk fills within a few writes");
+    };
+    // A later write queues behind the waiting one; nothing more becomes durable meanwhile.
+    let later = wal.submit(write(index + 1)).await.expect("submit");
+    tokio::time::sleep(ballot_wal::NO_SPACE_RETRY * 2).await;
+    assert!(*wal.no_space().borrow(), "still no space");
+    assert_eq!(wal.durable().borrow().last_index, index - 1);
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(1), &mut held)
+            .await
+            .is_err(),
+        "the waiting write is not durable"
+    );
+    assert_eq!(wal.failure(), None, "a full disk is not a failure");
+
+    disk.set_capacity_bytes(None);
+    held.await.expect("durable once space is freed");
+    let durable = later.wait().await.expect("durable once space is freed");
+    assert_eq!(durable.last_index, index + 1);
+    no_space
+        .wait_for(|waiting| !*waiting)
+        .await
+        .expect("the no-space state ends");
+    wal.shutdown().await.expect("shutdown");
+    drop(wal);
+    let (_, recovered) = open(&disk, 4096).expect("reopen");
+    let indexes: Vec<u64> = recovered.entries.iter().map(|entry| entry.index).collect();
+    assert_eq!(indexes, (1..=index + 1).collect::<Vec<_>>());
+}

@@ -177,6 +177,63 @@ fn a_zero_gap_in_the_last_batch_is_a_torn_tail_whose_leftovers_never_come_back()
 }
 
 #[test]
+fn a_full_disk_refuses_room_for_the_next_segment_and_the_wal_stays_usable() {
+    let disk = FaultyDisk::new();
+    let (mut wal, _) = open(&disk, 4096).expect("open");
+    disk.set_capacity_bytes(Some(4096 + 32 + 100));
+    let record_bytes = 1000 + 64;
+    let mut written = 0;
+    let error = loop {
+        let index = written + 1;
+        match wal.ensure_room(record_bytes) {
+            Ok(()) => {
+                wal.append(&[entry(index, 1, &[index as u8; 1000])])
+                    .expect("append with room ensured");
+                wal.sync().expect("sync");
+                written = index;
+            }
+            Err(error) => break error,
+        }
+        assert!(index < 10, "the second segment cannot fit");
+    };
+    match &error {
+        WalError::NoSpace { source, .. } => assert_eq!(source.raw_os_error(), Some(libc::ENOSPC)),
+        other => panic!("expected NoSpace, got {other}"),
+    }
+    assert!(written >= 1, "the first segment took writes");
+    // Nothing of the failed preparation is left taking space, and the WAL still works.
+    assert_eq!(
+        segment_names(&disk),
+        vec![format!("{:016x}.wal", 1), "wal.meta".to_owned()]
+    );
+    wal.set_hard_state(HardState {
+        term: 2,
+        vote: 1,
+        commit: written,
+    })
+    .expect("a small record still fits in the active segment");
+    wal.sync().expect("sync after NoSpace");
+    assert!(matches!(
+        wal.ensure_room(record_bytes),
+        Err(WalError::NoSpace { .. })
+    ));
+
+    // Space is freed: the same write goes through, into the next segment.
+    disk.set_capacity_bytes(None);
+    wal.ensure_room(record_bytes)
+        .expect("room once space is freed");
+    let next = written + 1;
+    wal.append(&[entry(next, 2, &[7; 1000])]).expect("append");
+    wal.sync().expect("sync");
+    assert!(segment_names(&disk).contains(&format!("{:016x}.wal", 2)));
+    drop(wal);
+    let (_, recovered) = open(&disk, 4096).expect("reopen");
+    assert_eq!(recovered.entries.len() as u64, next);
+    assert_eq!(recovered.entries.last(), Some(&entry(next, 2, &[7; 1000])));
+    assert_eq!(recovered.hard_state.term, 2);
+}
+
+#[test]
 fn a_full_disk_fails_the_next_segments_preparation_and_is_fatal() {
     let disk = FaultyDisk::new();
     let (mut wal, _) = open(&disk, 4096).expect("open");

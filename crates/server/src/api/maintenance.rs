@@ -1,17 +1,19 @@
 //! The Maintenance service: Status, Alarm, Defragment, Hash, HashKV, Snapshot, MoveLeader
 //! (etcd `v3rpc/maintenance.go`).
 //!
-//! Ballot raises no alarms (it has no space quota and checks corruption on read), so Alarm
-//! answers an empty list for every action, and Defragment has nothing to do: the store lives in
-//! memory and is compacted in place.
+//! Ballot has no space quota and checks corruption on read; the one alarm it raises is NOSPACE,
+//! for a member whose WAL disk is full (its writes wait until space is freed, and it refuses new
+//! requests with etcd's "database space exceeded"). The alarm ends by itself once the disk has
+//! room again, so Alarm reports it for every action and changes nothing. Defragment has nothing
+//! to do: the store lives in memory and is compacted in place.
 
 use std::pin::Pin;
 
 use ballot_proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
-    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
-    maintenance_server::Maintenance,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse, maintenance_server::Maintenance,
 };
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
@@ -66,6 +68,10 @@ impl<N: ApiNode> Api<N> {
         // etcd reports a missing leader in `errors` (etcdctl prints it in endpoint status).
         if status.leader_id == 0 {
             errors.push("etcdserver: no leader".to_owned());
+        }
+        // etcd lists its alarms there too, in the protobuf text form of `AlarmMember`.
+        if status.no_space {
+            errors.push(format!("memberID:{} alarm:NOSPACE ", status.member_id));
         }
         let db_size = i64::try_from(status.db_size_bytes).unwrap_or(i64::MAX);
         StatusResponse {
@@ -139,9 +145,18 @@ impl<N: ApiNode> Maintenance for Api<N> {
         &self,
         _request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
+        let status = self.node.status();
+        let alarms = if status.no_space {
+            vec![AlarmMember {
+                member_id: status.member_id,
+                alarm: AlarmType::Nospace as i32,
+            }]
+        } else {
+            Vec::new()
+        };
         let result = Ok(AlarmResponse {
             header: self.current_header(),
-            alarms: Vec::new(),
+            alarms,
         });
         record(GrpcMethod::MaintenanceAlarm, result).map(Response::new)
     }

@@ -243,6 +243,7 @@ impl ApiNode for LocalNode {
             is_learner: false,
             db_size_bytes: 4096,
             leader_changes: 1,
+            no_space: false,
         }
     }
 

@@ -115,6 +115,8 @@ pub struct Driver {
     pub durable_term_vote: (u64, u64),
     /// A newer commit index not yet written (see [`Driver::write_for`]).
     pub pending_hard_state: Option<ballot_raft::HardState>,
+    /// The WAL's disk is full ([`GroupCommitWal::no_space`]).
+    pub no_space: watch::Receiver<bool>,
 }
 
 /// Why the driver stopped.
@@ -170,6 +172,11 @@ impl Driver {
                     let applied = *self.applied.borrow_and_update();
                     self.on_applied(applied);
                 }
+                Ok(()) = self.no_space.changed() => {
+                    if *self.no_space.borrow_and_update() {
+                        self.hand_over_leadership();
+                    }
+                }
                 Some(input) = self.peer_input.recv() => self.on_peer_input(input),
                 Some(request) = self.requests.recv() => self.on_request(request),
             }
@@ -181,6 +188,36 @@ impl Driver {
                 self.handle_ready(ready).await?;
             }
             self.publish_view();
+        }
+    }
+
+    /// A leader whose disk is full can still send its log (the followers' acknowledgements
+    /// commit it), but it cannot make its own entries durable, so it can apply nothing and
+    /// answers none of its clients: it hands leadership to the voter that holds the most of the
+    /// log, and the cluster goes on with a leader that can write.
+    fn hand_over_leadership(&mut self) {
+        let status = self.raft.status();
+        if status.role != Role::Leader {
+            return;
+        }
+        let target = status
+            .progress
+            .iter()
+            .filter(|(id, _)| *id != status.id && status.conf.voters.contains(id))
+            .max_by_key(|(_, progress)| progress.match_index)
+            .map(|(id, _)| *id);
+        let Some(target) = target else {
+            tracing::warn!("the disk is full and no other voter can take over the leadership");
+            return;
+        };
+        match self.raft.transfer_leader(target) {
+            Ok(()) => tracing::warn!(
+                target = format_args!("{target:x}"),
+                "the disk is full: handing the leadership over"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "the disk is full; cannot hand the leadership over")
+            }
         }
     }
 

@@ -22,6 +22,10 @@ pub enum NodeError {
     /// Too many requests are waiting; the client should back off.
     #[error("etcdserver: too many requests")]
     TooManyRequests,
+    /// This member's WAL disk is full: its writes wait for space, so it takes no new requests
+    /// (etcd's answer when its space quota is exceeded).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     /// The request is larger than `--max-request-bytes`.
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
@@ -70,7 +74,7 @@ impl NodeError {
             | NodeError::Timeout
             | NodeError::LeaderChanged
             | NodeError::Stopped => Code::Unavailable,
-            NodeError::TooManyRequests => Code::ResourceExhausted,
+            NodeError::TooManyRequests | NodeError::NoSpace => Code::ResourceExhausted,
             NodeError::RequestTooLarge | NodeError::MemberBadUrls => Code::InvalidArgument,
             NodeError::Mvcc(error) => match error.grpc_code() {
                 ballot_mvcc::GrpcCode::InvalidArgument => Code::InvalidArgument,

@@ -128,6 +128,9 @@ pub struct NodeStatus {
     pub db_size_bytes: u64,
     /// Leader changes this member has seen since it started.
     pub leader_changes: u64,
+    /// The WAL's disk is full: this member's writes wait until space is freed, and it refuses
+    /// new requests (etcd's NOSPACE alarm).
+    pub no_space: bool,
 }
 
 /// What the node's tasks and handles share.
@@ -146,6 +149,8 @@ pub(crate) struct NodeShared {
     leases: Mutex<lease::LeaseKeeper>,
     transport: Transport,
     wal: GroupCommitWal,
+    /// True while the WAL's disk is full ([`GroupCommitWal::no_space`]).
+    no_space: watch::Receiver<bool>,
     snapshots: SnapshotStore<RealDisk>,
     snapshot_in_progress: AtomicBool,
     removed: AtomicBool,
@@ -315,6 +320,9 @@ impl NodeHandle {
     fn check_ready(&self) -> Result<(), NodeError> {
         if self.shared.is_stopped() {
             return Err(NodeError::Stopped);
+        }
+        if *self.shared.no_space.borrow() {
+            return Err(NodeError::NoSpace);
         }
         let view = self.shared.view.borrow();
         if view.leader == 0 {
@@ -727,6 +735,7 @@ impl NodeHandle {
             is_learner: view.is_learner,
             db_size_bytes: self.shared.db_size.bytes(),
             leader_changes: self.shared.leader_changes.load(Ordering::Relaxed),
+            no_space: *self.shared.no_space.borrow(),
         }
     }
 
@@ -904,6 +913,7 @@ pub fn start(
         peer_requests: PeerRequests::default(),
         leases: Mutex::new(lease::LeaseKeeper::new()),
         transport: transport.clone(),
+        no_space: opened.wal.no_space(),
         wal: opened.wal.clone(),
         snapshots: opened.snapshots,
         snapshot_in_progress: AtomicBool::new(false),
@@ -939,6 +949,7 @@ pub fn start(
         deferred_conf_changes: Vec::new(),
         durable_term_vote: (status.term, status.vote),
         pending_hard_state: None,
+        no_space: shared.no_space.clone(),
     };
     let applier = apply::Applier {
         shared: Arc::clone(&shared),

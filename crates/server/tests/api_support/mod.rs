@@ -101,7 +101,12 @@ impl Cluster {
     /// Starts `size` members with `extra` flags each and waits until every member knows the
     /// same leader.
     pub async fn start(size: usize, extra: &[&str]) -> Cluster {
-        let dir = TempDir::new("api");
+        Cluster::start_in(TempDir::new("api"), size, extra).await
+    }
+
+    /// Like [`Cluster::start`], in `dir`: member `i` keeps its data in `dir/m{i}`, which the
+    /// caller may have prepared (a mount point, say).
+    pub async fn start_in(dir: TempDir, size: usize, extra: &[&str]) -> Cluster {
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
         let initial_cluster = ports
             .iter()
