@@ -119,6 +119,22 @@ async fn local_keys(channel: Channel, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every key of `acked` is in the member's own store.
+async fn assert_stored(channel: Channel, acked: &[String], when: &str) {
+    let stored = local_keys(channel, "k").await;
+    for key in acked {
+        assert!(stored.contains(key), "acknowledged {key} is missing {when}");
+    }
+}
+
+/// The alarm list of a member whose disk is full.
+fn no_space_alarm(member_id: u64) -> Vec<AlarmMember> {
+    vec![AlarmMember {
+        member_id,
+        alarm: AlarmType::Nospace as i32,
+    }]
+}
+
 fn assert_no_space(result: Result<tonic::Response<impl std::fmt::Debug>, tonic::Status>) {
     match result {
         Ok(response) => panic!("expected {NO_SPACE:?}, got {response:?}"),
@@ -172,13 +188,7 @@ async fn a_member_with_a_full_disk_refuses_writes_keeps_serving_reads_and_resume
     assert_eq!(refused.message(), NO_SPACE);
 
     // The member still answers: the alarm, the status, and reads of everything acknowledged.
-    assert_eq!(
-        alarms(member.channel().await).await,
-        vec![AlarmMember {
-            member_id: me,
-            alarm: AlarmType::Nospace as i32,
-        }]
-    );
+    assert_eq!(alarms(member.channel().await).await, no_space_alarm(me));
     let status = MaintenanceClient::new(member.channel().await)
         .status(StatusRequest {})
         .await
@@ -192,10 +202,7 @@ async fn a_member_with_a_full_disk_refuses_writes_keeps_serving_reads_and_resume
         "{:?}",
         status.errors
     );
-    let stored = local_keys(member.channel().await, "k").await;
-    for key in &acked {
-        assert!(stored.contains(key), "acknowledged {key} is missing");
-    }
+    assert_stored(member.channel().await, &acked, "while the disk is full").await;
     assert_no_space(kv.put(put("still-refused", "v")).await);
 
     // Space is freed: the waiting write goes through, the alarm ends, writes are taken again.
@@ -207,13 +214,8 @@ async fn a_member_with_a_full_disk_refuses_writes_keeps_serving_reads_and_resume
     .await;
     assert!(resumed.is_some(), "log:\n{}", member.log_tail());
     assert_eq!(alarms(member.channel().await).await, Vec::new());
-    let stored = local_keys(member.channel().await, "k").await;
-    for key in &acked {
-        assert!(
-            stored.contains(key),
-            "acknowledged {key} is missing after the resume"
-        );
-    }
+    assert_stored(member.channel().await, &acked, "after the resume").await;
+    // The members stop before their file system goes.
     drop(cluster);
     drop(tmpfs);
 }
@@ -267,13 +269,7 @@ async fn a_leader_with_a_full_disk_hands_over_and_the_cluster_keeps_writing() {
         new_leader, 0,
         "the member with the full disk no longer leads"
     );
-    assert_eq!(
-        alarms(full.channel().await).await,
-        vec![AlarmMember {
-            member_id: full_id,
-            alarm: AlarmType::Nospace as i32,
-        }]
-    );
+    assert_eq!(alarms(full.channel().await).await, no_space_alarm(full_id));
     assert_no_space(
         KvClient::new(full.channel().await)
             .put(put("refused", "v"))
@@ -309,13 +305,8 @@ async fn a_leader_with_a_full_disk_hands_over_and_the_cluster_keeps_writing() {
     .await;
     assert!(agreed.is_some(), "logs:\n{}", cluster.logs());
     assert_eq!(alarms(full.channel().await).await, Vec::new());
-    let stored = local_keys(full.channel().await, "k").await;
-    for key in &acked {
-        assert!(
-            stored.contains(key),
-            "acknowledged {key} is missing on member 0"
-        );
-    }
+    assert_stored(full.channel().await, &acked, "on member 0").await;
+    // The members stop before their file system goes.
     drop(cluster);
     drop(tmpfs);
 }
