@@ -160,6 +160,10 @@ impl Driver {
                 }
                 _ = ticker.tick() => {
                     self.raft.tick();
+                    // Until a hand-over succeeds (one may time out).
+                    if *self.no_space.borrow() {
+                        self.hand_over_leadership();
+                    }
                     // The core drops a read it cannot confirm; forget reads whose callers gave up.
                     self.read_waiters
                         .retain(|_, replies| replies.iter().any(|reply| !reply.is_closed()));
@@ -194,10 +198,14 @@ impl Driver {
     /// A leader whose disk is full can still send its log (the followers' acknowledgements
     /// commit it), but it cannot make its own entries durable, so it can apply nothing and
     /// answers none of its clients: it hands leadership to the voter that holds the most of the
-    /// log, and the cluster goes on with a leader that can write.
+    /// log, and the cluster goes on with a leader that can write. Called when the disk fills
+    /// and at every tick while it stays full, so a transfer that timed out is tried again.
     fn hand_over_leadership(&mut self) {
+        if self.soft_state.role != Role::Leader {
+            return;
+        }
         let status = self.raft.status();
-        if status.role != Role::Leader {
+        if status.lead_transferee.is_some() {
             return;
         }
         let target = status
@@ -207,7 +215,7 @@ impl Driver {
             .max_by_key(|(_, progress)| progress.match_index)
             .map(|(id, _)| *id);
         let Some(target) = target else {
-            tracing::warn!("the disk is full and no other voter can take over the leadership");
+            tracing::debug!("the disk is full and no other voter can take over the leadership");
             return;
         };
         match self.raft.transfer_leader(target) {
