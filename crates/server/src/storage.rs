@@ -587,6 +587,17 @@ mod tests {
         TempDir(dir)
     }
 
+    /// Stops the WAL's writer threads and waits for them, so that nothing writes into the
+    /// directory once a test reopens or removes it (dropping the handle lets them finish on
+    /// their own time, which raced the directory's removal and left it behind).
+    fn close(opened: Opened) {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(opened.wal.shutdown())
+            .expect("WAL shutdown");
+    }
+
     fn cluster_file() -> ClusterFile {
         ClusterFile {
             cluster_id: 0xc1,
@@ -674,6 +685,7 @@ mod tests {
                 store: store.snapshot(),
             }
         );
+        close(opened);
     }
 
     #[test]
@@ -726,12 +738,13 @@ mod tests {
                 })),
             })
             .expect("append");
-        drop(opened);
+        close(opened);
         let reopened = open(&data_dir, &cluster, settings).expect("reopen");
-        let recovered = reopened.recovered.expect("recovered state");
+        let recovered = reopened.recovered.as_ref().expect("recovered state");
         assert_eq!(recovered.restore.entries, vec![entry]);
         assert_eq!(recovered.restore.hard_state.commit, 1);
         assert!(recovered.snapshot.is_none());
+        close(reopened);
     }
 
     /// Snapshot files are deleted only behind the WAL's durable marker and, on start, when the
@@ -800,7 +813,7 @@ mod tests {
                 .collect()
         };
         assert_eq!(indexes(&opened), vec![10, 8, 6, 4, 2]);
-        drop(opened);
+        close(opened);
         let reopened = open(&data_dir, &cluster, settings).expect("reopen");
         let recovered = reopened.recovered.as_ref().expect("recovered state");
         assert_eq!(recovered.snapshot.as_ref().map(|s| s.meta.index), Some(8));
@@ -810,5 +823,6 @@ mod tests {
             "10 is not recorded; the marker's file and {} older ones stay",
             SNAPSHOT_FILES_KEPT - 1
         );
+        close(reopened);
     }
 }
