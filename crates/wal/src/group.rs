@@ -45,9 +45,9 @@ impl Write {
     }
 
     /// At least the bytes of records this write adds to the log (a record header, padding and
-    /// the entries' own headers included), for [`Wal::ensure_room`].
-    fn room_bytes(&self) -> u64 {
-        let entries = self.approximate_bytes();
+    /// the entries' own headers included), for [`Wal::ensure_room`]; `entries` is
+    /// [`Write::approximate_bytes`].
+    fn room_bytes(&self, entries: usize) -> u64 {
         let records = entries / crate::record::ENTRIES_RECORD_PAYLOAD_TARGET + 1;
         let marker = self
             .snapshot
@@ -413,7 +413,8 @@ impl<D: Disk> Committer<D> {
         while let Some(command) = next.take() {
             match command {
                 Command::Write { write, done } => {
-                    match wal.ensure_room(write.room_bytes()) {
+                    let write_bytes = write.approximate_bytes();
+                    match wal.ensure_room(write.room_bytes(write_bytes)) {
                         // Only a reader's lock on the common path.
                         Ok(()) if *self.no_space.borrow() => self.report_no_space(None),
                         Ok(()) => {}
@@ -442,7 +443,7 @@ impl<D: Disk> Committer<D> {
                         }
                     }
                     wrote = true;
-                    batch_bytes += write.approximate_bytes();
+                    batch_bytes += write_bytes;
                     waiters.extend(done);
                     if let Err(error) = apply(&mut wal, write) {
                         // An invalid write means the caller's view of the log differs from the

@@ -160,7 +160,8 @@ impl Driver {
                 }
                 _ = ticker.tick() => {
                     self.raft.tick();
-                    // Until a hand-over succeeds (one may time out).
+                    // Within a tick of the disk filling, and again until a hand-over succeeds
+                    // (one may time out).
                     if *self.no_space.borrow() {
                         self.hand_over_leadership();
                     }
@@ -175,11 +176,6 @@ impl Driver {
                 Ok(()) = self.applied.changed() => {
                     let applied = *self.applied.borrow_and_update();
                     self.on_applied(applied);
-                }
-                Ok(()) = self.no_space.changed() => {
-                    if *self.no_space.borrow_and_update() {
-                        self.hand_over_leadership();
-                    }
                 }
                 Some(input) = self.peer_input.recv() => self.on_peer_input(input),
                 Some(request) = self.requests.recv() => self.on_request(request),
@@ -198,8 +194,8 @@ impl Driver {
     /// A leader whose disk is full can still send its log (the followers' acknowledgements
     /// commit it), but it cannot make its own entries durable, so it can apply nothing and
     /// answers none of its clients: it hands leadership to the voter that holds the most of the
-    /// log, and the cluster goes on with a leader that can write. Called when the disk fills
-    /// and at every tick while it stays full, so a transfer that timed out is tried again.
+    /// log, and the cluster goes on with a leader that can write. Called at every tick while the
+    /// disk is full, so a transfer that timed out is tried again.
     fn hand_over_leadership(&mut self) {
         if self.soft_state.role != Role::Leader {
             return;
