@@ -210,19 +210,51 @@ impl Store {
             .len()
             .checked_sub(4)
             .ok_or(SnapshotError::Truncated("checksum"))?;
-        let (body, stored) = bytes.split_at(body_len);
-        let mut crc_bytes = [0u8; 4];
-        crc_bytes.copy_from_slice(stored);
-        let stored = u32::from_le_bytes(crc_bytes);
-        if body.len() < MAGIC.len() || &body[..MAGIC.len()] != MAGIC {
-            return Err(SnapshotError::BadMagic);
+        check_magic(&bytes[..body_len])?;
+        check_crc(bytes, body_len)?;
+        let (store, consumed) = Store::decode(&bytes[..body_len], config)?;
+        if consumed != body_len {
+            return Err(corrupt(format!(
+                "{} bytes after the last key",
+                body_len - consumed
+            )));
         }
-        let computed = crc32c::crc32c(body);
-        if stored != computed {
-            return Err(SnapshotError::Checksum { stored, computed });
+        Ok(store)
+    }
+
+    /// Rebuilds a store from a snapshot followed by zero bytes, as the
+    /// Maintenance `Snapshot` stream sends it (padded to a multiple of 512
+    /// bytes for `etcdctl snapshot save`, whose SHA-256 the caller has
+    /// already checked and removed). The snapshot's end is found by reading
+    /// its structure; its checksum follows, then only zeros may.
+    ///
+    /// Returns the store and the snapshot's own length.
+    pub fn restore_padded(
+        bytes: &[u8],
+        config: StoreConfig,
+    ) -> Result<(Store, usize), SnapshotError> {
+        check_magic(bytes)?;
+        let (store, body_len) = Store::decode(bytes, config)?;
+        let len = body_len
+            .checked_add(4)
+            .filter(|len| *len <= bytes.len())
+            .ok_or(SnapshotError::Truncated("checksum"))?;
+        check_crc(bytes, body_len)?;
+        if let Some(offset) = bytes[len..].iter().position(|byte| *byte != 0) {
+            return Err(corrupt(format!(
+                "a non-zero byte at offset {} in the padding after the snapshot",
+                len + offset
+            )));
         }
+        Ok((store, len))
+    }
+
+    /// Reads the structure that starts `bytes` (magic included, checked by
+    /// the caller) and returns the store and how many bytes it took; the
+    /// checksum is the caller's.
+    fn decode(bytes: &[u8], config: StoreConfig) -> Result<(Store, usize), SnapshotError> {
         let mut input = Reader {
-            rest: &body[MAGIC.len()..],
+            rest: &bytes[MAGIC.len()..],
         };
         let version = input.u32("format version")?;
         if version != FORMAT_VERSION {
@@ -243,14 +275,9 @@ impl Store {
         }
         store.leases = read_leases(&mut input)?;
         store.keys = read_keys(&mut input, store.current_revision)?;
-        if !input.rest.is_empty() {
-            return Err(corrupt(format!(
-                "{} bytes after the last key",
-                input.rest.len()
-            )));
-        }
+        let consumed = bytes.len() - input.rest.len();
         store.rebuild_derived()?;
-        Ok(store)
+        Ok((store, consumed))
     }
 
     /// Rebuilds lease key sets and the revision log from the histories.
@@ -375,6 +402,25 @@ fn read_versions(
         versions.push(entry);
     }
     Ok(versions)
+}
+
+fn check_magic(bytes: &[u8]) -> Result<(), SnapshotError> {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(SnapshotError::BadMagic);
+    }
+    Ok(())
+}
+
+/// Checks the CRC32C stored in the four bytes after `bytes[..body_len]`.
+fn check_crc(bytes: &[u8], body_len: usize) -> Result<(), SnapshotError> {
+    let mut crc_bytes = [0u8; 4];
+    crc_bytes.copy_from_slice(&bytes[body_len..body_len + 4]);
+    let stored = u32::from_le_bytes(crc_bytes);
+    let computed = crc32c::crc32c(&bytes[..body_len]);
+    if stored != computed {
+        return Err(SnapshotError::Checksum { stored, computed });
+    }
+    Ok(())
 }
 
 struct Reader<'a> {

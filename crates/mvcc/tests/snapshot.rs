@@ -146,6 +146,58 @@ fn snapshot_damage_is_detected() {
     );
 }
 
+#[test]
+fn a_padded_snapshot_restores_and_reports_its_own_length() {
+    let mut node = etcd_sequence();
+    node.apply(Command::LeaseGrant {
+        id: 5,
+        ttl_secs: 60,
+    });
+    node.put_lease("leased", "v", 5);
+    let bytes = node.store.snapshot().to_vec();
+    // Every padding a 512-byte alignment can add, including none.
+    for padding in [0usize, 1, 3, 4, 5, 511] {
+        let mut padded = bytes.clone();
+        padded.resize(bytes.len() + padding, 0);
+        let (restored, len) = Store::restore_padded(&padded, StoreConfig::default()).unwrap();
+        assert_eq!(len, bytes.len(), "padding {padding}");
+        assert_eq!(restored.snapshot().to_vec(), bytes, "padding {padding}");
+        assert_eq!(restored.lease(5), node.store.lease(5));
+    }
+}
+
+#[test]
+fn a_padded_snapshot_refuses_damage_and_non_zero_padding() {
+    let bytes = etcd_sequence().store.snapshot().to_vec();
+    let mut padded = bytes.clone();
+    padded.resize(bytes.len() + 100, 0);
+    for cut in 0..bytes.len() {
+        assert!(Store::restore_padded(&bytes[..cut], StoreConfig::default()).is_err());
+    }
+    let mut flipped = padded.clone();
+    flipped[30] ^= 1;
+    assert!(Store::restore_padded(&flipped, StoreConfig::default()).is_err());
+    let mut bad_crc = padded.clone();
+    bad_crc[bytes.len() - 1] ^= 1;
+    assert!(matches!(
+        Store::restore_padded(&bad_crc, StoreConfig::default()),
+        Err(SnapshotError::Checksum { .. })
+    ));
+    let mut dirty = padded.clone();
+    dirty[bytes.len() + 50] = 7;
+    let error = Store::restore_padded(&dirty, StoreConfig::default()).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("offset {}", bytes.len() + 50)),
+        "{error}"
+    );
+    assert_eq!(
+        Store::restore_padded(b"BALLOT", StoreConfig::default()).err(),
+        Some(SnapshotError::BadMagic)
+    );
+}
+
 /// Re-signs a body so that corruption behind a valid checksum is exercised.
 fn with_crc(mut body: Vec<u8>) -> Vec<u8> {
     let crc = crc32c::crc32c(&body);
@@ -175,6 +227,8 @@ proptest! {
         }
         let body_len = body.len();
         body.truncate(cut.index(body_len) + 1);
-        let _ = Store::restore(&with_crc(body), StoreConfig::default());
+        let signed = with_crc(body);
+        let _ = Store::restore(&signed, StoreConfig::default());
+        let _ = Store::restore_padded(&signed, StoreConfig::default());
     }
 }

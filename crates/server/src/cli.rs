@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::backup::SnapshotArgs;
 use crate::bench::BenchArgs;
 use crate::dev::DevArgs;
 
@@ -58,6 +59,8 @@ pub enum Command {
     Dev(DevArgs),
     /// Closed-loop load generator for any etcd v3 endpoint (Ballot or etcd).
     Bench(BenchArgs),
+    /// Inspect a backup taken with `etcdctl snapshot save`, or restore a cluster from it.
+    Snapshot(SnapshotArgs),
 }
 
 /// The flags of a cluster member, named and defaulted as etcd names and defaults them.

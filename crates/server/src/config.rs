@@ -52,6 +52,57 @@ pub struct InitialMember {
     pub member_id: MemberId,
 }
 
+/// Who a member is in the cluster it bootstraps: what `--name`,
+/// `--initial-advertise-peer-urls`, `--initial-cluster` and `--initial-cluster-token` derive.
+/// A member started with these flags and `ballot snapshot restore` given the same ones agree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub advertise_peer_urls: Vec<String>,
+    pub initial_cluster: Vec<InitialMember>,
+    pub member_id: MemberId,
+    pub cluster_id: ClusterId,
+}
+
+impl Membership {
+    /// Parses `--initial-cluster` (by default this member alone at its advertised peer URLs,
+    /// as etcd does), finds this member in it and checks that it advertises the URLs listed
+    /// there, then derives the IDs.
+    pub fn derive(
+        name: &str,
+        advertise_peer: &[HttpUrl],
+        initial_cluster: Option<&str>,
+        cluster_token: &str,
+    ) -> Result<Membership, ConfigError> {
+        if name.is_empty() {
+            return Err(ConfigError::EmptyName);
+        }
+        if cluster_token.is_empty() {
+            return Err(ConfigError::EmptyClusterToken);
+        }
+        let advertise_peer_urls: Vec<String> =
+            advertise_peer.iter().map(HttpUrl::to_string).collect();
+        let initial_cluster_text = match initial_cluster {
+            Some(text) => text.to_owned(),
+            None => advertise_peer_urls
+                .iter()
+                .map(|url| format!("{name}={url}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let initial_cluster = parse_initial_cluster(&initial_cluster_text, cluster_token)?;
+        let this_member = find_self(&initial_cluster, name)?;
+        check_advertised_peer_urls(this_member, &advertise_peer_urls)?;
+        let member_id = this_member.member_id;
+        let cluster_id = cluster_id(initial_cluster.iter().map(|member| member.member_id));
+        Ok(Membership {
+            advertise_peer_urls,
+            initial_cluster,
+            member_id,
+            cluster_id,
+        })
+    }
+}
+
 /// The validated configuration of one member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -217,23 +268,17 @@ impl ServerConfig {
             ("--listen-metrics-urls", &metrics_listen_addrs),
         ])?;
 
-        let advertise_peer_urls: Vec<String> =
-            advertise_peer.iter().map(HttpUrl::to_string).collect();
-        let initial_cluster_text = match &args.initial_cluster {
-            Some(text) => text.clone(),
-            // etcd's default: this member alone, at its advertised peer URLs.
-            None => advertise_peer_urls
-                .iter()
-                .map(|url| format!("{}={url}", args.name))
-                .collect::<Vec<_>>()
-                .join(","),
-        };
-        let initial_cluster =
-            parse_initial_cluster(&initial_cluster_text, &args.initial_cluster_token)?;
-        let this_member = find_self(&initial_cluster, &args.name)?;
-        check_advertised_peer_urls(this_member, &advertise_peer_urls)?;
-        let member_id = this_member.member_id;
-        let cluster_id = cluster_id(initial_cluster.iter().map(|member| member.member_id));
+        let Membership {
+            advertise_peer_urls,
+            initial_cluster,
+            member_id,
+            cluster_id,
+        } = Membership::derive(
+            &args.name,
+            &advertise_peer,
+            args.initial_cluster.as_deref(),
+            &args.initial_cluster_token,
+        )?;
 
         Ok(ServerConfig {
             name: args.name.clone(),

@@ -3,6 +3,7 @@
 //! tests can reuse its pieces (configuration parsing, the bench client).
 
 pub mod api;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod config;

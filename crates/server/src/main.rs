@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use ballot::backup::{self, SnapshotArgs, SnapshotCommand, StatusFormat};
 use ballot::bench::BenchArgs;
 use ballot::cli::{Cli, Command, LogLevel};
 use ballot::config::ServerConfig;
@@ -17,6 +18,50 @@ fn main() -> ExitCode {
         None => run_member(&cli),
         Some(Command::Bench(args)) => run_bench(&args),
         Some(Command::Dev(args)) => run_dev(&args),
+        Some(Command::Snapshot(args)) => run_snapshot(&args),
+    }
+}
+
+fn run_snapshot(args: &SnapshotArgs) -> ExitCode {
+    match &args.command {
+        SnapshotCommand::Status(status) => {
+            let shown = backup::read_backup(&status.file, true)
+                .and_then(|read| backup::BackupStatus::of(&read));
+            match shown {
+                Ok(shown) => {
+                    match status.write_out {
+                        StatusFormat::Simple => print!("{}", shown.to_simple()),
+                        StatusFormat::Json => print!("{}", shown.to_json()),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("ballot snapshot status: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        SnapshotCommand::Restore(restore) => match backup::restore(restore) {
+            Ok(restored) => {
+                println!(
+                    "restored revision {} into {} for member {:x} of cluster {:x} (Raft index {})",
+                    restored.revision,
+                    restored.data_dir.display(),
+                    restored.member_id,
+                    restored.cluster_id,
+                    restored.raft_index
+                );
+                println!(
+                    "start it with the same --name, --data-dir, --initial-cluster, \
+                     --initial-cluster-token and --initial-advertise-peer-urls"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("ballot snapshot restore: {err}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::config::{ClusterState, ServerConfig};
+use crate::config::{ClusterState, InitialMember, ServerConfig};
 use crate::node::members::{MemberRecord, Registry};
 use crate::node::{self, NodeConfig, NodeHandle, StartMode};
 use crate::serve::ClientService;
@@ -195,23 +195,26 @@ async fn cluster_file(
             cluster_id: config.cluster_id,
             member_id: config.member_id,
             peer_urls: config.advertise_peer_urls.clone(),
-            seed: Registry::from_records(config.initial_cluster.iter().map(|member| {
-                MemberRecord {
-                    id: member.member_id,
-                    name: member.name.clone(),
-                    peer_urls: member.peer_urls.clone(),
-                    // Client URLs arrive through the log (each member publishes its own), so
-                    // that every member starts from the same registry: it is replicated state.
-                    client_urls: Vec::new(),
-                    is_learner: false,
-                }
-            })),
+            seed: initial_registry(&config.initial_cluster),
             joined: false,
         },
         ClusterState::Existing => join_cluster(config).await?,
     };
     cluster.write(data_dir)?;
     Ok(cluster)
+}
+
+/// The member registry a new cluster starts from: `--initial-cluster`'s members, all voters.
+pub fn initial_registry(initial_cluster: &[InitialMember]) -> Registry {
+    Registry::from_records(initial_cluster.iter().map(|member| MemberRecord {
+        id: member.member_id,
+        name: member.name.clone(),
+        peer_urls: member.peer_urls.clone(),
+        // Client URLs arrive through the log (each member publishes its own), so that every
+        // member starts from the same registry: it is replicated state.
+        client_urls: Vec::new(),
+        is_learner: false,
+    }))
 }
 
 /// Asks the other members of `--initial-cluster` for the cluster's ID and members, and finds

@@ -91,6 +91,14 @@ impl Drop for Member {
     }
 }
 
+/// What [`Cluster::start_prepared`] tells its hook about a member about to start.
+pub struct Prepared {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub peer_url: String,
+    pub initial_cluster: String,
+}
+
 /// A cluster of `ballot` processes started together.
 pub struct Cluster {
     pub members: Vec<Member>,
@@ -107,6 +115,17 @@ impl Cluster {
     /// Like [`Cluster::start`], in `dir`: member `i` keeps its data in `dir/m{i}`, which the
     /// caller may have prepared (a mount point, say).
     pub async fn start_in(dir: TempDir, size: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_prepared(dir, size, extra, |_| {}).await
+    }
+
+    /// Like [`Cluster::start_in`], calling `prepare` for each member before it starts (to
+    /// create its data directory, say), once every member's ports are chosen.
+    pub async fn start_prepared(
+        dir: TempDir,
+        size: usize,
+        extra: &[&str],
+        mut prepare: impl FnMut(&Prepared),
+    ) -> Cluster {
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
         let initial_cluster = ports
             .iter()
@@ -118,14 +137,14 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(i, (client, peer))| {
-                spawn_member(
-                    &dir,
-                    &format!("m{i}"),
-                    *client,
-                    *peer,
-                    &initial_cluster,
-                    extra,
-                )
+                let name = format!("m{i}");
+                prepare(&Prepared {
+                    name: name.clone(),
+                    data_dir: dir.0.join(&name),
+                    peer_url: format!("http://127.0.0.1:{peer}"),
+                    initial_cluster: initial_cluster.clone(),
+                });
+                spawn_member(&dir, &name, *client, *peer, &initial_cluster, extra)
             })
             .collect();
         let cluster = Cluster { members, dir };

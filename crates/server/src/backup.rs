@@ -1,0 +1,667 @@
+//! `ballot snapshot status` and `ballot snapshot restore`: reading a backup that
+//! `etcdctl snapshot save` took from a Ballot member, and turning it into the data directory of
+//! a member of a new cluster, as `etcdctl snapshot restore` does for etcd.
+//!
+//! A backup is what the Maintenance `Snapshot` stream sends (docs/api.md): the MVCC store's
+//! snapshot, zero bytes up to a multiple of 512, then the SHA-256 of all that. Restoring gives
+//! every member of the new cluster the same starting point: the cluster and member IDs derived
+//! from `--initial-cluster` and `--initial-cluster-token` (as a member started with those flags
+//! derives them), and a Raft snapshot at the store's applied index, term 1, whose configuration
+//! is `--initial-cluster`'s members as voters. The store keeps its revisions, history, compact
+//! revision and leases. Each member is restored from the same file with the same flags but its
+//! own `--name` (and `--initial-advertise-peer-urls`), then started with those flags.
+
+use std::path::{Path, PathBuf};
+
+use ballot_mvcc::{SnapshotError as StoreSnapshotError, Store, StoreConfig};
+use ballot_proto::etcdserverpb::RangeRequest;
+use ballot_raft::{ConfState, HardState, SnapshotMeta};
+use ballot_wal::{RealDisk, SnapshotStore, Wal, WalOptions};
+use clap::{Args, Subcommand, ValueEnum};
+use sha2::{Digest, Sha256};
+
+use crate::cli::{
+    DEFAULT_CLUSTER_TOKEN, DEFAULT_NAME, DEFAULT_PEER_URL, DEFAULT_WAL_SEGMENT_BYTES,
+};
+use crate::config::{ConfigError, Membership, parse_url_list};
+use crate::server::initial_registry;
+use crate::storage::{self, ClusterFile, DataDir, StorageError};
+
+/// The length of the SHA-256 that `etcdctl snapshot save` expects at the end of the stream.
+const HASH_LEN: usize = 32;
+/// The stream is padded to a multiple of this before its hash (etcd's `hasChecksum` test).
+const ALIGN: usize = 512;
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    pub command: SnapshotCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Show what a backup file (from `etcdctl snapshot save`) holds: its hash, revision, keys
+    /// and size.
+    Status(StatusArgs),
+    /// Create a member's data directory for a new cluster from a backup file (from `etcdctl
+    /// snapshot save` against Ballot), as `etcdctl snapshot restore` does for etcd.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    /// `hash, revision, total keys, total size` on one line, like etcdctl.
+    Simple,
+    /// One JSON object.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The backup file.
+    pub file: PathBuf,
+    /// Output format.
+    #[arg(short = 'w', long, value_enum, default_value_t = StatusFormat::Simple)]
+    pub write_out: StatusFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    pub file: PathBuf,
+    /// The name of the member this directory is for.
+    #[arg(long, default_value = DEFAULT_NAME)]
+    pub name: String,
+    /// The directory to create; it must not exist yet, or be empty [default: ./<name>.ballot].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The new cluster's members, name=peer-url pairs, comma-separated, exactly as the members
+    /// will be started with [default: <name>=<initial-advertise-peer-urls>].
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// The new cluster's token, as the members will be started with.
+    #[arg(long, default_value = DEFAULT_CLUSTER_TOKEN)]
+    pub initial_cluster_token: String,
+    /// This member's peer URLs, as it will be started with.
+    #[arg(long, default_value = DEFAULT_PEER_URL)]
+    pub initial_advertise_peer_urls: String,
+    /// Accept a file that has no SHA-256 at its end, or whose hash does not match (the store's
+    /// own checksum is still checked).
+    #[arg(long)]
+    pub skip_hash_check: bool,
+    /// WAL segment size of the new directory, as the member will be started with.
+    #[arg(long, default_value_t = DEFAULT_WAL_SEGMENT_BYTES)]
+    pub wal_segment_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// etcd's message for the same case.
+    #[error("snapshot missing hash but --skip-hash-check=false")]
+    MissingHash,
+    /// etcd's message for the same case.
+    #[error("expected sha256 {expected}, got {actual}")]
+    HashMismatch { expected: String, actual: String },
+    #[error(
+        "{path} is not a Ballot backup ({source}); Ballot restores what `etcdctl snapshot save` \
+         took from a Ballot member (an etcd backup is a bbolt file, another format)"
+    )]
+    NotABackup {
+        path: PathBuf,
+        #[source]
+        source: StoreSnapshotError,
+    },
+    #[error("{path} is damaged: {source}")]
+    Damaged {
+        path: PathBuf,
+        #[source]
+        source: StoreSnapshotError,
+    },
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("data directory {0} already exists and is not empty; restore into a new directory")]
+    DataDirExists(PathBuf),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// A backup file, read and checked.
+pub struct Backup {
+    pub store: Store,
+    /// The file's size.
+    pub file_len: u64,
+    /// Whether the file ended with a SHA-256 that was checked.
+    pub hash_checked: bool,
+}
+
+/// Reads `path` as a backup: checks the SHA-256 at its end (required unless `skip_hash_check`,
+/// as etcd requires it), then the store snapshot's own checksum and structure.
+pub fn read_backup(path: &Path, skip_hash_check: bool) -> Result<Backup, BackupError> {
+    let bytes = std::fs::read(path).map_err(|source| BackupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let has_hash = bytes.len() % ALIGN == HASH_LEN;
+    let mut hash_checked = false;
+    let data = if has_hash {
+        let (data, stored) = bytes.split_at(bytes.len() - HASH_LEN);
+        let computed = Sha256::digest(data);
+        if computed.as_slice() != stored {
+            if !skip_hash_check {
+                return Err(BackupError::HashMismatch {
+                    expected: hex(stored),
+                    actual: hex(&computed),
+                });
+            }
+        } else {
+            hash_checked = true;
+        }
+        data
+    } else if skip_hash_check {
+        &bytes[..]
+    } else {
+        return Err(BackupError::MissingHash);
+    };
+    let (store, _) =
+        Store::restore_padded(data, StoreConfig::default()).map_err(|source| match source {
+            StoreSnapshotError::BadMagic => BackupError::NotABackup {
+                path: path.to_path_buf(),
+                source,
+            },
+            source => BackupError::Damaged {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+    Ok(Backup {
+        store,
+        file_len: bytes.len() as u64,
+        hash_checked,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// What `ballot snapshot status` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupStatus {
+    /// etcd's HashKV of the store at its revision: `etcdctl endpoint hashkv --rev=<revision>`
+    /// gives the same number on a member that had that state.
+    pub hash: u32,
+    pub revision: i64,
+    pub compact_revision: i64,
+    /// Keys that exist at the revision (deleted ones not counted).
+    pub total_keys: i64,
+    pub total_size: u64,
+    pub leases: usize,
+    /// The Raft index the store had applied when the backup was taken.
+    pub applied_index: u64,
+}
+
+impl BackupStatus {
+    pub fn of(backup: &Backup) -> Result<BackupStatus, BackupError> {
+        let store = &backup.store;
+        let damaged = |reason: String| BackupError::Damaged {
+            path: PathBuf::new(),
+            source: StoreSnapshotError::Corrupt(reason),
+        };
+        let hash = store
+            .hash_kv(0)
+            .map_err(|error| damaged(format!("cannot hash the store: {error}")))?;
+        let count = store
+            .range(&RangeRequest {
+                key: bytes::Bytes::from_static(b"\0"),
+                range_end: bytes::Bytes::from_static(b"\0"),
+                count_only: true,
+                ..RangeRequest::default()
+            })
+            .map_err(|error| damaged(format!("cannot count the keys: {error}")))?;
+        Ok(BackupStatus {
+            hash: hash.hash,
+            revision: store.current_revision(),
+            compact_revision: store.compact_revision(),
+            total_keys: count.count,
+            total_size: backup.file_len,
+            leases: store.lease_ttls().len(),
+            applied_index: store.last_applied(),
+        })
+    }
+
+    /// etcdctl's simple format: `hash, revision, total keys, total size`.
+    pub fn to_simple(&self) -> String {
+        format!(
+            "{:x}, {}, {}, {}\n",
+            self.hash,
+            self.revision,
+            self.total_keys,
+            human_bytes(self.total_size)
+        )
+    }
+
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"hash\":{},\"revision\":{},\"compactRevision\":{},\"totalKey\":{},\"totalSize\":{},\"leases\":{},\"appliedIndex\":{}}}\n",
+            self.hash,
+            self.revision,
+            self.compact_revision,
+            self.total_keys,
+            self.total_size,
+            self.leases,
+            self.applied_index
+        )
+    }
+}
+
+/// Sizes as etcdctl prints them (decimal units: `2.1 MB`).
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    if bytes < 10 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else if value < 10.0 {
+        format!("{value:.1} {}", UNITS[unit])
+    } else {
+        format!("{value:.0} {}", UNITS[unit])
+    }
+}
+
+/// What a restore made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub data_dir: PathBuf,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub revision: i64,
+    pub raft_index: u64,
+}
+
+/// Creates the data directory of `args.name` for the new cluster from the backup. Everything is
+/// written under a temporary sibling directory, synced, then renamed into place, so an
+/// interrupted restore leaves no half-made data directory.
+pub fn restore(args: &RestoreArgs) -> Result<Restored, BackupError> {
+    let advertise = parse_url_list(
+        "initial-advertise-peer-urls",
+        &args.initial_advertise_peer_urls,
+    )?;
+    let membership = Membership::derive(
+        &args.name,
+        &advertise,
+        args.initial_cluster.as_deref(),
+        &args.initial_cluster_token,
+    )?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.ballot", args.name)));
+    if directory_in_use(&data_dir)? {
+        return Err(BackupError::DataDirExists(data_dir));
+    }
+    let Backup { mut store, .. } = read_backup(&args.file, args.skip_hash_check)?;
+
+    // The log continues after the index the store had applied, so that the store's own
+    // record of it (which makes replayed entries no-ops) stays true.
+    let raft_index = store.last_applied().max(1);
+    store.skip(raft_index);
+    let mut voters: Vec<u64> = membership
+        .initial_cluster
+        .iter()
+        .map(|member| member.member_id)
+        .collect();
+    voters.sort_unstable();
+    let meta = SnapshotMeta {
+        index: raft_index,
+        term: 1,
+        conf: ConfState {
+            voters,
+            ..ConfState::default()
+        },
+    };
+    let registry = initial_registry(&membership.initial_cluster);
+
+    let staging = staging_dir(&data_dir);
+    remove_dir_if_present(&staging)?;
+    let staged = DataDir::new(&staging);
+    ClusterFile {
+        cluster_id: membership.cluster_id,
+        member_id: membership.member_id,
+        peer_urls: membership.advertise_peer_urls.clone(),
+        seed: registry.clone(),
+        joined: false,
+    }
+    .write(&staged)?;
+    let snapshots = SnapshotStore::open(RealDisk, &staged.snap_dir(), storage::SNAPSHOT_FILES_KEPT)
+        .map_err(StorageError::from)?;
+    storage::save_store_snapshot(&snapshots, &meta, &registry, &store.snapshot_state())?;
+    let mut options = WalOptions::new(membership.cluster_id, membership.member_id);
+    options.segment_size_bytes = args.wal_segment_bytes;
+    {
+        let (mut wal, _) =
+            Wal::open(RealDisk, &staged.wal_dir(), options).map_err(StorageError::from)?;
+        wal.set_snapshot(storage::snapshot_marker(&meta))
+            .map_err(StorageError::from)?;
+        wal.set_hard_state(storage::hard_state_to_wal(&HardState {
+            term: 1,
+            vote: 0,
+            commit: raft_index,
+        }))
+        .map_err(StorageError::from)?;
+        wal.sync().map_err(StorageError::from)?;
+    }
+
+    if data_dir.exists() {
+        // An empty directory (checked above) is replaced.
+        std::fs::remove_dir(&data_dir).map_err(io("remove empty directory", &data_dir))?;
+    }
+    std::fs::rename(&staging, &data_dir).map_err(io("rename into place", &data_dir))?;
+    sync_parent(&data_dir)?;
+    Ok(Restored {
+        data_dir,
+        member_id: membership.member_id,
+        cluster_id: membership.cluster_id,
+        revision: store.current_revision(),
+        raft_index,
+    })
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BackupError + 'a {
+    move |source| BackupError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Whether `dir` exists with something in it.
+fn directory_in_use(dir: &Path) -> Result<bool, BackupError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        // A file, or a directory that cannot be listed: not something to restore into.
+        Err(error) if error.kind() == std::io::ErrorKind::NotADirectory => Ok(true),
+        Err(source) => Err(BackupError::Io {
+            op: "inspect",
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// `<data-dir>.restoring`, beside the data directory so that the final rename stays on one
+/// file system.
+fn staging_dir(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir
+        .file_name()
+        .map(|name| name.to_os_string())
+        .unwrap_or_default();
+    name.push(".restoring");
+    data_dir.with_file_name(name)
+}
+
+/// Removes what an interrupted restore left at the staging path.
+fn remove_dir_if_present(dir: &Path) -> Result<(), BackupError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BackupError::Io {
+            op: "remove an unfinished restore",
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn sync_parent(path: &Path) -> Result<(), BackupError> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io("fsync directory", parent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::maintenance::snapshot_messages;
+    use ballot_mvcc::Command;
+
+    /// A fresh directory, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp_dir(name: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "ballot-backup-{name}-{}-{nanos:x}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    fn sample_store() -> Store {
+        let mut store = Store::new(StoreConfig::default());
+        for (index, key) in ["a", "b", "c"].iter().enumerate() {
+            store.apply(
+                index as u64 + 2,
+                &Command::Put(ballot_proto::etcdserverpb::PutRequest {
+                    key: bytes::Bytes::from(key.to_string()),
+                    value: bytes::Bytes::from_static(b"v"),
+                    ..Default::default()
+                }),
+            );
+        }
+        store
+    }
+
+    /// The bytes a Snapshot stream carries, as `etcdctl snapshot save` stores them.
+    fn saved(store: &Store) -> Vec<u8> {
+        snapshot_messages(&store.snapshot())
+            .into_iter()
+            .flat_map(|message| message.blob.to_vec())
+            .collect()
+    }
+
+    fn write(dir: &TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.0.join(name);
+        std::fs::write(&path, bytes).expect("write");
+        path
+    }
+
+    #[test]
+    fn a_saved_backup_reads_back_with_its_hash_checked() {
+        let dir = temp_dir("read");
+        let store = sample_store();
+        let path = write(&dir, "backup.db", &saved(&store));
+        let backup = read_backup(&path, false).expect("a good backup");
+        assert!(backup.hash_checked);
+        assert_eq!(backup.store.snapshot(), store.snapshot());
+        let status = BackupStatus::of(&backup).expect("status");
+        assert_eq!(status.revision, 4);
+        assert_eq!(status.total_keys, 3);
+        assert_eq!(status.hash, store.hash_kv(0).expect("hash").hash);
+        assert_eq!(status.applied_index, 4);
+        assert_eq!(
+            status.to_simple(),
+            format!("{:x}, 4, 3, 544 B\n", status.hash)
+        );
+    }
+
+    #[test]
+    fn damaged_or_foreign_files_are_refused_with_etcds_messages() {
+        let dir = temp_dir("refuse");
+        let good = saved(&sample_store());
+
+        let mut flipped = good.clone();
+        flipped[20] ^= 1;
+        let error = read_backup(&write(&dir, "flipped", &flipped), false).err();
+        assert!(
+            matches!(error, Some(BackupError::HashMismatch { .. })),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .expect("error")
+                .to_string()
+                .starts_with("expected sha256 ")
+        );
+        // Skipping the hash check still finds the damage, through the store's own checksum.
+        let error = read_backup(&write(&dir, "flipped", &flipped), true).err();
+        assert!(
+            matches!(error, Some(BackupError::Damaged { .. })),
+            "{error:?}"
+        );
+
+        let unhashed = &good[..good.len() - HASH_LEN];
+        let error = read_backup(&write(&dir, "unhashed", unhashed), false).err();
+        assert_eq!(
+            error.expect("refused").to_string(),
+            "snapshot missing hash but --skip-hash-check=false"
+        );
+        let backup = read_backup(&write(&dir, "unhashed", unhashed), true).expect("skipped");
+        assert!(!backup.hash_checked);
+
+        // Another format with a valid hash (an etcd bbolt file, say) is named as such.
+        let mut foreign = vec![0xedu8; ALIGN];
+        let digest = Sha256::digest(&foreign);
+        foreign.extend_from_slice(&digest);
+        let error = read_backup(&write(&dir, "foreign", &foreign), false).err();
+        assert!(
+            matches!(error, Some(BackupError::NotABackup { .. })),
+            "{error:?}"
+        );
+
+        let missing = dir.0.join("missing");
+        assert!(matches!(
+            read_backup(&missing, false),
+            Err(BackupError::Read { .. })
+        ));
+    }
+
+    fn restore_args(file: &Path, data_dir: &Path) -> RestoreArgs {
+        RestoreArgs {
+            file: file.to_path_buf(),
+            name: "r1".into(),
+            data_dir: Some(data_dir.to_path_buf()),
+            initial_cluster: Some(
+                "r1=http://127.0.0.1:41001,r2=http://127.0.0.1:41002,r3=http://127.0.0.1:41003"
+                    .into(),
+            ),
+            initial_cluster_token: "restored".into(),
+            initial_advertise_peer_urls: "http://127.0.0.1:41001".into(),
+            skip_hash_check: false,
+            wal_segment_bytes: 64 * 1024,
+        }
+    }
+
+    #[test]
+    fn a_restored_directory_recovers_as_the_new_clusters_member_at_the_stores_index() {
+        let dir = temp_dir("restore");
+        let store = sample_store();
+        let file = write(&dir, "backup.db", &saved(&store));
+        let data_dir = dir.0.join("r1.ballot");
+        let args = restore_args(&file, &data_dir);
+        let restored = restore(&args).expect("restore");
+        assert_eq!(restored.raft_index, 4);
+        assert_eq!(restored.revision, 4);
+        assert!(
+            !staging_dir(&data_dir).exists(),
+            "the staging directory is renamed"
+        );
+
+        let data = DataDir::new(&data_dir);
+        let cluster = ClusterFile::read(&data)
+            .expect("read")
+            .expect("a cluster file");
+        assert_eq!(cluster.member_id, restored.member_id);
+        assert_eq!(cluster.cluster_id, restored.cluster_id);
+        assert!(!cluster.joined);
+        assert_eq!(cluster.seed.records().count(), 3);
+        let opened = storage::open(&data, &cluster, storage::WalSettings::default())
+            .expect("the directory opens");
+        let recovered = opened.recovered.as_ref().expect("recovered state");
+        let meta = recovered.restore.snapshot.as_ref().expect("a snapshot");
+        assert_eq!((meta.index, meta.term), (4, 1));
+        assert_eq!(meta.conf.voters.len(), 3);
+        assert!(meta.conf.voters.contains(&restored.member_id));
+        assert_eq!(recovered.restore.applied, 4);
+        assert_eq!(recovered.restore.hard_state.commit, 4);
+        assert!(recovered.restore.entries.is_empty());
+        let payload = &recovered.snapshot.as_ref().expect("loaded").payload;
+        assert_eq!(payload.registry, cluster.seed);
+        assert_eq!(payload.store, store.snapshot());
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(opened.wal.shutdown())
+            .expect("WAL shutdown");
+
+        // The same flags again: the directory is in use now, and stays as it is.
+        let error = restore(&args).err();
+        assert!(
+            matches!(error, Some(BackupError::DataDirExists(_))),
+            "{error:?}"
+        );
+        // A member that is not in --initial-cluster is refused before anything is written.
+        let other = dir.0.join("other");
+        let mut stranger = restore_args(&file, &other);
+        stranger.name = "r9".into();
+        assert!(matches!(restore(&stranger), Err(BackupError::Config(_))));
+        assert!(!other.exists());
+    }
+
+    #[test]
+    fn an_empty_directory_is_restored_into_and_a_file_is_not() {
+        let dir = temp_dir("empty");
+        let file = write(&dir, "backup.db", &saved(&sample_store()));
+        let empty = dir.0.join("empty");
+        std::fs::create_dir(&empty).expect("mkdir");
+        restore(&restore_args(&file, &empty)).expect("an empty directory is used");
+        assert!(DataDir::new(&empty).cluster_file().exists());
+        let not_a_dir = write(&dir, "plain-file", b"x");
+        assert!(matches!(
+            restore(&restore_args(&file, &not_a_dir)),
+            Err(BackupError::DataDirExists(_))
+        ));
+    }
+
+    #[test]
+    fn sizes_print_as_etcdctl_prints_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1024), "1.0 kB");
+        assert_eq!(human_bytes(2_100_000), "2.1 MB");
+        assert_eq!(human_bytes(25_000_000), "25 MB");
+    }
+}

@@ -1,0 +1,267 @@
+//! Disaster recovery with real `ballot` processes: a backup taken through the Maintenance
+//! `Snapshot` stream (what `etcdctl snapshot save` stores), inspected with `ballot snapshot
+//! status`, restored with `ballot snapshot restore` into the data directories of a new
+//! three-member cluster, which then serves the same data at the same revisions and takes new
+//! writes.
+
+mod api_support;
+
+use std::process::Command;
+
+use api_support::{Cluster, TempDir, bytes, eventually, get, put};
+use ballot_proto::etcdserverpb::{
+    CompactionRequest, DeleteRangeRequest, HashKvRequest, LeaseGrantRequest,
+    LeaseTimeToLiveRequest, PutRequest, RangeRequest, SnapshotRequest, StatusRequest,
+    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+};
+use futures::StreamExt;
+
+const BALLOT: &str = env!("CARGO_BIN_EXE_ballot");
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(BALLOT)
+        .args(args)
+        .output()
+        .expect("run ballot");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A field of the one-line JSON `ballot snapshot status -w json` prints.
+fn json_field(json: &str, name: &str) -> i64 {
+    let start = json
+        .find(&format!("\"{name}\":"))
+        .unwrap_or_else(|| panic!("{name} in {json}"))
+        + name.len()
+        + 3;
+    json[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("a number for {name} in {json}"))
+}
+
+#[tokio::test]
+async fn a_backup_restores_into_a_new_cluster_with_the_same_data_and_revisions() {
+    let work = TempDir::new("backup");
+    let backup = work.0.join("backup.db");
+
+    // The source: a one-member cluster with history, a deletion, a lease and a compaction.
+    let source = Cluster::start(1, &[]).await;
+    let channel = source.members[0].channel().await;
+    let mut kv = KvClient::new(channel.clone());
+    let mut lease = LeaseClient::new(channel.clone());
+    let mut maintenance = MaintenanceClient::new(channel);
+    for i in 0..30 {
+        kv.put(put(&format!("key/{i:02}"), &format!("value {i}")))
+            .await
+            .expect("put");
+    }
+    let overwritten_at = kv
+        .put(put("key/00", "second value"))
+        .await
+        .expect("put")
+        .into_inner()
+        .header
+        .expect("header")
+        .revision;
+    kv.delete_range(DeleteRangeRequest {
+        key: bytes("key/01"),
+        ..DeleteRangeRequest::default()
+    })
+    .await
+    .expect("delete");
+    let lease_id = lease
+        .lease_grant(LeaseGrantRequest { ttl: 600, id: 0 })
+        .await
+        .expect("grant")
+        .into_inner()
+        .id;
+    kv.put(PutRequest {
+        lease: lease_id,
+        ..put("leased", "x")
+    })
+    .await
+    .expect("put with lease");
+    kv.compact(CompactionRequest {
+        revision: 10,
+        physical: true,
+    })
+    .await
+    .expect("compact");
+    let source_hash = maintenance
+        .hash_kv(HashKvRequest { revision: 0 })
+        .await
+        .expect("hashkv")
+        .into_inner();
+    let revision = source_hash.header.expect("header").revision;
+    let source_cluster = maintenance
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+        .header
+        .expect("header")
+        .cluster_id;
+
+    let mut stream = maintenance
+        .snapshot(SnapshotRequest {})
+        .await
+        .expect("snapshot")
+        .into_inner();
+    let mut saved = Vec::new();
+    while let Some(message) = stream.next().await {
+        saved.extend_from_slice(&message.expect("a snapshot chunk").blob);
+    }
+    std::fs::write(&backup, &saved).expect("write the backup");
+    drop(source);
+
+    let backup_arg = backup.to_str().expect("a UTF-8 path");
+    let (ok, status, stderr) = run(&["snapshot", "status", backup_arg, "-w", "json"]);
+    assert!(ok, "snapshot status failed: {stderr}");
+    assert_eq!(json_field(&status, "revision"), revision, "{status}");
+    assert_eq!(json_field(&status, "hash"), i64::from(source_hash.hash));
+    assert_eq!(json_field(&status, "compactRevision"), 10);
+    assert_eq!(json_field(&status, "totalKey"), 30, "29 of key/ and leased");
+    assert_eq!(json_field(&status, "leases"), 1);
+    assert_eq!(json_field(&status, "totalSize"), saved.len() as i64);
+
+    // Three new members, each restored from the same file with the new cluster's flags.
+    let segment = api_support::TEST_WAL_SEGMENT_BYTES.to_string();
+    let restored = Cluster::start_prepared(TempDir::new("restored"), 3, &[], |member| {
+        let data_dir = member.data_dir.to_str().expect("a UTF-8 path");
+        let (ok, stdout, stderr) = run(&[
+            "snapshot",
+            "restore",
+            backup_arg,
+            "--name",
+            &member.name,
+            "--data-dir",
+            data_dir,
+            "--initial-cluster",
+            &member.initial_cluster,
+            "--initial-advertise-peer-urls",
+            &member.peer_url,
+            "--wal-segment-bytes",
+            &segment,
+        ]);
+        assert!(ok, "restore of {} failed: {stderr}", member.name);
+        assert!(
+            stdout.contains(&format!("restored revision {revision} into")),
+            "{stdout}"
+        );
+    })
+    .await;
+
+    for member in &restored.members {
+        let channel = member.channel().await;
+        let mut kv = KvClient::new(channel.clone());
+        let got = kv.range(get("key/00")).await.expect("range").into_inner();
+        assert_eq!(
+            got.kvs[0].value,
+            bytes("second value"),
+            "on {}",
+            member.name
+        );
+        assert_eq!(got.kvs[0].mod_revision, overwritten_at);
+        assert_eq!(got.kvs[0].version, 2);
+        assert_eq!(got.header.expect("header").revision, revision);
+        let deleted = kv.range(get("key/01")).await.expect("range").into_inner();
+        assert!(deleted.kvs.is_empty(), "key/01 stays deleted");
+        let old = kv
+            .range(RangeRequest {
+                revision: 5,
+                ..get("key/00")
+            })
+            .await
+            .expect_err("below the compaction");
+        assert_eq!(
+            old.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let mut maintenance = MaintenanceClient::new(channel.clone());
+        let hash = maintenance
+            .hash_kv(HashKvRequest { revision })
+            .await
+            .expect("hashkv")
+            .into_inner();
+        assert_eq!(
+            hash.hash, source_hash.hash,
+            "same history on {}",
+            member.name
+        );
+        assert_eq!(hash.compact_revision, 10);
+        let header = maintenance
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+            .header
+            .expect("header");
+        assert_ne!(header.cluster_id, source_cluster, "a new cluster");
+        let ttl = LeaseClient::new(channel)
+            .lease_time_to_live(LeaseTimeToLiveRequest {
+                id: lease_id,
+                keys: true,
+            })
+            .await
+            .expect("time to live")
+            .into_inner();
+        assert!(ttl.ttl > 0, "the lease survives: {ttl:?}");
+        assert_eq!(ttl.keys, vec![bytes("leased").to_vec()]);
+    }
+
+    // The new cluster takes writes after the restored revision, and every member applies them.
+    let mut kv = KvClient::new(restored.members[0].channel().await);
+    let written = kv
+        .put(put("after", "restore"))
+        .await
+        .expect("put")
+        .into_inner()
+        .header
+        .expect("header")
+        .revision;
+    assert_eq!(written, revision + 1);
+    for member in &restored.members {
+        let mut kv = KvClient::new(member.channel().await);
+        let seen = eventually("the new write on every member", || {
+            let mut kv = kv.clone();
+            async move {
+                let got = kv
+                    .range(RangeRequest {
+                        serializable: true,
+                        ..get("after")
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (!got.kvs.is_empty()).then_some(())
+            }
+        })
+        .await;
+        assert!(seen.is_some(), "{} applies new writes", member.name);
+        kv.range(get("after")).await.expect("linearizable read");
+    }
+
+    // A data directory in use is never overwritten.
+    let in_use = restored.members[0].name.clone();
+    let dir = restored.dir.0.join(&in_use);
+    let (ok, _, stderr) = run(&[
+        "snapshot",
+        "restore",
+        backup_arg,
+        "--name",
+        &in_use,
+        "--data-dir",
+        dir.to_str().expect("a UTF-8 path"),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("already exists and is not empty"),
+        "{stderr}"
+    );
+}
