@@ -14,20 +14,4 @@ repo=$(cd "$here/../.." && pwd)
 bin=$(find_ballot_bin "$repo" "${1:-}") \
   || { echo "run-against-ballot: no ballot executable (build it or pass its path)" >&2; exit 2; }
 
-work=$(mktemp -d)
-status=1
-
-cleanup() {
-  stop_dev_cluster
-  [ "$status" -eq 0 ] || show_dev_logs "$work"
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_dev_cluster "$bin" "$work"
-
-set +e
-"$here/check.sh" "$endpoints"
-status=$?
-set -e
-exit "$status"
+with_dev_cluster "$bin" "$here/check.sh"

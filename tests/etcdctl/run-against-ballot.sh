@@ -22,23 +22,11 @@ for arg in "$@"; do
     *) bin=$arg ;;
   esac
 done
+run_suite() {
+  "$here/suite.sh" "$1" "${suite_args[@]}"
+}
 bin=$(find_ballot_bin "$repo" "$bin") || { echo "run-against-ballot: no ballot executable (build it or pass its path)" >&2; exit 2; }
 
-work=$(mktemp -d)
-status=1
-
-cleanup() {
-  stop_dev_cluster
-  [ "$status" -eq 0 ] || show_dev_logs "$work"
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_dev_cluster "$bin" "$work"
-
-set +e
 # SUITE_MEMBER_BIN: the suite starts a learner of its own with this binary and promotes it.
-SUITE_MEMBER_BIN=$bin "$here/suite.sh" "$endpoints" "${suite_args[@]}"
-status=$?
-set -e
-exit "$status"
+export SUITE_MEMBER_BIN=$bin
+with_dev_cluster "$bin" run_suite

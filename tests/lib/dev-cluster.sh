@@ -7,8 +7,8 @@
 #                               $dev_pid and $endpoints (comma-separated host:port)
 #   stop_dev_cluster            stops it (ballot dev stops its members on SIGTERM and waits)
 #   show_dev_logs WORK          prints the tail of each member's log and ballot dev's stderr
-#
-# The caller owns WORK and removes it; it should call stop_dev_cluster from an EXIT trap.
+#   with_dev_cluster BIN CMD..  all of the above around `CMD.. $endpoints` in a temporary WORK:
+#                               exits with CMD's status, printing the logs if it failed
 
 dev_pid=""
 endpoints=""
@@ -65,4 +65,19 @@ show_dev_logs() {
   done
   echo "--- ballot dev stderr" >&2
   cat "$work/dev.err" >&2 || true
+}
+
+with_dev_cluster() {
+  local bin=$1 status=1
+  shift
+  dev_work=$(mktemp -d)
+  # The trap runs in the caller's shell when it exits, however it exits.
+  trap 'stop_dev_cluster; [ "${dev_status:-1}" -eq 0 ] || show_dev_logs "$dev_work"; rm -rf "$dev_work"' EXIT
+  start_dev_cluster "$bin" "$dev_work"
+  set +e
+  "$@" "$endpoints"
+  status=$?
+  set -e
+  dev_status=$status
+  exit "$status"
 }

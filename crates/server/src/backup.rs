@@ -449,26 +449,7 @@ mod tests {
     use crate::api::maintenance::snapshot_messages;
     use ballot_mvcc::Command;
 
-    /// A fresh directory, removed when dropped.
-    struct TempDir(PathBuf);
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn temp_dir(name: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "ballot-backup-{name}-{}-{nanos:x}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
+    use crate::temp_dir::{TempDir, temp_dir};
 
     fn sample_store() -> Store {
         let mut store = Store::new(StoreConfig::default());
@@ -501,7 +482,7 @@ mod tests {
 
     #[test]
     fn a_saved_backup_reads_back_with_its_hash_checked() {
-        let dir = temp_dir("read");
+        let dir = temp_dir("backup-read");
         let store = sample_store();
         let path = write(&dir, "backup.db", &saved(&store));
         let backup = read_backup(&path, false).expect("a good backup");
@@ -520,7 +501,7 @@ mod tests {
 
     #[test]
     fn damaged_or_foreign_files_are_refused_with_etcds_messages() {
-        let dir = temp_dir("refuse");
+        let dir = temp_dir("backup-refuse");
         let good = saved(&sample_store());
 
         let mut flipped = good.clone();
@@ -587,7 +568,7 @@ mod tests {
 
     #[test]
     fn a_restored_directory_recovers_as_the_new_clusters_member_at_the_stores_index() {
-        let dir = temp_dir("restore");
+        let dir = temp_dir("backup-restore");
         let store = sample_store();
         let file = write(&dir, "backup.db", &saved(&store));
         let data_dir = dir.0.join("r1.ballot");
@@ -643,7 +624,7 @@ mod tests {
 
     #[test]
     fn an_empty_directory_is_restored_into_and_a_file_is_not() {
-        let dir = temp_dir("empty");
+        let dir = temp_dir("backup-empty");
         let file = write(&dir, "backup.db", &saved(&sample_store()));
         let empty = dir.0.join("empty");
         std::fs::create_dir(&empty).expect("mkdir");

@@ -15,4 +15,6 @@ pub mod node;
 pub mod serve;
 pub mod server;
 pub mod storage;
+#[cfg(test)]
+mod temp_dir;
 pub mod transport;

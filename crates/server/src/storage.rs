@@ -559,33 +559,7 @@ mod tests {
     use super::*;
     use crate::node::members::MemberRecord;
 
-    /// A fresh directory, removed when dropped (also when the test fails).
-    struct TempDir(PathBuf);
-
-    impl std::ops::Deref for TempDir {
-        type Target = Path;
-        fn deref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn temp_dir(name: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "ballot-storage-{name}-{}-{nanos:x}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
+    use crate::temp_dir::temp_dir;
 
     /// Stops the WAL's writer threads and waits for them, so that nothing writes into the
     /// directory once a test reopens or removes it (dropping the handle lets them finish on
@@ -615,7 +589,7 @@ mod tests {
 
     #[test]
     fn cluster_file_round_trips_and_detects_damage() {
-        let root = temp_dir("cluster");
+        let root = temp_dir("storage-cluster");
         let data_dir = DataDir::new(&root);
         assert!(matches!(ClusterFile::read(&data_dir), Ok(None)));
         let file = cluster_file();
@@ -652,7 +626,7 @@ mod tests {
     /// bytes saved whole.
     #[test]
     fn a_streamed_store_snapshot_loads_as_the_whole_payload() {
-        let root = temp_dir("streamed-snapshot");
+        let root = temp_dir("storage-streamed-snapshot");
         let data_dir = DataDir::new(&root);
         let cluster = cluster_file();
         let opened = open(&data_dir, &cluster, WalSettings::default()).expect("open");
@@ -711,7 +685,7 @@ mod tests {
 
     #[test]
     fn a_fresh_directory_recovers_nothing_and_a_written_one_recovers_its_log() {
-        let root = temp_dir("open");
+        let root = temp_dir("storage-open");
         let data_dir = DataDir::new(&root);
         let cluster = cluster_file();
         let settings = WalSettings {
@@ -751,7 +725,7 @@ mod tests {
     /// WAL does not record them (ballot-wal's retention contract, docs/wal.md).
     #[test]
     fn reopening_removes_unrecorded_snapshots_and_prunes_only_behind_the_durable_marker() {
-        let root = temp_dir("snapshot-retention");
+        let root = temp_dir("storage-snapshot-retention");
         let data_dir = DataDir::new(&root);
         let cluster = cluster_file();
         let settings = WalSettings {

@@ -11,10 +11,12 @@ use std::process::Command;
 use api_support::{Cluster, TempDir, bytes, eventually, get, put};
 use ballot_proto::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, HashKvRequest, LeaseGrantRequest,
-    LeaseTimeToLiveRequest, PutRequest, RangeRequest, SnapshotRequest, StatusRequest,
-    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    LeaseTimeToLiveRequest, PutRequest, RangeRequest, ResponseHeader, SnapshotRequest,
+    StatusRequest, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient,
 };
 use futures::StreamExt;
+use tonic::transport::Channel;
 
 const BALLOT: &str = env!("CARGO_BIN_EXE_ballot");
 
@@ -45,6 +47,17 @@ fn json_field(json: &str, name: &str) -> i64 {
         .unwrap_or_else(|_| panic!("a number for {name} in {json}"))
 }
 
+/// Puts `value` at `key`; the revision of the put.
+async fn put_revision(kv: &mut KvClient<Channel>, key: &str, value: &str) -> i64 {
+    let response = kv.put(put(key, value)).await.expect("put").into_inner();
+    response.header.expect("header").revision
+}
+
+async fn status_header(maintenance: &mut MaintenanceClient<Channel>) -> ResponseHeader {
+    let status = maintenance.status(StatusRequest {}).await.expect("status");
+    status.into_inner().header.expect("header")
+}
+
 #[tokio::test]
 async fn a_backup_restores_into_a_new_cluster_with_the_same_data_and_revisions() {
     let work = TempDir::new("backup");
@@ -61,14 +74,7 @@ async fn a_backup_restores_into_a_new_cluster_with_the_same_data_and_revisions()
             .await
             .expect("put");
     }
-    let overwritten_at = kv
-        .put(put("key/00", "second value"))
-        .await
-        .expect("put")
-        .into_inner()
-        .header
-        .expect("header")
-        .revision;
+    let overwritten_at = put_revision(&mut kv, "key/00", "second value").await;
     kv.delete_range(DeleteRangeRequest {
         key: bytes("key/01"),
         ..DeleteRangeRequest::default()
@@ -99,14 +105,7 @@ async fn a_backup_restores_into_a_new_cluster_with_the_same_data_and_revisions()
         .expect("hashkv")
         .into_inner();
     let revision = source_hash.header.expect("header").revision;
-    let source_cluster = maintenance
-        .status(StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner()
-        .header
-        .expect("header")
-        .cluster_id;
+    let source_cluster = status_header(&mut maintenance).await.cluster_id;
 
     let mut stream = maintenance
         .snapshot(SnapshotRequest {})
@@ -195,14 +194,8 @@ async fn a_backup_restores_into_a_new_cluster_with_the_same_data_and_revisions()
             member.name
         );
         assert_eq!(hash.compact_revision, 10);
-        let header = maintenance
-            .status(StatusRequest {})
-            .await
-            .expect("status")
-            .into_inner()
-            .header
-            .expect("header");
-        assert_ne!(header.cluster_id, source_cluster, "a new cluster");
+        let cluster_id = status_header(&mut maintenance).await.cluster_id;
+        assert_ne!(cluster_id, source_cluster, "a new cluster");
         let ttl = LeaseClient::new(channel)
             .lease_time_to_live(LeaseTimeToLiveRequest {
                 id: lease_id,
@@ -217,14 +210,7 @@ async fn a_backup_restores_into_a_new_cluster_with_the_same_data_and_revisions()
 
     // The new cluster takes writes after the restored revision, and every member applies them.
     let mut kv = KvClient::new(restored.members[0].channel().await);
-    let written = kv
-        .put(put("after", "restore"))
-        .await
-        .expect("put")
-        .into_inner()
-        .header
-        .expect("header")
-        .revision;
+    let written = put_revision(&mut kv, "after", "restore").await;
     assert_eq!(written, revision + 1);
     for member in &restored.members {
         let mut kv = KvClient::new(member.channel().await);
