@@ -145,6 +145,28 @@ pub struct MemberArgs {
     #[arg(long, env = "BALLOT_UNSAFE_NO_FSYNC")]
     pub unsafe_no_fsync: bool,
 
+    /// How --auto-compaction-retention is read: `periodic` keeps a span of time of history,
+    /// `revision` a number of revisions (etcd's modes).
+    #[arg(
+        long,
+        env = "BALLOT_AUTO_COMPACTION_MODE",
+        value_enum,
+        default_value_t = AutoCompactionMode::Periodic
+    )]
+    pub auto_compaction_mode: AutoCompactionMode,
+
+    /// History the leader keeps when it compacts on its own: for periodic mode a duration
+    /// (`1h`, `30m`, `90s`) or a number of hours (as etcd reads `1`); for revision mode a
+    /// number of revisions. 0, the default, turns auto-compaction off (clients can still
+    /// compact). Ballot keeps the history in memory, so a busy cluster wants this set.
+    #[arg(long, env = "BALLOT_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+
+    /// How often the compactor looks at the revision, instead of the mode's own interval
+    /// (tests). Hidden from --help.
+    #[arg(long, hide = true, value_parser = crate::bench::parse_duration)]
+    pub auto_compaction_check_interval: Option<std::time::Duration>,
+
     /// Extra URLs to serve /metrics and /health on (HTTP only), besides the client URLs.
     #[arg(long, env = "BALLOT_LISTEN_METRICS_URLS")]
     pub listen_metrics_urls: Option<String>,
@@ -178,6 +200,13 @@ pub struct MemberArgs {
 pub enum ClusterStateArg {
     New,
     Existing,
+}
+
+/// `--auto-compaction-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AutoCompactionMode {
+    Periodic,
+    Revision,
 }
 
 /// `--log-level`, etcd's names.

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::cli::{ClusterStateArg, LogLevel, MemberArgs};
+use crate::cli::{AutoCompactionMode, ClusterStateArg, LogLevel, MemberArgs};
+use crate::node::auto_compaction::AutoCompaction;
 
 /// etcd refuses election timeouts above 50 s (`maxElectionMs`); so do we.
 pub const ELECTION_TIMEOUT_MAX_MS: u64 = 50_000;
@@ -143,6 +144,10 @@ pub struct ServerConfig {
     pub wal_segment_bytes: u64,
     /// WAL syncs that may run at once (`--wal-syncs-in-flight`, advanced).
     pub wal_syncs_in_flight: usize,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`; `None` when off.
+    pub auto_compaction: Option<AutoCompaction>,
+    /// The compactor's check interval when a test shortens it.
+    pub auto_compaction_check_interval: Option<Duration>,
     pub log_level: LogLevel,
 }
 
@@ -151,6 +156,8 @@ pub struct ServerConfig {
 pub enum ConfigError {
     #[error("--name must not be empty")]
     EmptyName,
+    #[error("--auto-compaction-retention '{given}': {reason}")]
+    InvalidAutoCompactionRetention { given: String, reason: String },
     #[error("--{flag}: invalid URL '{url}': {reason}")]
     InvalidUrl {
         flag: &'static str,
@@ -306,6 +313,11 @@ impl ServerConfig {
             unsafe_no_fsync: args.unsafe_no_fsync,
             wal_segment_bytes: args.wal_segment_bytes,
             wal_syncs_in_flight: args.wal_syncs_in_flight,
+            auto_compaction: parse_auto_compaction(
+                args.auto_compaction_mode,
+                &args.auto_compaction_retention,
+            )?,
+            auto_compaction_check_interval: args.auto_compaction_check_interval,
             log_level: args.log_level,
         })
     }
@@ -351,6 +363,38 @@ fn check_timeouts(heartbeat_ms: u64, election_ms: u64) -> Result<(), ConfigError
         });
     }
     Ok(())
+}
+
+/// etcd reads a periodic retention as a number of hours or a duration, and a revision
+/// retention as a count; 0 turns auto-compaction off.
+fn parse_auto_compaction(
+    mode: AutoCompactionMode,
+    retention: &str,
+) -> Result<Option<AutoCompaction>, ConfigError> {
+    let text = retention.trim();
+    let invalid = |reason: String| ConfigError::InvalidAutoCompactionRetention {
+        given: retention.to_owned(),
+        reason,
+    };
+    match mode {
+        AutoCompactionMode::Periodic => {
+            if let Ok(hours) = text.parse::<u64>() {
+                return Ok((hours > 0).then(|| {
+                    AutoCompaction::Periodic(Duration::from_secs(hours.saturating_mul(3600)))
+                }));
+            }
+            crate::bench::parse_duration(text)
+                .map(|retention| Some(AutoCompaction::Periodic(retention)))
+                .map_err(invalid)
+        }
+        AutoCompactionMode::Revision => match text.parse::<i64>() {
+            Ok(0) => Ok(None),
+            Ok(revisions) if revisions > 0 => Ok(Some(AutoCompaction::Revision(revisions))),
+            _ => Err(invalid(
+                "revision mode takes a number of revisions to keep".into(),
+            )),
+        },
+    }
 }
 
 fn find_self<'a>(
@@ -978,5 +1022,40 @@ mod tests {
             config(&["--initial-cluster-token", ""]).expect_err("must fail"),
             ConfigError::EmptyClusterToken
         );
+    }
+
+    #[test]
+    fn auto_compaction_retention_reads_as_etcd_reads_it() {
+        let auto = |args: &[&str]| config(args).map(|config| config.auto_compaction);
+        assert_eq!(auto(&[]), Ok(None), "off by default");
+        assert_eq!(
+            auto(&["--auto-compaction-retention", "1"]),
+            Ok(Some(AutoCompaction::Periodic(Duration::from_secs(3600)))),
+            "a bare number is hours"
+        );
+        assert_eq!(
+            auto(&["--auto-compaction-retention", "30m"]),
+            Ok(Some(AutoCompaction::Periodic(Duration::from_secs(1800))))
+        );
+        assert_eq!(auto(&["--auto-compaction-retention", "0"]), Ok(None));
+        assert_eq!(
+            auto(&[
+                "--auto-compaction-mode",
+                "revision",
+                "--auto-compaction-retention",
+                "1000"
+            ]),
+            Ok(Some(AutoCompaction::Revision(1000)))
+        );
+        for (mode, bad) in [("periodic", "soon"), ("revision", "1h"), ("revision", "-5")] {
+            let retention = format!("--auto-compaction-retention={bad}");
+            let error = auto(&["--auto-compaction-mode", mode, &retention]).expect_err("must fail");
+            assert!(
+                error
+                    .to_string()
+                    .starts_with(&format!("--auto-compaction-retention '{bad}': ")),
+                "{error}"
+            );
+        }
     }
 }

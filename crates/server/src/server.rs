@@ -84,6 +84,12 @@ pub fn node_config(config: &ServerConfig, cluster: &ClusterFile) -> NodeConfig {
             lease_ttl_min_secs: (election_ms * 3).div_ceil(2000).max(1) as i64,
             ..ballot_mvcc::StoreConfig::default()
         },
+        auto_compaction: config.auto_compaction.map(|mode| {
+            let check = config
+                .auto_compaction_check_interval
+                .unwrap_or_else(|| mode.check_interval());
+            (mode, check)
+        }),
     }
 }
 

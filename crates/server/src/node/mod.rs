@@ -8,6 +8,7 @@
 //! announces its name and client URLs through the log after it starts, as etcd does).
 
 mod apply;
+pub mod auto_compaction;
 mod db_size;
 mod driver;
 pub mod envelope;
@@ -78,6 +79,8 @@ pub struct NodeConfig {
     /// How long a proposal or read may take before it fails (etcd: 5 s + 2 election timeouts).
     pub request_timeout: Duration,
     pub store_config: StoreConfig,
+    /// The leader's own compaction (`--auto-compaction-*`), and its check interval.
+    pub auto_compaction: Option<(auto_compaction::AutoCompaction, Duration)>,
 }
 
 /// The core's view as last published by the driver.
@@ -974,6 +977,13 @@ pub fn start(
     ));
     tasks.push(tokio::spawn(lease::run_expiry(Arc::clone(&shared))));
     tasks.push(tokio::spawn(publish_attributes(Arc::clone(&shared))));
+    if let Some((mode, check_interval)) = shared.config.auto_compaction {
+        tasks.push(tokio::spawn(auto_compaction::run(
+            Arc::clone(&shared),
+            mode,
+            check_interval,
+        )));
+    }
     Ok(StartedNode {
         handle: NodeHandle { shared },
         tasks,
