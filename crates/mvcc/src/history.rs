@@ -150,7 +150,15 @@ impl KeyHistory {
         if below == 0 {
             return false;
         }
-        let keep_newest_below = self.versions[below - 1].is_live();
+        // A key deleted exactly at `revision` keeps nothing from before it: the delete event
+        // then goes out without its previous value (etcd drops the event altogether), and
+        // compacting at the revision of a deletion frees what was deleted, which recovering
+        // from the space quota relies on (compact, then defragment).
+        let deleted_at_revision = self
+            .versions
+            .get(below)
+            .is_some_and(|next| next.main == revision && !next.is_live());
+        let keep_newest_below = self.versions[below - 1].is_live() && !deleted_at_revision;
         let drop = if keep_newest_below { below - 1 } else { below };
         self.versions.drain(..drop);
         if keep_newest_below {

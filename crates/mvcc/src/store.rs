@@ -428,11 +428,19 @@ impl Store {
         // Only keys changed since the previous compaction can have history
         // to drop: the newest version below the previous compact revision
         // was kept because it was live, and it is still the newest below
-        // `revision` unless the key changed since.
+        // `revision` unless the key changed since (up to `revision` itself).
         let mut touched: Vec<u32> = Vec::new();
         while let Some(change) = self.changes.pop_front_if(|change| change.main < revision) {
             touched.push(change.slot);
         }
+        // Keys changed exactly at `revision` too: a delete there drops the version kept
+        // before it (see `History::compact`). Their entries stay in the log.
+        touched.extend(
+            self.changes
+                .iter()
+                .take_while(|change| change.main == revision)
+                .map(|change| change.slot),
+        );
         touched.sort_unstable();
         touched.dedup();
         for slot in touched {

@@ -27,6 +27,8 @@ pub const DEFAULT_NAME: &str = "default";
 pub const DEFAULT_CLUSTER_TOKEN: &str = "ballot-cluster";
 /// etcd's `--max-request-bytes` default, 1.5 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1536 * 1024;
+/// `--quota-backend-bytes` when 0 is given, etcd's `DefaultQuotaBytes` (2 GiB).
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// WAL segment size, as etcd's `SegmentSizeBytes` (64 MiB).
 pub const DEFAULT_WAL_SEGMENT_BYTES: u64 = ballot_wal::WalOptions::DEFAULT_SEGMENT_SIZE_BYTES;
 /// `--wal-syncs-in-flight` (docs/BENCHMARKS.md: one sync at a time measured faster on the
@@ -166,6 +168,18 @@ pub struct MemberArgs {
     /// (tests). Hidden from --help.
     #[arg(long, hide = true, value_parser = crate::bench::parse_duration)]
     pub auto_compaction_check_interval: Option<std::time::Duration>,
+
+    /// Size the state may reach before puts, txns with puts and lease grants are refused with
+    /// "etcdserver: mvcc: database space exceeded" (the NOSPACE alarm), in bytes of `dbSize`
+    /// (snapshot plus the log since). 0 means the default, 2 GiB as in etcd; negative, no limit.
+    /// Compaction then `etcdctl defrag` bring it down again.
+    #[arg(
+        long,
+        env = "BALLOT_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: i64,
 
     /// Extra URLs to serve /metrics and /health on (HTTP only), besides the client URLs.
     #[arg(long, env = "BALLOT_LISTEN_METRICS_URLS")]

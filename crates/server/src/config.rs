@@ -148,6 +148,8 @@ pub struct ServerConfig {
     pub auto_compaction: Option<AutoCompaction>,
     /// The compactor's check interval when a test shortens it.
     pub auto_compaction_check_interval: Option<Duration>,
+    /// `--quota-backend-bytes`: `None` for no limit.
+    pub quota_backend_bytes: Option<u64>,
     pub log_level: LogLevel,
 }
 
@@ -318,6 +320,12 @@ impl ServerConfig {
                 &args.auto_compaction_retention,
             )?,
             auto_compaction_check_interval: args.auto_compaction_check_interval,
+            // etcd: 0 means the default, a negative number no limit.
+            quota_backend_bytes: match args.quota_backend_bytes {
+                0 => Some(crate::cli::DEFAULT_QUOTA_BACKEND_BYTES),
+                bytes if bytes < 0 => None,
+                bytes => Some(bytes as u64),
+            },
             log_level: args.log_level,
         })
     }

@@ -90,6 +90,7 @@ pub fn node_config(config: &ServerConfig, cluster: &ClusterFile) -> NodeConfig {
                 .unwrap_or_else(|| mode.check_interval());
             (mode, check)
         }),
+        quota_bytes: config.quota_backend_bytes,
     }
 }
 

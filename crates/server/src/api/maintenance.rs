@@ -1,11 +1,14 @@
 //! The Maintenance service: Status, Alarm, Defragment, Hash, HashKV, Snapshot, MoveLeader
 //! (etcd `v3rpc/maintenance.go`).
 //!
-//! Ballot has no space quota and checks corruption on read; the one alarm it raises is NOSPACE,
-//! for a member whose WAL disk is full (its writes wait until space is freed, and it refuses new
-//! requests with etcd's "database space exceeded"). The alarm ends by itself once the disk has
-//! room again, so Alarm reports it for every action and changes nothing. Defragment has nothing
-//! to do: the store lives in memory and is compacted in place.
+//! Ballot checks corruption on read; the one alarm it raises is NOSPACE, for a member whose WAL
+//! disk is full (its writes wait until space is freed, and it refuses new requests with etcd's
+//! "database space exceeded"), or whose `dbSize` has reached `--quota-backend-bytes` (puts, txns
+//! with puts and lease grants are refused the same way; reads, deletes and compactions go on).
+//! Both end by themselves once there is room again, so Alarm reports NOSPACE for every action
+//! and changes nothing. Defragment takes a snapshot now: the state lives in memory and is
+//! compacted in place, and a snapshot rewrites its durable form without the compacted history,
+//! which is what brings `dbSize` down (docs/api.md).
 
 use std::pin::Pin;
 
@@ -70,7 +73,7 @@ impl<N: ApiNode> Api<N> {
             errors.push("etcdserver: no leader".to_owned());
         }
         // etcd lists its alarms there too, in the protobuf text form of `AlarmMember`.
-        if status.no_space {
+        if status.no_space || status.quota_exceeded {
             errors.push(format!("memberID:{} alarm:NOSPACE ", status.member_id));
         }
         let db_size = i64::try_from(status.db_size_bytes).unwrap_or(i64::MAX);
@@ -146,7 +149,7 @@ impl<N: ApiNode> Maintenance for Api<N> {
         _request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
         let status = self.node.status();
-        let alarms = if status.no_space {
+        let alarms = if status.no_space || status.quota_exceeded {
             vec![AlarmMember {
                 member_id: status.member_id,
                 alarm: AlarmType::Nospace as i32,
@@ -172,9 +175,14 @@ impl<N: ApiNode> Maintenance for Api<N> {
         &self,
         _request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        let result = Ok(DefragmentResponse {
-            header: self.current_header(),
-        });
+        let result = self
+            .node
+            .defragment()
+            .await
+            .map(|()| DefragmentResponse {
+                header: self.current_header(),
+            })
+            .map_err(Status::from);
         record(GrpcMethod::MaintenanceDefragment, result).map(Response::new)
     }
 

@@ -104,6 +104,7 @@ pub trait ApiNode: Clone + Send + Sync + 'static {
     fn move_leader(&self, target: u64) -> impl Future<Output = Result<(), NodeError>> + Send;
     fn status(&self) -> NodeStatus;
     fn backup_snapshot(&self) -> impl Future<Output = Result<Bytes, NodeError>> + Send;
+    fn defragment(&self) -> impl Future<Output = Result<(), NodeError>> + Send;
 }
 
 impl ApiNode for NodeHandle {
@@ -181,6 +182,9 @@ impl ApiNode for NodeHandle {
     }
     fn backup_snapshot(&self) -> impl Future<Output = Result<Bytes, NodeError>> + Send {
         NodeHandle::backup_snapshot(self)
+    }
+    fn defragment(&self) -> impl Future<Output = Result<(), NodeError>> + Send {
+        NodeHandle::defragment(self)
     }
 }
 

@@ -33,9 +33,14 @@ pub enum ApplyError {
     Snapshot { index: u64, reason: String },
 }
 
+/// Where a Defragment learns the outcome of its snapshot.
+pub type DefragReply = oneshot::Sender<Result<(), String>>;
+
 pub struct Applier {
     pub shared: Arc<NodeShared>,
     pub items: mpsc::Receiver<ApplyItem>,
+    /// Defragment requests: a snapshot now, whatever the snapshot rules say.
+    pub defrag: mpsc::Receiver<DefragReply>,
     /// Index of the last snapshot taken or installed.
     pub snapshot_index: u64,
 }
@@ -56,14 +61,60 @@ struct BatchEffects {
 
 impl Applier {
     pub async fn run(mut self) -> Result<(), ApplyError> {
-        while let Some(item) = self.items.recv().await {
-            match item {
-                ApplyItem::Snapshot(meta) => self.install_snapshot(meta).await?,
-                ApplyItem::Entries(entries) => self.apply_entries(&entries),
+        loop {
+            tokio::select! {
+                biased;
+                item = self.items.recv() => {
+                    let Some(item) = item else { break };
+                    match item {
+                        ApplyItem::Snapshot(meta) => self.install_snapshot(meta).await?,
+                        ApplyItem::Entries(entries) => self.apply_entries(&entries),
+                    }
+                    self.maybe_snapshot();
+                }
+                Some(reply) = self.defrag.recv() => self.snapshot_for_defrag(reply),
             }
-            self.maybe_snapshot();
         }
         Ok(())
+    }
+
+    /// Takes a snapshot of the state as it is now for a Defragment (on this task, so the store
+    /// and the registry are read at the same index), once any snapshot being written is done,
+    /// and answers when it is durable. With nothing applied since the last snapshot there is
+    /// nothing to rewrite.
+    fn snapshot_for_defrag(&mut self, reply: DefragReply) {
+        let applied = *self.shared.applied.borrow();
+        if applied <= self.snapshot_index {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        self.snapshot_index = applied;
+        let store = lock_read(&self.shared.store).snapshot_state();
+        let registry = lock_read(&self.shared.registry).clone();
+        let db_size_mark = self.shared.db_size.applied_mark();
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            // One snapshot at a time: wait for the flag, re-checking after every snapshot end
+            // (the notification is armed before the check, so none is missed).
+            loop {
+                let done = shared.snapshot_done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if !shared.snapshot_in_progress.swap(true, Ordering::SeqCst) {
+                    break;
+                }
+                done.await;
+            }
+            // A snapshot at a later index (taken meanwhile, or installed from the leader)
+            // already rewrote the state; an older one must not follow it into the WAL.
+            let taken = if shared.snapshot_index.load(Ordering::SeqCst) >= applied {
+                Ok(())
+            } else {
+                take_snapshot(&shared, applied, store, registry, db_size_mark).await
+            };
+            end_snapshot(&shared, applied, &taken);
+            let _ = reply.send(taken);
+        });
     }
 
     fn apply_entries(&mut self, entries: &[Entry]) {
@@ -265,6 +316,9 @@ impl Applier {
         self.shared.watch_hub.reset_to(revision);
         let mark = self.shared.db_size.applied_mark();
         self.shared.db_size.snapshot_saved(size, mark);
+        self.shared
+            .snapshot_index
+            .fetch_max(index, Ordering::SeqCst);
         self.snapshot_index = index;
         self.shared.applied.send_replace(index);
         self.shared.waiters.fail_lost_through(index);
@@ -302,15 +356,21 @@ impl Applier {
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             let taken = take_snapshot(&shared, applied, store, registry, db_size_mark).await;
-            if let Err(reason) = taken {
-                tracing::error!(index = applied, %reason, "taking a snapshot failed");
-                if reason.starts_with("WAL") {
-                    shared.fail(reason);
-                }
-            }
-            shared.snapshot_in_progress.store(false, Ordering::SeqCst);
+            end_snapshot(&shared, applied, &taken);
         });
     }
+}
+
+/// After a snapshot task: a WAL failure stops the node; the next snapshot may start.
+fn end_snapshot(shared: &NodeShared, index: u64, taken: &Result<(), String>) {
+    if let Err(reason) = taken {
+        tracing::error!(index, %reason, "taking a snapshot failed");
+        if reason.starts_with("WAL") {
+            shared.fail(reason.clone());
+        }
+    }
+    shared.snapshot_in_progress.store(false, Ordering::SeqCst);
+    shared.snapshot_done.notify_waiters();
 }
 
 fn track_leases(command: &Command, outcome: &ApplyOutcome, effects: &mut BatchEffects) {
@@ -366,6 +426,7 @@ async fn take_snapshot(
         .snapshot_save_seconds
         .observe(save_started.elapsed());
     shared.db_size.snapshot_saved(size, db_size_mark);
+    shared.snapshot_index.fetch_max(index, Ordering::SeqCst);
     let compact_through = index.saturating_sub(shared.config.snapshot_catchup_entries);
     shared
         .requests

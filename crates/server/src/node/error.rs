@@ -63,6 +63,9 @@ pub enum NodeError {
     /// Something Ballot does not do; the text says what.
     #[error("{0}")]
     Unsupported(String),
+    /// A maintenance action (Defragment) failed on this member; the text says why.
+    #[error("etcdserver: {0}")]
+    Maintenance(String),
 }
 
 impl NodeError {
@@ -94,6 +97,7 @@ impl NodeError {
             | NodeError::NotSupportedForLearner
             | NodeError::InvalidConfChange(_) => Code::FailedPrecondition,
             NodeError::Unsupported(_) => Code::Unimplemented,
+            NodeError::Maintenance(_) => Code::Internal,
         }
     }
 

@@ -30,7 +30,7 @@ use ballot_raft::{
 };
 use ballot_wal::{GroupCommitWal, RealDisk, SnapshotStore};
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::HttpUrl;
@@ -49,6 +49,8 @@ pub use error::NodeError;
 const REQUEST_QUEUE_DEPTH: usize = 16 * 1024;
 /// Batches waiting for the apply task.
 const APPLY_QUEUE_DEPTH: usize = 256;
+/// Defragment requests waiting for the apply task.
+const DEFRAG_QUEUE_DEPTH: usize = 16;
 /// Readys waiting for durability.
 const PERSIST_QUEUE_DEPTH: usize = 4096;
 /// Peer frames waiting for the driver.
@@ -81,6 +83,9 @@ pub struct NodeConfig {
     pub store_config: StoreConfig,
     /// The leader's own compaction (`--auto-compaction-*`), and its check interval.
     pub auto_compaction: Option<(auto_compaction::AutoCompaction, Duration)>,
+    /// `--quota-backend-bytes`: writes that would take `dbSize` past this are refused with
+    /// etcd's NOSPACE error; `None` for no limit.
+    pub quota_bytes: Option<u64>,
 }
 
 /// The core's view as last published by the driver.
@@ -134,6 +139,9 @@ pub struct NodeStatus {
     /// The WAL's disk is full: this member's writes wait until space is freed, and it refuses
     /// new requests (etcd's NOSPACE alarm).
     pub no_space: bool,
+    /// `dbSize` has reached `--quota-backend-bytes`: puts, txns with puts and lease grants are
+    /// refused (etcd's NOSPACE alarm) until compaction and a defragment bring it down.
+    pub quota_exceeded: bool,
 }
 
 /// What the node's tasks and handles share.
@@ -156,6 +164,14 @@ pub(crate) struct NodeShared {
     no_space: watch::Receiver<bool>,
     snapshots: SnapshotStore<RealDisk>,
     snapshot_in_progress: AtomicBool,
+    /// Notified when a snapshot task ends (see `snapshot_in_progress`).
+    snapshot_done: tokio::sync::Notify,
+    /// The index of the newest snapshot written or installed.
+    snapshot_index: AtomicU64,
+    /// `dbSize` when a write was last refused for the quota while no alarm was up; 0: no alarm.
+    quota_alarm_at: AtomicU64,
+    /// Defragment requests for the apply task, which takes a snapshot now for each.
+    defrag: mpsc::Sender<apply::DefragReply>,
     removed: AtomicBool,
     db_size: db_size::DbSize,
     leader_changes: AtomicU64,
@@ -175,7 +191,72 @@ pub(crate) fn lock_write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What a command adds to `dbSize` as etcd's quota counts it: a put's key and value plus a fixed
+/// overhead per key (etcd's `kvOverhead`), a lease grant's overhead; 0 for what does not grow
+/// the store (reads, deletes, compactions, revokes), which stay allowed over the quota so that
+/// space can be freed.
+fn quota_cost(command: &Command) -> u64 {
+    const KV_OVERHEAD: u64 = 256;
+    const LEASE_OVERHEAD: u64 = 64;
+    fn put_cost(put: &ballot_proto::etcdserverpb::PutRequest) -> u64 {
+        put.key.len() as u64 + put.value.len() as u64 + KV_OVERHEAD
+    }
+    fn txn_cost(txn: &ballot_proto::etcdserverpb::TxnRequest) -> u64 {
+        use ballot_proto::etcdserverpb::request_op::Request;
+        let branch = |ops: &[ballot_proto::etcdserverpb::RequestOp]| -> u64 {
+            ops.iter()
+                .map(|op| match &op.request {
+                    Some(Request::RequestPut(put)) => put_cost(put),
+                    Some(Request::RequestTxn(txn)) => txn_cost(txn),
+                    _ => 0,
+                })
+                .sum()
+        };
+        branch(&txn.success).max(branch(&txn.failure))
+    }
+    match command {
+        Command::Put(put) => put_cost(put),
+        Command::Txn(txn) => txn_cost(txn),
+        Command::LeaseGrant { .. } => LEASE_OVERHEAD,
+        _ => 0,
+    }
+}
+
 impl NodeShared {
+    /// Whether `dbSize` plus `cost` would pass `--quota-backend-bytes`.
+    fn over_quota(&self, cost: u64) -> bool {
+        self.config
+            .quota_bytes
+            .is_some_and(|quota| self.db_size.bytes().saturating_add(cost) > quota)
+    }
+
+    /// A write was refused for the quota: NOSPACE is raised (as etcd raises it then) until
+    /// `dbSize` falls below what it was, that is until a snapshot rewrote the state smaller.
+    fn raise_quota_alarm(&self) {
+        let size = self.db_size.bytes().max(1);
+        let _ = self
+            .quota_alarm_at
+            .compare_exchange(0, size, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Whether the quota's NOSPACE alarm is up (ending it once `dbSize` has shrunk).
+    fn quota_alarm(&self) -> bool {
+        let raised_at = self.quota_alarm_at.load(Ordering::SeqCst);
+        if raised_at == 0 {
+            return false;
+        }
+        if self.db_size.bytes() < raised_at {
+            let _ = self.quota_alarm_at.compare_exchange(
+                raised_at,
+                0,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+            return false;
+        }
+        true
+    }
+
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -346,6 +427,13 @@ impl NodeHandle {
     /// A `LeaseGrant` with ID 0 gets a fresh ID here, before replication, so every replica
     /// applies the same one.
     pub async fn propose(&self, command: Command) -> Result<ApplyOutcome, NodeError> {
+        let cost = quota_cost(&command);
+        // As in etcd, once the alarm is up every write that grows the state is refused, not
+        // only those that would not fit.
+        if cost > 0 && (self.shared.quota_alarm() || self.shared.over_quota(cost)) {
+            self.shared.raise_quota_alarm();
+            return Err(NodeError::NoSpace);
+        }
         let command = match command {
             Command::LeaseGrant { id: 0, ttl_secs } => Command::LeaseGrant {
                 id: self.fresh_lease_id(),
@@ -739,7 +827,27 @@ impl NodeHandle {
             db_size_bytes: self.shared.db_size.bytes(),
             leader_changes: self.shared.leader_changes.load(Ordering::Relaxed),
             no_space: *self.shared.no_space.borrow(),
+            quota_exceeded: self.shared.quota_alarm(),
         }
+    }
+
+    /// etcd's Defragment, Ballot's way: the state lives in memory, so what shrinks `dbSize`
+    /// after a compaction is a snapshot, which rewrites the state without the compacted
+    /// history. Takes one now (after any snapshot already being written) and returns once it
+    /// is durable; nothing to do if nothing was applied since the last one.
+    pub async fn defragment(&self) -> Result<(), NodeError> {
+        if self.shared.is_stopped() {
+            return Err(NodeError::Stopped);
+        }
+        let (reply, done) = oneshot::channel();
+        self.shared
+            .defrag
+            .send(reply)
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        done.await
+            .map_err(|_| NodeError::Stopped)?
+            .map_err(NodeError::Maintenance)
     }
 
     /// The full Raft status (replication progress of each member when this one leads).
@@ -893,6 +1001,7 @@ pub fn start(
     let (requests_tx, requests_rx) = mpsc::channel(REQUEST_QUEUE_DEPTH);
     let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE_DEPTH);
     let (apply_tx, apply_rx) = mpsc::channel(APPLY_QUEUE_DEPTH);
+    let (defrag_tx, defrag_rx) = mpsc::channel(DEFRAG_QUEUE_DEPTH);
     let (persisted_tx, persisted_rx) = watch::channel(0u64);
     let (stop_tx, stop_rx) = watch::channel(false);
     let status = raft.status();
@@ -920,6 +1029,10 @@ pub fn start(
         wal: opened.wal.clone(),
         snapshots: opened.snapshots,
         snapshot_in_progress: AtomicBool::new(false),
+        snapshot_done: tokio::sync::Notify::new(),
+        snapshot_index: AtomicU64::new(snapshot_index),
+        quota_alarm_at: AtomicU64::new(0),
+        defrag: defrag_tx,
         removed: AtomicBool::new(false),
         db_size: db_size::DbSize::new(snapshot_size),
         leader_changes: AtomicU64::new(0),
@@ -957,6 +1070,7 @@ pub fn start(
     let applier = apply::Applier {
         shared: Arc::clone(&shared),
         items: apply_rx,
+        defrag: defrag_rx,
         snapshot_index,
     };
     let mut tasks = Vec::new();
