@@ -575,6 +575,24 @@ http://$status_line){$((count - 1))}"
     "\[\{\"Endpoint\":\"[^\"]+\",\"Status\":\{\"header\":\{\"cluster_id\":$NUM,\"member_id\":$NUM,\"revision\":$NUM,\"raft_term\":$NUM\},\"version\":\"[^\"]+\",\"dbSize\":$NUM,\"leader\":$NUM,\"raftIndex\":$NUM,\"raftTerm\":$NUM,\"raftAppliedIndex\":$NUM,\"dbSizeInUse\":$NUM\}\}(,\{.*\})*\]"
 }
 
+# --- alarm and defrag ----------------------------------------------------------------------
+
+test_maintenance() {
+  local ep
+  run ctl alarm list
+  expect_out "alarm list with no alarm" ""
+  run ctl alarm disarm
+  expect_out "alarm disarm with no alarm" ""
+  run ctl defrag
+  expect_match "defrag every endpoint" "(Finished defragmenting etcd member\[[^]]+\]
+?){${#endpoint_list[@]}}"
+  for ep in "${endpoint_list[@]}"; do
+    check "defrag reports $ep" "a line for $ep" grep -qxF "Finished defragmenting etcd member[$ep]" <<<"$OUT"
+  done
+  run ctl get "$P/compact/k" --print-value-only
+  expect_out "data is intact after defrag" "2"
+}
+
 # --- snapshot ------------------------------------------------------------------------------
 
 test_snapshot() {
@@ -706,6 +724,7 @@ else
   echo "# skipped: a learner that joins and is promoted (set SUITE_MEMBER_BIN)"
 fi
 test_endpoint
+test_maintenance
 test_snapshot
 test_lock
 test_elect
