@@ -181,6 +181,22 @@ pub struct MemberArgs {
     )]
     pub quota_backend_bytes: i64,
 
+    /// Certificate (PEM) presented on https:// client URLs.
+    #[arg(long, env = "BALLOT_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, env = "BALLOT_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// CA certificates (PEM) that client certificates are verified against.
+    #[arg(long, env = "BALLOT_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Refuse https clients without a certificate signed by --trusted-ca-file.
+    #[arg(long, env = "BALLOT_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+
     /// Extra URLs to serve /metrics and /health on (HTTP only), besides the client URLs.
     #[arg(long, env = "BALLOT_LISTEN_METRICS_URLS")]
     pub listen_metrics_urls: Option<String>,

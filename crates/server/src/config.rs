@@ -53,6 +53,59 @@ pub struct InitialMember {
     pub member_id: MemberId,
 }
 
+/// `--cert-file`, `--key-file`, `--trusted-ca-file` and `--client-cert-auth`: TLS on the
+/// client URLs that are `https` (crate::tls loads the files when the member starts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA certificates that client certificates are checked against.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by `trusted_ca_file`.
+    pub client_cert_auth: bool,
+}
+
+impl ClientTls {
+    fn from_args(args: &MemberArgs, listen: &[HttpUrl]) -> Result<Option<ClientTls>, ConfigError> {
+        if args.client_cert_auth && args.trusted_ca_file.is_none() {
+            return Err(ConfigError::TlsFlags(
+                "--client-cert-auth needs --trusted-ca-file".into(),
+            ));
+        }
+        let (cert_file, key_file) = match (&args.cert_file, &args.key_file) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            (None, None) => {
+                if let Some(url) = listen.iter().find(|url| url.tls) {
+                    return Err(ConfigError::TlsFlags(format!(
+                        "--listen-client-urls {url} needs --cert-file and --key-file"
+                    )));
+                }
+                if args.trusted_ca_file.is_some() {
+                    return Err(ConfigError::TlsFlags(
+                        "--trusted-ca-file needs --cert-file and --key-file".into(),
+                    ));
+                }
+                return Ok(None);
+            }
+            _ => {
+                return Err(ConfigError::TlsFlags(
+                    "--cert-file and --key-file go together".into(),
+                ));
+            }
+        };
+        if !listen.iter().any(|url| url.tls) {
+            // etcd ignores the files then (with a warning): every client URL is plain http.
+            return Ok(None);
+        }
+        Ok(Some(ClientTls {
+            cert_file,
+            key_file,
+            trusted_ca_file: args.trusted_ca_file.clone(),
+            client_cert_auth: args.client_cert_auth,
+        }))
+    }
+}
+
 /// Who a member is in the cluster it bootstraps: what `--name`,
 /// `--initial-advertise-peer-urls`, `--initial-cluster` and `--initial-cluster-token` derive.
 /// A member started with these flags and `ballot snapshot restore` given the same ones agree.
@@ -113,6 +166,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Addresses to bind for clients: gRPC (and HTTP `/health`, `/metrics`, `/version`).
     pub client_listen_addrs: Vec<SocketAddr>,
+    /// For each of `client_listen_addrs`: served with TLS (an `https` URL).
+    pub client_listen_tls: Vec<bool>,
+    /// The certificate and key for `https` client URLs, and how clients are verified.
+    pub client_tls: Option<ClientTls>,
     /// Client URLs this member advertises (`--advertise-client-urls`), normalised to
     /// `http://host:port`.
     pub advertise_client_urls: Vec<String>,
@@ -158,6 +215,8 @@ pub struct ServerConfig {
 pub enum ConfigError {
     #[error("--name must not be empty")]
     EmptyName,
+    #[error("{0}")]
+    TlsFlags(String),
     #[error("--auto-compaction-retention '{given}': {reason}")]
     InvalidAutoCompactionRetention { given: String, reason: String },
     #[error("--{flag}: invalid URL '{url}': {reason}")]
@@ -255,9 +314,10 @@ impl ServerConfig {
             });
         }
 
-        let client_listen = parse_url_list("listen-client-urls", &args.listen_client_urls)?;
+        let client_listen = parse_client_url_list("listen-client-urls", &args.listen_client_urls)?;
         let advertise_client =
-            parse_url_list("advertise-client-urls", &args.advertise_client_urls)?;
+            parse_client_url_list("advertise-client-urls", &args.advertise_client_urls)?;
+        let client_tls = ClientTls::from_args(args, &client_listen)?;
         let peer_listen = parse_url_list("listen-peer-urls", &args.listen_peer_urls)?;
         let advertise_peer = parse_url_list(
             "initial-advertise-peer-urls",
@@ -295,7 +355,9 @@ impl ServerConfig {
                 .data_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("{}.ballot", args.name))),
+            client_listen_tls: client_listen.iter().map(|url| url.tls).collect(),
             client_listen_addrs,
+            client_tls,
             advertise_client_urls: advertise_client.iter().map(HttpUrl::to_string).collect(),
             peer_listen_addrs,
             advertise_peer_urls,
@@ -588,18 +650,33 @@ fn nonzero_prefix(digest: &[u8]) -> u64 {
     u64::from_be_bytes(prefix).max(1)
 }
 
-/// An `http://host:port` URL as etcd accepts for its listeners. TLS (`https`) and unix sockets
-/// are not supported.
+/// An `http://host:port` URL as etcd accepts for its listeners, or `https://host:port` for a
+/// client URL served with TLS. Unix sockets are not supported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
     /// Host as written, without IPv6 brackets.
     pub host: String,
     pub port: u16,
+    /// `https`: clients reach this URL with TLS (client URLs only).
+    pub tls: bool,
 }
 
 impl HttpUrl {
-    /// Parses one URL; `flag` names the flag in the error.
+    /// Parses one `http://` URL (peer and metrics URLs); `flag` names the flag in the error.
     pub fn parse(flag: &'static str, text: &str) -> Result<HttpUrl, ConfigError> {
+        let url = HttpUrl::parse_client(flag, text)?;
+        if url.tls {
+            return Err(ConfigError::InvalidUrl {
+                flag,
+                url: text.to_owned(),
+                reason: "TLS is supported on client URLs only; this URL must be http://".into(),
+            });
+        }
+        Ok(url)
+    }
+
+    /// Parses one client URL: `http://` or, served with TLS, `https://`.
+    pub fn parse_client(flag: &'static str, text: &str) -> Result<HttpUrl, ConfigError> {
         let invalid = |reason: &str| ConfigError::InvalidUrl {
             flag,
             url: text.to_owned(),
@@ -608,11 +685,12 @@ impl HttpUrl {
         let Some((scheme, rest)) = text.split_once("://") else {
             return Err(invalid("expected http://host:port"));
         };
-        match scheme {
-            "http" => {}
-            "https" | "unixs" => return Err(invalid("TLS is not supported")),
-            _ => return Err(invalid("the scheme must be http")),
-        }
+        let tls = match scheme {
+            "http" => false,
+            "https" => true,
+            "unix" | "unixs" => return Err(invalid("unix sockets are not supported")),
+            _ => return Err(invalid("the scheme must be http or https")),
+        };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.contains('/') || authority.contains('?') || authority.contains('#') {
             return Err(invalid("a path is not allowed"));
@@ -634,6 +712,7 @@ impl HttpUrl {
         Ok(HttpUrl {
             host: host.to_owned(),
             port,
+            tls,
         })
     }
 
@@ -656,10 +735,11 @@ impl HttpUrl {
 
 impl fmt::Display for HttpUrl {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
         if self.host.contains(':') {
-            write!(formatter, "http://[{}]:{}", self.host, self.port)
+            write!(formatter, "{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            write!(formatter, "http://{}:{}", self.host, self.port)
+            write!(formatter, "{scheme}://{}:{}", self.host, self.port)
         }
     }
 }
@@ -680,11 +760,24 @@ fn split_host_port(authority: &str) -> Option<(&str, &str)> {
 
 /// Parses a comma-separated URL list.
 pub fn parse_url_list(flag: &'static str, text: &str) -> Result<Vec<HttpUrl>, ConfigError> {
+    let urls = parse_client_url_list(flag, text)?;
+    if let Some(tls) = urls.iter().find(|url| url.tls) {
+        return Err(ConfigError::InvalidUrl {
+            flag,
+            url: tls.to_string(),
+            reason: "TLS is supported on client URLs only; this URL must be http://".into(),
+        });
+    }
+    Ok(urls)
+}
+
+/// Like [`parse_url_list`], for client URLs, which may be `https://`.
+pub fn parse_client_url_list(flag: &'static str, text: &str) -> Result<Vec<HttpUrl>, ConfigError> {
     let urls = text
         .split(',')
         .map(str::trim)
         .filter(|url| !url.is_empty())
-        .map(|url| HttpUrl::parse(flag, url))
+        .map(|url| HttpUrl::parse_client(flag, url))
         .collect::<Result<Vec<_>, _>>()?;
     if urls.is_empty() {
         return Err(ConfigError::NoUrls { flag });
@@ -913,8 +1006,8 @@ mod tests {
                 "--listen-client-urls: invalid URL '127.0.0.1:2379': expected http://host:port",
             ),
             (
-                vec!["--listen-client-urls", "https://127.0.0.1:2379"],
-                "--listen-client-urls: invalid URL 'https://127.0.0.1:2379': TLS is not supported",
+                vec!["--listen-client-urls", "unixs://127.0.0.1:2379"],
+                "--listen-client-urls: invalid URL 'unixs://127.0.0.1:2379': unix sockets are not supported",
             ),
             (
                 vec!["--listen-client-urls", "http://127.0.0.1"],
@@ -1065,5 +1158,50 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn https_is_for_client_urls_and_needs_the_certificate_flags() {
+        let tls = config(&[
+            "--listen-client-urls",
+            "https://127.0.0.1:2379,http://127.0.0.1:22379",
+            "--advertise-client-urls",
+            "https://127.0.0.1:2379",
+            "--cert-file",
+            "s.pem",
+            "--key-file",
+            "s.key",
+        ])
+        .expect("https client URLs");
+        assert_eq!(tls.client_listen_tls, vec![true, false]);
+        assert_eq!(tls.advertise_client_urls, vec!["https://127.0.0.1:2379"]);
+        let files = tls.client_tls.expect("TLS settings");
+        assert_eq!(files.cert_file, PathBuf::from("s.pem"));
+        assert!(!files.client_cert_auth);
+
+        let peer = config(&["--listen-peer-urls", "https://127.0.0.1:2380"]).expect_err("refused");
+        assert!(
+            peer.to_string()
+                .contains("TLS is supported on client URLs only"),
+            "{peer}"
+        );
+        let no_files =
+            config(&["--listen-client-urls", "https://127.0.0.1:2379"]).expect_err("refused");
+        assert!(
+            no_files
+                .to_string()
+                .contains("needs --cert-file and --key-file")
+        );
+        let half = config(&[
+            "--listen-client-urls",
+            "https://127.0.0.1:2379",
+            "--cert-file",
+            "s.pem",
+        ])
+        .expect_err("refused");
+        assert_eq!(half.to_string(), "--cert-file and --key-file go together");
+        // With plain http client URLs the files are ignored, as etcd ignores them.
+        let plain = config(&["--cert-file", "s.pem", "--key-file", "s.key"]).expect("ignored");
+        assert_eq!(plain.client_tls, None);
     }
 }

@@ -17,4 +17,5 @@ pub mod server;
 pub mod storage;
 #[cfg(test)]
 mod temp_dir;
+pub mod tls;
 pub mod transport;

@@ -46,6 +46,7 @@ use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tonic::Status;
 use tonic::codegen::Service;
 
@@ -58,6 +59,8 @@ const STREAM_WINDOW_BYTES: u32 = 1 << 20;
 const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 /// The gRPC message prefix: a compression flag and a big-endian u32 length.
 const MESSAGE_PREFIX_BYTES: usize = 5;
+/// How long a TLS client may take to complete its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait before accepting again after `accept` failed (out of descriptors).
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
@@ -98,6 +101,7 @@ pub async fn serve<N: ApiNode>(
     listener: TcpListener,
     service: ClientService<N>,
     shutdown: impl Future<Output = ()> + Send,
+    tls: Option<TlsAcceptor>,
 ) -> io::Result<()> {
     let (stopping, stop_watch) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -110,8 +114,13 @@ pub async fn serve<N: ApiNode>(
             Ok((socket, _peer)) => {
                 let service = service.clone();
                 let stop = stop_watch.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = serve_connection(socket, service, stop).await {
+                    let served = match tls {
+                        None => serve_connection(socket, service, stop).await,
+                        Some(tls) => serve_tls_connection(socket, &tls, service, stop).await,
+                    };
+                    if let Err(error) = served {
                         tracing::debug!(%error, "client connection ended with an error");
                     }
                 });
@@ -128,12 +137,40 @@ pub async fn serve<N: ApiNode>(
     Ok(())
 }
 
-async fn serve_connection<N: ApiNode>(
-    mut socket: TcpStream,
+/// A TLS client: the handshake (bounded by [`TLS_HANDSHAKE_TIMEOUT`], so a client that connects
+/// and stalls holds no task for long), then the same as in plain text.
+async fn serve_tls_connection<N: ApiNode>(
+    socket: TcpStream,
+    tls: &TlsAcceptor,
     service: ClientService<N>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     socket.set_nodelay(true)?;
+    let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(socket))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+    serve_stream(stream, service, stop).await
+}
+
+async fn serve_connection<N: ApiNode>(
+    socket: TcpStream,
+    service: ClientService<N>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    socket.set_nodelay(true)?;
+    serve_stream(socket, service, stop).await
+}
+
+/// Classifies a connection by its first bytes (HTTP/2 preface or not) and serves it.
+async fn serve_stream<N, S>(
+    mut socket: S,
+    service: ClientService<N>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    N: ApiNode,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut prefix = BytesMut::with_capacity(PREFACE.len());
     while prefix.len() < PREFACE.len() && PREFACE.starts_with(&prefix) {
         if socket.read_buf(&mut prefix).await? == 0 {

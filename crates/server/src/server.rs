@@ -51,6 +51,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot join the cluster: {0}")]
     Join(String),
     #[error("cannot start the node: {0}")]
@@ -96,6 +98,13 @@ pub fn node_config(config: &ServerConfig, cluster: &ClusterFile) -> NodeConfig {
 
 /// Runs a member until it is told to stop (SIGINT / SIGTERM) or fails.
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
+    // The certificate files first: a mistake in them stops the member before it touches its
+    // data or the network.
+    let tls_acceptor = config
+        .client_tls
+        .as_ref()
+        .map(crate::tls::acceptor)
+        .transpose()?;
     let peer_listeners = bind_all(&config.peer_listen_addrs, "--listen-peer-urls").await?;
     let client_listeners = bind_all(&config.client_listen_addrs, "--listen-client-urls").await?;
     let metrics_listeners = bind_all(&config.metrics_listen_addrs, "--listen-metrics-urls").await?;
@@ -105,6 +114,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         &config,
         client_listeners,
         metrics_listeners,
+        tls_acceptor.as_ref(),
     );
     tracing::info!(
         member_id = %format_args!("{:x}", member.handle.member_id()),
@@ -303,14 +313,20 @@ async fn serve_clients(
     config: &ServerConfig,
     listeners: Vec<TcpListener>,
     metrics_listeners: Vec<TcpListener>,
+    tls_acceptor: Option<&tokio_rustls::TlsAcceptor>,
 ) -> Result<(), ServerError> {
     let mut servers = tokio::task::JoinSet::new();
     let service = crate::api::client_service(node.clone(), config);
-    for listener in listeners {
+    for (listener, tls) in listeners.into_iter().zip(&config.client_listen_tls) {
+        let acceptor = match (tls, tls_acceptor) {
+            (true, Some(acceptor)) => Some(acceptor.clone()),
+            _ => None,
+        };
         servers.spawn(crate::serve::serve(
             listener,
             service.clone(),
             std::future::pending(),
+            acceptor,
         ));
     }
     let http_only = ClientService::<NodeHandle>::router_only(crate::http::routes(
@@ -321,6 +337,7 @@ async fn serve_clients(
             listener,
             http_only.clone(),
             std::future::pending(),
+            None,
         ));
     }
     match servers.join_next().await {

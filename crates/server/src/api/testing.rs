@@ -289,7 +289,7 @@ impl TestServer {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            if let Err(error) = crate::serve::serve(listener, service, shutdown).await {
+            if let Err(error) = crate::serve::serve(listener, service, shutdown, None).await {
                 panic!("test server failed: {error}");
             }
         });
