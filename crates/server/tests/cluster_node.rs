@@ -577,6 +577,56 @@ fn a_keep_alive_right_after_a_grant_through_a_follower_renews_the_lease() {
     }
 }
 
+/// TimeToLive with keys lists every key a client has been told is attached: a put with a lease
+/// through a follower is acknowledged once that follower applied it, possibly before the
+/// leader (which answers TimeToLive) has. Found by the Node.js client check in CI.
+#[test]
+fn time_to_live_right_after_a_put_through_a_follower_lists_the_key() {
+    let cluster = TestCluster::new("ttl-keys", 3, 10_000);
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let other_handle = cluster.members[other].handle();
+    let leader_handle = cluster.members[leader].handle();
+    let id = match propose_retrying(
+        &cluster.members[follower],
+        Command::LeaseGrant {
+            id: 0,
+            ttl_secs: 60,
+        },
+        Duration::from_secs(5),
+    ) {
+        ApplyOutcome::LeaseGrant(response) => response.id,
+        other => panic!("lease grant answered {other:?}"),
+    };
+    for round in 0..200 {
+        let key = format!("leased-{round}");
+        let command = Command::Put(PutRequest {
+            key: Bytes::from(key.clone()),
+            value: Bytes::from_static(b"v"),
+            lease: id,
+            ..PutRequest::default()
+        });
+        propose_retrying(&cluster.members[follower], command, Duration::from_secs(5));
+        let (through_other, on_leader) = cluster.members[other].block_on(async {
+            tokio::join!(
+                other_handle.lease_time_to_live(id, true),
+                leader_handle.lease_time_to_live(id, true)
+            )
+        });
+        for (asked, answer) in [
+            ("another follower", through_other),
+            ("the leader", on_leader),
+        ] {
+            let keys = answer.expect("time to live").keys;
+            assert!(
+                keys.iter().any(|listed| listed[..] == *key.as_bytes()),
+                "round {round}: TimeToLive through {asked} misses the acknowledged {key}"
+            );
+        }
+    }
+}
+
 /// Throughput of the node itself (no gRPC): `clients` concurrent proposers on the leader's
 /// handle of a three-member in-process cluster, with fsync. A benchmark, not a check: run with
 /// `cargo test --release -p ballot --test cluster_node -- --ignored --nocapture`.

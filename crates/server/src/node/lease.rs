@@ -139,11 +139,19 @@ fn keep_alive_local(shared: &NodeShared, id: i64) -> Result<Option<i64>, NodeErr
 
 /// TimeToLive on the leader: the replicated lease with the leader's remaining TTL. An unknown
 /// lease waits for the leader's apply as in [`keep_alive_on_leader`].
+///
+/// With `keys`, the leader first applies everything it had committed when the request came:
+/// another member may have applied (and acknowledged) a put attached to the lease before the
+/// leader's own apply got to it, and the key list must include every acknowledged put.
 pub async fn time_to_live_on_leader(
     shared: &NodeShared,
     id: i64,
     keys: bool,
 ) -> Result<LeaseTimeToLiveResponse, NodeError> {
+    if keys {
+        shared.apply_committed().await?;
+        return time_to_live_local(shared, id, keys);
+    }
     let response = time_to_live_local(shared, id, keys)?;
     if response.ttl >= 0 {
         return Ok(response);
