@@ -474,10 +474,13 @@ ETCD_INITIAL_CLUSTER_STATE=\"existing\""
 }
 
 # free_port: a loopback port nothing listens on (picked at random; checked by connecting).
+# A port nothing listens on, below Linux's ephemeral range (32768 and up by default): a port in
+# that range can be the local end of some client connection, which no probe detects and which
+# makes the joiner's bind fail.
 free_port() {
   local port
   while :; do
-    port=$((20000 + RANDOM % 40000))
+    port=$((20000 + RANDOM % 12000))
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
   done
 }
@@ -515,6 +518,11 @@ test_member_join() {
   done
   expect_out "member promote of a learner in sync" \
     "$(printf 'Member %16s promoted in cluster %16s' "$joiner" "$cluster")"
+  if [ "$RC" -ne 0 ]; then
+    kill -0 "$joiner_pid" 2>/dev/null && echo "    (the joiner is running)" || echo "    (the joiner has exited)"
+    echo "    last lines of the joiner's log:"
+    tail -n 20 "$work/joiner.log" | sed 's/^/      /'
+  fi
   # The name and client URLs appear once the new member has published them.
   local line="$joiner, started, suite-joiner, $peer, $client, false"
   deadline=$((SECONDS + 15))
