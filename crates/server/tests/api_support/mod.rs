@@ -152,6 +152,35 @@ impl Cluster {
         cluster
     }
 
+    /// Kills member `index` (SIGKILL) and starts it again on the same ports and data
+    /// directory, with `extra` flags.
+    pub fn restart(&mut self, index: usize, extra: &[&str]) {
+        let initial_cluster = self
+            .members
+            .iter()
+            .map(|member| format!("{}={}", member.name, member.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        let member = &mut self.members[index];
+        member.kill();
+        let peer_port = member
+            .peer_url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("a peer port");
+        let name = member.name.clone();
+        let client_port = member.client_port;
+        self.members[index] = spawn_member(
+            &self.dir,
+            &name,
+            client_port,
+            peer_port,
+            &initial_cluster,
+            extra,
+        );
+    }
+
     /// Waits until every running member reports the same, non-zero leader; returns its ID.
     pub async fn wait_for_leader(&self) -> u64 {
         let result = eventually("every member agrees on a leader", || async {
