@@ -7,9 +7,10 @@ mod api_support;
 
 use api_support::{Cluster, bytes, get, put};
 use ballot_proto::etcdserverpb::{
-    AlarmRequest, CompactionRequest, DefragmentRequest, DeleteRangeRequest, LeaseGrantRequest,
-    RangeRequest, RequestOp, StatusRequest, TxnRequest, kv_client::KvClient,
-    lease_client::LeaseClient, maintenance_client::MaintenanceClient, request_op,
+    AlarmRequest, AlarmType, CompactionRequest, DefragmentRequest, DeleteRangeRequest,
+    LeaseGrantRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
+    alarm_request::AlarmAction, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, request_op,
 };
 use tonic::Code;
 
@@ -82,6 +83,34 @@ async fn past_the_quota_writes_are_refused_until_compaction_and_defragment() {
             .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
             .await,
     );
+    // `etcdctl alarm disarm` lifts the alarm: what fits under the quota is taken again, and
+    // the next write that does not fit raises it again.
+    let disarmed = maintenance
+        .alarm(AlarmRequest {
+            action: AlarmAction::Deactivate as i32,
+            member_id: 0,
+            alarm: AlarmType::Nospace as i32,
+        })
+        .await
+        .expect("disarm")
+        .into_inner()
+        .alarms;
+    assert_eq!(disarmed.len(), 1, "the disarmed alarm is reported");
+    let alarms = maintenance
+        .alarm(AlarmRequest::default())
+        .await
+        .expect("alarm");
+    assert!(alarms.into_inner().alarms.is_empty(), "disarmed");
+    kv.put(put("small", "1"))
+        .await
+        .expect("a put that fits, after disarm");
+    assert_nospace(kv.put(put("big/again", &value)).await);
+    let alarms = maintenance
+        .alarm(AlarmRequest::default())
+        .await
+        .expect("alarm");
+    assert_eq!(alarms.into_inner().alarms.len(), 1, "raised again");
+
     // Reads, a txn that only reads, deletes and compaction go on.
     let read = kv.range(get("big/0")).await.expect("read").into_inner();
     assert_eq!(read.kvs.len(), 1);

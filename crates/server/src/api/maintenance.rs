@@ -5,8 +5,8 @@
 //! disk is full (its writes wait until space is freed, and it refuses new requests with etcd's
 //! "database space exceeded"), or whose `dbSize` has reached `--quota-backend-bytes` (puts, txns
 //! with puts and lease grants are refused the same way; reads, deletes and compactions go on).
-//! Both end by themselves once there is room again, so Alarm reports NOSPACE for every action
-//! and changes nothing. Defragment takes a snapshot now: the state lives in memory and is
+//! Both end by themselves once there is room again; Alarm DEACTIVATE (`etcdctl alarm disarm`)
+//! also lifts the quota's, as in etcd, while a full disk's lasts until there is space. Defragment takes a snapshot now: the state lives in memory and is
 //! compacted in place, and a snapshot rewrites its durable form without the compacted history,
 //! which is what brings `dbSize` down (docs/api.md).
 
@@ -16,7 +16,7 @@ use ballot_proto::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
     DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
     MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse, maintenance_server::Maintenance,
+    StatusResponse, alarm_request::AlarmAction, maintenance_server::Maintenance,
 };
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
@@ -146,14 +146,27 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 impl<N: ApiNode> Maintenance for Api<N> {
     async fn alarm(
         &self,
-        _request: Request<AlarmRequest>,
+        request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
+        let request = request.into_inner();
         let status = self.node.status();
-        let alarms = if status.no_space || status.quota_exceeded {
-            vec![AlarmMember {
-                member_id: status.member_id,
-                alarm: AlarmType::Nospace as i32,
-            }]
+        let nospace = AlarmMember {
+            member_id: status.member_id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        let deactivate = request.action == AlarmAction::Deactivate as i32
+            && request.alarm == AlarmType::Nospace as i32
+            && (request.member_id == 0 || request.member_id == status.member_id);
+        let alarms = if deactivate {
+            // `etcdctl alarm disarm`: the quota's alarm is lifted (a write that does not fit
+            // raises it again); a full disk's is not, since only space ends it.
+            if self.node.disarm_quota_alarm() {
+                vec![nospace]
+            } else {
+                Vec::new()
+            }
+        } else if status.no_space || status.quota_exceeded {
+            vec![nospace]
         } else {
             Vec::new()
         };

@@ -105,6 +105,8 @@ pub trait ApiNode: Clone + Send + Sync + 'static {
     fn status(&self) -> NodeStatus;
     fn backup_snapshot(&self) -> impl Future<Output = Result<Bytes, NodeError>> + Send;
     fn defragment(&self) -> impl Future<Output = Result<(), NodeError>> + Send;
+    /// Lifts the quota's NOSPACE alarm; whether it was up.
+    fn disarm_quota_alarm(&self) -> bool;
 }
 
 impl ApiNode for NodeHandle {
@@ -185,6 +187,9 @@ impl ApiNode for NodeHandle {
     }
     fn defragment(&self) -> impl Future<Output = Result<(), NodeError>> + Send {
         NodeHandle::defragment(self)
+    }
+    fn disarm_quota_alarm(&self) -> bool {
+        NodeHandle::disarm_quota_alarm(self)
     }
 }
 

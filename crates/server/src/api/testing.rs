@@ -256,6 +256,11 @@ impl ApiNode for LocalNode {
     async fn defragment(&self) -> Result<(), NodeError> {
         Ok(())
     }
+
+    /// This node has no quota.
+    fn disarm_quota_alarm(&self) -> bool {
+        false
+    }
 }
 
 /// Options for tests: etcd's limits, a fast progress-notify interval.

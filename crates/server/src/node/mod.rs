@@ -831,6 +831,12 @@ impl NodeHandle {
         }
     }
 
+    /// `etcdctl alarm disarm`: lifts the quota's NOSPACE alarm, so that writes that fit under
+    /// the quota are taken again (one that does not fit raises it again). Whether it was up.
+    pub fn disarm_quota_alarm(&self) -> bool {
+        self.shared.quota_alarm_at.swap(0, Ordering::SeqCst) != 0
+    }
+
     /// etcd's Defragment, Ballot's way: the state lives in memory, so what shrinks `dbSize`
     /// after a compaction is a snapshot, which rewrites the state without the compacted
     /// history. Takes one now (after any snapshot already being written) and returns once it
