@@ -127,13 +127,6 @@ pub enum BackupError {
     Config(#[from] ConfigError),
     #[error("data directory {0} already exists and is not empty; restore into a new directory")]
     DataDirExists(PathBuf),
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -387,10 +380,12 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored, BackupError> {
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BackupError + 'a {
-    move |source| BackupError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        BackupError::Storage(StorageError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -401,11 +396,7 @@ fn directory_in_use(dir: &Path) -> Result<bool, BackupError> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
         // A file, or a directory that cannot be listed: not something to restore into.
         Err(error) if error.kind() == std::io::ErrorKind::NotADirectory => Ok(true),
-        Err(source) => Err(BackupError::Io {
-            op: "inspect",
-            path: dir.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(io("inspect", dir)(source)),
     }
 }
 
@@ -425,11 +416,7 @@ fn remove_dir_if_present(dir: &Path) -> Result<(), BackupError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(BackupError::Io {
-            op: "remove an unfinished restore",
-            path: dir.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(io("remove an unfinished restore", dir)(source)),
     }
 }
 
@@ -438,9 +425,7 @@ fn sync_parent(path: &Path) -> Result<(), BackupError> {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    std::fs::File::open(parent)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io("fsync directory", parent))
+    Ok(storage::sync_dir(parent)?)
 }
 
 #[cfg(test)]

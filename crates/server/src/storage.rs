@@ -221,7 +221,7 @@ impl ClusterFile {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     std::fs::File::open(dir)
         .and_then(|file| file.sync_all())
         .map_err(|source| StorageError::Io {

@@ -4,7 +4,7 @@
 
 mod api_support;
 
-use api_support::{Cluster, eventually, get, put};
+use api_support::{Cluster, eventually, get, put_revision};
 use ballot_proto::etcdserverpb::{
     HashKvRequest, RangeRequest, kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
@@ -45,12 +45,7 @@ async fn revision_mode_keeps_the_last_n_revisions_on_every_member() {
     let mut kv = KvClient::new(cluster.members[0].channel().await);
     let mut last = 0;
     for i in 0..30 {
-        let response = kv
-            .put(put(&format!("k{i}"), "v"))
-            .await
-            .expect("put")
-            .into_inner();
-        last = response.header.expect("header").revision;
+        last = put_revision(&mut kv, &format!("k{i}"), "v").await;
     }
     let compacted = agreed_compact_revision(&cluster, |revision| revision == last - 10).await;
     assert_eq!(compacted, Some(last - 10), "logs:\n{}", cluster.logs());
@@ -82,15 +77,8 @@ async fn revision_mode_keeps_the_last_n_revisions_on_every_member() {
 async fn periodic_mode_compacts_what_is_older_than_the_retention() {
     let cluster = Cluster::start(3, &["--auto-compaction-retention", "1s"]).await;
     let mut kv = KvClient::new(cluster.members[0].channel().await);
-    let first = kv
-        .put(put("a", "1"))
-        .await
-        .expect("put")
-        .into_inner()
-        .header
-        .expect("header")
-        .revision;
-    kv.put(put("a", "2")).await.expect("put");
+    let first = put_revision(&mut kv, "a", "1").await;
+    put_revision(&mut kv, "a", "2").await;
     // The leader compacts, about a second after its first sample, to a revision it saw at
     // least a second earlier: at least the first put's.
     let compacted = agreed_compact_revision(&cluster, |revision| revision >= first).await;

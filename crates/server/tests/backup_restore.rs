@@ -8,15 +8,13 @@ mod api_support;
 
 use std::process::Command;
 
-use api_support::{Cluster, TempDir, bytes, eventually, get, put};
+use api_support::{Cluster, TempDir, bytes, eventually, get, put, put_revision, status_header};
 use ballot_proto::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, HashKvRequest, LeaseGrantRequest,
-    LeaseTimeToLiveRequest, PutRequest, RangeRequest, ResponseHeader, SnapshotRequest,
-    StatusRequest, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient,
+    LeaseTimeToLiveRequest, PutRequest, RangeRequest, SnapshotRequest, kv_client::KvClient,
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient,
 };
 use futures::StreamExt;
-use tonic::transport::Channel;
 
 const BALLOT: &str = env!("CARGO_BIN_EXE_ballot");
 
@@ -45,17 +43,6 @@ fn json_field(json: &str, name: &str) -> i64 {
         .collect::<String>()
         .parse()
         .unwrap_or_else(|_| panic!("a number for {name} in {json}"))
-}
-
-/// Puts `value` at `key`; the revision of the put.
-async fn put_revision(kv: &mut KvClient<Channel>, key: &str, value: &str) -> i64 {
-    let response = kv.put(put(key, value)).await.expect("put").into_inner();
-    response.header.expect("header").revision
-}
-
-async fn status_header(maintenance: &mut MaintenanceClient<Channel>) -> ResponseHeader {
-    let status = maintenance.status(StatusRequest {}).await.expect("status");
-    status.into_inner().header.expect("header")
 }
 
 #[tokio::test]

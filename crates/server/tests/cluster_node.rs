@@ -302,6 +302,15 @@ fn propose_retrying(member: &TestMember, command: Command, within: Duration) -> 
     }
 }
 
+/// Grants a lease of `ttl_secs` through `member`; its ID.
+fn grant_lease(member: &TestMember, ttl_secs: i64) -> i64 {
+    let grant = Command::LeaseGrant { id: 0, ttl_secs };
+    match propose_retrying(member, grant, Duration::from_secs(5)) {
+        ApplyOutcome::LeaseGrant(response) => response.id,
+        other => panic!("lease grant answered {other:?}"),
+    }
+}
+
 fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {
@@ -550,17 +559,7 @@ fn a_keep_alive_right_after_a_grant_through_a_follower_renews_the_lease() {
     let leader_handle = cluster.members[leader].handle();
     let follower_handle = cluster.members[follower].handle();
     for round in 0..200 {
-        let id = match propose_retrying(
-            &cluster.members[follower],
-            Command::LeaseGrant {
-                id: 0,
-                ttl_secs: 60,
-            },
-            Duration::from_secs(5),
-        ) {
-            ApplyOutcome::LeaseGrant(response) => response.id,
-            other => panic!("lease grant answered {other:?}"),
-        };
+        let id = grant_lease(&cluster.members[follower], 60);
         let (renewed, time_to_live) = cluster.members[leader].block_on(async {
             tokio::join!(
                 leader_handle.lease_keep_alive(id),
@@ -588,17 +587,7 @@ fn time_to_live_right_after_a_put_through_a_follower_lists_the_key() {
     let other = (leader + 2) % 3;
     let other_handle = cluster.members[other].handle();
     let leader_handle = cluster.members[leader].handle();
-    let id = match propose_retrying(
-        &cluster.members[follower],
-        Command::LeaseGrant {
-            id: 0,
-            ttl_secs: 60,
-        },
-        Duration::from_secs(5),
-    ) {
-        ApplyOutcome::LeaseGrant(response) => response.id,
-        other => panic!("lease grant answered {other:?}"),
-    };
+    let id = grant_lease(&cluster.members[follower], 60);
     for round in 0..200 {
         let key = format!("leased-{round}");
         let command = Command::Put(PutRequest {

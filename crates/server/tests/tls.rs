@@ -133,6 +133,18 @@ async fn tls_channel(port: u16, pki: &Pki, with_client_cert: bool) -> Result<Cha
         .map_err(|error| format!("{error:?}"))
 }
 
+/// A TLS channel to `member` once it accepts one (the member may still be starting).
+async fn connect_tls(member: &Member, pki: &Pki, with_client_cert: bool) -> Channel {
+    let connected = eventually("a TLS connection", || async {
+        tls_channel(member.port, pki, with_client_cert).await.ok()
+    })
+    .await;
+    connected.unwrap_or_else(|| {
+        let log = std::fs::read_to_string(&member.log).unwrap_or_default();
+        panic!("no TLS connection; log:\n{log}")
+    })
+}
+
 /// A put and a read over `channel` once the member has a leader.
 async fn put_and_get(channel: Channel) -> Result<(), String> {
     let mut kv = KvClient::new(channel);
@@ -166,16 +178,7 @@ async fn https_client_urls_serve_grpc_over_tls_and_refuse_plain_text() {
     let dir = TempDir::new("tls");
     let pki = pki(&dir.0);
     let member = start(&dir.0, &files(&pki));
-    let channel = eventually("a TLS connection", || async {
-        tls_channel(member.port, &pki, false).await.ok()
-    })
-    .await
-    .unwrap_or_else(|| {
-        panic!(
-            "no TLS connection; log:\n{}",
-            std::fs::read_to_string(&member.log).unwrap_or_default()
-        )
-    });
+    let channel = connect_tls(&member, &pki, false).await;
     put_and_get(channel).await.expect("KV over TLS");
 
     // A plain-text gRPC client gets no answer from the TLS port.
@@ -199,16 +202,7 @@ async fn client_cert_auth_admits_only_clients_with_a_certificate_from_the_truste
     let mut args = files(&pki).to_vec();
     args.extend(["--trusted-ca-file", ca, "--client-cert-auth"]);
     let member = start(&dir.0, &args);
-    let channel = eventually("a TLS connection with a client certificate", || async {
-        tls_channel(member.port, &pki, true).await.ok()
-    })
-    .await
-    .unwrap_or_else(|| {
-        panic!(
-            "no TLS connection; log:\n{}",
-            std::fs::read_to_string(&member.log).unwrap_or_default()
-        )
-    });
+    let channel = connect_tls(&member, &pki, true).await;
     put_and_get(channel)
         .await
         .expect("KV with a client certificate");

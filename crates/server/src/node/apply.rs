@@ -88,10 +88,7 @@ impl Applier {
             let _ = reply.send(Ok(()));
             return;
         }
-        self.snapshot_index = applied;
-        let store = lock_read(&self.shared.store).snapshot_state();
-        let registry = lock_read(&self.shared.registry).clone();
-        let db_size_mark = self.shared.db_size.applied_mark();
+        let state = self.capture(applied);
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             // One snapshot at a time: wait for the flag, re-checking after every snapshot end
@@ -105,16 +102,21 @@ impl Applier {
                 }
                 done.await;
             }
-            // A snapshot at a later index (taken meanwhile, or installed from the leader)
-            // already rewrote the state; an older one must not follow it into the WAL.
-            let taken = if shared.snapshot_index.load(Ordering::SeqCst) >= applied {
-                Ok(())
-            } else {
-                take_snapshot(&shared, applied, store, registry, db_size_mark).await
-            };
-            end_snapshot(&shared, applied, &taken);
-            let _ = reply.send(taken);
+            let _ = reply.send(write_snapshot(&shared, state).await);
         });
+    }
+
+    /// Records `applied` as the latest snapshot's index and reads the state as of it, on this
+    /// task so that the store and the registry are at the same index. Shares the histories with
+    /// the store (a reference count per key): the apply task does not stop to copy the state.
+    fn capture(&mut self, applied: u64) -> CapturedState {
+        self.snapshot_index = applied;
+        CapturedState {
+            index: applied,
+            store: lock_read(&self.shared.store).snapshot_state(),
+            registry: lock_read(&self.shared.registry).clone(),
+            db_size_mark: self.shared.db_size.applied_mark(),
+        }
     }
 
     fn apply_entries(&mut self, entries: &[Entry]) {
@@ -347,23 +349,35 @@ impl Applier {
         {
             return;
         }
-        self.snapshot_index = applied;
-        // Shares the histories with the store (a reference count per key): the apply task
-        // does not stop to copy the state, and the file is written on a blocking thread.
-        let store = lock_read(&self.shared.store).snapshot_state();
-        let registry = lock_read(&self.shared.registry).clone();
-        let db_size_mark = self.shared.db_size.applied_mark();
+        let state = self.capture(applied);
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
-            let taken = take_snapshot(&shared, applied, store, registry, db_size_mark).await;
-            end_snapshot(&shared, applied, &taken);
+            let _ = write_snapshot(&shared, state).await;
         });
     }
 }
 
-/// After a snapshot task: a WAL failure stops the node; the next snapshot may start.
-fn end_snapshot(shared: &NodeShared, index: u64, taken: &Result<(), String>) {
-    if let Err(reason) = taken {
+/// The state a snapshot is written from, read on the apply task ([`Applier::capture`]).
+struct CapturedState {
+    index: u64,
+    store: StoreSnapshot,
+    registry: Registry,
+    /// What `dbSize` had counted when the state was read.
+    db_size_mark: u64,
+}
+
+/// Writes a captured state as the next snapshot, with `snapshot_in_progress` held by the
+/// caller, then releases it (and wakes a Defragment waiting for it). A snapshot at a later
+/// index, taken meanwhile or installed from the leader, has already rewritten the state: an
+/// older one must not follow it into the WAL, so it is skipped. A WAL failure stops the node.
+async fn write_snapshot(shared: &Arc<NodeShared>, state: CapturedState) -> Result<(), String> {
+    let index = state.index;
+    let taken = if shared.snapshot_index.load(Ordering::SeqCst) >= index {
+        Ok(())
+    } else {
+        take_snapshot(shared, state).await
+    };
+    if let Err(reason) = &taken {
         tracing::error!(index, %reason, "taking a snapshot failed");
         if reason.starts_with("WAL") {
             shared.fail(reason.clone());
@@ -371,6 +385,7 @@ fn end_snapshot(shared: &NodeShared, index: u64, taken: &Result<(), String>) {
     }
     shared.snapshot_in_progress.store(false, Ordering::SeqCst);
     shared.snapshot_done.notify_waiters();
+    taken
 }
 
 fn track_leases(command: &Command, outcome: &ApplyOutcome, effects: &mut BatchEffects) {
@@ -383,16 +398,16 @@ fn track_leases(command: &Command, outcome: &ApplyOutcome, effects: &mut BatchEf
     }
 }
 
-/// Writes a snapshot of `store` and `registry` (both as of `index`, when `dbSize` had counted
-/// `db_size_mark` applied bytes), records it in the WAL and lets the core and the WAL compact
-/// behind it.
-async fn take_snapshot(
-    shared: &Arc<NodeShared>,
-    index: u64,
-    store: StoreSnapshot,
-    registry: Registry,
-    db_size_mark: u64,
-) -> Result<(), String> {
+/// Writes a snapshot of the captured store and registry (both as of `state.index`, when `dbSize`
+/// had counted `state.db_size_mark` applied bytes), records it in the WAL and lets the core and
+/// the WAL compact behind it.
+async fn take_snapshot(shared: &Arc<NodeShared>, state: CapturedState) -> Result<(), String> {
+    let CapturedState {
+        index,
+        store,
+        registry,
+        db_size_mark,
+    } = state;
     let (reply, meta) = oneshot::channel();
     shared
         .requests

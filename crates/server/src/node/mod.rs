@@ -223,29 +223,36 @@ fn quota_cost(command: &Command) -> u64 {
 }
 
 impl NodeShared {
-    /// Whether `dbSize` plus `cost` would pass `--quota-backend-bytes`.
-    fn over_quota(&self, cost: u64) -> bool {
-        self.config
-            .quota_bytes
-            .is_some_and(|quota| self.db_size.bytes().saturating_add(cost) > quota)
+    /// Refuses a write that grows the state by `cost` when `--quota-backend-bytes` says so: as
+    /// in etcd, once the NOSPACE alarm is up every such write is refused, not only those that
+    /// would not fit, and a refusal raises the alarm.
+    fn check_quota(&self, cost: u64) -> Result<(), NodeError> {
+        let Some(quota) = self.config.quota_bytes else {
+            return Ok(());
+        };
+        let size = self.db_size.bytes();
+        if self.quota_alarm_up(size) || size.saturating_add(cost) > quota {
+            // Kept until `dbSize` falls below this (a snapshot rewrote the state smaller) or
+            // `alarm disarm`.
+            let _ = self.quota_alarm_at.compare_exchange(
+                0,
+                size.max(1),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+            return Err(NodeError::NoSpace);
+        }
+        Ok(())
     }
 
-    /// A write was refused for the quota: NOSPACE is raised (as etcd raises it then) until
-    /// `dbSize` falls below what it was, that is until a snapshot rewrote the state smaller.
-    fn raise_quota_alarm(&self) {
-        let size = self.db_size.bytes().max(1);
-        let _ = self
-            .quota_alarm_at
-            .compare_exchange(0, size, Ordering::SeqCst, Ordering::SeqCst);
-    }
-
-    /// Whether the quota's NOSPACE alarm is up (ending it once `dbSize` has shrunk).
-    fn quota_alarm(&self) -> bool {
+    /// Whether the quota's NOSPACE alarm is up with `dbSize` at `size` (ending it once the size
+    /// has fallen below what it was when the alarm was raised).
+    fn quota_alarm_up(&self, size: u64) -> bool {
         let raised_at = self.quota_alarm_at.load(Ordering::SeqCst);
         if raised_at == 0 {
             return false;
         }
-        if self.db_size.bytes() < raised_at {
+        if size < raised_at {
             let _ = self.quota_alarm_at.compare_exchange(
                 raised_at,
                 0,
@@ -428,11 +435,8 @@ impl NodeHandle {
     /// applies the same one.
     pub async fn propose(&self, command: Command) -> Result<ApplyOutcome, NodeError> {
         let cost = quota_cost(&command);
-        // As in etcd, once the alarm is up every write that grows the state is refused, not
-        // only those that would not fit.
-        if cost > 0 && (self.shared.quota_alarm() || self.shared.over_quota(cost)) {
-            self.shared.raise_quota_alarm();
-            return Err(NodeError::NoSpace);
+        if cost > 0 {
+            self.shared.check_quota(cost)?;
         }
         let command = match command {
             Command::LeaseGrant { id: 0, ttl_secs } => Command::LeaseGrant {
@@ -827,7 +831,7 @@ impl NodeHandle {
             db_size_bytes: self.shared.db_size.bytes(),
             leader_changes: self.shared.leader_changes.load(Ordering::Relaxed),
             no_space: *self.shared.no_space.borrow(),
-            quota_exceeded: self.shared.quota_alarm(),
+            quota_exceeded: self.shared.quota_alarm_up(self.shared.db_size.bytes()),
         }
     }
 

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ballot_proto::etcdserverpb::{
-    PutRequest, RangeRequest, StatusRequest, maintenance_client::MaintenanceClient,
+    PutRequest, RangeRequest, ResponseHeader, StatusRequest, kv_client::KvClient,
+    maintenance_client::MaintenanceClient,
 };
 use bytes::Bytes;
 use tonic::transport::Channel;
@@ -348,6 +349,18 @@ pub fn put(key: &str, value: &str) -> PutRequest {
         value: bytes(value),
         ..PutRequest::default()
     }
+}
+
+/// Puts `value` at `key` through `kv`; the revision of the put.
+pub async fn put_revision(kv: &mut KvClient<Channel>, key: &str, value: &str) -> i64 {
+    let response = kv.put(put(key, value)).await.expect("put").into_inner();
+    response.header.expect("header").revision
+}
+
+/// The header of the member's Status answer.
+pub async fn status_header(maintenance: &mut MaintenanceClient<Channel>) -> ResponseHeader {
+    let status = maintenance.status(StatusRequest {}).await.expect("status");
+    status.into_inner().header.expect("header")
 }
 
 /// A Range of the one `key` (linearizable).
