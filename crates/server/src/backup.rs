@@ -24,6 +24,7 @@ use crate::cli::{
     DEFAULT_CLUSTER_TOKEN, DEFAULT_NAME, DEFAULT_PEER_URL, DEFAULT_WAL_SEGMENT_BYTES,
 };
 use crate::config::{ConfigError, Membership, parse_url_list};
+use crate::node::alarms::Alarms;
 use crate::server::initial_registry;
 use crate::storage::{self, ClusterFile, DataDir, StorageError};
 
@@ -347,7 +348,14 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored, BackupError> {
     .write(&staged)?;
     let snapshots = SnapshotStore::open(RealDisk, &staged.snap_dir(), storage::SNAPSHOT_FILES_KEPT)
         .map_err(StorageError::from)?;
-    storage::save_store_snapshot(&snapshots, &meta, &registry, &store.snapshot_state())?;
+    // A backup holds the store only: the new cluster starts with no alarm raised.
+    storage::save_store_snapshot(
+        &snapshots,
+        &meta,
+        &registry,
+        &Alarms::default(),
+        &store.snapshot_state(),
+    )?;
     let mut options = WalOptions::new(membership.cluster_id, membership.member_id);
     options.segment_size_bytes = args.wal_segment_bytes;
     {
@@ -586,6 +594,7 @@ mod tests {
         assert!(recovered.restore.entries.is_empty());
         let payload = &recovered.snapshot.as_ref().expect("loaded").payload;
         assert_eq!(payload.registry, cluster.seed);
+        assert_eq!(payload.alarms, Alarms::default());
         assert_eq!(payload.store, store.snapshot());
         tokio::runtime::Builder::new_current_thread()
             .build()

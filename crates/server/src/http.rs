@@ -1,8 +1,10 @@
 //! HTTP endpoints served next to gRPC on every client URL, and the listener loop.
 //!
-//! - `GET /health`: etcd's JSON, `{"health":"true","reason":""}` with 200 when this member
-//!   knows a leader and a linearizable one-key read succeeds (etcd 3.5 `checkV3Health`), else
-//!   `"false"` with the reason and 503. `?serializable=true` skips the read barrier, as in etcd.
+//! - `GET /health`: etcd's JSON, `{"health":"true","reason":""}` with 200 when no alarm is
+//!   raised, this member knows a leader and a linearizable one-key read succeeds (etcd 3.5
+//!   `checkHealth`), else `"false"` with the reason (`ALARM NOSPACE`, `RAFT NO LEADER`,
+//!   `RANGE ERROR:...`) and 503. `?serializable=true` skips the read barrier and
+//!   `?exclude=NOSPACE` ignores that alarm, as in etcd.
 //! - `GET /version`: `{"etcdserver":"3.5.0","etcdcluster":"3.5.0"}`.
 //! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
 //!
@@ -10,6 +12,7 @@
 
 use crate::api::{Api, ApiNode, ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};
 use crate::metrics::{ScrapeState, metrics};
+use crate::node::alarms::alarm_name;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -45,10 +48,24 @@ fn health_body(healthy: bool, reason: &str) -> String {
 }
 
 async fn health<N: ApiNode>(State(api): State<Api<N>>, uri: Uri) -> Response {
-    let serializable = uri
+    let query: Vec<&str> = uri
         .query()
-        .is_some_and(|query| query.split('&').any(|pair| pair == "serializable=true"));
-    if api.node().status().leader_id == 0 {
+        .map_or_else(Vec::new, |q| q.split('&').collect());
+    let serializable = query.contains(&"serializable=true");
+    let status = api.node().status();
+    let excluded = |alarm: i32| {
+        query
+            .iter()
+            .any(|pair| pair.strip_prefix("exclude=") == Some(alarm_name(alarm)))
+    };
+    if let Some(alarm) = status.alarms.iter().find(|raised| !excluded(raised.alarm)) {
+        let reason = match alarm_name(alarm.alarm) {
+            name @ ("NOSPACE" | "CORRUPT") => format!("ALARM {name}"),
+            _ => "ALARM UNKNOWN".to_owned(),
+        };
+        return json(StatusCode::SERVICE_UNAVAILABLE, health_body(false, &reason));
+    }
+    if status.leader_id == 0 {
         return json(
             StatusCode::SERVICE_UNAVAILABLE,
             health_body(false, "RAFT NO LEADER"),

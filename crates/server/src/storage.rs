@@ -27,11 +27,15 @@ use bytes::{Bytes, BytesMut};
 
 use crate::config::ServerConfig;
 use crate::metered_disk::MeteredDisk;
+use crate::node::alarms::Alarms;
 use crate::node::members::Registry;
 use crate::node::wire::{Reader, WireError, put_strings, put_varint};
 
 const CLUSTER_FILE_MAGIC: &[u8; 8] = b"BLTCLST1";
-const PAYLOAD_MAGIC: &[u8; 8] = b"BLTSNPL1";
+/// A snapshot payload: registry, alarms, store.
+const PAYLOAD_MAGIC: &[u8; 8] = b"BLTSNPL2";
+/// The payload written before alarms were replicated: registry, store (no alarm raised).
+const PAYLOAD_MAGIC_V1: &[u8; 8] = b"BLTSNPL1";
 /// Snapshot files kept behind the WAL's durable snapshot marker: the marker's own file (what
 /// peers are sent) and two older ones as fallbacks. Files newer than the marker, whose markers
 /// are still pending, are kept besides (ballot-wal's retention contract, docs/wal.md).
@@ -231,11 +235,12 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         })
 }
 
-/// The data of a snapshot file: the member registry and the MVCC store, both as of the
-/// snapshot's index.
+/// The data of a snapshot file: the member registry, the alarms and the MVCC store, all as of
+/// the snapshot's index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotPayload {
     pub registry: Registry,
+    pub alarms: Alarms,
     pub store: Bytes,
 }
 
@@ -244,6 +249,7 @@ impl SnapshotPayload {
         let mut buf = BytesMut::with_capacity(self.store.len() + 256);
         buf.extend_from_slice(&SnapshotPayload::head(
             &self.registry,
+            &self.alarms,
             self.store.len() as u64,
         ));
         buf.extend_from_slice(&self.store);
@@ -252,27 +258,42 @@ impl SnapshotPayload {
 
     /// The bytes before a store of `store_len` bytes: a payload is these followed by the store,
     /// so a large store can be streamed after them.
-    fn head(registry: &Registry, store_len: u64) -> Bytes {
+    fn head(registry: &Registry, alarms: &Alarms, store_len: u64) -> Bytes {
         let mut buf = BytesMut::with_capacity(256);
         buf.extend_from_slice(PAYLOAD_MAGIC);
         registry.encode_to(&mut buf);
+        alarms.encode_to(&mut buf);
         put_varint(&mut buf, store_len);
         buf.freeze()
     }
 
+    /// Reads this version's payload and the one before it (which had no alarms).
     pub fn decode(bytes: &Bytes) -> Result<SnapshotPayload, WireError> {
-        if !bytes.starts_with(PAYLOAD_MAGIC) {
+        let with_alarms = if bytes.starts_with(PAYLOAD_MAGIC) {
+            true
+        } else if bytes.starts_with(PAYLOAD_MAGIC_V1) {
+            false
+        } else {
             return Err(WireError::UnknownTag {
                 what: "snapshot payload magic",
                 tag: 0,
             });
-        }
+        };
         let body = bytes.slice(PAYLOAD_MAGIC.len()..);
         let mut reader = Reader::new(&body);
         let registry = Registry::decode_from(&mut reader)?;
+        let alarms = if with_alarms {
+            Alarms::decode_from(&mut reader)?
+        } else {
+            Alarms::default()
+        };
         let store = reader.bytes("store snapshot")?;
         reader.finish()?;
-        Ok(SnapshotPayload { registry, store })
+        Ok(SnapshotPayload {
+            registry,
+            alarms,
+            store,
+        })
     }
 }
 
@@ -385,7 +406,8 @@ pub fn find_snapshot(
     Ok(snapshots.verify(&path)?)
 }
 
-/// Writes the snapshot file of `registry` and `store` (a [`SnapshotPayload`]), streaming the
+/// Writes the snapshot file of `registry`, `alarms` and `store` (a [`SnapshotPayload`]),
+/// streaming the
 /// store from its state straight into the file: no buffer holds the whole store. The file is
 /// durable when this returns; the caller then records the marker in the WAL. It deletes no
 /// file: older ones go only once the marker is durable (`node::snapshot_pruning`).
@@ -393,11 +415,12 @@ pub fn save_store_snapshot(
     snapshots: &SnapshotStore<RealDisk>,
     meta: &SnapshotMeta,
     registry: &Registry,
+    alarms: &Alarms,
     store: &StoreSnapshot,
 ) -> Result<SnapshotInfo, StorageError> {
     let store_len = store.encoded_len();
     let mut writer = snapshots.writer(meta.index, meta.term, encode_snapshot_meta(meta))?;
-    writer.write_chunk(&SnapshotPayload::head(registry, store_len))?;
+    writer.write_chunk(&SnapshotPayload::head(registry, alarms, store_len))?;
     let head_len = writer.data_len();
     store
         .write_to(&mut writer)
@@ -614,12 +637,38 @@ mod tests {
 
     #[test]
     fn payload_round_trips() {
+        let mut alarms = Alarms::default();
+        alarms.apply(
+            crate::node::alarms::AlarmChange::Activate,
+            0xa1,
+            ballot_proto::etcdserverpb::AlarmType::Nospace as i32,
+        );
         let payload = SnapshotPayload {
             registry: cluster_file().seed,
+            alarms,
             store: Bytes::from_static(b"store bytes"),
         };
         assert_eq!(SnapshotPayload::decode(&payload.encode()), Ok(payload));
         assert!(SnapshotPayload::decode(&Bytes::from_static(b"nonsense")).is_err());
+    }
+
+    /// Snapshot files written before alarms were replicated still load, with no alarm raised.
+    #[test]
+    fn a_payload_without_alarms_loads() {
+        let registry = cluster_file().seed;
+        let mut old = BytesMut::new();
+        old.extend_from_slice(PAYLOAD_MAGIC_V1);
+        registry.encode_to(&mut old);
+        put_varint(&mut old, 3);
+        old.extend_from_slice(b"abc");
+        assert_eq!(
+            SnapshotPayload::decode(&old.freeze()),
+            Ok(SnapshotPayload {
+                registry,
+                alarms: Alarms::default(),
+                store: Bytes::from_static(b"abc"),
+            })
+        );
     }
 
     /// A store streamed into a snapshot file reads back as the same payload as the store's
@@ -648,14 +697,21 @@ mod tests {
                 ..ballot_raft::ConfState::default()
             },
         };
-        let info =
-            save_store_snapshot(&opened.snapshots, &meta, &cluster.seed, &state).expect("save");
+        let info = save_store_snapshot(
+            &opened.snapshots,
+            &meta,
+            &cluster.seed,
+            &Alarms::default(),
+            &state,
+        )
+        .expect("save");
         let loaded = load_snapshot(&opened.snapshots, &info).expect("load");
         assert_eq!(loaded.meta, meta);
         assert_eq!(
             loaded.payload,
             SnapshotPayload {
                 registry: cluster.seed.clone(),
+                alarms: Alarms::default(),
                 store: store.snapshot(),
             }
         );
@@ -765,8 +821,14 @@ mod tests {
             })
             .expect("append");
         for index in [2, 4, 6, 8, 10] {
-            save_store_snapshot(&opened.snapshots, &meta(index), &cluster.seed, &store)
-                .expect("save");
+            save_store_snapshot(
+                &opened.snapshots,
+                &meta(index),
+                &cluster.seed,
+                &Alarms::default(),
+                &store,
+            )
+            .expect("save");
         }
         opened
             .wal

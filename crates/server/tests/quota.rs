@@ -1,18 +1,21 @@
-//! `--quota-backend-bytes` with a real `ballot` process: past the quota, puts, txns with puts
-//! and lease grants are refused with etcd's NOSPACE error and alarm while reads, deletes and
-//! compactions go on; compaction and `Defragment` (a snapshot now) bring the size down and
-//! writes resume, as etcd's documented recovery goes.
+//! `--quota-backend-bytes` with real `ballot` processes: past the quota, puts, txns with puts
+//! and lease grants are refused with etcd's NOSPACE error and the member raises its NOSPACE
+//! alarm, which is replicated: every member lists it and refuses such writes, it survives a
+//! restart, and `etcdctl alarm disarm` through any member lifts it everywhere. Reads, deletes
+//! and compactions go on; compaction, `Defragment` and a disarm bring writes back, as etcd's
+//! documented recovery goes.
 
 mod api_support;
 
 use api_support::{Cluster, bytes, get, put};
 use ballot_proto::etcdserverpb::{
-    AlarmRequest, AlarmType, CompactionRequest, DefragmentRequest, DeleteRangeRequest,
+    AlarmMember, AlarmRequest, AlarmType, CompactionRequest, DefragmentRequest, DeleteRangeRequest,
     LeaseGrantRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
     alarm_request::AlarmAction, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, request_op,
 };
 use tonic::Code;
+use tonic::transport::Channel;
 
 const QUOTA: u64 = 400_000;
 const NOSPACE: &str = "etcdserver: mvcc: database space exceeded";
@@ -23,10 +26,44 @@ fn assert_nospace<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::
     assert_eq!(status.message(), NOSPACE);
 }
 
-/// How many alarms the member reports (Alarm GET).
-async fn alarm_count(maintenance: &mut MaintenanceClient<tonic::transport::Channel>) -> usize {
-    let answer = maintenance.alarm(AlarmRequest::default()).await;
-    answer.expect("alarm").into_inner().alarms.len()
+/// The alarms a member lists (Alarm GET, as `etcdctl alarm list` asks).
+async fn alarm_list(channel: &Channel) -> Vec<AlarmMember> {
+    let answer = MaintenanceClient::new(channel.clone())
+        .alarm(AlarmRequest::default())
+        .await;
+    answer.expect("alarm list").into_inner().alarms
+}
+
+/// `etcdctl alarm disarm`: lists the alarms, then deactivates each one by its member.
+async fn alarm_disarm(channel: &Channel) -> Vec<AlarmMember> {
+    let mut disarmed = Vec::new();
+    for alarm in alarm_list(channel).await {
+        let answer = MaintenanceClient::new(channel.clone())
+            .alarm(AlarmRequest {
+                action: AlarmAction::Deactivate as i32,
+                member_id: alarm.member_id,
+                alarm: alarm.alarm,
+            })
+            .await;
+        disarmed.extend(answer.expect("disarm").into_inner().alarms);
+    }
+    disarmed
+}
+
+fn nospace_of(member_id: u64) -> Vec<AlarmMember> {
+    vec![AlarmMember {
+        member_id,
+        alarm: AlarmType::Nospace as i32,
+    }]
+}
+
+async fn member_id(channel: &Channel) -> u64 {
+    let status = MaintenanceClient::new(channel.clone())
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    status.header.expect("header").member_id
 }
 
 fn txn_with(op: request_op::Request) -> TxnRequest {
@@ -37,15 +74,19 @@ fn txn_with(op: request_op::Request) -> TxnRequest {
 }
 
 #[tokio::test]
-async fn past_the_quota_writes_are_refused_until_compaction_and_defragment() {
+async fn past_the_quota_the_alarm_is_raised_everywhere_until_disarmed() {
     let quota = QUOTA.to_string();
-    let cluster = Cluster::start(1, &["--quota-backend-bytes", &quota]).await;
-    let channel = cluster.members[0].channel().await;
-    let mut kv = KvClient::new(channel.clone());
-    let mut maintenance = MaintenanceClient::new(channel.clone());
+    let extra = ["--quota-backend-bytes", &quota];
+    let mut cluster = Cluster::start(3, &extra).await;
+    let mut channels = Vec::new();
+    for member in &cluster.members {
+        channels.push(member.channel().await);
+    }
+    let first = member_id(&channels[0]).await;
+    let mut kv = KvClient::new(channels[0].clone());
     let value = "x".repeat(100_000);
 
-    // Fill until refused: the quota is four values' worth.
+    // Fill through member 0 until refused: the quota is four values' worth.
     let mut stored = 0;
     let refused = loop {
         match kv.put(put(&format!("big/{stored}"), &value)).await {
@@ -58,50 +99,65 @@ async fn past_the_quota_writes_are_refused_until_compaction_and_defragment() {
     assert_eq!(refused.message(), NOSPACE);
     assert!((3..=4).contains(&stored), "{stored} values fitted");
 
-    assert_eq!(alarm_count(&mut maintenance).await, 1, "NOSPACE is raised");
-    let status = maintenance
+    // The refusing member's alarm is in the replicated state: every member lists it (a list
+    // is linearizable, so it sees the raise that was applied before the refusal came back).
+    for channel in &channels {
+        assert_eq!(alarm_list(channel).await, nospace_of(first));
+        let status = MaintenanceClient::new(channel.clone())
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        assert_eq!(
+            status.errors,
+            vec![format!("memberID:{first} alarm:NOSPACE ")]
+        );
+    }
+    let status = MaintenanceClient::new(channels[0].clone())
         .status(StatusRequest {})
         .await
         .expect("status")
         .into_inner();
     assert!(status.db_size as u64 >= QUOTA - 100_000);
-    assert!(
-        status
-            .errors
-            .iter()
-            .any(|error| error.contains("alarm:NOSPACE"))
-    );
 
-    // What would grow the state is refused; a small put too, and a txn that puts.
-    assert_nospace(kv.put(put("small", "1")).await);
-    assert_nospace(
-        kv.txn(txn_with(request_op::Request::RequestPut(put("small", "1"))))
-            .await,
-    );
-    assert_nospace(
-        LeaseClient::new(channel.clone())
-            .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
-            .await,
-    );
-    // `etcdctl alarm disarm` lifts the alarm: what fits under the quota is taken again, and
-    // the next write that does not fit raises it again.
-    let disarmed = maintenance
-        .alarm(AlarmRequest {
-            action: AlarmAction::Deactivate as i32,
-            member_id: 0,
-            alarm: AlarmType::Nospace as i32,
-        })
-        .await
-        .expect("disarm")
-        .into_inner()
-        .alarms;
-    assert_eq!(disarmed.len(), 1, "the disarmed alarm is reported");
-    assert_eq!(alarm_count(&mut maintenance).await, 0, "disarmed");
+    // Every member refuses what would grow the state, a small put too, and a txn that puts.
+    for channel in &channels {
+        let mut kv = KvClient::new(channel.clone());
+        assert_nospace(kv.put(put("small", "1")).await);
+        assert_nospace(
+            kv.txn(txn_with(request_op::Request::RequestPut(put("small", "1"))))
+                .await,
+        );
+        assert_nospace(
+            LeaseClient::new(channel.clone())
+                .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+                .await,
+        );
+    }
+
+    // Disarmed through another member, the alarm is gone everywhere: what fits under the quota
+    // is taken again, and the next write that does not fit raises it again.
+    assert_eq!(alarm_disarm(&channels[1]).await, nospace_of(first));
+    for channel in &channels {
+        assert!(alarm_list(channel).await.is_empty(), "disarmed");
+    }
     kv.put(put("small", "1"))
         .await
         .expect("a put that fits, after disarm");
     assert_nospace(kv.put(put("big/again", &value)).await);
-    assert_eq!(alarm_count(&mut maintenance).await, 1, "raised again");
+    assert_eq!(alarm_list(&channels[2]).await, nospace_of(first));
+
+    // The alarm survives a restart, from the log and from a snapshot: member 2 defragments (a
+    // snapshot that holds the alarm) and is killed; it comes back listing and enforcing it.
+    MaintenanceClient::new(channels[2].clone())
+        .defragment(DefragmentRequest {})
+        .await
+        .expect("defragment");
+    cluster.restart(2, &extra);
+    cluster.wait_for_leader().await;
+    channels[2] = cluster.members[2].channel().await;
+    assert_eq!(alarm_list(&channels[2]).await, nospace_of(first));
+    assert_nospace(KvClient::new(channels[2].clone()).put(put("s", "1")).await);
 
     // Reads, a txn that only reads, deletes and compaction go on.
     let read = kv.range(get("big/0")).await.expect("read").into_inner();
@@ -127,29 +183,28 @@ async fn past_the_quota_writes_are_refused_until_compaction_and_defragment() {
     .await
     .expect("compact over the quota");
     // Compaction frees the memory; the durable form shrinks with the next snapshot, which
-    // Defragment takes now.
-    maintenance
-        .defragment(DefragmentRequest {})
-        .await
-        .expect("defragment");
-    let status = maintenance
-        .status(StatusRequest {})
-        .await
-        .expect("status")
-        .into_inner();
-    assert!(
-        (status.db_size as u64) < 10_000,
-        "a snapshot of the compacted state: {} bytes",
-        status.db_size
-    );
-    assert!(status.errors.is_empty(), "{:?}", status.errors);
-    assert_eq!(
-        alarm_count(&mut maintenance).await,
-        0,
-        "the alarm ends with the space"
-    );
-    kv.put(put("small", "1")).await.expect("writes resume");
-    let got = kv
+    // Defragment takes now, on every member as etcd's defrag is per member.
+    for channel in &channels {
+        MaintenanceClient::new(channel.clone())
+            .defragment(DefragmentRequest {})
+            .await
+            .expect("defragment");
+        let status = MaintenanceClient::new(channel.clone())
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        assert!(
+            (status.db_size as u64) < 10_000,
+            "a snapshot of the compacted state: {} bytes",
+            status.db_size
+        );
+    }
+    // As in etcd, the alarm stays until disarmed, space or not.
+    assert_nospace(kv.put(put("small", "2")).await);
+    assert_eq!(alarm_disarm(&channels[2]).await, nospace_of(first));
+    kv.put(put("small", "3")).await.expect("writes resume");
+    let got = KvClient::new(channels[1].clone())
         .range(RangeRequest {
             key: bytes("small"),
             ..RangeRequest::default()
@@ -157,7 +212,15 @@ async fn past_the_quota_writes_are_refused_until_compaction_and_defragment() {
         .await
         .expect("read")
         .into_inner();
-    assert_eq!(got.kvs[0].value, bytes("1"));
+    assert_eq!(got.kvs[0].value, bytes("3"));
+    for channel in &channels {
+        let status = MaintenanceClient::new(channel.clone())
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        assert!(status.errors.is_empty(), "{:?}", status.errors);
+    }
 }
 
 /// Defragment takes snapshots on the apply task while automatic snapshots (every 50 entries

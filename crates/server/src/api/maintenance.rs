@@ -1,22 +1,24 @@
 //! The Maintenance service: Status, Alarm, Defragment, Hash, HashKV, Snapshot, MoveLeader
 //! (etcd `v3rpc/maintenance.go`).
 //!
-//! Ballot checks corruption on read; the one alarm it raises is NOSPACE, for a member whose WAL
-//! disk is full (its writes wait until space is freed, and it refuses new requests with etcd's
-//! "database space exceeded"), or whose `dbSize` has reached `--quota-backend-bytes` (puts, txns
-//! with puts and lease grants are refused the same way; reads, deletes and compactions go on).
-//! Both end by themselves once there is room again; Alarm DEACTIVATE (`etcdctl alarm disarm`)
-//! also lifts the quota's, as in etcd, while a full disk's lasts until there is space. Defragment takes a snapshot now: the state lives in memory and is
+//! Alarms are etcd's: a replicated set of (member, alarm) pairs, raised and lifted through the
+//! log, so every member lists and enforces the same ones and they survive restarts (see
+//! `node::alarms`). The one Ballot raises is NOSPACE, when a write would take a member's
+//! `dbSize` past `--quota-backend-bytes`: while it is up, puts, txns with puts and lease grants
+//! are refused on every member with etcd's "database space exceeded"; reads, deletes and
+//! compactions go on. It stays until Alarm DEACTIVATE (`etcdctl alarm disarm`), as in etcd. A
+//! member whose WAL disk is full also lists its own NOSPACE alarm; that one is local and ends
+//! when there is space again. Defragment takes a snapshot now: the state lives in memory and is
 //! compacted in place, and a snapshot rewrites its durable form without the compacted history,
 //! which is what brings `dbSize` down (docs/api.md).
 
 use std::pin::Pin;
 
 use ballot_proto::etcdserverpb::{
-    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
-    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
-    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse, alarm_request::AlarmAction, maintenance_server::Maintenance,
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
+    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    maintenance_server::Maintenance,
 };
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
@@ -25,6 +27,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Api, ApiNode, ETCD_SERVER_VERSION, error, record};
 use crate::metrics::GrpcMethod;
+use crate::node::alarms::alarm_name;
 
 /// Bytes per Snapshot message (etcd sends 32 KiB chunks).
 pub const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
@@ -73,8 +76,12 @@ impl<N: ApiNode> Api<N> {
             errors.push("etcdserver: no leader".to_owned());
         }
         // etcd lists its alarms there too, in the protobuf text form of `AlarmMember`.
-        if status.no_space || status.quota_exceeded {
-            errors.push(format!("memberID:{} alarm:NOSPACE ", status.member_id));
+        for alarm in &status.alarms {
+            errors.push(format!(
+                "memberID:{} alarm:{} ",
+                alarm.member_id,
+                alarm_name(alarm.alarm)
+            ));
         }
         let db_size = i64::try_from(status.db_size_bytes).unwrap_or(i64::MAX);
         StatusResponse {
@@ -149,31 +156,15 @@ impl<N: ApiNode> Maintenance for Api<N> {
         request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
         let request = request.into_inner();
-        let status = self.node.status();
-        let nospace = AlarmMember {
-            member_id: status.member_id,
-            alarm: AlarmType::Nospace as i32,
-        };
-        let deactivate = request.action == AlarmAction::Deactivate as i32
-            && request.alarm == AlarmType::Nospace as i32
-            && (request.member_id == 0 || request.member_id == status.member_id);
-        let alarms = if deactivate {
-            // `etcdctl alarm disarm`: the quota's alarm is lifted (a write that does not fit
-            // raises it again); a full disk's is not, since only space ends it.
-            if self.node.disarm_quota_alarm() {
-                vec![nospace]
-            } else {
-                Vec::new()
-            }
-        } else if status.no_space || status.quota_exceeded {
-            vec![nospace]
-        } else {
-            Vec::new()
-        };
-        let result = Ok(AlarmResponse {
-            header: self.current_header(),
-            alarms,
-        });
+        let result = self
+            .node
+            .alarm(request.action, request.member_id, request.alarm)
+            .await
+            .map(|alarms| AlarmResponse {
+                header: self.current_header(),
+                alarms,
+            })
+            .map_err(Status::from);
         record(GrpcMethod::MaintenanceAlarm, result).map(Response::new)
     }
 

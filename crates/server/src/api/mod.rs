@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use ballot_mvcc::{ApplyOutcome, Command, Store, WatchHub};
 use ballot_proto::etcdserverpb::{
-    LeaseTimeToLiveResponse, Member, ResponseHeader, auth_server::AuthServer,
+    AlarmMember, LeaseTimeToLiveResponse, Member, ResponseHeader, auth_server::AuthServer,
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
@@ -105,8 +105,13 @@ pub trait ApiNode: Clone + Send + Sync + 'static {
     fn status(&self) -> NodeStatus;
     fn backup_snapshot(&self) -> impl Future<Output = Result<Bytes, NodeError>> + Send;
     fn defragment(&self) -> impl Future<Output = Result<(), NodeError>> + Send;
-    /// Lifts the quota's NOSPACE alarm; whether it was up.
-    fn disarm_quota_alarm(&self) -> bool;
+    /// etcd's Alarm RPC: GET, ACTIVATE or DEACTIVATE (`AlarmRequest.action`).
+    fn alarm(
+        &self,
+        action: i32,
+        member_id: u64,
+        alarm: i32,
+    ) -> impl Future<Output = Result<Vec<AlarmMember>, NodeError>> + Send;
 }
 
 impl ApiNode for NodeHandle {
@@ -188,8 +193,13 @@ impl ApiNode for NodeHandle {
     fn defragment(&self) -> impl Future<Output = Result<(), NodeError>> + Send {
         NodeHandle::defragment(self)
     }
-    fn disarm_quota_alarm(&self) -> bool {
-        NodeHandle::disarm_quota_alarm(self)
+    fn alarm(
+        &self,
+        action: i32,
+        member_id: u64,
+        alarm: i32,
+    ) -> impl Future<Output = Result<Vec<AlarmMember>, NodeError>> + Send {
+        NodeHandle::alarm(self, action, member_id, alarm)
     }
 }
 

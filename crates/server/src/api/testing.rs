@@ -10,13 +10,16 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use ballot_mvcc::{ApplyOutcome, Command, Store, StoreConfig, WatchHub};
-use ballot_proto::etcdserverpb::{LeaseTimeToLiveResponse, Member, ResponseHeader};
+use ballot_proto::etcdserverpb::{
+    AlarmMember, LeaseTimeToLiveResponse, Member, ResponseHeader, alarm_request::AlarmAction,
+};
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 use super::{ApiNode, ApiOptions, client_service_for};
+use crate::node::alarms::{AlarmChange, Alarms};
 use crate::node::{NodeError, NodeStatus};
 
 pub const CLUSTER_ID: u64 = 0xc1u64;
@@ -30,6 +33,7 @@ struct LocalState {
     next_member_id: AtomicU64,
     /// 0 = no leader (every write and linearizable read fails fast).
     leader_id: AtomicU64,
+    alarms: Mutex<Alarms>,
 }
 
 #[derive(Clone)]
@@ -54,6 +58,7 @@ impl LocalNode {
                 }]),
                 next_member_id: AtomicU64::new(0x100),
                 leader_id: AtomicU64::new(MEMBER_ID),
+                alarms: Mutex::new(Alarms::default()),
             }),
         }
     }
@@ -68,6 +73,13 @@ impl LocalNode {
             return Err(NodeError::NoLeader);
         }
         Ok(())
+    }
+
+    fn alarms(&self) -> std::sync::MutexGuard<'_, Alarms> {
+        self.state
+            .alarms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn members(&self) -> std::sync::MutexGuard<'_, Vec<Member>> {
@@ -243,8 +255,7 @@ impl ApiNode for LocalNode {
             is_learner: false,
             db_size_bytes: 4096,
             leader_changes: 1,
-            no_space: false,
-            quota_exceeded: false,
+            alarms: self.alarms().get(0),
         }
     }
 
@@ -257,9 +268,22 @@ impl ApiNode for LocalNode {
         Ok(())
     }
 
-    /// This node has no quota.
-    fn disarm_quota_alarm(&self) -> bool {
-        false
+    /// The alarm set as the real node keeps it, changed at once (this node has no quota that
+    /// would raise one, and does not refuse writes for one).
+    async fn alarm(
+        &self,
+        action: i32,
+        member_id: u64,
+        alarm: i32,
+    ) -> Result<Vec<AlarmMember>, NodeError> {
+        self.check_leader()?;
+        let change = match AlarmAction::try_from(action) {
+            Ok(AlarmAction::Get) => return Ok(self.alarms().get(alarm)),
+            Ok(AlarmAction::Activate) => AlarmChange::Activate,
+            Ok(AlarmAction::Deactivate) => AlarmChange::Deactivate,
+            Err(_) => return Ok(Vec::new()),
+        };
+        Ok(self.alarms().apply(change, member_id, alarm))
     }
 }
 

@@ -973,6 +973,78 @@ async fn http_health_version_and_metrics_share_the_grpc_port() {
     );
 }
 
+/// The Alarm RPC as etcdctl drives it (`alarm list`, `alarm disarm` per listed alarm), and how
+/// a raised alarm shows in Status and `/health` (with etcd's `exclude`).
+#[tokio::test]
+async fn alarms_are_listed_disarmed_and_reported_in_status_and_health() {
+    use ballot_proto::etcdserverpb::{AlarmMember, AlarmType, alarm_request::AlarmAction};
+    let (server, channel) = server().await;
+    let mut maintenance = MaintenanceClient::new(channel);
+    let mut alarm = async |action: AlarmAction, member_id: u64, alarm: AlarmType| {
+        maintenance
+            .alarm(AlarmRequest {
+                action: action as i32,
+                member_id,
+                alarm: alarm as i32,
+            })
+            .await
+            .expect("alarm")
+            .into_inner()
+            .alarms
+    };
+    let nospace = |member_id| AlarmMember {
+        member_id,
+        alarm: AlarmType::Nospace as i32,
+    };
+    assert_eq!(
+        alarm(AlarmAction::Activate, 7, AlarmType::Nospace).await,
+        vec![nospace(7)]
+    );
+    assert!(
+        alarm(AlarmAction::Activate, 7, AlarmType::Nospace)
+            .await
+            .is_empty(),
+        "already raised"
+    );
+    assert_eq!(
+        alarm(AlarmAction::Get, 0, AlarmType::None).await,
+        vec![nospace(7)]
+    );
+    assert!(
+        alarm(AlarmAction::Get, 0, AlarmType::Corrupt)
+            .await
+            .is_empty()
+    );
+
+    let (code, body) = http_get(server.addr, "/health").await;
+    assert_eq!(
+        (code, body.as_str()),
+        (503, r#"{"health":"false","reason":"ALARM NOSPACE"}"#)
+    );
+    let (code, _) = http_get(server.addr, "/health?exclude=NOSPACE").await;
+    assert_eq!(code, 200);
+    let status = MaintenanceClient::new(server.channel().await)
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.errors, vec!["memberID:7 alarm:NOSPACE ".to_owned()]);
+
+    // etcd takes the member as given: 0 names no alarm.
+    assert!(
+        alarm(AlarmAction::Deactivate, 0, AlarmType::Nospace)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        alarm(AlarmAction::Deactivate, 7, AlarmType::Nospace).await,
+        vec![nospace(7)]
+    );
+    assert!(alarm(AlarmAction::Get, 0, AlarmType::None).await.is_empty());
+    let (code, _) = http_get(server.addr, "/health").await;
+    assert_eq!(code, 200);
+}
+
 #[tokio::test]
 async fn lock_is_mutual_exclusion_in_request_order() {
     use ballot_proto::v3lockpb::{LockRequest, UnlockRequest, lock_client::LockClient};

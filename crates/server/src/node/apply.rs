@@ -18,6 +18,7 @@ use ballot_raft::{ConfChange, ConfChangeKind, Entry, EntryKind, SnapshotMeta};
 use ballot_wal::Write;
 use tokio::sync::{mpsc, oneshot};
 
+use super::alarms::Alarms;
 use super::driver::{ApplyItem, DriverRequest};
 use super::envelope::{Body, ConfContext, Envelope};
 use super::members::Registry;
@@ -115,6 +116,7 @@ impl Applier {
             index: applied,
             store: lock_read(&self.shared.store).snapshot_state(),
             registry: lock_read(&self.shared.registry).clone(),
+            alarms: lock_read(&self.shared.alarms).clone(),
             db_size_mark: self.shared.db_size.applied_mark(),
         }
     }
@@ -167,6 +169,15 @@ impl Applier {
             envelope.origin.member_id == self.shared.member_id && envelope.origin.request_id != 0;
         let answer = match envelope.body {
             Body::Command(bytes) => match Command::decode(bytes) {
+                // etcd's capped applier: while a NOSPACE alarm is up, every member refuses what
+                // would grow the state, so all of them skip the same entries.
+                Ok(command)
+                    if super::quota_cost(&command) > 0
+                        && lock_read(&self.shared.alarms).nospace() =>
+                {
+                    store.skip(entry.index);
+                    Err(super::NodeError::NoSpace)
+                }
                 Ok(command) => {
                     let applied = store.apply(entry.index, &command);
                     effects.applied_commands += 1;
@@ -174,7 +185,7 @@ impl Applier {
                     if !applied.events.is_empty() {
                         effects.revisions.push((applied.revision, applied.events));
                     }
-                    AppliedResult::Command(applied.outcome)
+                    Ok(AppliedResult::Command(applied.outcome))
                 }
                 Err(error) => {
                     tracing::error!(index = entry.index, %error, "skipping an undecodable command");
@@ -190,20 +201,40 @@ impl Applier {
                 store.skip(entry.index);
                 lock_write(&self.shared.registry).set_attributes(id, name, client_urls);
                 effects.registry_changed = true;
-                AppliedResult::Members(lock_read(&self.shared.registry).to_proto())
+                Ok(AppliedResult::Members(
+                    lock_read(&self.shared.registry).to_proto(),
+                ))
             }
             Body::MemberPeerUrls { id, peer_urls } => {
                 store.skip(entry.index);
                 lock_write(&self.shared.registry).set_peer_urls(id, peer_urls.clone());
                 self.shared.transport.set_peer(id, peer_urls);
                 effects.registry_changed = true;
-                AppliedResult::Members(lock_read(&self.shared.registry).to_proto())
+                Ok(AppliedResult::Members(
+                    lock_read(&self.shared.registry).to_proto(),
+                ))
+            }
+            Body::Alarm {
+                change,
+                member_id,
+                alarm,
+            } => {
+                store.skip(entry.index);
+                let changed = lock_write(&self.shared.alarms).apply(change, member_id, alarm);
+                for raised in &changed {
+                    tracing::warn!(
+                        member = %format_args!("{member_id:x}"),
+                        alarm = super::alarms::alarm_name(raised.alarm),
+                        ?change,
+                        index = entry.index,
+                        "alarm changed"
+                    );
+                }
+                Ok(AppliedResult::Alarms(changed))
             }
         };
         if mine {
-            effects
-                .answers
-                .push((envelope.origin.request_id, Ok(answer)));
+            effects.answers.push((envelope.origin.request_id, answer));
         }
     }
 
@@ -306,15 +337,17 @@ impl Applier {
             let loaded = storage::load_snapshot(&snapshots, &info).map_err(|e| e.to_string())?;
             let store =
                 Store::restore(&loaded.payload.store, store_config).map_err(|e| e.to_string())?;
-            Ok::<_, String>((store, loaded.payload.registry, size))
+            let payload = loaded.payload;
+            Ok::<_, String>((store, payload.registry, payload.alarms, size))
         })
         .await
         .map_err(|error| fail(error.to_string()))?
         .map_err(fail)?;
-        let (store, registry, size) = loaded;
+        let (store, registry, alarms, size) = loaded;
         let revision = store.current_revision();
         *lock_write(&self.shared.store) = store;
         self.shared.install_registry(registry);
+        *lock_write(&self.shared.alarms) = alarms;
         self.shared.watch_hub.reset_to(revision);
         let mark = self.shared.db_size.applied_mark();
         self.shared.db_size.snapshot_saved(size, mark);
@@ -362,6 +395,7 @@ struct CapturedState {
     index: u64,
     store: StoreSnapshot,
     registry: Registry,
+    alarms: Alarms,
     /// What `dbSize` had counted when the state was read.
     db_size_mark: u64,
 }
@@ -406,6 +440,7 @@ async fn take_snapshot(shared: &Arc<NodeShared>, state: CapturedState) -> Result
         index,
         store,
         registry,
+        alarms,
         db_size_mark,
     } = state;
     let (reply, meta) = oneshot::channel();
@@ -422,7 +457,7 @@ async fn take_snapshot(shared: &Arc<NodeShared>, state: CapturedState) -> Result
     let meta_for_file = meta.clone();
     let save_started = std::time::Instant::now();
     let size = tokio::task::spawn_blocking(move || {
-        storage::save_store_snapshot(&snapshots, &meta_for_file, &registry, &store)
+        storage::save_store_snapshot(&snapshots, &meta_for_file, &registry, &alarms, &store)
             .map(|info| info.data_len)
             .map_err(|error| error.to_string())
     })

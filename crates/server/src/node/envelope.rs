@@ -7,12 +7,14 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::alarms::AlarmChange;
 use super::members::MemberRecord;
 use super::wire::{Reader, WireError, put_str, put_strings, put_varint};
 
 const KIND_COMMAND: u64 = 1;
 const KIND_MEMBER_ATTRIBUTES: u64 = 2;
 const KIND_MEMBER_PEER_URLS: u64 = 3;
+const KIND_ALARM: u64 = 4;
 
 /// Who is waiting for an entry to be applied: the request `request_id` on member `origin`.
 /// Request id 0 means nobody waits (leader-initiated lease revokes, attribute publication).
@@ -35,6 +37,12 @@ pub enum Body {
     },
     /// MemberUpdate: new peer URLs for a member.
     MemberPeerUrls { id: u64, peer_urls: Vec<String> },
+    /// Raise or lift `alarm` (an `AlarmType`) for `member_id` ([`super::alarms`]).
+    Alarm {
+        change: AlarmChange,
+        member_id: u64,
+        alarm: i32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +62,7 @@ impl Envelope {
             Body::Command(_) => KIND_COMMAND,
             Body::MemberAttributes { .. } => KIND_MEMBER_ATTRIBUTES,
             Body::MemberPeerUrls { .. } => KIND_MEMBER_PEER_URLS,
+            Body::Alarm { .. } => KIND_ALARM,
         };
         put_varint(&mut buf, kind);
         put_varint(&mut buf, self.origin.member_id);
@@ -72,6 +81,17 @@ impl Envelope {
             Body::MemberPeerUrls { id, peer_urls } => {
                 put_varint(&mut buf, *id);
                 put_strings(&mut buf, peer_urls);
+            }
+            Body::Alarm {
+                change,
+                member_id,
+                alarm,
+            } => {
+                put_varint(&mut buf, change.code());
+                put_varint(&mut buf, *member_id);
+                // AlarmType values are small and non-negative; a negative one is kept as the
+                // unknown type it is (the apply task ignores it).
+                put_varint(&mut buf, u64::try_from(*alarm).unwrap_or(u64::MAX));
             }
         }
         buf.freeze()
@@ -109,6 +129,11 @@ impl Envelope {
             KIND_MEMBER_PEER_URLS => Body::MemberPeerUrls {
                 id: reader.varint("member id")?,
                 peer_urls: reader.strings("peer URLs")?,
+            },
+            KIND_ALARM => Body::Alarm {
+                change: AlarmChange::from_code(reader.varint("alarm action")?)?,
+                member_id: reader.varint("alarm member")?,
+                alarm: i32::try_from(reader.varint("alarm type")?).unwrap_or(-1),
             },
             tag => {
                 return Err(WireError::UnknownTag {
@@ -253,6 +278,16 @@ mod tests {
             Body::MemberPeerUrls {
                 id: 6,
                 peer_urls: vec!["http://127.0.0.1:2380".into()],
+            },
+            Body::Alarm {
+                change: AlarmChange::Activate,
+                member_id: u64::MAX,
+                alarm: 1,
+            },
+            Body::Alarm {
+                change: AlarmChange::Deactivate,
+                member_id: 3,
+                alarm: -1,
             },
         ] {
             let envelope = Envelope {

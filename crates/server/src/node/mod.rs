@@ -7,6 +7,7 @@
 //! snapshot files go only once a newer marker is durable) and the attribute publisher (a member
 //! announces its name and client URLs through the log after it starts, as etcd does).
 
+pub mod alarms;
 mod apply;
 pub mod auto_compaction;
 mod db_size;
@@ -24,7 +25,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use std::time::{Duration, Instant};
 
 use ballot_mvcc::{ApplyOutcome, Command, Store, StoreConfig, WatchHub};
-use ballot_proto::etcdserverpb::{LeaseTimeToLiveResponse, ResponseHeader};
+use ballot_proto::etcdserverpb::{
+    AlarmMember, AlarmType, LeaseTimeToLiveResponse, ResponseHeader, alarm_request::AlarmAction,
+};
 use ballot_raft::{
     ConfChange, ConfChangeKind, ConfChangeSingle, ConfChangeTransition, EntryKind, RaftNode, Role,
 };
@@ -37,6 +40,7 @@ use crate::config::HttpUrl;
 use crate::metrics::metrics;
 use crate::storage::{self, Opened};
 use crate::transport::{ClusterInfoSource, PeerFrame, PeerInput, Transport};
+use alarms::{AlarmChange, Alarms};
 use driver::{Driver, DriverRequest, PersistItem};
 use envelope::{Body, ConfContext, ConfPurpose, Envelope, Origin};
 use members::{MemberRecord, Registry};
@@ -136,12 +140,8 @@ pub struct NodeStatus {
     pub db_size_bytes: u64,
     /// Leader changes this member has seen since it started.
     pub leader_changes: u64,
-    /// The WAL's disk is full: this member's writes wait until space is freed, and it refuses
-    /// new requests (etcd's NOSPACE alarm).
-    pub no_space: bool,
-    /// `dbSize` has reached `--quota-backend-bytes`: puts, txns with puts and lease grants are
-    /// refused (etcd's NOSPACE alarm) until compaction and a defragment bring it down.
-    pub quota_exceeded: bool,
+    /// The raised alarms ([`NodeHandle::alarms`]).
+    pub alarms: Vec<AlarmMember>,
 }
 
 /// What the node's tasks and handles share.
@@ -168,8 +168,10 @@ pub(crate) struct NodeShared {
     snapshot_done: tokio::sync::Notify,
     /// The index of the newest snapshot written or installed.
     snapshot_index: AtomicU64,
-    /// `dbSize` when a write was last refused for the quota while no alarm was up; 0: no alarm.
-    quota_alarm_at: AtomicU64,
+    /// The cluster's alarms, replicated: changed only by the apply task ([`alarms`]).
+    alarms: RwLock<Alarms>,
+    /// A proposal raising this member's NOSPACE alarm is in flight (one at a time).
+    raising_nospace: AtomicBool,
     /// Defragment requests for the apply task, which takes a snapshot now for each.
     defrag: mpsc::Sender<apply::DefragReply>,
     removed: AtomicBool,
@@ -195,7 +197,7 @@ pub(crate) fn lock_write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 /// overhead per key (etcd's `kvOverhead`), a lease grant's overhead; 0 for what does not grow
 /// the store (reads, deletes, compactions, revokes), which stay allowed over the quota so that
 /// space can be freed.
-fn quota_cost(command: &Command) -> u64 {
+pub(super) fn quota_cost(command: &Command) -> u64 {
     const KV_OVERHEAD: u64 = 256;
     const LEASE_OVERHEAD: u64 = 64;
     fn put_cost(put: &ballot_proto::etcdserverpb::PutRequest) -> u64 {
@@ -223,45 +225,12 @@ fn quota_cost(command: &Command) -> u64 {
 }
 
 impl NodeShared {
-    /// Refuses a write that grows the state by `cost` when `--quota-backend-bytes` says so: as
-    /// in etcd, once the NOSPACE alarm is up every such write is refused, not only those that
-    /// would not fit, and a refusal raises the alarm.
-    fn check_quota(&self, cost: u64) -> Result<(), NodeError> {
-        let Some(quota) = self.config.quota_bytes else {
-            return Ok(());
-        };
-        let size = self.db_size.bytes();
-        if self.quota_alarm_up(size) || size.saturating_add(cost) > quota {
-            // Kept until `dbSize` falls below this (a snapshot rewrote the state smaller) or
-            // `alarm disarm`.
-            let _ = self.quota_alarm_at.compare_exchange(
-                0,
-                size.max(1),
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            );
-            return Err(NodeError::NoSpace);
-        }
-        Ok(())
-    }
-
-    /// Whether the quota's NOSPACE alarm is up with `dbSize` at `size` (ending it once the size
-    /// has fallen below what it was when the alarm was raised).
-    fn quota_alarm_up(&self, size: u64) -> bool {
-        let raised_at = self.quota_alarm_at.load(Ordering::SeqCst);
-        if raised_at == 0 {
-            return false;
-        }
-        if size < raised_at {
-            let _ = self.quota_alarm_at.compare_exchange(
-                raised_at,
-                0,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            );
-            return false;
-        }
-        true
+    /// Whether a write that grows the state by `cost` would take `dbSize` past
+    /// `--quota-backend-bytes` (etcd's `backendQuota.Available`, negated).
+    fn over_quota(&self, cost: u64) -> bool {
+        self.config
+            .quota_bytes
+            .is_some_and(|quota| self.db_size.bytes().saturating_add(cost) > quota)
     }
 
     fn now_ms(&self) -> u64 {
@@ -434,9 +403,15 @@ impl NodeHandle {
     /// A `LeaseGrant` with ID 0 gets a fresh ID here, before replication, so every replica
     /// applies the same one.
     pub async fn propose(&self, command: Command) -> Result<ApplyOutcome, NodeError> {
+        // etcd's quota: a write that would take this member's `dbSize` past the quota is
+        // refused and raises this member's NOSPACE alarm. While any member's alarm is up, what
+        // grows the state is refused where it is applied, on every member at the same place in
+        // the log; refusing it here from this member's applied alarms could go by an alarm
+        // that a disarm committed before this request arrived has already lifted.
         let cost = quota_cost(&command);
-        if cost > 0 {
-            self.shared.check_quota(cost)?;
+        if cost > 0 && self.shared.over_quota(cost) {
+            self.raise_nospace().await;
+            return Err(NodeError::NoSpace);
         }
         let command = match command {
             Command::LeaseGrant { id: 0, ttl_secs } => Command::LeaseGrant {
@@ -452,7 +427,7 @@ impl NodeHandle {
         {
             AppliedResult::Command(ApplyOutcome::Error(error)) => Err(NodeError::Mvcc(error)),
             AppliedResult::Command(outcome) => Ok(outcome),
-            AppliedResult::Members(_) => Err(NodeError::Timeout),
+            AppliedResult::Members(_) | AppliedResult::Alarms(_) => Err(NodeError::Timeout),
         }
     }
 
@@ -728,7 +703,7 @@ impl NodeHandle {
             .await?
         {
             AppliedResult::Members(members) => Ok(members),
-            AppliedResult::Command(_) => Err(NodeError::Timeout),
+            AppliedResult::Command(_) | AppliedResult::Alarms(_) => Err(NodeError::Timeout),
         }
     }
 
@@ -781,7 +756,7 @@ impl NodeHandle {
         let request = DriverRequest::ProposeConfChange { request_id, change };
         match self.submit_and_wait(request_id, request, waiter).await? {
             AppliedResult::Members(members) => Ok(members),
-            AppliedResult::Command(_) => Err(NodeError::Timeout),
+            AppliedResult::Command(_) | AppliedResult::Alarms(_) => Err(NodeError::Timeout),
         }
     }
 
@@ -830,15 +805,99 @@ impl NodeHandle {
             is_learner: view.is_learner,
             db_size_bytes: self.shared.db_size.bytes(),
             leader_changes: self.shared.leader_changes.load(Ordering::Relaxed),
-            no_space: *self.shared.no_space.borrow(),
-            quota_exceeded: self.shared.quota_alarm_up(self.shared.db_size.bytes()),
+            alarms: self.alarms(),
         }
     }
 
-    /// `etcdctl alarm disarm`: lifts the quota's NOSPACE alarm, so that writes that fit under
-    /// the quota are taken again (one that does not fit raises it again). Whether it was up.
-    pub fn disarm_quota_alarm(&self) -> bool {
-        self.shared.quota_alarm_at.swap(0, Ordering::SeqCst) != 0
+    /// The alarms raised, as this member has applied them, of type `alarm` (NONE: all). A full
+    /// WAL disk raises this member's NOSPACE alarm here too; that one is local, not replicated,
+    /// and only space ends it.
+    fn alarms_of(&self, alarm: i32) -> Vec<AlarmMember> {
+        let mut raised = lock_read(&self.shared.alarms).get(alarm);
+        let me = self.shared.member_id;
+        let nospace = AlarmType::Nospace as i32;
+        let wanted = alarm == AlarmType::None as i32 || alarm == nospace;
+        if wanted
+            && *self.shared.no_space.borrow()
+            && !raised
+                .iter()
+                .any(|a| a.member_id == me && a.alarm == nospace)
+        {
+            raised.push(AlarmMember {
+                member_id: me,
+                alarm: nospace,
+            });
+        }
+        raised
+    }
+
+    /// Every alarm raised, as this member has applied them (for Status and `/health`).
+    pub fn alarms(&self) -> Vec<AlarmMember> {
+        self.alarms_of(AlarmType::None as i32)
+    }
+
+    /// etcd's Alarm RPC. GET answers the alarms of type `alarm` (NONE: all) after a
+    /// linearizable barrier (etcd sends it through the log); ACTIVATE and DEACTIVATE go through the log, so every member raises
+    /// or lifts the alarm at the same index, and answer the alarm changed (none if it already
+    /// was in that state). As in etcd, `member_id` is taken as given: `etcdctl alarm disarm`
+    /// lists the alarms and deactivates each one by its member.
+    pub async fn alarm(
+        &self,
+        action: i32,
+        member_id: u64,
+        alarm: i32,
+    ) -> Result<Vec<AlarmMember>, NodeError> {
+        let change = match AlarmAction::try_from(action) {
+            Ok(AlarmAction::Get) => {
+                // A member whose disk is full cannot apply what commits meanwhile, so a barrier
+                // could only time out: it answers what it has, its own NOSPACE included.
+                if !*self.shared.no_space.borrow() {
+                    self.read_barrier().await?;
+                }
+                return Ok(self.alarms_of(alarm));
+            }
+            Ok(AlarmAction::Activate) => AlarmChange::Activate,
+            Ok(AlarmAction::Deactivate) => AlarmChange::Deactivate,
+            // etcd answers an unknown action with an empty response.
+            Err(_) => return Ok(Vec::new()),
+        };
+        let body = Body::Alarm {
+            change,
+            member_id,
+            alarm,
+        };
+        match Self::counted(self.propose_body(body)).await? {
+            AppliedResult::Alarms(changed) => Ok(changed),
+            AppliedResult::Command(_) | AppliedResult::Members(_) => Err(NodeError::Timeout),
+        }
+    }
+
+    /// Raises this member's NOSPACE alarm through the log, as etcd does when a write would pass
+    /// the quota, and waits for it to apply (so a client refused for the quota then sees the
+    /// alarm listed). One such proposal at a time, and none while this member has applied it
+    /// already (etcd proposes one per refused write); a failure is logged: the refusal stands.
+    async fn raise_nospace(&self) {
+        let me = self.shared.member_id;
+        if lock_read(&self.shared.alarms).contains(me, AlarmType::Nospace)
+            || self.shared.raising_nospace.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let raised = self
+            .alarm(AlarmAction::Activate as i32, me, AlarmType::Nospace as i32)
+            .await;
+        self.shared.raising_nospace.store(false, Ordering::SeqCst);
+        match raised {
+            Ok(changed) if !changed.is_empty() => {
+                tracing::warn!(
+                    quota_bytes = self.shared.config.quota_bytes,
+                    db_size_bytes = self.shared.db_size.bytes(),
+                    "dbSize would pass the quota: raised the NOSPACE alarm"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "could not raise the NOSPACE alarm"),
+        }
     }
 
     /// etcd's Defragment, Ballot's way: the state lives in memory, so what shrinks `dbSize`
@@ -967,18 +1026,19 @@ pub fn start(
 ) -> Result<StartedNode, StartError> {
     let raft_config = raft_config(&config);
     let mut last_conf_index = 0;
-    let (store, registry, raft, snapshot_index, snapshot_size) = match opened.recovered {
+    let (store, registry, alarms, raft, snapshot_index, snapshot_size) = match opened.recovered {
         Some(recovered) => {
-            let (store, registry, size) = match &recovered.snapshot {
+            let (store, registry, alarms, size) = match &recovered.snapshot {
                 Some(snapshot) => (
                     Store::restore(&snapshot.payload.store, config.store_config.clone())?,
                     snapshot.payload.registry.clone(),
+                    snapshot.payload.alarms.clone(),
                     snapshot.payload.store.len() as u64,
                 ),
                 None => {
                     let store = Store::new(config.store_config.clone());
                     let size = empty_store_bytes(&store);
-                    (store, seed, size)
+                    (store, seed, Alarms::default(), size)
                 }
             };
             for entry in recovered
@@ -992,7 +1052,7 @@ pub fn start(
             }
             let snapshot_index = recovered.restore.applied;
             let raft = RaftNode::restore(raft_config, recovered.restore)?;
-            (store, registry, raft, snapshot_index, size)
+            (store, registry, alarms, raft, snapshot_index, size)
         }
         None => {
             let raft = match mode {
@@ -1001,7 +1061,7 @@ pub fn start(
             };
             let store = Store::new(config.store_config.clone());
             let size = empty_store_bytes(&store);
-            (store, seed, raft, 0, size)
+            (store, seed, Alarms::default(), raft, 0, size)
         }
     };
     for member in registry.records() {
@@ -1041,7 +1101,8 @@ pub fn start(
         snapshot_in_progress: AtomicBool::new(false),
         snapshot_done: tokio::sync::Notify::new(),
         snapshot_index: AtomicU64::new(snapshot_index),
-        quota_alarm_at: AtomicU64::new(0),
+        alarms: RwLock::new(alarms),
+        raising_nospace: AtomicBool::new(false),
         defrag: defrag_tx,
         removed: AtomicBool::new(false),
         db_size: db_size::DbSize::new(snapshot_size),

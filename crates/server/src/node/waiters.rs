@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use ballot_mvcc::ApplyOutcome;
-use ballot_proto::etcdserverpb::Member;
+use ballot_proto::etcdserverpb::{AlarmMember, Member};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
@@ -19,6 +19,8 @@ pub enum AppliedResult {
     Command(ApplyOutcome),
     /// A membership change: the member list after it.
     Members(Vec<Member>),
+    /// An alarm raised or lifted: the alarm changed, if any.
+    Alarms(Vec<AlarmMember>),
 }
 
 pub type ProposalResult = Result<AppliedResult, NodeError>;
@@ -209,6 +211,7 @@ mod tests {
         match result {
             Ok(Ok(AppliedResult::Members(members))) => format!("members {}", members.len()),
             Ok(Ok(AppliedResult::Command(_))) => "command".into(),
+            Ok(Ok(AppliedResult::Alarms(alarms))) => format!("alarms {}", alarms.len()),
             Ok(Err(error)) => error.to_string(),
             Err(_) => "waiting".into(),
         }
