@@ -601,6 +601,50 @@ test_maintenance() {
   expect_out "data is intact after defrag" "2"
 }
 
+# A single member of its own with a small --quota-backend-bytes, started with SUITE_MEMBER_BIN:
+# puts of 100 kB values until one is refused, then the NOSPACE alarm as etcdctl prints it in
+# alarm list, endpoint status and alarm disarm.
+test_quota_alarm() {
+  local peer_port client_port
+  peer_port=$(free_port)
+  client_port=$(free_port)
+  while [ "$client_port" = "$peer_port" ]; do client_port=$(free_port); done
+  local peer="http://127.0.0.1:$peer_port" client="http://127.0.0.1:$client_port"
+  BALLOT_WAL_SEGMENT_BYTES=4194304 "$SUITE_MEMBER_BIN" --name suite-quota \
+    --data-dir "$work/quota" --initial-cluster "suite-quota=$peer" --initial-cluster-token suite-quota \
+    --initial-advertise-peer-urls "$peer" --listen-peer-urls "$peer" \
+    --listen-client-urls "$client" --advertise-client-urls "$client" \
+    --quota-backend-bytes 300000 >"$work/quota.log" 2>&1 &
+  local quota_pid=$!
+  background_pids+=("$quota_pid")
+  local q=(etcdctl --endpoints="127.0.0.1:$client_port" --command-timeout=15s)
+  local deadline=$((SECONDS + 30))
+  until "${q[@]}" endpoint health >/dev/null 2>&1 || [ $SECONDS -ge $deadline ]; do sleep 0.1; done
+  local value puts=0
+  value=$(head -c 100000 /dev/zero | tr '\0' x)
+  while [ $puts -lt 20 ]; do
+    run "${q[@]}" put "$P/quota/$puts" "$value"
+    [ "$RC" -ne 0 ] && break
+    puts=$((puts + 1))
+  done
+  expect_error "a put past the quota" "etcdserver: mvcc: database space exceeded"
+  local id
+  id=$("${q[@]}" endpoint status -w json | sed -n 's/.*"member_id":\([0-9]*\).*/\1/p')
+  local line="memberID:$id alarm:NOSPACE "
+  run "${q[@]}" alarm list
+  expect_out "alarm list shows the quota's NOSPACE" "$line"
+  run "${q[@]}" endpoint status
+  expect_match "endpoint status lists the alarm in its errors" ".*, $line"
+  run "${q[@]}" put "$P/quota/small" 1
+  expect_error "a small put is refused while the alarm is up" "etcdserver: mvcc: database space exceeded"
+  run "${q[@]}" alarm disarm
+  expect_out "alarm disarm prints the disarmed alarm" "$line"
+  run "${q[@]}" alarm list
+  expect_out "alarm list after disarm" ""
+  kill "$quota_pid" 2>/dev/null
+  wait "$quota_pid" 2>/dev/null
+}
+
 # --- snapshot ------------------------------------------------------------------------------
 
 test_snapshot() {
@@ -733,6 +777,11 @@ else
 fi
 test_endpoint
 test_maintenance
+if [ -n "${SUITE_MEMBER_BIN:-}" ]; then
+  test_quota_alarm
+else
+  echo "# skipped: the quota's NOSPACE alarm on a member of its own (set SUITE_MEMBER_BIN)"
+fi
 test_snapshot
 test_lock
 test_elect
