@@ -197,6 +197,23 @@ pub struct MemberArgs {
     #[arg(long, env = "BALLOT_CLIENT_CERT_AUTH")]
     pub client_cert_auth: bool,
 
+    /// Certificate (PEM) for TLS between members, used when a peer URL is https://: presented
+    /// to peers that connect and to peers this member connects to.
+    #[arg(long, env = "BALLOT_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --peer-cert-file.
+    #[arg(long, env = "BALLOT_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// CA certificates (PEM) that peers' certificates are verified against.
+    #[arg(long, env = "BALLOT_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Refuse peer connections without a certificate signed by --peer-trusted-ca-file.
+    #[arg(long, env = "BALLOT_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: bool,
+
     /// Extra URLs to serve /metrics and /health on (HTTP only), besides the client URLs.
     #[arg(long, env = "BALLOT_LISTEN_METRICS_URLS")]
     pub listen_metrics_urls: Option<String>,

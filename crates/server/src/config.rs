@@ -106,6 +106,52 @@ impl ClientTls {
     }
 }
 
+/// `--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file` and
+/// `--peer-client-cert-auth`: TLS between members, used when a peer URL is `https`
+/// (crate::tls loads the files when the member starts). The certificate is presented both when
+/// this member accepts a peer connection and when it dials one, as etcd's is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA certificates that peers' certificates are checked against, both ways.
+    pub trusted_ca_file: PathBuf,
+    /// Refuse peer connections without a certificate signed by `trusted_ca_file`.
+    pub client_cert_auth: bool,
+}
+
+impl PeerTls {
+    /// The peer TLS settings when any of `urls` (this member's and the initial cluster's peer
+    /// URLs) is `https`; the flags must then name the certificate, key and trusted CA.
+    fn from_args(args: &MemberArgs, urls: &[&HttpUrl]) -> Result<Option<PeerTls>, ConfigError> {
+        if args.peer_client_cert_auth && args.peer_trusted_ca_file.is_none() {
+            return Err(ConfigError::TlsFlags(
+                "--peer-client-cert-auth needs --peer-trusted-ca-file".into(),
+            ));
+        }
+        let Some(url) = urls.iter().find(|url| url.tls) else {
+            // etcd ignores the files then: every peer URL is plain http.
+            return Ok(None);
+        };
+        match (
+            &args.peer_cert_file,
+            &args.peer_key_file,
+            &args.peer_trusted_ca_file,
+        ) {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(PeerTls {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                trusted_ca_file: ca.clone(),
+                client_cert_auth: args.peer_client_cert_auth,
+            })),
+            _ => Err(ConfigError::TlsFlags(format!(
+                "the peer URL {url} needs --peer-cert-file, --peer-key-file and \
+                 --peer-trusted-ca-file"
+            ))),
+        }
+    }
+}
+
 /// Who a member is in the cluster it bootstraps: what `--name`,
 /// `--initial-advertise-peer-urls`, `--initial-cluster` and `--initial-cluster-token` derive.
 /// A member started with these flags and `ballot snapshot restore` given the same ones agree.
@@ -175,6 +221,10 @@ pub struct ServerConfig {
     pub advertise_client_urls: Vec<String>,
     /// Addresses to bind for peer traffic.
     pub peer_listen_addrs: Vec<SocketAddr>,
+    /// For each of `peer_listen_addrs`: served with TLS (an `https` URL).
+    pub peer_listen_tls: Vec<bool>,
+    /// The certificate, key and CA for TLS between members, when a peer URL is `https`.
+    pub peer_tls: Option<PeerTls>,
     /// Peer URLs this member advertises (`--initial-advertise-peer-urls`), normalised.
     pub advertise_peer_urls: Vec<String>,
     /// Extra HTTP-only listeners for `/metrics` and `/health` (`--listen-metrics-urls`).
@@ -314,9 +364,9 @@ impl ServerConfig {
             });
         }
 
-        let client_listen = parse_client_url_list("listen-client-urls", &args.listen_client_urls)?;
+        let client_listen = parse_url_list("listen-client-urls", &args.listen_client_urls)?;
         let advertise_client =
-            parse_client_url_list("advertise-client-urls", &args.advertise_client_urls)?;
+            parse_url_list("advertise-client-urls", &args.advertise_client_urls)?;
         let client_tls = ClientTls::from_args(args, &client_listen)?;
         let peer_listen = parse_url_list("listen-peer-urls", &args.listen_peer_urls)?;
         let advertise_peer = parse_url_list(
@@ -324,7 +374,7 @@ impl ServerConfig {
             &args.initial_advertise_peer_urls,
         )?;
         let metrics_listen = match &args.listen_metrics_urls {
-            Some(list) => parse_url_list("listen-metrics-urls", list)?,
+            Some(list) => parse_plain_url_list("listen-metrics-urls", list)?,
             None => Vec::new(),
         };
 
@@ -349,6 +399,18 @@ impl ServerConfig {
             &args.initial_cluster_token,
         )?;
 
+        let initial_peer_urls = initial_cluster
+            .iter()
+            .flat_map(|member| &member.peer_urls)
+            .map(|url| HttpUrl::parse("initial-cluster", url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let all_peer_urls: Vec<&HttpUrl> = peer_listen
+            .iter()
+            .chain(&advertise_peer)
+            .chain(&initial_peer_urls)
+            .collect();
+        let peer_tls = PeerTls::from_args(args, &all_peer_urls)?;
+
         Ok(ServerConfig {
             name: args.name.clone(),
             data_dir: args
@@ -359,7 +421,9 @@ impl ServerConfig {
             client_listen_addrs,
             client_tls,
             advertise_client_urls: advertise_client.iter().map(HttpUrl::to_string).collect(),
+            peer_listen_tls: peer_listen.iter().map(|url| url.tls).collect(),
             peer_listen_addrs,
+            peer_tls,
             advertise_peer_urls,
             metrics_listen_addrs,
             initial_cluster,
@@ -657,26 +721,14 @@ pub struct HttpUrl {
     /// Host as written, without IPv6 brackets.
     pub host: String,
     pub port: u16,
-    /// `https`: clients reach this URL with TLS (client URLs only).
+    /// `https`: this URL is reached with TLS (client and peer URLs; metrics URLs are plain).
     pub tls: bool,
 }
 
 impl HttpUrl {
-    /// Parses one `http://` URL (peer and metrics URLs); `flag` names the flag in the error.
+    /// Parses one URL: `http://` or, reached with TLS, `https://`; `flag` names the flag in the
+    /// error.
     pub fn parse(flag: &'static str, text: &str) -> Result<HttpUrl, ConfigError> {
-        let url = HttpUrl::parse_client(flag, text)?;
-        if url.tls {
-            return Err(ConfigError::InvalidUrl {
-                flag,
-                url: text.to_owned(),
-                reason: "TLS is supported on client URLs only; this URL must be http://".into(),
-            });
-        }
-        Ok(url)
-    }
-
-    /// Parses one client URL: `http://` or, served with TLS, `https://`.
-    pub fn parse_client(flag: &'static str, text: &str) -> Result<HttpUrl, ConfigError> {
         let invalid = |reason: &str| ConfigError::InvalidUrl {
             flag,
             url: text.to_owned(),
@@ -758,26 +810,26 @@ fn split_host_port(authority: &str) -> Option<(&str, &str)> {
     Some((host, port))
 }
 
-/// Parses a comma-separated URL list.
-pub fn parse_url_list(flag: &'static str, text: &str) -> Result<Vec<HttpUrl>, ConfigError> {
-    let urls = parse_client_url_list(flag, text)?;
+/// Parses a comma-separated list of `http://` URLs (metrics URLs, which are served without TLS).
+pub fn parse_plain_url_list(flag: &'static str, text: &str) -> Result<Vec<HttpUrl>, ConfigError> {
+    let urls = parse_url_list(flag, text)?;
     if let Some(tls) = urls.iter().find(|url| url.tls) {
         return Err(ConfigError::InvalidUrl {
             flag,
             url: tls.to_string(),
-            reason: "TLS is supported on client URLs only; this URL must be http://".into(),
+            reason: "this URL is served without TLS; it must be http://".into(),
         });
     }
     Ok(urls)
 }
 
-/// Like [`parse_url_list`], for client URLs, which may be `https://`.
-pub fn parse_client_url_list(flag: &'static str, text: &str) -> Result<Vec<HttpUrl>, ConfigError> {
+/// Parses a comma-separated URL list (`http://` or `https://`).
+pub fn parse_url_list(flag: &'static str, text: &str) -> Result<Vec<HttpUrl>, ConfigError> {
     let urls = text
         .split(',')
         .map(str::trim)
         .filter(|url| !url.is_empty())
-        .map(|url| HttpUrl::parse_client(flag, url))
+        .map(|url| HttpUrl::parse(flag, url))
         .collect::<Result<Vec<_>, _>>()?;
     if urls.is_empty() {
         return Err(ConfigError::NoUrls { flag });
@@ -1161,7 +1213,69 @@ mod tests {
     }
 
     #[test]
-    fn https_is_for_client_urls_and_needs_the_certificate_flags() {
+    fn https_peer_urls_need_the_peer_certificate_key_and_ca() {
+        let https = [
+            "--name",
+            "a",
+            "--listen-peer-urls",
+            "https://127.0.0.1:12380",
+            "--initial-advertise-peer-urls",
+            "https://127.0.0.1:12380",
+            "--initial-cluster",
+            "a=https://127.0.0.1:12380,b=https://127.0.0.1:22380",
+        ];
+        let files = [
+            "--peer-cert-file",
+            "p.pem",
+            "--peer-key-file",
+            "p.key",
+            "--peer-trusted-ca-file",
+            "ca.pem",
+        ];
+        let with = |extra: &[&'static str]| {
+            let mut args = https.to_vec();
+            args.extend_from_slice(extra);
+            config(&args)
+        };
+        let tls = with(&files).expect("https peer URLs with the files");
+        assert_eq!(tls.peer_listen_tls, vec![true]);
+        assert_eq!(tls.advertise_peer_urls, vec!["https://127.0.0.1:12380"]);
+        let peer = tls.peer_tls.expect("peer TLS settings");
+        assert_eq!(peer.trusted_ca_file, PathBuf::from("ca.pem"));
+        assert!(!peer.client_cert_auth);
+
+        let missing = with(&files[..4]).expect_err("no CA");
+        assert_eq!(
+            missing.to_string(),
+            "the peer URL https://127.0.0.1:12380 needs --peer-cert-file, --peer-key-file and \
+             --peer-trusted-ca-file"
+        );
+        let auth = config(&["--peer-client-cert-auth"]).expect_err("no CA");
+        assert_eq!(
+            auth.to_string(),
+            "--peer-client-cert-auth needs --peer-trusted-ca-file"
+        );
+        // An https URL of another member is dialled with TLS: the files are needed too.
+        let other = config(&[
+            "--name",
+            "a",
+            "--initial-cluster",
+            "a=http://127.0.0.1:2380,b=https://127.0.0.1:22380",
+        ])
+        .expect_err("no files");
+        assert!(
+            other
+                .to_string()
+                .starts_with("the peer URL https://127.0.0.1:22380 needs"),
+            "{other}"
+        );
+        // With plain http peer URLs the files are ignored, as etcd ignores them.
+        let plain = config(&files).expect("ignored");
+        assert_eq!(plain.peer_tls, None);
+    }
+
+    #[test]
+    fn https_client_urls_need_the_certificate_flags() {
         let tls = config(&[
             "--listen-client-urls",
             "https://127.0.0.1:2379,http://127.0.0.1:22379",
@@ -1179,12 +1293,9 @@ mod tests {
         assert_eq!(files.cert_file, PathBuf::from("s.pem"));
         assert!(!files.client_cert_auth);
 
-        let peer = config(&["--listen-peer-urls", "https://127.0.0.1:2380"]).expect_err("refused");
-        assert!(
-            peer.to_string()
-                .contains("TLS is supported on client URLs only"),
-            "{peer}"
-        );
+        let metrics = config(&["--listen-metrics-urls", "https://127.0.0.1:2381"])
+            .expect_err("metrics URLs are plain");
+        assert!(metrics.to_string().contains("must be http://"), "{metrics}");
         let no_files =
             config(&["--listen-client-urls", "https://127.0.0.1:2379"]).expect_err("refused");
         assert!(

@@ -105,10 +105,11 @@ pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
         .as_ref()
         .map(crate::tls::acceptor)
         .transpose()?;
+    let peer_tls = config.peer_tls.as_ref().map(crate::tls::peer).transpose()?;
     let peer_listeners = bind_all(&config.peer_listen_addrs, "--listen-peer-urls").await?;
     let client_listeners = bind_all(&config.client_listen_addrs, "--listen-client-urls").await?;
     let metrics_listeners = bind_all(&config.metrics_listen_addrs, "--listen-metrics-urls").await?;
-    let member = start_member(&config, peer_listeners).await?;
+    let member = start_member(&config, peer_listeners, peer_tls).await?;
     let api = serve_clients(
         member.handle.clone(),
         &config,
@@ -149,13 +150,15 @@ pub struct Member {
 }
 
 /// Opens the data directory (joining the cluster first if asked), starts the node and serves
-/// the peer listeners.
+/// the peer listeners (one for each of `config.peer_listen_addrs`), with `peer_tls` loaded from
+/// `config.peer_tls` when a peer URL is `https`.
 pub async fn start_member(
     config: &ServerConfig,
     peer_listeners: Vec<TcpListener>,
+    peer_tls: Option<crate::tls::PeerTlsConfig>,
 ) -> Result<Member, ServerError> {
     let data_dir = DataDir::new(&config.data_dir);
-    let cluster = cluster_file(config, &data_dir).await?;
+    let cluster = cluster_file(config, &data_dir, peer_tls.as_ref()).await?;
     let mode = if cluster.joined {
         StartMode::Join
     } else {
@@ -178,6 +181,7 @@ pub async fn start_member(
         cluster.member_id,
         input_tx,
         opened.snapshots.clone(),
+        peer_tls,
     );
     let started = node::start(
         node_config(config, &cluster),
@@ -187,8 +191,8 @@ pub async fn start_member(
         transport.clone(),
         input_rx,
     )?;
-    for listener in peer_listeners {
-        transport.serve(listener);
+    for (listener, tls) in peer_listeners.into_iter().zip(&config.peer_listen_tls) {
+        transport.serve(listener, *tls);
     }
     Ok(Member {
         handle: started.handle,
@@ -202,6 +206,7 @@ pub async fn start_member(
 async fn cluster_file(
     config: &ServerConfig,
     data_dir: &DataDir,
+    peer_tls: Option<&crate::tls::PeerTlsConfig>,
 ) -> Result<ClusterFile, ServerError> {
     if let Some(existing) = ClusterFile::read(data_dir)? {
         existing.check_owner(data_dir, &config.advertise_peer_urls)?;
@@ -215,7 +220,7 @@ async fn cluster_file(
             seed: initial_registry(&config.initial_cluster),
             joined: false,
         },
-        ClusterState::Existing => join_cluster(config).await?,
+        ClusterState::Existing => join_cluster(config, peer_tls).await?,
     };
     cluster.write(data_dir)?;
     Ok(cluster)
@@ -236,7 +241,10 @@ pub fn initial_registry(initial_cluster: &[InitialMember]) -> Registry {
 
 /// Asks the other members of `--initial-cluster` for the cluster's ID and members, and finds
 /// this member among them by its peer URLs (it must have been added with `member add`).
-async fn join_cluster(config: &ServerConfig) -> Result<ClusterFile, ServerError> {
+async fn join_cluster(
+    config: &ServerConfig,
+    peer_tls: Option<&crate::tls::PeerTlsConfig>,
+) -> Result<ClusterFile, ServerError> {
     let peer_urls: Vec<String> = config
         .initial_cluster
         .iter()
@@ -252,7 +260,7 @@ async fn join_cluster(config: &ServerConfig) -> Result<ClusterFile, ServerError>
     // A member that has not applied the `member add` yet answers without this member: ask
     // again until one knows it, or give up at the deadline.
     let (cluster_id, registry, me) = loop {
-        let error = match transport::fetch_cluster_info(&peer_urls).await {
+        let error = match transport::fetch_cluster_info(&peer_urls, peer_tls).await {
             Ok((cluster_id, registry)) => {
                 match registry
                     .find_by_peer_urls(&config.advertise_peer_urls)

@@ -1,21 +1,26 @@
-//! TLS on `https://` client URLs (`--cert-file`, `--key-file`, `--trusted-ca-file`,
-//! `--client-cert-auth`, as etcd names them), with rustls and the ring provider.
+//! TLS with rustls and the ring provider, on `https://` client URLs (`--cert-file`,
+//! `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, as etcd names them) and between
+//! members whose peer URLs are `https://` (`--peer-cert-file`, `--peer-key-file`,
+//! `--peer-trusted-ca-file`, `--peer-client-cert-auth`).
 //!
 //! The files are read once, when the member starts; a missing or malformed file stops it with
-//! the flag and the reason. ALPN offers `h2` (gRPC) and `http/1.1` (`/health`, `/metrics`,
-//! `/version`), so both keep sharing the port as they do without TLS. Traffic between members
-//! stays plain TCP (docs/cli.md).
+//! the flag and the reason. On client URLs ALPN offers `h2` (gRPC) and `http/1.1` (`/health`,
+//! `/metrics`, `/version`), so both keep sharing the port as they do without TLS. Between
+//! members the certificate is both the server's and the client's, and a peer's certificate must
+//! be signed by `--peer-trusted-ca-file` and name the host of the peer URL dialled.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
+use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::config::ClientTls;
+use crate::config::{ClientTls, PeerTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -48,29 +53,45 @@ fn certificates(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'s
     Ok(certs)
 }
 
-/// The acceptor for the member's `https` client listeners.
-pub fn acceptor(settings: &ClientTls) -> Result<TlsAcceptor, TlsError> {
+fn private_key(flag: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|error| file_error(flag, path, error))
+}
+
+fn roots(flag: &'static str, path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in certificates(flag, path)? {
+        roots
+            .add(ca)
+            .map_err(|error| file_error(flag, path, error))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn provider() -> Arc<CryptoProvider> {
     // ring, not rustls's aws-lc-rs default: that one needs cmake to build, which the machines
     // Ballot is built on lack. rustls 0.23.48 marks ring's provider deprecated because it has
     // no post-quantum key exchange; the classical ones (X25519, P-256, P-384) remain.
     #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn setup_error(error: impl ToString) -> TlsError {
+    TlsError::Setup(error.to_string())
+}
+
+/// The acceptor for the member's `https` client listeners.
+pub fn acceptor(settings: &ClientTls) -> Result<TlsAcceptor, TlsError> {
+    let provider = provider();
     let certs = certificates("--cert-file", &settings.cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(&settings.key_file)
-        .map_err(|error| file_error("--key-file", &settings.key_file, error))?;
+    let key = private_key("--key-file", &settings.key_file)?;
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|error| TlsError::Setup(error.to_string()))?;
+        .map_err(setup_error)?;
     let builder = match &settings.trusted_ca_file {
         Some(path) => {
-            let mut roots = RootCertStore::empty();
-            for ca in certificates("--trusted-ca-file", path)? {
-                roots
-                    .add(ca)
-                    .map_err(|error| file_error("--trusted-ca-file", path, error))?;
-            }
+            let roots = roots("--trusted-ca-file", path)?;
             let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+                WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider));
             // Without --client-cert-auth a certificate is checked when one is presented, as
             // etcd does with a trusted CA file alone.
             let verifier = if settings.client_cert_auth {
@@ -88,4 +109,51 @@ pub fn acceptor(settings: &ClientTls) -> Result<TlsAcceptor, TlsError> {
         .map_err(|error| file_error("--key-file", &settings.key_file, error))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Both ends of TLS between members: the acceptor for `https` peer listeners and the connector
+/// for dialling `https` peer URLs.
+#[derive(Clone)]
+pub struct PeerTlsConfig {
+    pub acceptor: TlsAcceptor,
+    pub connector: TlsConnector,
+}
+
+/// Loads the peer TLS files: this member's certificate serves both ends, and peers are checked
+/// against the trusted CA both ways (accepting: a certificate is required with
+/// `--peer-client-cert-auth`, else checked when presented, as etcd does).
+pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
+    let provider = provider();
+    let certs = certificates("--peer-cert-file", &settings.cert_file)?;
+    let key = private_key("--peer-key-file", &settings.key_file)?;
+    let roots = roots("--peer-trusted-ca-file", &settings.trusted_ca_file)?;
+
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider));
+    let verifier = if settings.client_cert_auth {
+        verifier.build()
+    } else {
+        verifier.allow_unauthenticated().build()
+    }
+    .map_err(setup_error)?;
+    let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(setup_error)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs.clone(), key.clone_key())
+        .map_err(|error| file_error("--peer-key-file", &settings.key_file, error))?;
+
+    let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
+        .build()
+        .map_err(setup_error)?;
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(setup_error)?
+        .with_webpki_verifier(server_verifier)
+        .with_client_auth_cert(certs, key)
+        .map_err(|error| file_error("--peer-key-file", &settings.key_file, error))?;
+    Ok(PeerTlsConfig {
+        acceptor: TlsAcceptor::from(Arc::new(server)),
+        connector: TlsConnector::from(Arc::new(client)),
+    })
 }

@@ -1,5 +1,9 @@
-//! The peer transport: TCP between members.
+//! The peer transport: TCP between members, with TLS when a peer URL is `https://`.
 //!
+//! - **TLS.** A listener on an `https` peer URL takes a TLS handshake before the Ballot one,
+//!   and a member dials an `https` peer URL with TLS, checking the peer's certificate against
+//!   `--peer-trusted-ca-file` and the URL's host, and presenting its own (`crate::tls::peer`).
+//!   Everything below runs the same over either.
 //! - **Streams.** One long-lived connection per ordered pair: member A dials B for A→B traffic,
 //!   so a connection carries data one way only (B answers on its own connection to A). A
 //!   connection opens with a handshake naming the cluster, the sender and the recipient; the
@@ -36,15 +40,23 @@ use std::time::{Duration, Instant};
 use ballot_raft::{Message, MessageBody, NodeId};
 use ballot_wal::{RealDisk, SnapshotInfo, SnapshotStore, SnapshotWriter};
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::config::HttpUrl;
 use crate::metrics::metrics;
 use crate::node::members::Registry;
 use crate::node::wire::{Reader, WireError, put_bytes, put_varint};
 use crate::storage::{self, encode_snapshot_meta};
+use crate::tls::PeerTlsConfig;
+
+/// A peer connection: plain TCP or TLS over it.
+pub trait PeerIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerIo for T {}
+type PeerStream = Box<dyn PeerIo>;
 
 const HANDSHAKE_MAGIC: &[u8; 8] = b"BLTPEER1";
 const HANDSHAKE_LEN: usize = 8 + 1 + 8 + 8 + 8;
@@ -103,6 +115,8 @@ pub enum TransportError {
     Snapshot(String),
     #[error("timed out")]
     Timeout,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 fn refusal_reason(status: u8) -> &'static str {
@@ -327,6 +341,8 @@ struct Inner {
     snapshots: SnapshotStore<RealDisk>,
     partials: Mutex<HashMap<PartialKey, Arc<Mutex<PartialSnapshot>>>>,
     cluster_info: Mutex<Option<Arc<dyn ClusterInfoSource>>>,
+    /// For `https` peer URLs (listening and dialling); `None` when every peer URL is `http`.
+    tls: Option<PeerTlsConfig>,
 }
 
 /// The transport handle. Cheap to clone.
@@ -345,6 +361,7 @@ impl Transport {
         member_id: u64,
         input: mpsc::Sender<PeerInput>,
         snapshots: SnapshotStore<RealDisk>,
+        tls: Option<PeerTlsConfig>,
     ) -> Transport {
         Transport {
             inner: Arc::new(Inner {
@@ -355,6 +372,7 @@ impl Transport {
                 snapshots,
                 partials: Mutex::new(HashMap::new()),
                 cluster_info: Mutex::new(None),
+                tls,
             }),
         }
     }
@@ -367,8 +385,9 @@ impl Transport {
         *lock(&self.inner.cluster_info) = Some(source);
     }
 
-    /// Starts accepting peer connections on `listener`.
-    pub fn serve(&self, listener: TcpListener) -> tokio::task::JoinHandle<()> {
+    /// Starts accepting peer connections on `listener`, with TLS when `tls` (an `https` peer
+    /// URL; the member's configuration guarantees the certificate then).
+    pub fn serve(&self, listener: TcpListener, tls: bool) -> tokio::task::JoinHandle<()> {
         let transport = self.clone();
         tokio::spawn(async move {
             loop {
@@ -377,7 +396,14 @@ impl Transport {
                         let _ = stream.set_nodelay(true);
                         let transport = transport.clone();
                         tokio::spawn(async move {
-                            if let Err(error) = transport.handle_incoming(stream).await {
+                            let result = match transport.accept_tls(stream, tls).await {
+                                Ok(stream) => transport.handle_incoming(stream).await,
+                                Err(error) => {
+                                    tracing::warn!(%addr, %error, "refused a peer connection");
+                                    return;
+                                }
+                            };
+                            if let Err(error) = result {
                                 tracing::debug!(%addr, %error, "peer connection closed");
                             }
                         });
@@ -488,7 +514,24 @@ impl Transport {
         let _ = self.inner.input.try_send(PeerInput::Unreachable(to));
     }
 
-    async fn handle_incoming(&self, mut stream: TcpStream) -> Result<(), TransportError> {
+    /// The accepted connection, after the TLS handshake if this listener is `https`.
+    async fn accept_tls(&self, stream: TcpStream, tls: bool) -> Result<PeerStream, TransportError> {
+        if !tls {
+            return Ok(Box::new(stream));
+        }
+        let Some(config) = &self.inner.tls else {
+            return Err(TransportError::Tls(
+                "an https peer listener without peer TLS settings".into(),
+            ));
+        };
+        let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, config.acceptor.accept(stream))
+            .await
+            .map_err(|_| TransportError::Timeout)?
+            .map_err(|error| TransportError::Tls(error.to_string()))?;
+        Ok(Box::new(accepted))
+    }
+
+    async fn handle_incoming(&self, mut stream: PeerStream) -> Result<(), TransportError> {
         let mut handshake = [0u8; HANDSHAKE_LEN];
         tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut handshake))
             .await
@@ -505,7 +548,7 @@ impl Transport {
             return self.answer_cluster_info(stream).await;
         }
         let status = self.check_handshake(kind, cluster_id, from, to);
-        stream.write_all(&[status]).await?;
+        send_all(&mut stream, &[status]).await?;
         if status != STATUS_ACCEPTED {
             tracing::warn!(
                 from = %format_args!("{from:x}"),
@@ -537,10 +580,10 @@ impl Transport {
         STATUS_ACCEPTED
     }
 
-    async fn answer_cluster_info(&self, mut stream: TcpStream) -> Result<(), TransportError> {
+    async fn answer_cluster_info(&self, mut stream: PeerStream) -> Result<(), TransportError> {
         let source = lock(&self.inner.cluster_info).clone();
         let Some(source) = source else {
-            stream.write_all(&[STATUS_BAD_KIND]).await?;
+            send_all(&mut stream, &[STATUS_BAD_KIND]).await?;
             return Ok(());
         };
         let (cluster_id, registry) = source.cluster_info();
@@ -551,11 +594,15 @@ impl Transport {
         put_varint(&mut buf, cluster_id);
         registry.encode_to(&mut buf);
         finish_frame(&mut buf, start);
-        stream.write_all(&buf).await?;
+        send_all(&mut stream, &buf).await?;
         Ok(())
     }
 
-    async fn read_stream(&self, mut stream: TcpStream, from: NodeId) -> Result<(), TransportError> {
+    async fn read_stream(
+        &self,
+        mut stream: PeerStream,
+        from: NodeId,
+    ) -> Result<(), TransportError> {
         loop {
             let body = read_frame(&mut stream).await?;
             let frame = PeerFrame::decode(&body)?;
@@ -586,13 +633,20 @@ impl Transport {
     }
 }
 
+/// Writes all of `data` and flushes it: over TLS a write may sit in the session's buffer until
+/// flushed (over TCP the flush does nothing).
+async fn send_all<S: AsyncWrite + Unpin>(stream: &mut S, data: &[u8]) -> std::io::Result<()> {
+    stream.write_all(data).await?;
+    stream.flush().await
+}
+
 fn array8(bytes: &[u8]) -> [u8; 8] {
     let mut out = [0u8; 8];
     out.copy_from_slice(&bytes[..8]);
     out
 }
 
-async fn read_frame(stream: &mut TcpStream) -> Result<Bytes, TransportError> {
+async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Bytes, TransportError> {
     let length = stream.read_u32_le().await? as usize;
     if length == 0 || length > FRAME_BYTES_MAX {
         return Err(TransportError::Protocol(format!(
@@ -604,8 +658,8 @@ async fn read_frame(stream: &mut TcpStream) -> Result<Bytes, TransportError> {
     Ok(body.freeze())
 }
 
-async fn write_frame_body(
-    stream: &mut TcpStream,
+async fn write_frame_body<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     kind: u8,
     fill: impl FnOnce(&mut BytesMut),
 ) -> Result<(), TransportError> {
@@ -614,33 +668,62 @@ async fn write_frame_body(
     buf.put_u8(kind);
     fill(&mut buf);
     finish_frame(&mut buf, 0);
-    stream.write_all(&buf).await?;
+    send_all(stream, &buf).await?;
     Ok(())
 }
 
-/// Resolves a peer URL (`http://host:port`) to socket addresses.
-async fn resolve(url: &str) -> Vec<SocketAddr> {
-    let Ok(parsed) = HttpUrl::parse("peer-urls", url) else {
-        return Vec::new();
-    };
-    match tokio::net::lookup_host((parsed.host.as_str(), parsed.port)).await {
-        Ok(addrs) => addrs.collect(),
-        Err(_) => Vec::new(),
+/// Resolves a peer URL (`http://host:port` or `https://...`) to the URL and its socket
+/// addresses.
+async fn resolve(url: &str) -> Option<(HttpUrl, Vec<SocketAddr>)> {
+    let parsed = HttpUrl::parse("peer-urls", url).ok()?;
+    let addrs = tokio::net::lookup_host((parsed.host.as_str(), parsed.port))
+        .await
+        .map(|addrs| addrs.collect())
+        .unwrap_or_default();
+    Some((parsed, addrs))
+}
+
+/// How to dial one peer URL: with TLS (and the name its certificate must carry) for `https`.
+fn tls_for<'a>(
+    url: &HttpUrl,
+    tls: Option<&'a PeerTlsConfig>,
+) -> Result<Option<(&'a TlsConnector, ServerName<'static>)>, TransportError> {
+    if !url.tls {
+        return Ok(None);
     }
+    let Some(config) = tls else {
+        return Err(TransportError::Tls(format!(
+            "{url} needs TLS, and this member has no --peer-trusted-ca-file"
+        )));
+    };
+    let name = ServerName::try_from(url.host.clone())
+        .map_err(|error| TransportError::Tls(format!("{url}: {error}")))?;
+    Ok(Some((&config.connector, name)))
 }
 
 /// Dials a peer at any of its URLs and completes the handshake.
 async fn dial(
+    tls: Option<&PeerTlsConfig>,
     urls: &[String],
     kind: u8,
     cluster_id: u64,
     from: NodeId,
     to: NodeId,
-) -> Result<TcpStream, TransportError> {
+) -> Result<PeerStream, TransportError> {
     let mut last_error = TransportError::Protocol("the peer has no usable URL".into());
     for url in urls {
-        for addr in resolve(url).await {
-            match dial_addr(addr, kind, cluster_id, from, to).await {
+        let Some((parsed, addrs)) = resolve(url).await else {
+            continue;
+        };
+        let tls = match tls_for(&parsed, tls) {
+            Ok(tls) => tls,
+            Err(error) => {
+                last_error = error;
+                continue;
+            }
+        };
+        for addr in addrs {
+            match dial_addr(addr, tls.clone(), kind, cluster_id, from, to).await {
                 Ok(stream) => return Ok(stream),
                 Err(error) => last_error = error,
             }
@@ -651,22 +734,32 @@ async fn dial(
 
 async fn dial_addr(
     addr: SocketAddr,
+    tls: Option<(&TlsConnector, ServerName<'static>)>,
     kind: u8,
     cluster_id: u64,
     from: NodeId,
     to: NodeId,
-) -> Result<TcpStream, TransportError> {
-    let mut stream = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
+) -> Result<PeerStream, TransportError> {
+    let tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| TransportError::Timeout)??;
-    stream.set_nodelay(true)?;
+    tcp.set_nodelay(true)?;
+    let mut stream: PeerStream = match tls {
+        None => Box::new(tcp),
+        Some((connector, name)) => Box::new(
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+                .await
+                .map_err(|_| TransportError::Timeout)?
+                .map_err(|error| TransportError::Tls(error.to_string()))?,
+        ),
+    };
     let mut handshake = BytesMut::with_capacity(HANDSHAKE_LEN);
     handshake.put_slice(HANDSHAKE_MAGIC);
     handshake.put_u8(kind);
     handshake.put_u64_le(cluster_id);
     handshake.put_u64_le(from);
     handshake.put_u64_le(to);
-    stream.write_all(&handshake).await?;
+    send_all(&mut stream, &handshake).await?;
     let status = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_u8())
         .await
         .map_err(|_| TransportError::Timeout)??;
@@ -678,11 +771,24 @@ async fn dial_addr(
 
 /// Asks the members at `peer_urls` which cluster they form and who is in it (a member joining
 /// with `--initial-cluster-state existing` does this before it knows its own ID).
-pub async fn fetch_cluster_info(peer_urls: &[String]) -> Result<(u64, Registry), TransportError> {
+pub async fn fetch_cluster_info(
+    peer_urls: &[String],
+    tls: Option<&PeerTlsConfig>,
+) -> Result<(u64, Registry), TransportError> {
     let mut last_error = TransportError::Protocol("no peer URL to ask".into());
     for url in peer_urls {
-        for addr in resolve(url).await {
-            match fetch_cluster_info_from(addr).await {
+        let Some((parsed, addrs)) = resolve(url).await else {
+            continue;
+        };
+        let tls = match tls_for(&parsed, tls) {
+            Ok(tls) => tls,
+            Err(error) => {
+                last_error = error;
+                continue;
+            }
+        };
+        for addr in addrs {
+            match fetch_cluster_info_from(addr, tls.clone()).await {
                 Ok(answer) => return Ok(answer),
                 Err(error) => {
                     tracing::info!(%url, %error, "could not fetch the cluster membership");
@@ -694,8 +800,11 @@ pub async fn fetch_cluster_info(peer_urls: &[String]) -> Result<(u64, Registry),
     Err(last_error)
 }
 
-async fn fetch_cluster_info_from(addr: SocketAddr) -> Result<(u64, Registry), TransportError> {
-    let mut stream = dial_addr(addr, CONN_CLUSTER_INFO, 0, 0, 0).await?;
+async fn fetch_cluster_info_from(
+    addr: SocketAddr,
+    tls: Option<(&TlsConnector, ServerName<'static>)>,
+) -> Result<(u64, Registry), TransportError> {
+    let mut stream = dial_addr(addr, tls, CONN_CLUSTER_INFO, 0, 0, 0).await?;
     let body = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream))
         .await
         .map_err(|_| TransportError::Timeout)??;
@@ -722,8 +831,16 @@ async fn peer_writer(
             return;
         };
         let mut pending = Some(first);
-        let mut stream = match dial(&urls, CONN_STREAM, inner.cluster_id, inner.member_id, to).await
-        {
+        let dialled = dial(
+            inner.tls.as_ref(),
+            &urls,
+            CONN_STREAM,
+            inner.cluster_id,
+            inner.member_id,
+            to,
+        )
+        .await;
+        let mut stream = match dialled {
             Ok(stream) => {
                 backoff = BACKOFF_MIN;
                 stream
@@ -746,7 +863,7 @@ async fn peer_writer(
             };
             buf.clear();
             pack(&mut buf, first, &mut queue);
-            if let Err(error) = stream.write_all(&buf).await {
+            if let Err(error) = send_all(&mut stream, &buf).await {
                 tracing::debug!(peer = %format_args!("{to:x}"), %error, "peer connection broke");
                 transport.report_unreachable(to, transport.peer(to).as_deref());
                 continue 'connect;
@@ -969,7 +1086,15 @@ impl Transport {
             .map(|peer| peer.urls.clone())
             .ok_or(TransportError::Refused("the recipient is not a known peer"))?;
         let inner = &self.inner;
-        let mut stream = dial(&urls, CONN_SNAPSHOT, inner.cluster_id, inner.member_id, to).await?;
+        let mut stream = dial(
+            inner.tls.as_ref(),
+            &urls,
+            CONN_SNAPSHOT,
+            inner.cluster_id,
+            inner.member_id,
+            to,
+        )
+        .await?;
         write_frame_body(&mut stream, SNAP_OFFER, |buf| {
             put_bytes(buf, &offer.message);
             put_varint(buf, offer.total_len);
@@ -1018,7 +1143,7 @@ impl Transport {
 
     async fn receive_snapshot(
         &self,
-        mut stream: TcpStream,
+        mut stream: PeerStream,
         from: NodeId,
     ) -> Result<(), TransportError> {
         let body = read_timed_frame(&mut stream).await?;
@@ -1167,14 +1292,17 @@ fn read_u32(reader: &mut Reader<'_>) -> Result<u32, WireError> {
     Ok(u32::from_le_bytes(bytes))
 }
 
-async fn read_timed_frame(stream: &mut TcpStream) -> Result<Bytes, TransportError> {
+async fn read_timed_frame<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Bytes, TransportError> {
     // A live sender keeps the connection busy; a silent one for this long is gone.
     tokio::time::timeout(Duration::from_secs(30), read_frame(stream))
         .await
         .map_err(|_| TransportError::Timeout)?
 }
 
-async fn expect_offset(stream: &mut TcpStream, kind: u8) -> Result<u64, TransportError> {
+async fn expect_offset<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    kind: u8,
+) -> Result<u64, TransportError> {
     let body = read_timed_frame(stream).await?;
     let mut reader = Reader::new(&body);
     if reader.u8("snapshot frame kind")? != kind {
@@ -1393,11 +1521,11 @@ mod tests {
         let dir = temp_dir(name);
         let snapshots = SnapshotStore::open(RealDisk, &dir, 3).expect("snapshot store");
         let (input_tx, input) = mpsc::channel(16);
-        let transport = Transport::new(CLUSTER, RECEIVER, input_tx, snapshots.clone());
+        let transport = Transport::new(CLUSTER, RECEIVER, input_tx, snapshots.clone(), None);
         transport.set_peer(SENDER, vec!["http://127.0.0.1:1".into()]);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        transport.serve(listener);
+        transport.serve(listener, false);
         Receiver {
             transport,
             input,
@@ -1410,25 +1538,25 @@ mod tests {
     #[tokio::test]
     async fn connections_from_other_clusters_unknown_members_or_for_others_are_refused() {
         let receiver = receiver("refuse").await;
-        let refused = |result: Result<TcpStream, TransportError>| match result {
+        let refused = |result: Result<PeerStream, TransportError>| match result {
             Err(TransportError::Refused(reason)) => reason,
             Err(other) => panic!("expected a refusal, got {other}"),
             Ok(_) => panic!("expected a refusal, got a connection"),
         };
         assert_eq!(
-            refused(dial_addr(receiver.addr, CONN_STREAM, 0xdead, SENDER, RECEIVER).await),
+            refused(dial_addr(receiver.addr, None, CONN_STREAM, 0xdead, SENDER, RECEIVER).await),
             refusal_reason(STATUS_OTHER_CLUSTER)
         );
         assert_eq!(
-            refused(dial_addr(receiver.addr, CONN_STREAM, CLUSTER, 0x77, RECEIVER).await),
+            refused(dial_addr(receiver.addr, None, CONN_STREAM, CLUSTER, 0x77, RECEIVER).await),
             refusal_reason(STATUS_UNKNOWN_SENDER)
         );
         assert_eq!(
-            refused(dial_addr(receiver.addr, CONN_STREAM, CLUSTER, SENDER, 0x99).await),
+            refused(dial_addr(receiver.addr, None, CONN_STREAM, CLUSTER, SENDER, 0x99).await),
             refusal_reason(STATUS_WRONG_RECIPIENT)
         );
         assert!(
-            dial_addr(receiver.addr, CONN_STREAM, CLUSTER, SENDER, RECEIVER)
+            dial_addr(receiver.addr, None, CONN_STREAM, CLUSTER, SENDER, RECEIVER)
                 .await
                 .is_ok()
         );
@@ -1438,7 +1566,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_delivers_frames_and_drops_the_connection_on_garbage() {
         let mut receiver = receiver("stream").await;
-        let mut stream = dial_addr(receiver.addr, CONN_STREAM, CLUSTER, SENDER, RECEIVER)
+        let mut stream = dial_addr(receiver.addr, None, CONN_STREAM, CLUSTER, SENDER, RECEIVER)
             .await
             .expect("dial");
         let heartbeat = Message {
@@ -1498,8 +1626,13 @@ mod tests {
         }
     }
 
-    async fn offer(addr: SocketAddr, message: &Message, data: &[u8], crc: u32) -> (TcpStream, u64) {
-        let mut stream = dial_addr(addr, CONN_SNAPSHOT, CLUSTER, SENDER, RECEIVER)
+    async fn offer(
+        addr: SocketAddr,
+        message: &Message,
+        data: &[u8],
+        crc: u32,
+    ) -> (PeerStream, u64) {
+        let mut stream = dial_addr(addr, None, CONN_SNAPSHOT, CLUSTER, SENDER, RECEIVER)
             .await
             .expect("dial");
         let mut encoded = BytesMut::new();
@@ -1517,7 +1650,7 @@ mod tests {
         (stream, resume)
     }
 
-    async fn send_chunk(stream: &mut TcpStream, offset: u64, chunk: &[u8]) -> u64 {
+    async fn send_chunk(stream: &mut PeerStream, offset: u64, chunk: &[u8]) -> u64 {
         write_frame_body(stream, SNAP_CHUNK, |buf| {
             put_varint(buf, offset);
             put_bytes(buf, chunk);
@@ -1527,7 +1660,7 @@ mod tests {
         expect_offset(stream, SNAP_ACK).await.expect("ack")
     }
 
-    async fn outcome(stream: &mut TcpStream) -> bool {
+    async fn outcome(stream: &mut PeerStream) -> bool {
         let body = read_timed_frame(stream).await.expect("outcome");
         assert_eq!(body[0], SNAP_DONE);
         body[1] == 1
@@ -1597,7 +1730,7 @@ mod tests {
         let dir = temp_dir("send-from-file-sender");
         let snapshots = SnapshotStore::open(RealDisk, &dir, 3).expect("snapshot store");
         let (input_tx, _input) = mpsc::channel(16);
-        let sender = Transport::new(CLUSTER, SENDER, input_tx, snapshots.clone());
+        let sender = Transport::new(CLUSTER, SENDER, input_tx, snapshots.clone(), None);
         sender.set_peer(RECEIVER, vec![format!("http://{}", receiver.addr)]);
         let message = snapshot_message(70);
         let MessageBody::Snapshot { meta } = &message.body else {

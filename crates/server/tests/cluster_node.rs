@@ -172,7 +172,7 @@ impl TestCluster {
                 }
                 None => bind_retrying(peer_addr).await,
             };
-            start_member(&config, vec![listener]).await
+            start_member(&config, vec![listener], None).await
         });
         member.member = Some(started.expect("member starts"));
         member.runtime = Some(runtime);

@@ -1,6 +1,8 @@
-//! TLS on `https://` client URLs with a real `ballot` process and a gRPC client over TLS:
+//! TLS with real `ballot` processes. On `https://` client URLs, with a gRPC client over TLS:
 //! server certificates, client certificates (`--client-cert-auth`), refusals, and clear errors
-//! for bad certificate files. Certificates are made for each test with rcgen.
+//! for bad certificate files. Between members on `https://` peer URLs: a three-member cluster
+//! replicating and catching up over TLS, and its peer port refusing plain text and certificates
+//! from another CA. Certificates are made for each test with rcgen.
 
 mod api_support;
 
@@ -8,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use api_support::{TempDir, eventually, free_port, get, put};
+use api_support::{Cluster, TempDir, eventually, free_port, get, put};
 use ballot_proto::etcdserverpb::kv_client::KvClient;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -29,34 +31,37 @@ struct Pki {
 
 fn leaf(
     names: Vec<String>,
-    usage: ExtendedKeyUsagePurpose,
+    usages: Vec<ExtendedKeyUsagePurpose>,
     ca: &Certificate,
     ca_key: &KeyPair,
 ) -> (String, String) {
     let key = KeyPair::generate().expect("key");
     let mut params = CertificateParams::new(names).expect("params");
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usages;
     let cert = params.signed_by(&key, ca, ca_key).expect("sign");
     (cert.pem(), key.serialize_pem())
 }
 
-fn pki(dir: &Path) -> Pki {
+fn certificate_authority(name: &str) -> (Certificate, KeyPair) {
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "ballot test CA");
+    ca_params.distinguished_name.push(DnType::CommonName, name);
     let ca = ca_params.self_signed(&ca_key).expect("CA");
+    (ca, ca_key)
+}
+
+fn pki(dir: &Path) -> Pki {
+    let (ca, ca_key) = certificate_authority("ballot test CA");
     let (server_pem, server_key_pem) = leaf(
         vec!["localhost".into(), "127.0.0.1".into()],
-        ExtendedKeyUsagePurpose::ServerAuth,
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
         &ca,
         &ca_key,
     );
     let (client_cert_pem, client_key_pem) = leaf(
         vec!["client".into()],
-        ExtendedKeyUsagePurpose::ClientAuth,
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
         &ca,
         &ca_key,
     );
@@ -260,4 +265,224 @@ fn bad_tls_flags_and_files_stop_the_member_with_the_reason() {
         !dir.0.join("data").exists(),
         "nothing is written before the TLS files are read"
     );
+}
+
+#[test]
+fn bad_peer_tls_files_stop_the_member_with_the_reason() {
+    let dir = TempDir::new("peer-tls-bad");
+    let pki = peer_pki(&dir.0, "good");
+    let missing = dir.0.join("missing.pem");
+    let missing = missing.to_str().expect("UTF-8 path");
+    let run = |cert: &str, key: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_ballot"))
+            .arg("--data-dir")
+            .arg(dir.0.join("data"))
+            .args(["--listen-client-urls", "http://127.0.0.1:0"])
+            .args(["--listen-peer-urls", "https://127.0.0.1:0"])
+            .args(["--initial-advertise-peer-urls", "https://127.0.0.1:2380"])
+            .args(["--initial-cluster", "default=https://127.0.0.1:2380"])
+            .args(["--peer-cert-file", cert, "--peer-key-file", key])
+            .args(["--peer-trusted-ca-file", &pki.ca_file])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ballot");
+        assert!(!output.status.success(), "started with {cert} and {key}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = run(missing, &pki.key_file);
+    assert!(
+        stderr.contains("--peer-cert-file") && stderr.contains("missing.pem"),
+        "{stderr}"
+    );
+    let stderr = run(&pki.cert_file, &pki.ca_file);
+    assert!(stderr.contains("--peer-key-file"), "{stderr}");
+    assert!(
+        !dir.0.join("data").exists(),
+        "nothing is written before the TLS files are read"
+    );
+}
+
+/// A peer certificate (both server and client use, for 127.0.0.1) signed by a CA of its own,
+/// with its PEM texts and files under `dir/<tag>-*.pem`.
+struct PeerPki {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+    ca_file: String,
+    cert_file: String,
+    key_file: String,
+}
+
+fn peer_pki(dir: &Path, tag: &str) -> PeerPki {
+    let (ca, ca_key) = certificate_authority(&format!("ballot peer CA {tag}"));
+    let (cert_pem, key_pem) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        &ca,
+        &ca_key,
+    );
+    let write = |name: &str, text: &str| {
+        let path = dir.join(format!("{tag}-{name}.pem"));
+        std::fs::write(&path, text).expect("write a PEM file");
+        path.to_str().expect("UTF-8 path").to_owned()
+    };
+    PeerPki {
+        ca_file: write("ca", &ca.pem()),
+        cert_file: write("peer", &cert_pem),
+        key_file: write("peer-key", &key_pem),
+        ca_pem: ca.pem(),
+        cert_pem,
+        key_pem,
+    }
+}
+
+/// Opens a connection to a peer port over TLS (trusting `trust`'s CA, presenting `identity`'s
+/// certificate if given) and sends the Ballot peer handshake for cluster 0: a listener that
+/// takes the TLS session answers with a refusal status byte (the cluster is wrong); one that
+/// refuses the session fails the read.
+async fn peer_probe(port: u16, trust: &PeerPki, identity: Option<&PeerPki>) -> Result<u8, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    let ca = CertificateDer::from_pem_slice(trust.ca_pem.as_bytes()).expect("CA");
+    roots.add(ca).expect("root");
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some(identity) => {
+            let cert = CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).expect("cert");
+            let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).expect("key");
+            builder
+                .with_client_auth_cert(vec![cert], key)
+                .expect("identity")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|error| error.to_string())?;
+    let name = ServerName::try_from("127.0.0.1").expect("name");
+    let mut stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut handshake = b"BLTPEER1".to_vec();
+    handshake.push(1);
+    handshake.extend_from_slice(&[0u8; 24]);
+    stream
+        .write_all(&handshake)
+        .await
+        .map_err(|error| error.to_string())?;
+    stream.flush().await.map_err(|error| error.to_string())?;
+    let answer = tokio::time::timeout(Duration::from_secs(5), stream.read_u8()).await;
+    match answer {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
+fn peer_flags(pki: &PeerPki) -> Vec<&str> {
+    vec![
+        "--peer-cert-file",
+        &pki.cert_file,
+        "--peer-key-file",
+        &pki.key_file,
+        "--peer-trusted-ca-file",
+        &pki.ca_file,
+        "--peer-client-cert-auth",
+    ]
+}
+
+fn peer_port(member: &api_support::Member) -> u16 {
+    let port = member.peer_url.rsplit(':').next().expect("a port");
+    port.parse().expect("a numeric port")
+}
+
+#[tokio::test]
+async fn https_peer_urls_replicate_over_tls_and_refuse_strangers() {
+    let dir = TempDir::new("peer-tls");
+    let pki = peer_pki(&dir.0, "good");
+    let stranger = peer_pki(&dir.0, "stranger");
+    let flags = peer_flags(&pki);
+    let mut cluster = Cluster::start_with_peer_scheme(
+        TempDir::new("peer-tls-cluster"),
+        3,
+        &flags,
+        "https",
+        |_| {},
+    )
+    .await;
+    assert!(cluster.members[0].peer_url.starts_with("https://"));
+
+    let mut writer = KvClient::new(cluster.members[0].channel().await);
+    writer
+        .put(put("over/tls", "1"))
+        .await
+        .expect("a put replicated over TLS");
+    let read = KvClient::new(cluster.members[2].channel().await)
+        .range(get("over/tls"))
+        .await
+        .expect("a linearizable read on another member")
+        .into_inner();
+    assert_eq!(read.kvs[0].value.as_ref(), b"1");
+
+    // A member killed and restarted redials its peers over TLS and catches up (if it led, the
+    // others elect a leader over TLS first: the put is retried until one takes it).
+    cluster.restart(1, &flags);
+    let stored = eventually("a put while member 1 restarts", || {
+        let mut writer = writer.clone();
+        async move { writer.put(put("over/tls", "2")).await.ok() }
+    })
+    .await;
+    assert!(stored.is_some(), "logs:\n{}", cluster.logs());
+    let restarted = cluster.members[1].client_url.clone();
+    let caught_up = eventually("the restarted member catches up over TLS", || {
+        let url = restarted.clone();
+        async move {
+            let channel = api_support::try_connect(&url).await?;
+            let mut request = get("over/tls");
+            request.serializable = true;
+            let read = KvClient::new(channel).range(request).await.ok()?;
+            (read.into_inner().kvs.first()?.value.as_ref() == b"2").then_some(())
+        }
+    })
+    .await;
+    assert!(caught_up.is_some(), "logs:\n{}", cluster.logs());
+
+    // The peer port speaks TLS only, and with --peer-client-cert-auth only to holders of a
+    // certificate from the trusted CA; such a holder then meets the Ballot handshake's checks.
+    let port = peer_port(&cluster.members[0]);
+    assert_eq!(
+        peer_probe(port, &pki, Some(&pki)).await,
+        Ok(1),
+        "a trusted certificate reaches the handshake, which refuses cluster 0"
+    );
+    let no_certificate = peer_probe(port, &pki, None).await;
+    assert!(no_certificate.is_err(), "{no_certificate:?}");
+    let foreign = peer_probe(port, &pki, Some(&stranger)).await;
+    assert!(foreign.is_err(), "{foreign:?}");
+    let wrong_server = peer_probe(port, &stranger, Some(&pki)).await;
+    assert!(wrong_server.is_err(), "{wrong_server:?}");
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut handshake = b"BLTPEER1".to_vec();
+    handshake.extend_from_slice(&[1u8; 25]);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    plain.write_all(&handshake).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert_ne!(answer.first(), Some(&0), "plain text was accepted");
 }

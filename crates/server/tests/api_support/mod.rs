@@ -104,6 +104,8 @@ pub struct Prepared {
 pub struct Cluster {
     pub members: Vec<Member>,
     pub dir: TempDir,
+    /// `http`, or `https` for TLS between members (the caller passes the peer TLS flags).
+    peer_scheme: &'static str,
 }
 
 impl Cluster {
@@ -125,13 +127,25 @@ impl Cluster {
         dir: TempDir,
         size: usize,
         extra: &[&str],
+        prepare: impl FnMut(&Prepared),
+    ) -> Cluster {
+        Cluster::start_with_peer_scheme(dir, size, extra, "http", prepare).await
+    }
+
+    /// Like [`Cluster::start_prepared`], with peer URLs of `peer_scheme` (`https`: `extra`
+    /// must carry the peer TLS flags).
+    pub async fn start_with_peer_scheme(
+        dir: TempDir,
+        size: usize,
+        extra: &[&str],
+        peer_scheme: &'static str,
         mut prepare: impl FnMut(&Prepared),
     ) -> Cluster {
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
         let initial_cluster = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .map(|(i, (_, peer))| format!("m{i}={peer_scheme}://127.0.0.1:{peer}"))
             .collect::<Vec<_>>()
             .join(",");
         let members = ports
@@ -142,13 +156,18 @@ impl Cluster {
                 prepare(&Prepared {
                     name: name.clone(),
                     data_dir: dir.0.join(&name),
-                    peer_url: format!("http://127.0.0.1:{peer}"),
+                    peer_url: format!("{peer_scheme}://127.0.0.1:{peer}"),
                     initial_cluster: initial_cluster.clone(),
                 });
-                spawn_member(&dir, &name, *client, *peer, &initial_cluster, extra)
+                let ports = (*client, *peer);
+                spawn_member(&dir, &name, ports, peer_scheme, &initial_cluster, extra)
             })
             .collect();
-        let cluster = Cluster { members, dir };
+        let cluster = Cluster {
+            members,
+            dir,
+            peer_scheme,
+        };
         cluster.wait_for_leader().await;
         cluster
     }
@@ -175,8 +194,8 @@ impl Cluster {
         self.members[index] = spawn_member(
             &self.dir,
             &name,
-            client_port,
-            peer_port,
+            (client_port, peer_port),
+            self.peer_scheme,
             &initial_cluster,
             extra,
         );
@@ -233,13 +252,13 @@ impl Cluster {
 fn spawn_member(
     dir: &TempDir,
     name: &str,
-    client_port: u16,
-    peer_port: u16,
+    (client_port, peer_port): (u16, u16),
+    peer_scheme: &str,
     initial_cluster: &str,
     extra: &[&str],
 ) -> Member {
     let client_url = format!("http://127.0.0.1:{client_port}");
-    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let peer_url = format!("{peer_scheme}://127.0.0.1:{peer_port}");
     let log = dir.0.join(format!("{name}.log"));
     let log_file = std::fs::File::create(&log).expect("create the member log");
     let log_err = log_file.try_clone().expect("clone the log handle");
