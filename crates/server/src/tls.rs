@@ -143,17 +143,56 @@ pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
         .with_single_cert(certs.clone(), key.clone_key())
         .map_err(|error| file_error("--peer-key-file", &settings.key_file, error))?;
 
-    let server_verifier = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
-        .build()
-        .map_err(setup_error)?;
-    let client = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(setup_error)?
-        .with_webpki_verifier(server_verifier)
-        .with_client_auth_cert(certs, key)
-        .map_err(|error| file_error("--peer-key-file", &settings.key_file, error))?;
+    let client = client_config(
+        roots,
+        provider,
+        Some((certs, key)),
+        ("--peer-key-file", &settings.key_file),
+    )?;
     Ok(PeerTlsConfig {
         acceptor: TlsAcceptor::from(Arc::new(server)),
         connector: TlsConnector::from(Arc::new(client)),
     })
+}
+
+/// A client's TLS settings: servers verified against `roots`, presenting `identity` if given
+/// (`key_flag` names the key's flag and file in an error).
+fn client_config(
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    key_flag: (&'static str, &Path),
+) -> Result<ClientConfig, TlsError> {
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
+        .build()
+        .map_err(setup_error)?;
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(setup_error)?
+        .with_webpki_verifier(verifier);
+    match identity {
+        Some((certs, key)) => builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|error| file_error(key_flag.0, key_flag.1, error)),
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// The connector of a gRPC client (`ballot bench` on `https` endpoints): servers verified
+/// against `--cacert`, a client certificate from `--cert` and `--key` if given (etcdctl's flag
+/// names), ALPN `h2`.
+pub fn grpc_connector(
+    cacert: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<TlsConnector, TlsError> {
+    let provider = provider();
+    let roots = roots("--cacert", cacert)?;
+    let key_path = identity.map_or(cacert, |(_, key)| key);
+    let identity = match identity {
+        Some((cert, key)) => Some((certificates("--cert", cert)?, private_key("--key", key)?)),
+        None => None,
+    };
+    let mut config = client_config(roots, provider, identity, ("--key", key_path))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
 }

@@ -221,6 +221,56 @@ async fn client_cert_auth_admits_only_clients_with_a_certificate_from_the_truste
     assert!(refused, "a client without a certificate was served");
 }
 
+/// `ballot bench` on an `https` endpoint: verified against `--cacert`, and with `--cert` and
+/// `--key` admitted by a member that requires client certificates.
+#[tokio::test]
+async fn bench_runs_against_https_endpoints() {
+    let dir = TempDir::new("tls-bench");
+    let pki = pki(&dir.0);
+    let ca = pki.ca_file.to_str().expect("UTF-8 path");
+    let mut args = files(&pki).to_vec();
+    args.extend(["--trusted-ca-file", ca, "--client-cert-auth"]);
+    let member = start(&dir.0, &args);
+    put_and_get(connect_tls(&member, &pki, true).await)
+        .await
+        .expect("the member serves");
+    let client_cert = dir.0.join("client.pem");
+    let client_key = dir.0.join("client-key.pem");
+    std::fs::write(&client_cert, &pki.client_cert_pem).expect("write");
+    std::fs::write(&client_key, &pki.client_key_pem).expect("write");
+    let endpoint = format!("https://127.0.0.1:{}", member.port);
+    let bench = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ballot"))
+            .args(["bench", "put", "--total", "50", "--json"])
+            .args(["--endpoints", &endpoint])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ballot bench")
+    };
+    let cert = client_cert.to_str().expect("UTF-8 path");
+    let key = client_key.to_str().expect("UTF-8 path");
+    let output = bench(&["--cacert", ca, "--cert", cert, "--key", key]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("\"ops\":50,\"errors\":0"), "{stdout}");
+
+    let output = bench(&[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("https endpoints need --cacert"), "{stderr}");
+    // Without a client certificate the member refuses the session: no request succeeds.
+    let output = bench(&["--cacert", ca]);
+    assert!(
+        !output.status.success(),
+        "served without a client certificate"
+    );
+}
+
 #[test]
 fn bad_tls_flags_and_files_stop_the_member_with_the_reason() {
     let dir = TempDir::new("tls-bad");

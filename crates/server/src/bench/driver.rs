@@ -9,6 +9,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 use tonic::transport::Endpoint;
 
 use super::grpc::GrpcConnection;
@@ -29,7 +30,8 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     args.validate()?;
     let factory = RequestFactory::new(args)?;
     let endpoints = parse_endpoints(&args.endpoints)?;
-    let connections = connect_all(&endpoints, args.conns).await?;
+    let tls = connector(args, &endpoints)?;
+    let connections = connect_all(&endpoints, args.conns, tls).await?;
 
     let limit = match (args.total, args.effective_duration()) {
         (Some(total), _) => RunLimit::Total(total),
@@ -269,7 +271,8 @@ fn process_cpu_time() -> Duration {
     to_duration(usage.ru_utime) + to_duration(usage.ru_stime)
 }
 
-/// Accepts `host:port` or `http://host:port`, comma-separated, and returns `http://` URLs.
+/// Accepts `host:port`, `http://host:port` or `https://host:port`, comma-separated, and returns
+/// URLs (`http://` for the bare form).
 pub fn parse_endpoints(text: &str) -> Result<Vec<String>, BenchError> {
     let mut endpoints = Vec::new();
     for raw in text.split(',').map(str::trim).filter(|raw| !raw.is_empty()) {
@@ -278,10 +281,10 @@ pub fn parse_endpoints(text: &str) -> Result<Vec<String>, BenchError> {
         } else {
             format!("http://{raw}")
         };
-        if url.starts_with("https://") {
+        if !url.starts_with("http://") && !url.starts_with("https://") {
             return Err(BenchError::InvalidEndpoint {
                 endpoint: raw.to_owned(),
-                reason: "TLS is not supported".to_owned(),
+                reason: "the scheme must be http or https".to_owned(),
             });
         }
         Endpoint::from_shared(url.clone()).map_err(|err| BenchError::InvalidEndpoint {
@@ -296,16 +299,28 @@ pub fn parse_endpoints(text: &str) -> Result<Vec<String>, BenchError> {
     Ok(endpoints)
 }
 
+/// The TLS connector for `https` endpoints (`--cacert`, `--cert`, `--key`), if any is named.
+fn connector(args: &BenchArgs, endpoints: &[String]) -> Result<Option<TlsConnector>, BenchError> {
+    if !endpoints.iter().any(|url| url.starts_with("https://")) {
+        return Ok(None);
+    }
+    let cacert = args.cacert.as_deref().ok_or(BenchError::NoCaCert)?;
+    let identity = args.cert.as_deref().zip(args.key.as_deref());
+    Ok(Some(crate::tls::grpc_connector(cacert, identity)?))
+}
+
 /// Opens `conns` connections, round-robin over the endpoints, all at once.
 async fn connect_all(
     endpoints: &[String],
     conns: usize,
+    tls: Option<TlsConnector>,
 ) -> Result<Vec<GrpcConnection>, BenchError> {
     let mut pending = Vec::with_capacity(conns);
     for index in 0..conns {
         let url = endpoints[index % endpoints.len()].clone();
+        let tls = tls.clone();
         pending.push(tokio::spawn(async move {
-            let result = connect_one(&url).await;
+            let result = connect_one(&url, tls.as_ref()).await;
             (url, result)
         }));
     }
@@ -322,8 +337,8 @@ async fn connect_all(
     Ok(connections)
 }
 
-async fn connect_one(url: &str) -> Result<GrpcConnection, String> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, GrpcConnection::connect(url)).await {
+async fn connect_one(url: &str, tls: Option<&TlsConnector>) -> Result<GrpcConnection, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, GrpcConnection::connect(url, tls)).await {
         Ok(result) => result,
         Err(_) => Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
     }
@@ -403,8 +418,12 @@ mod tests {
             parse_endpoints(" , "),
             Err(BenchError::NoEndpoints)
         ));
+        assert_eq!(
+            parse_endpoints("https://h:1").expect("valid"),
+            vec!["https://h:1"]
+        );
         assert!(matches!(
-            parse_endpoints("https://h:1"),
+            parse_endpoints("unix://sock:1"),
             Err(BenchError::InvalidEndpoint { .. })
         ));
     }
@@ -485,6 +504,9 @@ mod tests {
         BenchArgs {
             workload,
             endpoints: endpoints.to_owned(),
+            cacert: None,
+            cert: None,
+            key: None,
             conns: 2,
             clients: 8,
             key_size: 8,

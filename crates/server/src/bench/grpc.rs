@@ -12,7 +12,10 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use prost::Message;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 use tonic::{Code, Status};
 
 /// Per-stream receive window: a whole response fits without a WINDOW_UPDATE round trip.
@@ -40,6 +43,26 @@ impl KvMethod {
     }
 }
 
+/// The HTTP/2 handshake over `stream`, whose connection is then driven by a task of its own.
+async fn handshake<S>(stream: S) -> Result<h2::client::SendRequest<Bytes>, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .enable_push(false)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .map_err(|err| format!("HTTP/2 handshake: {err}"))?;
+    tokio::spawn(async move {
+        // The connection ends when the server closes it or every handle is dropped; the calls
+        // in flight report the error themselves.
+        let _ = connection.await;
+    });
+    Ok(send)
+}
+
 /// One HTTP/2 connection; clone it to give each client its own handle.
 #[derive(Clone)]
 pub struct GrpcConnection {
@@ -49,33 +72,37 @@ pub struct GrpcConnection {
 }
 
 impl GrpcConnection {
-    /// Connects to `url` (`http://host:port`) with Nagle's algorithm off and performs the
-    /// HTTP/2 handshake; the connection is driven by a task of its own until every handle is
-    /// dropped.
-    pub async fn connect(url: &str) -> Result<GrpcConnection, String> {
+    /// Connects to `url` (`http://host:port`, or `https://host:port` over `tls`) with Nagle's
+    /// algorithm off and performs the HTTP/2 handshake; the connection is driven by a task of
+    /// its own until every handle is dropped.
+    pub async fn connect(url: &str, tls: Option<&TlsConnector>) -> Result<GrpcConnection, String> {
         let uri: Uri = url.parse().map_err(|err| format!("{err}"))?;
         let authority = uri
             .authority()
             .ok_or_else(|| format!("{url} has no host:port"))?
-            .to_string();
-        let stream = TcpStream::connect(&authority)
+            .clone();
+        let scheme = uri.scheme_str().unwrap_or("http").to_owned();
+        let stream = TcpStream::connect(authority.as_str())
             .await
             .map_err(|err| err.to_string())?;
         stream.set_nodelay(true).map_err(|err| err.to_string())?;
-        let (send, connection) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .enable_push(false)
-            .handshake::<_, Bytes>(stream)
-            .await
-            .map_err(|err| format!("HTTP/2 handshake: {err}"))?;
-        tokio::spawn(async move {
-            // The connection ends when the server closes it or every handle is dropped; the
-            // calls in flight report the error themselves.
-            let _ = connection.await;
-        });
+        let send = if scheme == "https" {
+            let connector = tls.ok_or_else(|| format!("{url} needs TLS settings"))?;
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = ServerName::try_from(host.to_owned()).map_err(|err| err.to_string())?;
+            let stream = connector
+                .connect(name, stream)
+                .await
+                .map_err(|err| format!("TLS handshake: {err}"))?;
+            handshake(stream).await?
+        } else {
+            handshake(stream).await?
+        };
         let uri_of = |method: KvMethod| {
-            format!("http://{authority}{}", method.path())
+            format!("{scheme}://{authority}{}", method.path())
                 .parse::<Uri>()
                 .map_err(|err| format!("{err}"))
         };

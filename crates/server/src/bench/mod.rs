@@ -35,9 +35,22 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub workload: Workload,
 
-    /// Comma-separated client endpoints (host:port or http://host:port).
+    /// Comma-separated client endpoints (host:port, http://host:port, or https://host:port
+    /// with --cacert).
     #[arg(long, default_value = "127.0.0.1:2379")]
     pub endpoints: String,
+
+    /// CA certificates (PEM) that https endpoints are verified against.
+    #[arg(long)]
+    pub cacert: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) presented to https endpoints (with --key).
+    #[arg(long, requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
 
     /// Number of gRPC connections, spread round-robin over the endpoints.
     #[arg(long, default_value_t = 1)]
@@ -158,6 +171,10 @@ pub enum BenchError {
     },
     #[error("no request succeeded ({errors} failed); first error: {first_error}")]
     NothingSucceeded { errors: u64, first_error: String },
+    #[error("https endpoints need --cacert")]
+    NoCaCert,
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl BenchArgs {

@@ -278,6 +278,9 @@ mod tests {
         BenchArgs {
             workload,
             endpoints: "127.0.0.1:2379".into(),
+            cacert: None,
+            cert: None,
+            key: None,
             conns: 1,
             clients: 1,
             key_size: 8,
