@@ -36,10 +36,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     compiler.open_files(PROTO_FILES.iter().map(Path::new))?;
 
     // Kept for gRPC server reflection (exposed as `FILE_DESCRIPTOR_SET`).
-    std::fs::write(
-        out_dir.join("etcd_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
-    )?;
+    let descriptor_set = compiler.encode_file_descriptor_set();
+    std::fs::write(out_dir.join("etcd_descriptor.bin"), &descriptor_set)?;
 
     tonic_prost_build::configure()
         .build_server(true)
@@ -49,5 +47,22 @@ fn main() -> Result<(), Box<dyn Error>> {
         .bytes(".")
         .out_dir(&out_dir)
         .compile_fds(compiler.file_descriptor_set())?;
+
+    // serde implementations of the protobuf JSON mapping (`<package>.serde.rs`), for the JSON
+    // gateway. As etcd's gateway marshals them: the field names as written in the .proto
+    // (`create_revision`, `TTL`, `dbSize`), 64-bit integers as strings, bytes as base64, enums
+    // by name, default values left out; unknown fields are ignored when reading.
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor_set)?
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .out_dir(&out_dir)
+        .build(&[
+            ".mvccpb",
+            ".authpb",
+            ".etcdserverpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
     Ok(())
 }

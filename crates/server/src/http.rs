@@ -8,6 +8,9 @@
 //! - `GET /version`: `{"etcdserver":"3.5.0","etcdcluster":"3.5.0"}`.
 //! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
 //!
+//! On client URLs (not on `--listen-metrics-urls`) etcd's JSON gateway is served next to them
+//! (`POST /v3/...`, [`crate::gateway`]).
+//!
 //! [`crate::serve`] serves these over HTTP/1 (curl, Prometheus) on the same socket as gRPC.
 
 use crate::api::{Api, ApiNode, ETCD_CLUSTER_VERSION, ETCD_SERVER_VERSION};

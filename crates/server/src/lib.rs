@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod gateway;
 pub mod http;
 pub mod metered_disk;
 pub mod metrics;

@@ -93,11 +93,13 @@ impl<N: ApiNode> Api<N> {
 
 /// Serves one keep-alive stream: each request is answered in order; a node error (no leader,
 /// timeout) ends the stream with that error so the client retries, as etcd does.
-async fn keep_alive_loop<N: ApiNode>(
+async fn keep_alive_loop<N: ApiNode, S>(
     api: Api<N>,
-    mut inbound: Streaming<LeaseKeepAliveRequest>,
+    mut inbound: S,
     outbound: mpsc::Sender<Result<LeaseKeepAliveResponse, Status>>,
-) {
+) where
+    S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin,
+{
     metrics().lease_keep_alive_streams.inc();
     let mut final_code = tonic::Code::Ok;
     while let Some(Ok(req)) = inbound.next().await {
@@ -116,7 +118,21 @@ async fn keep_alive_loop<N: ApiNode>(
     metrics().lease_keep_alive_streams.dec();
 }
 
-type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+impl<N: ApiNode> Api<N> {
+    /// Answers each keep-alive read from `inbound` (a gRPC stream, or the JSON gateway's) until
+    /// it ends or one fails.
+    pub(crate) fn keep_alive_session<S>(&self, inbound: S) -> KeepAliveStream
+    where
+        S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
+    {
+        let (outbound, receiver) = mpsc::channel(KEEP_ALIVE_OUTBOUND_MAX);
+        tokio::spawn(keep_alive_loop(self.clone(), inbound, outbound));
+        Box::pin(ReceiverStream::new(receiver))
+    }
+}
+
+pub(crate) type KeepAliveStream =
+    Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<N: ApiNode> Lease for Api<N> {
@@ -142,10 +158,7 @@ impl<N: ApiNode> Lease for Api<N> {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let api = self.clone();
-        let (outbound, receiver) = mpsc::channel(KEEP_ALIVE_OUTBOUND_MAX);
-        tokio::spawn(keep_alive_loop(api, request.into_inner(), outbound));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(self.keep_alive_session(request.into_inner())))
     }
 
     async fn lease_time_to_live(

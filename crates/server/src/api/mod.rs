@@ -331,7 +331,24 @@ fn router_with<N: ApiNode>(api: Api<N>) -> axum::Router {
         .layer(axum::middleware::map_response(
             oversized_is_resource_exhausted,
         ));
-    grpc.merge(crate::http::routes(api))
+    grpc.merge(crate::http::routes(api.clone()))
+        .merge(crate::gateway::routes(api))
+        .fallback(unknown_path)
+}
+
+/// An unknown path: gRPC's UNIMPLEMENTED for a gRPC call (as tonic answers it), HTTP's 404 for
+/// anything else (as etcd's HTTP handlers answer it).
+async fn unknown_path(request: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        Status::unimplemented("").into_http::<axum::body::Body>()
+    } else {
+        (http::StatusCode::NOT_FOUND, "Not Found").into_response()
+    }
 }
 
 /// tonic refuses a message above the decode limit with OutOfRange; grpc-go, and so etcd,

@@ -366,6 +366,33 @@ fn watch_key(key: &str) -> WatchCreateRequest {
     }
 }
 
+/// A client that closes its sending side after its create request keeps its watcher, as with
+/// etcd, whose JSON gateway half-closes once it has read the request body.
+#[tokio::test]
+async fn a_watch_stream_goes_on_after_the_client_half_closes() {
+    let (_server, channel) = server().await;
+    let mut watcher = Watcher::open(channel.clone()).await;
+    watcher.create(watch_key("half")).await;
+    assert!(watcher.next().await.created);
+    let Watcher {
+        requests,
+        mut responses,
+    } = watcher;
+    drop(requests);
+    KvClient::new(channel)
+        .put(put("half", "closed"))
+        .await
+        .expect("put");
+    let event = match tokio::time::timeout(WAIT, responses.next()).await {
+        Ok(Some(Ok(response))) => response,
+        other => panic!("expected the event after a half-close, got {other:?}"),
+    };
+    assert_eq!(
+        event.events[0].kv.as_ref().map(|kv| kv.value.clone()),
+        Some(bytes("closed"))
+    );
+}
+
 #[tokio::test]
 async fn watch_creates_are_answered_in_order_before_events() {
     let (_server, channel) = server().await;
@@ -937,6 +964,176 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     (code, body)
+}
+
+/// A raw HTTP/1.1 POST with a JSON body: (status code, body).
+async fn http_post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("answer in time")
+        .expect("read response");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// etcd's JSON gateway, checked against what etcd 3.4 answers to the same requests: proto
+/// field names, 64-bit integers as strings, base64 bytes, enums by name, defaults left out, and
+/// grpc-gateway's error bodies and HTTP codes.
+#[tokio::test]
+async fn json_gateway_answers_as_etcds_does() {
+    let (server, _channel) = server().await;
+    let addr = server.addr;
+    let header = |revision: u64| {
+        format!(
+            r#"{{"cluster_id":"{CLUSTER_ID}","member_id":"{MEMBER_ID}","revision":"{revision}","raft_term":"3"}}"#
+        )
+    };
+    // "foo" and "bar" in base64.
+    let (code, body) = http_post(addr, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#).await;
+    assert_eq!(
+        (code, body),
+        (200, format!(r#"{{"header":{}}}"#, header(2)))
+    );
+    let (code, body) = http_post(addr, "/v3/kv/range", r#"{"key":"Zm9v"}"#).await;
+    assert_eq!(
+        (code, body),
+        (
+            200,
+            format!(
+                r#"{{"header":{},"kvs":[{{"key":"Zm9v","create_revision":"2","mod_revision":"2","version":"1","value":"YmFy"}}],"count":"1"}}"#,
+                header(2)
+            )
+        )
+    );
+    // Field names as in the .proto or in lowerCamelCase, integers as strings or numbers.
+    for request in [
+        r#"{"key":"Zm9v","keys_only":true,"limit":"5"}"#,
+        r#"{"key":"Zm9v","keysOnly":true,"limit":5,"unknown":1}"#,
+    ] {
+        let (code, body) = http_post(addr, "/v3/kv/range", request).await;
+        assert_eq!(code, 200);
+        assert!(
+            body.contains(
+                r#""kvs":[{"key":"Zm9v","create_revision":"2","mod_revision":"2","version":"1"}]"#
+            ),
+            "{body}"
+        );
+    }
+    let (code, body) = http_post(
+        addr,
+        "/v3/kv/txn",
+        r#"{"compare":[{"result":"EQUAL","target":"CREATE","key":"Zm9v","create_revision":"2"}],
+            "success":[{"request_put":{"key":"Zm9v","value":"YmF6"}}],
+            "failure":[{"request_range":{"key":"Zm9v"}}]}"#,
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(
+        body.ends_with(
+            r#""succeeded":true,"responses":[{"response_put":{"header":{"revision":"3"}}}]}"#
+        ),
+        "{body}"
+    );
+    let (code, body) = http_post(addr, "/v3/lease/grant", r#"{"TTL":30,"ID":7}"#).await;
+    assert_eq!(code, 200);
+    assert!(body.ends_with(r#","ID":"7","TTL":"30"}"#), "{body}");
+    // An empty body is the empty message.
+    let (code, body) = http_post(addr, "/v3/maintenance/status", "").await;
+    assert_eq!(code, 200);
+    assert!(
+        body.contains(r#""version":"3.5.0","dbSize":"4096""#),
+        "{body}"
+    );
+
+    // Errors: grpc-gateway's body, the HTTP status of the gRPC code.
+    let (code, body) = http_post(addr, "/v3/kv/range", r#"{"key":"Zm9v","revision":100}"#).await;
+    let future = "etcdserver: mvcc: required revision is a future revision";
+    assert_eq!(
+        (code, body),
+        (
+            400,
+            format!(r#"{{"error":"{future}","message":"{future}","code":11}}"#)
+        )
+    );
+    let (code, body) = http_post(addr, "/v3/kv/put", r#"{"value":"YmFy"}"#).await;
+    assert_eq!(code, 400);
+    assert!(
+        body.contains(r#""error":"etcdserver: key is not provided""#),
+        "{body}"
+    );
+    let (code, body) = http_post(addr, "/v3/kv/range", r#"{"key":5}"#).await;
+    assert_eq!(code, 400);
+    assert!(body.ends_with(r#""code":3}"#), "{body}");
+    let (code, body) = http_post(addr, "/v3/lease/revoke", r#"{"ID":"99"}"#).await;
+    assert_eq!(code, 404);
+    assert!(body.contains("requested lease not found"), "{body}");
+    let (code, _) = http_get(addr, "/v3/kv/range").await;
+    assert_eq!(code, 405);
+    let (code, body) = http_post(addr, "/v3/kv/nothing", "{}").await;
+    assert_eq!((code, body.as_str()), (404, "Not Found"));
+}
+
+/// `POST /v3/watch` streams `{"result": ...}` lines: the creation, then the events, for as long
+/// as the client stays.
+#[tokio::test]
+async fn json_gateway_watch_streams_events() {
+    let (server, channel) = server().await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let body = r#"{"create_request":{"key":"Zm9v"}}"#;
+    let request = format!(
+        "POST /v3/watch HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut received = String::new();
+    let mut read_until = async |needle: &str, received: &mut String| {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !received.contains(needle) {
+            let mut buf = [0u8; 4096];
+            let read = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no {needle} in {received}"))
+                .expect("read");
+            assert!(read > 0, "the stream ended: {received}");
+            received.push_str(&String::from_utf8_lossy(&buf[..read]));
+        }
+    };
+    read_until(r#""created":true}}"#, &mut received).await;
+    KvClient::new(channel)
+        .put(put("foo", "bar"))
+        .await
+        .expect("put");
+    read_until(
+        r#""events":[{"kv":{"key":"Zm9v","create_revision":"2","mod_revision":"2","version":"1","value":"YmFy"}}]}}"#,
+        &mut received,
+    )
+    .await;
+    assert!(received.contains(r#"{"result":{"header":"#), "{received}");
 }
 
 #[tokio::test]

@@ -39,7 +39,7 @@ const WATCH_OUTBOUND_MAX: usize = 16;
 /// hold the store's read lock for long.
 const CATCH_UP_EVENTS_MAX: usize = 1000;
 
-type WatchResponses = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+pub(crate) type WatchResponses = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<N: ApiNode> Watch for Api<N> {
@@ -49,10 +49,21 @@ impl<N: ApiNode> Watch for Api<N> {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        Ok(Response::new(self.watch_session(request.into_inner())))
+    }
+}
+
+impl<N: ApiNode> Api<N> {
+    /// Starts a watch session reading its requests from `inbound` (a gRPC stream, or the JSON
+    /// gateway's) and returns its responses.
+    pub(crate) fn watch_session<S>(&self, inbound: S) -> WatchResponses
+    where
+        S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+    {
         let (outbound, receiver) = mpsc::channel(WATCH_OUTBOUND_MAX);
         let session = WatchSession::new(self.clone(), outbound);
-        tokio::spawn(session.run(request.into_inner()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        tokio::spawn(session.run(inbound));
+        Box::pin(ReceiverStream::new(receiver))
     }
 }
 
@@ -82,21 +93,29 @@ impl<N: ApiNode> WatchSession<N> {
         }
     }
 
-    async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
+    async fn run<S>(mut self, mut inbound: S)
+    where
+        S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin,
+    {
         metrics().watch_streams.inc();
         let period = self.api.options.watch_progress_notify_interval;
         let mut progress = interval_at(Instant::now() + period, period);
         progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut inbound_open = true;
         loop {
             if !self.flush().await {
                 break;
             }
             tokio::select! {
-                message = inbound.next() => match message {
+                message = inbound.next(), if inbound_open => match message {
                     Some(Ok(request)) => self.handle(request),
-                    // The client closed its side or the connection failed: etcd ends the
-                    // stream then too.
-                    Some(Err(_)) | None => break,
+                    // The client closed its sending side: as in etcd (whose receive loop ends
+                    // quietly at EOF), the watchers keep sending until the stream is cancelled.
+                    // etcd's JSON gateway relies on this: it half-closes once the request body
+                    // is read.
+                    None => inbound_open = false,
+                    // The connection failed.
+                    Some(Err(_)) => break,
                 },
                 () = self.stream.changed() => {}
                 _ = progress.tick() => self.stream.progress_tick(),
