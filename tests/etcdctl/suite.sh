@@ -487,11 +487,16 @@ free_port() {
 
 # A learner that really joins: added, started with SUITE_MEMBER_BIN, promoted once in sync (which
 # may take a moment: promotion is refused until the learner has caught up), then removed.
-test_member_join() {
-  local peer_port client_port
+# two_free_ports: sets peer_port and client_port to two different free ports.
+two_free_ports() {
   peer_port=$(free_port)
   client_port=$(free_port)
   while [ "$client_port" = "$peer_port" ]; do client_port=$(free_port); done
+}
+
+test_member_join() {
+  local peer_port client_port
+  two_free_ports
   local peer="http://127.0.0.1:$peer_port" client="http://127.0.0.1:$client_port"
   ctl put "$P/before-join" v1 >/dev/null
   run ctl member add suite-joiner --peer-urls="$peer" --learner
@@ -606,9 +611,7 @@ test_maintenance() {
 # alarm list, endpoint status and alarm disarm.
 test_quota_alarm() {
   local peer_port client_port
-  peer_port=$(free_port)
-  client_port=$(free_port)
-  while [ "$client_port" = "$peer_port" ]; do client_port=$(free_port); done
+  two_free_ports
   local peer="http://127.0.0.1:$peer_port" client="http://127.0.0.1:$client_port"
   BALLOT_WAL_SEGMENT_BYTES=4194304 "$SUITE_MEMBER_BIN" --name suite-quota \
     --data-dir "$work/quota" --initial-cluster "suite-quota=$peer" --initial-cluster-token suite-quota \

@@ -701,6 +701,37 @@ fn tls_for<'a>(
     Ok(Some((&config.connector, name)))
 }
 
+/// One way to reach a peer: an address one of its URLs resolves to, with TLS for `https`.
+struct Target<'a> {
+    url: &'a str,
+    addr: SocketAddr,
+    tls: Option<(&'a TlsConnector, ServerName<'static>)>,
+}
+
+/// Every target of `urls`, in order. A URL that needs TLS this member cannot give is left out;
+/// the error says why, for when no target answers.
+async fn targets<'a>(
+    urls: &'a [String],
+    tls: Option<&'a PeerTlsConfig>,
+) -> (Vec<Target<'a>>, TransportError) {
+    let mut found = Vec::new();
+    let mut error = TransportError::Protocol("the peer has no usable URL".into());
+    for url in urls {
+        let Some((parsed, addrs)) = resolve(url).await else {
+            continue;
+        };
+        match tls_for(&parsed, tls) {
+            Ok(tls) => found.extend(addrs.into_iter().map(|addr| Target {
+                url,
+                addr,
+                tls: tls.clone(),
+            })),
+            Err(refused) => error = refused,
+        }
+    }
+    (found, error)
+}
+
 /// Dials a peer at any of its URLs and completes the handshake.
 async fn dial(
     tls: Option<&PeerTlsConfig>,
@@ -710,23 +741,11 @@ async fn dial(
     from: NodeId,
     to: NodeId,
 ) -> Result<PeerStream, TransportError> {
-    let mut last_error = TransportError::Protocol("the peer has no usable URL".into());
-    for url in urls {
-        let Some((parsed, addrs)) = resolve(url).await else {
-            continue;
-        };
-        let tls = match tls_for(&parsed, tls) {
-            Ok(tls) => tls,
-            Err(error) => {
-                last_error = error;
-                continue;
-            }
-        };
-        for addr in addrs {
-            match dial_addr(addr, tls.clone(), kind, cluster_id, from, to).await {
-                Ok(stream) => return Ok(stream),
-                Err(error) => last_error = error,
-            }
+    let (targets, mut last_error) = targets(urls, tls).await;
+    for target in targets {
+        match dial_addr(target.addr, target.tls, kind, cluster_id, from, to).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last_error = error,
         }
     }
     Err(last_error)
@@ -775,25 +794,14 @@ pub async fn fetch_cluster_info(
     peer_urls: &[String],
     tls: Option<&PeerTlsConfig>,
 ) -> Result<(u64, Registry), TransportError> {
-    let mut last_error = TransportError::Protocol("no peer URL to ask".into());
-    for url in peer_urls {
-        let Some((parsed, addrs)) = resolve(url).await else {
-            continue;
-        };
-        let tls = match tls_for(&parsed, tls) {
-            Ok(tls) => tls,
+    let (targets, mut last_error) = targets(peer_urls, tls).await;
+    for target in targets {
+        match fetch_cluster_info_from(target.addr, target.tls).await {
+            Ok(answer) => return Ok(answer),
             Err(error) => {
+                let url = target.url;
+                tracing::info!(%url, %error, "could not fetch the cluster membership");
                 last_error = error;
-                continue;
-            }
-        };
-        for addr in addrs {
-            match fetch_cluster_info_from(addr, tls.clone()).await {
-                Ok(answer) => return Ok(answer),
-                Err(error) => {
-                    tracing::info!(%url, %error, "could not fetch the cluster membership");
-                    last_error = error;
-                }
             }
         }
     }

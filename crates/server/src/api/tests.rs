@@ -942,8 +942,13 @@ async fn grpc_health_service_reports_serving() {
 
 /// A raw HTTP/1.1 GET on the gRPC port: (status code, body).
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    http_exchange(addr, &request).await
+}
+
+/// Sends a raw HTTP/1.1 request and reads the whole answer: (status code, body).
+async fn http_exchange(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream
         .write_all(request.as_bytes())
         .await
@@ -968,32 +973,12 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 
 /// A raw HTTP/1.1 POST with a JSON body: (status code, body).
 async fn http_post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send request");
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
-        .await
-        .expect("answer in time")
-        .expect("read response");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let code = text
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (code, body)
+    http_exchange(addr, &request).await
 }
 
 /// etcd's JSON gateway, checked against what etcd 3.4 answers to the same requests: proto
