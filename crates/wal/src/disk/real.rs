@@ -4,6 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::{Disk, DiskFile};
 
@@ -13,7 +14,8 @@ pub struct RealDisk;
 
 #[derive(Debug)]
 pub struct RealFile {
-    file: File,
+    /// Shared by the handles [`DiskFile::try_clone`] makes: one descriptor, closed with the last.
+    file: Arc<File>,
     /// The file's length as this handle made it. Files are opened without `O_APPEND` (with it,
     /// Linux ignores the offset of a positional write), so `append` writes here explicitly.
     len: u64,
@@ -64,13 +66,19 @@ impl Disk for RealDisk {
             .truncate(true)
             .write(true)
             .open(path)?;
-        Ok(RealFile { file, len: 0 })
+        Ok(RealFile {
+            file: Arc::new(file),
+            len: 0,
+        })
     }
 
     fn open_append(&self, path: &Path) -> io::Result<RealFile> {
         let file = OpenOptions::new().write(true).open(path)?;
         let len = file.metadata()?.len();
-        Ok(RealFile { file, len })
+        Ok(RealFile {
+            file: Arc::new(file),
+            len,
+        })
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -108,10 +116,11 @@ impl DiskFile for RealFile {
     }
 
     fn try_clone(&self) -> io::Result<RealFile> {
-        // `dup`: the same open file description, so a writeback error is reported to the first
-        // `fdatasync` on either handle (the WAL treats any such error as fatal).
+        // The same descriptor, shared: no `dup` and `close` per pipelined sync. A writeback error
+        // is reported to the first `fdatasync` on either handle (the WAL treats any such error as
+        // fatal), as it would be with a `dup`.
         Ok(RealFile {
-            file: self.file.try_clone()?,
+            file: Arc::clone(&self.file),
             len: self.len,
         })
     }
