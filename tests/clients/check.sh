@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the client-library checks against a running cluster: the etcd3 Node.js client (over
-# @grpc/grpc-js) and python-etcd3 (over grpcio), each at the version pinned here. Installs them
+# @grpc/grpc-js), python-etcd3 (over grpcio) and etcd3gw (etcd's JSON gateway over HTTP), each at
+# the version pinned here. Installs them
 # first if needed: `npm ci` into node/node_modules, and a virtualenv under target/client-venv
 # (both from the public registries; nothing is installed system-wide).
 #
@@ -23,7 +24,7 @@ if [ ! -d "$here/node/node_modules/etcd3" ]; then
   (cd "$here/node" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 fi
 venv=${CARGO_TARGET_DIR:-$repo/target}/client-venv
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import etcd3' 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import etcd3, etcd3gw' 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/python/requirements.txt"
 fi
@@ -33,4 +34,6 @@ echo "+ node tests/clients/node/check.js $endpoints"
 node "$here/node/check.js" "$endpoints" || status=1
 echo "+ python tests/clients/python/check.py $endpoints"
 "$venv/bin/python" "$here/python/check.py" "$endpoints" || status=1
+echo "+ python tests/clients/python/check_gateway.py $endpoints"
+"$venv/bin/python" "$here/python/check_gateway.py" "$endpoints" || status=1
 exit "$status"

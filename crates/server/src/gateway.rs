@@ -248,13 +248,19 @@ fn stream_line<T: Serialize>(item: Result<T, Status>) -> Bytes {
     Bytes::from(line)
 }
 
-/// A streaming answer: a chunked body of newline-terminated JSON lines.
-fn stream_response<T, S>(answers: S) -> Response
+/// A streaming answer: a chunked body of newline-terminated JSON lines, one HTTP chunk each
+/// (clients such as etcd3gw parse chunk by chunk). The headers go out with the first answer, as
+/// grpc-gateway's do: a client whose watch request has returned knows its watcher exists.
+async fn stream_response<T, S>(answers: S) -> Response
 where
-    T: Serialize,
-    S: Stream<Item = Result<T, Status>> + Send + 'static,
+    T: Serialize + Send + 'static,
+    S: Stream<Item = Result<T, Status>> + Send + Unpin + 'static,
 {
-    let lines = answers.map(|item| Ok::<_, std::convert::Infallible>(stream_line(item)));
+    let mut answers = answers;
+    let first = answers.next().await;
+    let lines = futures::stream::iter(first)
+        .chain(answers)
+        .map(|item| Ok::<_, std::convert::Infallible>(stream_line(item)));
     (
         [(header::CONTENT_TYPE, "application/json")],
         Body::from_stream(lines),
@@ -272,7 +278,7 @@ async fn watch<N: ApiNode>(State(api): State<Api<N>>, body: Bytes) -> Response {
     };
     let inbound =
         futures::stream::iter(requests.into_iter().map(Ok)).chain(futures::stream::pending());
-    stream_response(api.watch_session(Box::pin(inbound)))
+    stream_response(api.watch_session(Box::pin(inbound))).await
 }
 
 /// `POST /v3/lease/keepalive`: one answer per keep-alive request in the body.
@@ -282,7 +288,7 @@ async fn keep_alive<N: ApiNode>(State(api): State<Api<N>>, body: Bytes) -> Respo
         Err(status) => return error_response(&status),
     };
     let inbound = futures::stream::iter(requests.into_iter().map(Ok));
-    stream_response(api.keep_alive_session(inbound))
+    stream_response(api.keep_alive_session(inbound)).await
 }
 
 /// `POST /v3/maintenance/snapshot`: the backup in base64 chunks.
@@ -292,7 +298,7 @@ async fn snapshot<N: ApiNode>(State(api): State<Api<N>>, body: Bytes) -> Respons
         Err(status) => return error_response(&status),
     };
     match Maintenance::snapshot(&api, tonic::Request::new(request)).await {
-        Ok(answers) => stream_response(answers.into_inner()),
+        Ok(answers) => stream_response(answers.into_inner()).await,
         Err(status) => error_response(&status),
     }
 }
@@ -304,7 +310,7 @@ async fn observe<N: ApiNode>(State(api): State<Api<N>>, body: Bytes) -> Response
         Err(status) => return error_response(&status),
     };
     match Election::observe(&api, tonic::Request::new(request)).await {
-        Ok(answers) => stream_response(answers.into_inner()),
+        Ok(answers) => stream_response(answers.into_inner()).await,
         Err(status) => error_response(&status),
     }
 }
