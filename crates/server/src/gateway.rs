@@ -122,11 +122,16 @@ pub fn routes<N: ApiNode>(api: Api<N>) -> Router {
     let router = unary!(router, "/v3/election/proclaim", Election::proclaim);
     let router = unary!(router, "/v3/election/leader", Election::leader);
     let router = unary!(router, "/v3/election/resign", Election::resign);
+    // A request as large as gRPC takes, in base64 (4/3 of the bytes) with room for the JSON
+    // around it: the size limit that answers is the API's ("request is too large"), not the
+    // body extractor's 2 MB default.
+    let body_max = api.options.grpc_max_receive_bytes / 3 * 4 + 64 * 1024;
     router
         .route("/v3/watch", post(watch::<N>))
         .route("/v3/lease/keepalive", post(keep_alive::<N>))
         .route("/v3/maintenance/snapshot", post(snapshot::<N>))
         .route("/v3/election/observe", post(observe::<N>))
+        .layer(axum::extract::DefaultBodyLimit::max(body_max))
         .with_state(api)
 }
 
