@@ -64,6 +64,38 @@ pub struct DevArgs {
     /// the scripts built on it: etcd takes the same member flags.
     #[arg(long, hide = true, env = "BALLOT_DEV_MEMBER_PROGRAM")]
     pub member_program: Option<PathBuf>,
+
+    /// Member flags passed to every member, after `--` (for example
+    /// `ballot dev -- --quota-backend-bytes 1000000 --snapshot-count 1000`). The flags `ballot
+    /// dev` sets itself (names, URLs, data directories, the initial cluster, the log level) are
+    /// refused.
+    #[arg(last = true, value_name = "MEMBER FLAGS")]
+    pub member_flags: Vec<String>,
+}
+
+/// The member flags `ballot dev` sets for each member itself.
+const DEV_MANAGED_FLAGS: &[&str] = &[
+    "--name",
+    "--data-dir",
+    "--listen-client-urls",
+    "--advertise-client-urls",
+    "--listen-peer-urls",
+    "--initial-advertise-peer-urls",
+    "--initial-cluster",
+    "--initial-cluster-state",
+    "--initial-cluster-token",
+    "--log-level",
+];
+
+/// Refuses a pass-through flag that `ballot dev` sets itself.
+fn check_member_flags(flags: &[String]) -> Result<(), DevError> {
+    for flag in flags {
+        let name = flag.split_once('=').map_or(flag.as_str(), |(name, _)| name);
+        if DEV_MANAGED_FLAGS.contains(&name) {
+            return Err(DevError::ManagedFlag(name.to_owned()));
+        }
+    }
+    Ok(())
 }
 
 /// Why `ballot dev` could not start or keep its cluster running.
@@ -71,6 +103,8 @@ pub struct DevArgs {
 pub enum DevError {
     #[error("--members must be between 1 and {DEV_MEMBERS_MAX}, got {0}")]
     MemberCount(usize),
+    #[error("{0} is set by `ballot dev` for each member and cannot be passed after --")]
+    ManagedFlag(String),
     #[error("--dir {0} is not empty; give an empty or new directory")]
     DirNotEmpty(PathBuf),
     #[error("{what}: {source}")]
@@ -121,6 +155,8 @@ pub struct DevPlan {
     pub log_level: LogLevel,
     pub unsafe_no_fsync: bool,
     pub wal_segment_bytes: Option<u64>,
+    /// Passed to every member after the flags above.
+    pub member_flags: Vec<String>,
 }
 
 impl DevPlan {
@@ -146,6 +182,7 @@ impl DevPlan {
             log_level: args.log_level,
             unsafe_no_fsync: args.unsafe_no_fsync,
             wal_segment_bytes: args.wal_segment_bytes,
+            member_flags: args.member_flags.clone(),
         }
     }
 
@@ -198,6 +235,7 @@ impl DevPlan {
         if let Some(bytes) = self.wal_segment_bytes {
             args.push(format!("--wal-segment-bytes={bytes}"));
         }
+        args.extend(self.member_flags.iter().cloned());
         args
     }
 
@@ -244,6 +282,7 @@ pub async fn run(args: &DevArgs) -> Result<(), DevError> {
     if args.members == 0 || args.members > DEV_MEMBERS_MAX {
         return Err(DevError::MemberCount(args.members));
     }
+    check_member_flags(&args.member_flags)?;
     let program = match &args.member_program {
         Some(program) => program.clone(),
         None => std::env::current_exe().map_err(io_error("cannot find the ballot executable"))?,
@@ -497,6 +536,7 @@ mod tests {
             unsafe_no_fsync: true,
             wal_segment_bytes: Some(4 * 1024 * 1024),
             member_program: None,
+            member_flags: Vec::new(),
         }
     }
 
@@ -576,6 +616,52 @@ mod tests {
         ));
         assert!(banner.contains("etcdctl --endpoints=127.0.0.1:1001,127.0.0.1:2001 put foo bar\n"));
         assert!(banner.ends_with("Press Ctrl-C to stop.\n"));
+    }
+
+    #[test]
+    fn member_flags_after_the_separator_reach_every_member() {
+        let cli = Cli::try_parse_from([
+            "ballot",
+            "dev",
+            "--members",
+            "2",
+            "--",
+            "--quota-backend-bytes",
+            "1000000",
+            "--snapshot-count=500",
+        ])
+        .expect("valid");
+        let Some(crate::cli::Command::Dev(args)) = cli.command else {
+            panic!("expected dev");
+        };
+        assert_eq!(
+            args.member_flags,
+            ["--quota-backend-bytes", "1000000", "--snapshot-count=500"]
+        );
+        let plan = DevPlan::new(&args, Path::new("/d"), &[(1001, 1002), (2001, 2002)]);
+        for index in 0..2 {
+            let member = plan.member_args(index);
+            assert!(member.ends_with(&args.member_flags), "{member:?}");
+            // What a member makes of them.
+            let argv = std::iter::once("ballot".to_owned()).chain(member);
+            let parsed = Cli::try_parse_from(argv).expect("the member flags parse");
+            let config = ServerConfig::from_args(&parsed.member).expect("valid member flags");
+            assert_eq!(config.quota_backend_bytes, Some(1_000_000));
+            assert_eq!(config.snapshot_count, 500);
+        }
+    }
+
+    #[tokio::test]
+    async fn flags_ballot_dev_sets_cannot_be_passed_through() {
+        for flag in ["--name", "--data-dir=/x", "--initial-cluster"] {
+            let mut args = dev_args(1);
+            args.member_flags = vec![flag.to_owned(), "x".to_owned()];
+            let err = run(&args).await.expect_err("must be refused");
+            assert!(
+                matches!(&err, DevError::ManagedFlag(name) if flag.starts_with(name.as_str())),
+                "{err}"
+            );
+        }
     }
 
     #[tokio::test]
