@@ -173,12 +173,67 @@ pub struct FaultCluster {
     pub dir: RunDir,
 }
 
+/// With `BALLOT_FAULT_PEER_TLS=1` the members talk to each other over TLS (`https` peer URLs, a
+/// CA and one peer certificate for every member's address made here), so the faults also hit
+/// TLS sessions: handshakes cut by partitions, sessions of killed and frozen members.
+fn peer_tls() -> bool {
+    std::env::var("BALLOT_FAULT_PEER_TLS").is_ok_and(|value| value == "1")
+}
+
+/// Writes a CA and a peer certificate for `addresses` (server and client use) under `dir`;
+/// returns the member flags that use them.
+fn peer_tls_flags(dir: &std::path::Path, addresses: &[&str]) -> Vec<String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "fault test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let key = KeyPair::generate().expect("peer key");
+    let names: Vec<String> = addresses
+        .iter()
+        .map(|address| address.to_string())
+        .collect();
+    let mut params = CertificateParams::new(names).expect("peer params");
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write a PEM file");
+        path.display().to_string()
+    };
+    vec![
+        format!("--peer-cert-file={}", write("peer.pem", cert.pem())),
+        format!(
+            "--peer-key-file={}",
+            write("peer-key.pem", key.serialize_pem())
+        ),
+        format!("--peer-trusted-ca-file={}", write("ca.pem", ca.pem())),
+        "--peer-client-cert-auth".to_string(),
+    ]
+}
+
 impl FaultCluster {
     pub fn start(size: usize) -> FaultCluster {
         let run = super::next_run();
         let dir = RunDir::new(run);
         let network = Network::create(run, size);
-        let peer_url = |index: usize| format!("http://{}:{PEER_PORT}", network.address(index));
+        let tls = peer_tls();
+        let scheme = if tls { "https" } else { "http" };
+        let peer_url = |index: usize| format!("{scheme}://{}:{PEER_PORT}", network.address(index));
+        let tls_flags = if tls {
+            let addresses: Vec<&str> = (0..size).map(|index| network.address(index)).collect();
+            peer_tls_flags(&dir.0, &addresses)
+        } else {
+            Vec::new()
+        };
         let initial_cluster = (0..size)
             .map(|index| format!("m{index}={}", peer_url(index)))
             .collect::<Vec<_>>()
@@ -204,6 +259,7 @@ impl FaultCluster {
                     format!("--snapshot-count={SNAPSHOT_COUNT}"),
                 ];
                 args.extend(segment_flag.clone());
+                args.extend(tls_flags.iter().cloned());
                 Member {
                     log: dir.0.join(format!("{name}.log")),
                     name,
