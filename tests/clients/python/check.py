@@ -9,29 +9,13 @@ on the condition itself; the only timed wait is in the lease test, where time is
 
 import sys
 import threading
-import time
+
+from harness import check, finish, until
 
 import etcd3
 import etcd3.exceptions
 
 PREFIX = "/client-check-python/"
-failures = 0
-
-
-def check(condition, what):
-    global failures
-    print(("ok   " if condition else "FAIL ") + what, flush=True)
-    if not condition:
-        failures += 1
-
-
-def until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def error_of(call):
@@ -192,8 +176,7 @@ def main():
         check(False, f"unexpected error: {err!r}")
     # The clients are not closed: python-etcd3's watch thread (a daemon) reopens its stream
     # forever and prints a traceback once its channel is closed. Exiting ends it.
-    print("python client: all checks passed" if failures == 0 else f"python client: {failures} check(s) failed")
-    return 0 if failures == 0 else 1
+    return finish("python client")
 
 
 if __name__ == "__main__":

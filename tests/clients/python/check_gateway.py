@@ -8,29 +8,13 @@ on the condition itself; the only timed wait is in the lease test, where time is
 """
 
 import sys
-import time
+
+from harness import check, finish, until
 
 import etcd3gw
 import etcd3gw.exceptions
 
 PREFIX = "/client-check-gateway/"
-failures = 0
-
-
-def check(condition, what):
-    global failures
-    print(("ok   " if condition else "FAIL ") + what, flush=True)
-    if not condition:
-        failures += 1
-
-
-def until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def connect(endpoint):
@@ -147,8 +131,7 @@ def main():
 
         traceback.print_exc()
         check(False, f"unexpected error: {err!r}")
-    print("gateway client: all checks passed" if failures == 0 else f"gateway client: {failures} check(s) failed")
-    return 0 if failures == 0 else 1
+    return finish("gateway client")
 
 
 if __name__ == "__main__":
