@@ -715,7 +715,7 @@ fn nonzero_prefix(digest: &[u8]) -> u64 {
 }
 
 /// An `http://host:port` URL as etcd accepts for its listeners, or `https://host:port` for a
-/// client URL served with TLS. Unix sockets are not supported.
+/// client or peer URL reached with TLS. Unix sockets are not supported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
     /// Host as written, without IPv6 brackets.

@@ -62,10 +62,8 @@ async fn health<N: ApiNode>(State(api): State<Api<N>>, uri: Uri) -> Response {
             .any(|pair| pair.strip_prefix("exclude=") == Some(alarm_name(alarm)))
     };
     if let Some(alarm) = status.alarms.iter().find(|raised| !excluded(raised.alarm)) {
-        let reason = match alarm_name(alarm.alarm) {
-            name @ ("NOSPACE" | "CORRUPT") => format!("ALARM {name}"),
-            _ => "ALARM UNKNOWN".to_owned(),
-        };
+        // etcd's reasons: ALARM NOSPACE, ALARM CORRUPT, ALARM UNKNOWN.
+        let reason = format!("ALARM {}", alarm_name(alarm.alarm));
         return json(StatusCode::SERVICE_UNAVAILABLE, health_body(false, &reason));
     }
     if status.leader_id == 0 {

@@ -17,6 +17,7 @@ use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -79,6 +80,22 @@ fn setup_error(error: impl ToString) -> TlsError {
     TlsError::Setup(error.to_string())
 }
 
+/// How a server checks client certificates against `roots`: one is required when `required`,
+/// else it is checked when presented (as etcd does with a trusted CA file alone).
+fn client_cert_verifier(
+    roots: Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+    required: bool,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(provider));
+    if required {
+        verifier.build()
+    } else {
+        verifier.allow_unauthenticated().build()
+    }
+    .map_err(setup_error)
+}
+
 /// The acceptor for the member's `https` client listeners.
 pub fn acceptor(settings: &ClientTls) -> Result<TlsAcceptor, TlsError> {
     let provider = provider();
@@ -90,17 +107,11 @@ pub fn acceptor(settings: &ClientTls) -> Result<TlsAcceptor, TlsError> {
     let builder = match &settings.trusted_ca_file {
         Some(path) => {
             let roots = roots("--trusted-ca-file", path)?;
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(&provider));
-            // Without --client-cert-auth a certificate is checked when one is presented, as
-            // etcd does with a trusted CA file alone.
-            let verifier = if settings.client_cert_auth {
-                verifier.build()
-            } else {
-                verifier.allow_unauthenticated().build()
-            }
-            .map_err(|error| TlsError::Setup(error.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(client_cert_verifier(
+                roots,
+                &provider,
+                settings.client_cert_auth,
+            )?)
         }
         None => builder.with_no_client_auth(),
     };
@@ -128,14 +139,7 @@ pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
     let key = private_key("--peer-key-file", &settings.key_file)?;
     let roots = roots("--peer-trusted-ca-file", &settings.trusted_ca_file)?;
 
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider));
-    let verifier = if settings.client_cert_auth {
-        verifier.build()
-    } else {
-        verifier.allow_unauthenticated().build()
-    }
-    .map_err(setup_error)?;
+    let verifier = client_cert_verifier(Arc::clone(&roots), &provider, settings.client_cert_auth)?;
     let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(setup_error)?
@@ -146,8 +150,12 @@ pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
     let client = client_config(
         roots,
         provider,
-        Some((certs, key)),
-        ("--peer-key-file", &settings.key_file),
+        Some(Identity {
+            certs,
+            key,
+            key_flag: "--peer-key-file",
+            key_path: &settings.key_file,
+        }),
     )?;
     Ok(PeerTlsConfig {
         acceptor: TlsAcceptor::from(Arc::new(server)),
@@ -155,13 +163,19 @@ pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
     })
 }
 
-/// A client's TLS settings: servers verified against `roots`, presenting `identity` if given
-/// (`key_flag` names the key's flag and file in an error).
+/// A certificate a client presents, with the key's flag and file for an error.
+struct Identity<'a> {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    key_flag: &'static str,
+    key_path: &'a Path,
+}
+
+/// A client's TLS settings: servers verified against `roots`, presenting `identity` if given.
 fn client_config(
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
-    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-    key_flag: (&'static str, &Path),
+    identity: Option<Identity<'_>>,
 ) -> Result<ClientConfig, TlsError> {
     let verifier = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
         .build()
@@ -171,9 +185,9 @@ fn client_config(
         .map_err(setup_error)?
         .with_webpki_verifier(verifier);
     match identity {
-        Some((certs, key)) => builder
-            .with_client_auth_cert(certs, key)
-            .map_err(|error| file_error(key_flag.0, key_flag.1, error)),
+        Some(identity) => builder
+            .with_client_auth_cert(identity.certs, identity.key)
+            .map_err(|error| file_error(identity.key_flag, identity.key_path, error)),
         None => Ok(builder.with_no_client_auth()),
     }
 }
@@ -187,12 +201,16 @@ pub fn grpc_connector(
 ) -> Result<TlsConnector, TlsError> {
     let provider = provider();
     let roots = roots("--cacert", cacert)?;
-    let key_path = identity.map_or(cacert, |(_, key)| key);
     let identity = match identity {
-        Some((cert, key)) => Some((certificates("--cert", cert)?, private_key("--key", key)?)),
+        Some((cert, key)) => Some(Identity {
+            certs: certificates("--cert", cert)?,
+            key: private_key("--key", key)?,
+            key_flag: "--key",
+            key_path: key,
+        }),
         None => None,
     };
-    let mut config = client_config(roots, provider, identity, ("--key", key_path))?;
+    let mut config = client_config(roots, provider, identity)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))
 }

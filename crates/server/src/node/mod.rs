@@ -837,9 +837,9 @@ impl NodeHandle {
     }
 
     /// etcd's Alarm RPC. GET answers the alarms of type `alarm` (NONE: all) after a
-    /// linearizable barrier (etcd sends it through the log); ACTIVATE and DEACTIVATE go through the log, so every member raises
-    /// or lifts the alarm at the same index, and answer the alarm changed (none if it already
-    /// was in that state). As in etcd, `member_id` is taken as given: `etcdctl alarm disarm`
+    /// linearizable barrier (etcd sends it through the log); ACTIVATE and DEACTIVATE go through
+    /// the log, so every member raises or lifts the alarm at the same index, and answer the
+    /// alarm changed (none if it already was in that state). As in etcd, `member_id` is taken as given: `etcdctl alarm disarm`
     /// lists the alarms and deactivates each one by its member.
     pub async fn alarm(
         &self,
