@@ -45,21 +45,32 @@ type Call<'a, T> = Pin<Box<dyn Future<Output = Result<tonic::Response<T>, Status
 
 /// The gateway's routes, sharing `api` with the gRPC services.
 pub fn routes<N: ApiNode>(api: Api<N>) -> Router {
-    /// `POST path` answers with `Trait::method` of the service.
-    macro_rules! unary {
-        ($router:expr, $path:literal, $service:ident :: $method:ident) => {
+    /// `POST path` answers with `Trait::method` of the service, its answer written by
+    /// `respond` (one JSON object, or a stream of them).
+    macro_rules! call {
+        ($router:expr, $path:literal, $service:ident :: $method:ident, $respond:expr) => {
             $router.route(
                 $path,
                 post(|State(api): State<Api<N>>, body: Bytes| async move {
-                    unary(&api, &body, |api, request| {
-                        Box::pin(<Api<N> as $service>::$method(
-                            api,
-                            tonic::Request::new(request),
-                        ))
-                    })
+                    answer(
+                        &api,
+                        &body,
+                        |api, request| {
+                            Box::pin(<Api<N> as $service>::$method(
+                                api,
+                                tonic::Request::new(request),
+                            ))
+                        },
+                        $respond,
+                    )
                     .await
                 }),
             )
+        };
+    }
+    macro_rules! unary {
+        ($router:expr, $path:literal, $service:ident :: $method:ident) => {
+            call!($router, $path, $service::$method, json_answer)
         };
     }
     let router = Router::new();
@@ -126,11 +137,21 @@ pub fn routes<N: ApiNode>(api: Api<N>) -> Router {
     // around it: the size limit that answers is the API's ("request is too large"), not the
     // body extractor's 2 MB default.
     let body_max = api.options.grpc_max_receive_bytes / 3 * 4 + 64 * 1024;
+    let router = call!(
+        router,
+        "/v3/maintenance/snapshot",
+        Maintenance::snapshot,
+        stream_response
+    );
+    let router = call!(
+        router,
+        "/v3/election/observe",
+        Election::observe,
+        stream_response
+    );
     router
         .route("/v3/watch", post(watch::<N>))
         .route("/v3/lease/keepalive", post(keep_alive::<N>))
-        .route("/v3/maintenance/snapshot", post(snapshot::<N>))
-        .route("/v3/election/observe", post(observe::<N>))
         .layer(axum::extract::DefaultBodyLimit::max(body_max))
         .with_state(api)
 }
@@ -155,26 +176,33 @@ fn decode_all<T: DeserializeOwned + Default>(body: &[u8]) -> Result<Vec<T>, Stat
         .map_err(|error| Status::invalid_argument(error.to_string()))
 }
 
-async fn unary<N, Req, Resp>(
+/// Decodes the request from `body`, makes the call and writes its answer with `respond`.
+async fn answer<N, Req, Resp, Fut>(
     api: &Api<N>,
     body: &[u8],
     call: impl for<'a> FnOnce(&'a Api<N>, Req) -> Call<'a, Resp>,
+    respond: impl FnOnce(Resp) -> Fut,
 ) -> Response
 where
     N: ApiNode,
     Req: DeserializeOwned + Default,
-    Resp: Serialize,
+    Fut: Future<Output = Response>,
 {
     let request = match decode(body) {
         Ok(request) => request,
         Err(status) => return error_response(&status),
     };
     match call(api, request).await {
-        Ok(answer) => match serde_json::to_vec(answer.get_ref()) {
-            Ok(json) => json_response(StatusCode::OK, json),
-            Err(error) => error_response(&Status::internal(error.to_string())),
-        },
+        Ok(answer) => respond(answer.into_inner()).await,
         Err(status) => error_response(&status),
+    }
+}
+
+/// A unary call's answer: one JSON object.
+async fn json_answer<T: Serialize>(answer: T) -> Response {
+    match serde_json::to_vec(&answer) {
+        Ok(json) => json_response(StatusCode::OK, json),
+        Err(error) => error_response(&Status::internal(error.to_string())),
     }
 }
 
@@ -294,28 +322,4 @@ async fn keep_alive<N: ApiNode>(State(api): State<Api<N>>, body: Bytes) -> Respo
     };
     let inbound = futures::stream::iter(requests.into_iter().map(Ok));
     stream_response(api.keep_alive_session(inbound)).await
-}
-
-/// `POST /v3/maintenance/snapshot`: the backup in base64 chunks.
-async fn snapshot<N: ApiNode>(State(api): State<Api<N>>, body: Bytes) -> Response {
-    let request = match decode(&body) {
-        Ok(request) => request,
-        Err(status) => return error_response(&status),
-    };
-    match Maintenance::snapshot(&api, tonic::Request::new(request)).await {
-        Ok(answers) => stream_response(answers.into_inner()).await,
-        Err(status) => error_response(&status),
-    }
-}
-
-/// `POST /v3/election/observe`: the election's leaders as they change.
-async fn observe<N: ApiNode>(State(api): State<Api<N>>, body: Bytes) -> Response {
-    let request = match decode(&body) {
-        Ok(request) => request,
-        Err(status) => return error_response(&status),
-    };
-    match Election::observe(&api, tonic::Request::new(request)).await {
-        Ok(answers) => stream_response(answers.into_inner()).await,
-        Err(status) => error_response(&status),
-    }
 }

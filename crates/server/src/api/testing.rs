@@ -255,7 +255,9 @@ impl ApiNode for LocalNode {
             is_learner: false,
             db_size_bytes: 4096,
             leader_changes: 1,
-            alarms: self.alarms().get(0),
+            alarms: self
+                .alarms()
+                .get(ballot_proto::etcdserverpb::AlarmType::None as i32),
         }
     }
 
