@@ -25,20 +25,21 @@ pub const TXN_OPS_MAX_DEFAULT: usize = 128;
 
 /// Settings every replica must share: they change what applying a command
 /// does, so they are part of the replicated state machine's definition.
+///
+/// The Txn size limit (etcd `--max-txn-ops`) is deliberately not one of them:
+/// it is checked before proposing ([`crate::check_txn`]), as etcd does, so
+/// members configured with different limits still apply the same log alike.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     /// Granted TTLs below this are raised to it (etcd: ceil(1.5 × election
     /// timeout), 2 s with the default 1 s election timeout).
     pub lease_ttl_min_secs: i64,
-    /// Most compares or operations in one Txn branch (etcd `--max-txn-ops`).
-    pub txn_ops_max: usize,
 }
 
 impl Default for StoreConfig {
     fn default() -> StoreConfig {
         StoreConfig {
             lease_ttl_min_secs: 2,
-            txn_ops_max: TXN_OPS_MAX_DEFAULT,
         }
     }
 }

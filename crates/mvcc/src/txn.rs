@@ -25,7 +25,7 @@ impl Store {
     /// Serves a Txn that cannot write (see [`crate::is_txn_read_only`])
     /// without replicating it, at the current state.
     pub fn txn_read(&self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
-        validate::check_txn(req, self.config.txn_ops_max)?;
+        validate::check_txn_shape(req)?;
         if !validate::is_txn_read_only(req) {
             return Err(MvccError::TxnNotReadOnly);
         }
@@ -40,7 +40,7 @@ impl Store {
         &mut self,
         req: &TxnRequest,
     ) -> Result<(ApplyOutcome, Vec<Event>), MvccError> {
-        validate::check_txn(req, self.config.txn_ops_max)?;
+        validate::check_txn_shape(req)?;
         let path = self.compare_path(req);
         self.check_path(req, &path, &mut 0)?;
         let mut batch = self.begin_write();

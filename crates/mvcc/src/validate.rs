@@ -61,6 +61,13 @@ pub fn check_txn(req: &TxnRequest, txn_ops_max: usize) -> Result<(), MvccError> 
     Ok(())
 }
 
+/// [`check_txn`] without the operation count limit: what the store checks
+/// when it applies or serves a Txn. The limit is a member's own setting and is
+/// checked before proposing; applying the log must not depend on it.
+pub fn check_txn_shape(req: &TxnRequest) -> Result<(), MvccError> {
+    check_txn(req, usize::MAX)
+}
+
 /// Every state-free check of a command, as the server should run it before
 /// proposing.
 pub fn check_command(command: &Command, txn_ops_max: usize) -> Result<(), MvccError> {

@@ -2,7 +2,9 @@
 
 mod common;
 
-use ballot_mvcc::{ApplyOutcome, Command, GrpcCode, MvccError, StoreConfig, prefix_range_end};
+use ballot_mvcc::{
+    ApplyOutcome, Command, GrpcCode, MvccError, TXN_OPS_MAX_DEFAULT, prefix_range_end,
+};
 use ballot_proto::etcdserverpb::{
     Compare, PutRequest, RangeRequest, TxnRequest, compare, range_request::SortOrder,
     range_request::SortTarget, request_op::Request, response_op::Response,
@@ -539,12 +541,12 @@ fn txn_branches_nesting_and_read_your_writes() {
 fn txn_refusals_change_nothing() {
     let mut node = Node::new();
     node.put("a", "1");
-    let too_many = TxnRequest {
-        compare: vec![],
-        success: (0..129).map(|i| op_put(&format!("k{i}"), "v")).collect(),
+    let empty_compare_key = TxnRequest {
+        compare: vec![Compare::default()],
+        success: vec![op_put("b", "1")],
         failure: vec![],
     };
-    assert_eq!(node.txn(too_many), Err(MvccError::TooManyOps));
+    assert_eq!(node.txn(empty_compare_key), Err(MvccError::EmptyKey));
     let duplicate = TxnRequest {
         compare: vec![],
         success: vec![op_put("a", "1"), op_put("a", "2")],
@@ -743,17 +745,35 @@ fn error_strings_and_codes_are_etcds() {
 }
 
 #[test]
-fn configurable_txn_limit() {
-    let mut node = Node::with(StoreConfig {
-        txn_ops_max: 2,
-        ..StoreConfig::default()
-    });
+fn the_txn_limit_is_checked_before_proposing_not_when_applying() {
     let three = TxnRequest {
         compare: vec![],
         success: vec![op_put("a", ""), op_put("b", ""), op_put("c", "")],
         failure: vec![],
     };
-    assert_eq!(node.txn(three), Err(MvccError::TooManyOps));
+    assert_eq!(
+        ballot_mvcc::check_txn(&three, 2),
+        Err(MvccError::TooManyOps)
+    );
+    assert_eq!(ballot_mvcc::check_txn(&three, 3), Ok(()));
+
+    // A member may run with a larger `--max-txn-ops` than another: whatever one proposed, every
+    // store applies alike, whatever the default limit.
+    let ops = TXN_OPS_MAX_DEFAULT + 72;
+    let large = TxnRequest {
+        compare: vec![],
+        success: (0..ops).map(|i| op_put(&format!("k{i}"), "v")).collect(),
+        failure: vec![],
+    };
+    assert_eq!(
+        ballot_mvcc::check_txn(&large, TXN_OPS_MAX_DEFAULT),
+        Err(MvccError::TooManyOps)
+    );
+    let mut node = Node::new();
+    let response = node.txn(large).expect("applies");
+    assert!(response.succeeded);
+    assert_eq!(response.responses.len(), ops);
+    assert_eq!(node.range(range_req("k0", "")).kvs.len(), 1);
 }
 
 #[test]

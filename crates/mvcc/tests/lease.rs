@@ -23,7 +23,6 @@ fn grant(node: &mut Node, id: i64, ttl_secs: i64) -> Result<i64, MvccError> {
 fn grant_rules() {
     let mut node = Node::with(StoreConfig {
         lease_ttl_min_secs: 5,
-        ..StoreConfig::default()
     });
     assert_eq!(grant(&mut node, 1, 2), Ok(5), "TTL raised to the minimum");
     assert_eq!(grant(&mut node, 2, 60), Ok(60));

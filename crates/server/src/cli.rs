@@ -142,6 +142,12 @@ pub struct MemberArgs {
     #[arg(long, env = "BALLOT_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: u64,
 
+    /// Most compares, or operations in one branch, of a Txn (nested Txns share the budget);
+    /// larger ones get "etcdserver: too many operations in txn request". A member's own limit,
+    /// checked before proposing: members may differ.
+    #[arg(long, env = "BALLOT_MAX_TXN_OPS", default_value_t = ballot_mvcc::TXN_OPS_MAX_DEFAULT)]
+    pub max_txn_ops: usize,
+
     /// Skip fsync of the log. An acknowledged write can be lost on power failure: for
     /// benchmarks only.
     #[arg(long, env = "BALLOT_UNSAFE_NO_FSYNC")]
@@ -301,6 +307,7 @@ mod tests {
         assert_eq!(cli.member.election_timeout, 1000);
         assert_eq!(cli.member.initial_cluster_state, ClusterStateArg::New);
         assert_eq!(cli.member.max_request_bytes, 1_572_864);
+        assert_eq!(cli.member.max_txn_ops, 128);
         assert!(!cli.member.unsafe_no_fsync);
         assert_eq!(cli.member.wal_segment_bytes, 64 * 1024 * 1024);
     }

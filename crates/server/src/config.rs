@@ -245,6 +245,8 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     /// Largest client request accepted; the gRPC receive limit is this plus 512 KiB, as in etcd.
     pub max_request_bytes: u64,
+    /// Most operations in one Txn branch (`--max-txn-ops`), checked before proposing.
+    pub max_txn_ops: usize,
     /// Skip fsync (benchmarks only; an acknowledged write can be lost on power failure).
     pub unsafe_no_fsync: bool,
     /// Size of a WAL segment file (`--wal-segment-bytes`, advanced).
@@ -319,6 +321,8 @@ pub enum ConfigError {
     ZeroSnapshotCount,
     #[error("--max-request-bytes must be at least 1")]
     ZeroMaxRequestBytes,
+    #[error("--max-txn-ops must be at least 1")]
+    ZeroMaxTxnOps,
     #[error("--wal-segment-bytes must be between {min} and {max}, got {given}")]
     WalSegmentBytesOutOfRange { given: u64, min: u64, max: u64 },
     #[error("--wal-syncs-in-flight must be between 1 and {max}, got {given}")]
@@ -346,6 +350,9 @@ impl ServerConfig {
         }
         if args.max_request_bytes == 0 {
             return Err(ConfigError::ZeroMaxRequestBytes);
+        }
+        if args.max_txn_ops == 0 {
+            return Err(ConfigError::ZeroMaxTxnOps);
         }
         let segment_bytes_allowed =
             ballot_wal::SEGMENT_SIZE_BYTES_MIN..=ballot_wal::SEGMENT_SIZE_BYTES_MAX;
@@ -438,6 +445,7 @@ impl ServerConfig {
             election_timeout: Duration::from_millis(args.election_timeout),
             snapshot_count: args.snapshot_count,
             max_request_bytes: args.max_request_bytes,
+            max_txn_ops: args.max_txn_ops,
             unsafe_no_fsync: args.unsafe_no_fsync,
             wal_segment_bytes: args.wal_segment_bytes,
             wal_syncs_in_flight: args.wal_syncs_in_flight,
@@ -1141,6 +1149,10 @@ mod tests {
         assert_eq!(
             config(&["--max-request-bytes", "0"]).expect_err("must fail"),
             ConfigError::ZeroMaxRequestBytes
+        );
+        assert_eq!(
+            config(&["--max-txn-ops", "0"]).expect_err("must fail"),
+            ConfigError::ZeroMaxTxnOps
         );
         assert!(matches!(
             config(&["--wal-segment-bytes", "100"]).expect_err("must fail"),

@@ -84,7 +84,6 @@ pub fn node_config(config: &ServerConfig, cluster: &ClusterFile) -> NodeConfig {
         store_config: ballot_mvcc::StoreConfig {
             // etcd's minimum lease TTL: ceil(1.5 election timeouts), in seconds.
             lease_ttl_min_secs: (election_ms * 3).div_ceil(2000).max(1) as i64,
-            ..ballot_mvcc::StoreConfig::default()
         },
         auto_compaction: config.auto_compaction.map(|mode| {
             let check = config

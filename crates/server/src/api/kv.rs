@@ -70,7 +70,7 @@ impl<N: ApiNode> Api<N> {
     }
 
     async fn txn_read(&self, req: TxnRequest) -> Result<TxnResponse, Status> {
-        ballot_mvcc::check_txn(&req, self.txn_ops_max).map_err(error::mvcc)?;
+        ballot_mvcc::check_txn(&req, self.options.max_txn_ops).map_err(error::mvcc)?;
         if !is_txn_serializable(&req) {
             self.node.read_barrier().await?;
         }

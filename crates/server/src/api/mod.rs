@@ -209,6 +209,10 @@ pub struct ApiOptions {
     /// Largest write request (the encoded command) accepted; larger ones get
     /// "etcdserver: request is too large".
     pub max_request_bytes: usize,
+    /// Most compares, or operations in one branch, of a Txn (`--max-txn-ops`); larger ones get
+    /// "etcdserver: too many operations in txn request". Checked here, before proposing, as in
+    /// etcd: applying the log does not depend on it.
+    pub max_txn_ops: usize,
     /// gRPC decode limit: `max_request_bytes` plus 512 KiB, as in etcd; larger messages are
     /// refused by the transport with ResourceExhausted.
     pub grpc_max_receive_bytes: usize,
@@ -248,6 +252,7 @@ impl ApiOptions {
             );
         ApiOptions {
             max_request_bytes: usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
+            max_txn_ops: config.max_txn_ops,
             grpc_max_receive_bytes: config.grpc_max_receive_bytes(),
             watch_progress_notify_interval: progress_interval,
             watch_queue_events_max: 4096,
@@ -376,9 +381,6 @@ async fn oversized_is_resource_exhausted(
 pub struct Api<N> {
     pub(crate) node: N,
     pub(crate) options: Arc<ApiOptions>,
-    /// The store's `--max-txn-ops`, read once: it is fixed for the store's life, and reading it
-    /// per request would take the store lock on the write path.
-    pub(crate) txn_ops_max: usize,
 }
 
 impl<N: ApiNode> Clone for Api<N> {
@@ -386,18 +388,15 @@ impl<N: ApiNode> Clone for Api<N> {
         Api {
             node: self.node.clone(),
             options: Arc::clone(&self.options),
-            txn_ops_max: self.txn_ops_max,
         }
     }
 }
 
 impl<N: ApiNode> Api<N> {
     pub fn new(node: N, options: ApiOptions) -> Api<N> {
-        let txn_ops_max = node.with_store(|store| store.config().txn_ops_max);
         Api {
             node,
             options: Arc::new(options),
-            txn_ops_max,
         }
     }
 
@@ -432,7 +431,7 @@ impl<N: ApiNode> Api<N> {
     /// Replicates a write after etcd's checks that need no state: the request's own validity,
     /// then its size against `--max-request-bytes` (etcd checks the encoded Raft request).
     pub(crate) async fn propose_checked(&self, command: Command) -> Result<ApplyOutcome, Status> {
-        ballot_mvcc::check_command(&command, self.txn_ops_max).map_err(error::mvcc)?;
+        ballot_mvcc::check_command(&command, self.options.max_txn_ops).map_err(error::mvcc)?;
         if command.encoded_len() > self.options.max_request_bytes {
             return Err(error::request_too_large());
         }

@@ -293,6 +293,7 @@ impl ApiNode for LocalNode {
 pub fn test_options() -> ApiOptions {
     ApiOptions {
         max_request_bytes: 1536 * 1024,
+        max_txn_ops: ballot_mvcc::TXN_OPS_MAX_DEFAULT,
         grpc_max_receive_bytes: 1536 * 1024 + 512 * 1024,
         watch_progress_notify_interval: Duration::from_millis(200),
         watch_queue_events_max: 4096,

@@ -24,6 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
+use super::ApiOptions;
 use super::testing::{CLUSTER_ID, MEMBER_ID, TestServer, test_options};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -209,6 +210,58 @@ async fn txn_writes_and_read_only_txns_follow_etcd() {
         Code::InvalidArgument,
         "etcdserver: duplicate key given in txn request",
     );
+}
+
+/// A Txn of `puts` puts and as many compares.
+fn txn_of(puts: usize) -> TxnRequest {
+    TxnRequest {
+        compare: (0..puts)
+            .map(|i| Compare {
+                key: bytes(&format!("k{i}")),
+                target: compare::CompareTarget::Version as i32,
+                result: compare::CompareResult::Equal as i32,
+                target_union: Some(compare::TargetUnion::Version(0)),
+                ..Compare::default()
+            })
+            .collect(),
+        success: (0..puts)
+            .map(|i| RequestOp {
+                request: Some(request_op::Request::RequestPut(put(&format!("k{i}"), "v"))),
+            })
+            .collect(),
+        ..TxnRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn the_txn_size_limit_is_the_members_max_txn_ops() {
+    for limit in [3, 200] {
+        let server = TestServer::start(ApiOptions {
+            max_txn_ops: limit,
+            ..test_options()
+        })
+        .await;
+        let mut kv = KvClient::new(server.channel().await);
+        assert_status(
+            kv.txn(txn_of(limit + 1)).await,
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
+        );
+        let taken = kv.txn(txn_of(limit)).await.expect("txn").into_inner();
+        assert!(taken.succeeded, "limit {limit}");
+        assert_eq!(taken.responses.len(), limit);
+        let written = kv
+            .range(RangeRequest {
+                key: bytes("k"),
+                range_end: Bytes::from(ballot_mvcc::prefix_range_end(b"k")),
+                count_only: true,
+                ..RangeRequest::default()
+            })
+            .await
+            .expect("range")
+            .into_inner();
+        assert_eq!(written.count, limit as i64);
+    }
 }
 
 #[tokio::test]
