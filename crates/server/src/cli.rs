@@ -25,6 +25,17 @@ pub const DEFAULT_PEER_URL: &str = "http://127.0.0.1:2380";
 pub const DEFAULT_NAME: &str = "default";
 /// Cluster token used when `--initial-cluster-token` is not given. etcd uses "etcd-cluster".
 pub const DEFAULT_CLUSTER_TOKEN: &str = "ballot-cluster";
+/// A check interval: a duration (`30m`, `90s`, `500ms`), or 0 (`0`, `0s`) for none.
+fn parse_check_interval(text: &str) -> Result<std::time::Duration, String> {
+    match text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+    {
+        "0" => Ok(std::time::Duration::ZERO),
+        _ => crate::bench::parse_duration(text),
+    }
+}
+
 /// etcd's `--max-request-bytes` default, 1.5 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1536 * 1024;
 /// `--quota-backend-bytes` when 0 is given, etcd's `DefaultQuotaBytes` (2 GiB).
@@ -186,6 +197,30 @@ pub struct MemberArgs {
         allow_negative_numbers = true
     )]
     pub quota_backend_bytes: i64,
+
+    /// On a restart, compare this member's HashKV with every reachable peer's at the same
+    /// revision before serving clients, and refuse to start if one that has compacted to the
+    /// same revision differs ("found data inconsistency with peers").
+    #[arg(
+        long,
+        env = "BALLOT_EXPERIMENTAL_INITIAL_CORRUPT_CHECK",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub experimental_initial_corrupt_check: bool,
+
+    /// How often the leader compares its HashKV with every member's at the same revision
+    /// (`30m`, `90s`, `500ms`); a member that differs gets a CORRUPT alarm, and the cluster
+    /// takes no writes until it is disarmed. 0, the default, turns the check off.
+    #[arg(
+        long,
+        env = "BALLOT_EXPERIMENTAL_CORRUPT_CHECK_TIME",
+        default_value = "0s",
+        value_parser = parse_check_interval
+    )]
+    pub experimental_corrupt_check_time: std::time::Duration,
 
     /// Certificate (PEM) presented on https:// client URLs.
     #[arg(long, env = "BALLOT_CERT_FILE")]

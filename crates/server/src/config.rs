@@ -259,6 +259,11 @@ pub struct ServerConfig {
     pub auto_compaction_check_interval: Option<Duration>,
     /// `--quota-backend-bytes`: `None` for no limit.
     pub quota_backend_bytes: Option<u64>,
+    /// `--experimental-initial-corrupt-check`: compare HashKVs with the peers before serving.
+    pub initial_corrupt_check: bool,
+    /// `--experimental-corrupt-check-time`: how often the leader compares HashKVs; `None` for
+    /// never.
+    pub corrupt_check_interval: Option<Duration>,
     pub log_level: LogLevel,
 }
 
@@ -460,6 +465,9 @@ impl ServerConfig {
                 bytes if bytes < 0 => None,
                 bytes => Some(bytes as u64),
             },
+            initial_corrupt_check: args.experimental_initial_corrupt_check,
+            corrupt_check_interval: Some(args.experimental_corrupt_check_time)
+                .filter(|interval| !interval.is_zero()),
             log_level: args.log_level,
         })
     }

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod corruption;
 pub mod dev;
 pub mod gateway;
 pub mod http;

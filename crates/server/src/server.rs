@@ -57,6 +57,8 @@ pub enum ServerError {
     Join(String),
     #[error("cannot start the node: {0}")]
     Start(#[from] node::StartError),
+    #[error(transparent)]
+    Corruption(#[from] crate::corruption::CorruptionError),
     #[error("{0}")]
     Fatal(String),
     #[error("the client API failed: {0}")]
@@ -157,7 +159,7 @@ pub async fn start_member(
     peer_tls: Option<crate::tls::PeerTlsConfig>,
 ) -> Result<Member, ServerError> {
     let data_dir = DataDir::new(&config.data_dir);
-    let cluster = cluster_file(config, &data_dir, peer_tls.as_ref()).await?;
+    let (cluster, initialized) = cluster_file(config, &data_dir, peer_tls.as_ref()).await?;
     let mode = if cluster.joined {
         StartMode::Join
     } else {
@@ -190,26 +192,42 @@ pub async fn start_member(
         transport.clone(),
         input_rx,
     )?;
+    let handle = started.handle;
+    crate::corruption::answer_peers(&handle, &transport);
+    // As in etcd, a member that has data checks it against its peers before it serves them (or
+    // any client); a new member has nothing to compare yet.
+    if config.initial_corrupt_check
+        && initialized
+        && let Err(error) = crate::corruption::initial_check(&handle, &transport).await
+    {
+        handle.shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(5), wal.shutdown()).await;
+        return Err(error.into());
+    }
     for (listener, tls) in peer_listeners.into_iter().zip(&config.peer_listen_tls) {
         transport.serve(listener, *tls);
     }
+    if let Some(interval) = config.corrupt_check_interval {
+        crate::corruption::spawn_periodic(handle.clone(), transport.clone(), interval);
+    }
     Ok(Member {
-        handle: started.handle,
+        handle,
         transport,
         wal,
     })
 }
 
 /// Reads this member's cluster file, or creates it: from `--initial-cluster` for a new cluster,
-/// from the running cluster's member list for a member joining one.
+/// from the running cluster's member list for a member joining one. The flag says whether the
+/// file was there already (the member has data).
 async fn cluster_file(
     config: &ServerConfig,
     data_dir: &DataDir,
     peer_tls: Option<&crate::tls::PeerTlsConfig>,
-) -> Result<ClusterFile, ServerError> {
+) -> Result<(ClusterFile, bool), ServerError> {
     if let Some(existing) = ClusterFile::read(data_dir)? {
         existing.check_owner(data_dir, &config.advertise_peer_urls)?;
-        return Ok(existing);
+        return Ok((existing, true));
     }
     let cluster = match config.initial_cluster_state {
         ClusterState::New => ClusterFile {
@@ -222,7 +240,7 @@ async fn cluster_file(
         ClusterState::Existing => join_cluster(config, peer_tls).await?,
     };
     cluster.write(data_dir)?;
-    Ok(cluster)
+    Ok((cluster, false))
 }
 
 /// The member registry a new cluster starts from: `--initial-cluster`'s members, all voters.

@@ -64,6 +64,15 @@ const HANDSHAKE_LEN: usize = 8 + 1 + 8 + 8 + 8;
 const CONN_STREAM: u8 = 1;
 const CONN_SNAPSHOT: u8 = 2;
 const CONN_CLUSTER_INFO: u8 = 3;
+/// A member asking another for its HashKV at a revision (the corruption checks; etcd's
+/// `/members/hashkv` peer endpoint).
+const CONN_HASH_KV: u8 = 4;
+
+/// How a HashKV answer begins: the hash, or why there is none.
+const HASH_KV_OK: u8 = 0;
+const HASH_KV_FUTURE_REVISION: u8 = 1;
+const HASH_KV_COMPACTED: u8 = 2;
+const HASH_KV_UNAVAILABLE: u8 = 3;
 
 const STATUS_ACCEPTED: u8 = 0;
 const STATUS_OTHER_CLUSTER: u8 = 1;
@@ -98,6 +107,8 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a HashKV question may take, dialling included (etcd: 5 s).
+const HASH_KV_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -318,6 +329,23 @@ pub trait ClusterInfoSource: Send + Sync + 'static {
     fn cluster_info(&self) -> (u64, Registry);
 }
 
+/// Answers another member's question "what is your HashKV at this revision?" (it may take a
+/// while on a large store: it is called on a blocking thread).
+pub trait HashKvSource: Send + Sync + 'static {
+    fn hash_kv(&self, revision: i64) -> Result<ballot_mvcc::HashKv, ballot_mvcc::MvccError>;
+}
+
+/// A peer's answer to a HashKV question.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerHash {
+    /// Its hash up to the asked revision.
+    Hash(ballot_mvcc::HashKv),
+    /// It has not reached the asked revision (etcd `ErrFutureRev`).
+    FutureRevision,
+    /// It has compacted past the asked revision (etcd `ErrCompacted`).
+    Compacted,
+}
+
 struct Peer {
     urls: Vec<String>,
     queue: mpsc::Sender<Outbound>,
@@ -341,6 +369,7 @@ struct Inner {
     snapshots: SnapshotStore<RealDisk>,
     partials: Mutex<HashMap<PartialKey, Arc<Mutex<PartialSnapshot>>>>,
     cluster_info: Mutex<Option<Arc<dyn ClusterInfoSource>>>,
+    hash_kv: Mutex<Option<Arc<dyn HashKvSource>>>,
     /// For `https` peer URLs (listening and dialling); `None` when every peer URL is `http`.
     tls: Option<PeerTlsConfig>,
 }
@@ -372,6 +401,7 @@ impl Transport {
                 snapshots,
                 partials: Mutex::new(HashMap::new()),
                 cluster_info: Mutex::new(None),
+                hash_kv: Mutex::new(None),
                 tls,
             }),
         }
@@ -383,6 +413,53 @@ impl Transport {
 
     pub fn set_cluster_info_source(&self, source: Arc<dyn ClusterInfoSource>) {
         *lock(&self.inner.cluster_info) = Some(source);
+    }
+
+    pub fn set_hash_kv_source(&self, source: Arc<dyn HashKvSource>) {
+        *lock(&self.inner.hash_kv) = Some(source);
+    }
+
+    /// The members this one has peer URLs for (every other member of the cluster).
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self
+            .inner
+            .peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Asks member `to` for its HashKV at `revision`, on a connection of its own.
+    pub async fn peer_hash_kv(
+        &self,
+        to: NodeId,
+        revision: i64,
+    ) -> Result<PeerHash, TransportError> {
+        let Some(peer) = self.peer(to) else {
+            return Err(TransportError::Refused("no such peer"));
+        };
+        let inner = &self.inner;
+        let exchange = async {
+            let mut stream = dial(
+                inner.tls.as_ref(),
+                &peer.urls,
+                CONN_HASH_KV,
+                inner.cluster_id,
+                inner.member_id,
+                to,
+            )
+            .await?;
+            send_all(&mut stream, &revision.to_le_bytes()).await?;
+            let body = read_frame(&mut stream).await?;
+            decode_peer_hash(&body)
+        };
+        tokio::time::timeout(HASH_KV_TIMEOUT, exchange)
+            .await
+            .map_err(|_| TransportError::Timeout)?
     }
 
     /// Starts accepting peer connections on `listener`, with TLS when `tls` (an `https` peer
@@ -560,12 +637,13 @@ impl Transport {
         }
         match kind {
             CONN_STREAM => self.read_stream(stream, from).await,
+            CONN_HASH_KV => self.answer_hash_kv(stream).await,
             _ => self.receive_snapshot(stream, from).await,
         }
     }
 
     fn check_handshake(&self, kind: u8, cluster_id: u64, from: NodeId, to: NodeId) -> u8 {
-        if kind != CONN_STREAM && kind != CONN_SNAPSHOT {
+        if kind != CONN_STREAM && kind != CONN_SNAPSHOT && kind != CONN_HASH_KV {
             return STATUS_BAD_KIND;
         }
         if cluster_id != self.inner.cluster_id {
@@ -593,6 +671,41 @@ impl Transport {
         buf.put_u32_le(0);
         put_varint(&mut buf, cluster_id);
         registry.encode_to(&mut buf);
+        finish_frame(&mut buf, start);
+        send_all(&mut stream, &buf).await?;
+        Ok(())
+    }
+
+    async fn answer_hash_kv(&self, mut stream: PeerStream) -> Result<(), TransportError> {
+        let mut revision = [0u8; 8];
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut revision))
+            .await
+            .map_err(|_| TransportError::Timeout)??;
+        let revision = i64::from_le_bytes(revision);
+        let source = lock(&self.inner.hash_kv).clone();
+        let answer = match source {
+            None => None,
+            Some(source) => tokio::task::spawn_blocking(move || source.hash_kv(revision))
+                .await
+                .ok(),
+        };
+        let mut buf = BytesMut::new();
+        let start = buf.len();
+        buf.put_u32_le(0);
+        match answer {
+            Some(Ok(hash)) => {
+                buf.put_u8(HASH_KV_OK);
+                buf.put_u32_le(hash.hash);
+                buf.put_i64_le(hash.compact_revision);
+                buf.put_i64_le(hash.hash_revision);
+                buf.put_i64_le(hash.current_revision);
+            }
+            Some(Err(ballot_mvcc::MvccError::FutureRevision)) => {
+                buf.put_u8(HASH_KV_FUTURE_REVISION)
+            }
+            Some(Err(ballot_mvcc::MvccError::Compacted)) => buf.put_u8(HASH_KV_COMPACTED),
+            Some(Err(_)) | None => buf.put_u8(HASH_KV_UNAVAILABLE),
+        }
         finish_frame(&mut buf, start);
         send_all(&mut stream, &buf).await?;
         Ok(())
@@ -786,6 +899,26 @@ async fn dial_addr(
         return Err(TransportError::Refused(refusal_reason(status)));
     }
     Ok(stream)
+}
+
+/// Reads a HashKV answer (see `Transport::answer_hash_kv`).
+fn decode_peer_hash(body: &[u8]) -> Result<PeerHash, TransportError> {
+    let bad = || TransportError::Protocol(format!("a HashKV answer of {} bytes", body.len()));
+    let (&tag, rest) = body.split_first().ok_or_else(bad)?;
+    match (tag, rest.len()) {
+        (HASH_KV_OK, 28) => Ok(PeerHash::Hash(ballot_mvcc::HashKv {
+            hash: u32::from_le_bytes(rest[..4].try_into().map_err(|_| bad())?),
+            compact_revision: i64::from_le_bytes(array8(&rest[4..12])),
+            hash_revision: i64::from_le_bytes(array8(&rest[12..20])),
+            current_revision: i64::from_le_bytes(array8(&rest[20..28])),
+        })),
+        (HASH_KV_FUTURE_REVISION, 0) => Ok(PeerHash::FutureRevision),
+        (HASH_KV_COMPACTED, 0) => Ok(PeerHash::Compacted),
+        (HASH_KV_UNAVAILABLE, 0) => Err(TransportError::Refused(
+            "the peer cannot compute its HashKV",
+        )),
+        _ => Err(bad()),
+    }
 }
 
 /// Asks the members at `peer_urls` which cluster they form and who is in it (a member joining

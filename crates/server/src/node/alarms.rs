@@ -79,6 +79,13 @@ impl Alarms {
             .any(|(_, alarm)| *alarm == AlarmType::Nospace as i32)
     }
 
+    /// Whether any member's CORRUPT alarm is up.
+    pub fn corrupt(&self) -> bool {
+        self.raised
+            .iter()
+            .any(|(_, alarm)| *alarm == AlarmType::Corrupt as i32)
+    }
+
     pub fn contains(&self, member_id: u64, alarm: AlarmType) -> bool {
         self.raised.contains(&(member_id, alarm as i32))
     }

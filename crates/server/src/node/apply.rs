@@ -169,6 +169,15 @@ impl Applier {
             envelope.origin.member_id == self.shared.member_id && envelope.origin.request_id != 0;
         let answer = match envelope.body {
             Body::Command(bytes) => match Command::decode(bytes) {
+                // etcd's corrupt applier: while a CORRUPT alarm is up, every member refuses
+                // every write (lease checkpoints aside), so all of them skip the same entries.
+                Ok(command)
+                    if refused_when_corrupt(&command)
+                        && lock_read(&self.shared.alarms).corrupt() =>
+                {
+                    store.skip(entry.index);
+                    Err(super::NodeError::Corrupt)
+                }
                 // etcd's capped applier: while a NOSPACE alarm is up, every member refuses what
                 // would grow the state, so all of them skip the same entries.
                 Ok(command)
@@ -495,4 +504,19 @@ async fn take_snapshot(shared: &Arc<NodeShared>, state: CapturedState) -> Result
     }
     tracing::info!(index, compact_through, bytes = size, "snapshot taken");
     Ok(())
+}
+
+/// What etcd's corrupt applier refuses: every command that changes the keys or the leases,
+/// except a lease checkpoint (which only records remaining TTLs). Read-only requests never
+/// reach the log, so reads go on.
+fn refused_when_corrupt(command: &Command) -> bool {
+    match command {
+        Command::Put(_)
+        | Command::DeleteRange(_)
+        | Command::Txn(_)
+        | Command::Compact(_)
+        | Command::LeaseGrant { .. }
+        | Command::LeaseRevoke { .. } => true,
+        Command::LeaseCheckpoint { .. } => false,
+    }
 }

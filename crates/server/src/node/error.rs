@@ -26,6 +26,10 @@ pub enum NodeError {
     /// (etcd's answer when its space quota is exceeded).
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// A CORRUPT alarm is up: a member's data was found to differ from the others', and no
+    /// write is taken until an operator disarms it (etcd's corrupt applier).
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     /// The request is larger than `--max-request-bytes`.
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
@@ -78,6 +82,7 @@ impl NodeError {
             | NodeError::LeaderChanged
             | NodeError::Stopped => Code::Unavailable,
             NodeError::TooManyRequests | NodeError::NoSpace => Code::ResourceExhausted,
+            NodeError::Corrupt => Code::DataLoss,
             NodeError::RequestTooLarge | NodeError::MemberBadUrls => Code::InvalidArgument,
             NodeError::Mvcc(error) => match error.grpc_code() {
                 ballot_mvcc::GrpcCode::InvalidArgument => Code::InvalidArgument,

@@ -831,6 +831,12 @@ impl NodeHandle {
         raised
     }
 
+    /// Waits until this member has applied every entry it knew to be committed (after a
+    /// restart: what its own log holds), bounded by the request timeout.
+    pub async fn applied_committed(&self) -> Result<(), NodeError> {
+        self.shared.apply_committed().await
+    }
+
     /// Every alarm raised, as this member has applied them (for Status and `/health`).
     pub fn alarms(&self) -> Vec<AlarmMember> {
         self.alarms_of(AlarmType::None as i32)

@@ -20,6 +20,8 @@ pub const SNAPSHOT_COUNT: u64 = 300;
 /// Small WAL segments make segment rotation and cleanup part of every run, when the binary has
 /// the flag (`ballot --help` is consulted; older binaries run without it).
 pub const WAL_SEGMENT_BYTES: u64 = 256 * 1024;
+/// How often the leader compares HashKVs with every member: many times during a run.
+pub const CORRUPT_CHECK_MS: u64 = 300;
 pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
 
@@ -240,6 +242,15 @@ impl FaultCluster {
             .join(",");
         let segment_flag = binary_has_flag("--wal-segment-bytes")
             .then(|| format!("--wal-segment-bytes={WAL_SEGMENT_BYTES}"));
+        // Both corruption checks, often: a restarted member that finds its data different from
+        // a peer's refuses to start, and a CORRUPT alarm stops every write, so a false finding
+        // under the faults fails the run (`assert_alive`, `write_served`).
+        let corruption_flags = binary_has_flag("--experimental-corrupt-check-time").then(|| {
+            [
+                "--experimental-initial-corrupt-check".to_string(),
+                format!("--experimental-corrupt-check-time={CORRUPT_CHECK_MS}ms"),
+            ]
+        });
         let members = (0..size)
             .map(|index| {
                 let name = format!("m{index}");
@@ -259,6 +270,7 @@ impl FaultCluster {
                     format!("--snapshot-count={SNAPSHOT_COUNT}"),
                 ];
                 args.extend(segment_flag.clone());
+                args.extend(corruption_flags.iter().flatten().cloned());
                 args.extend(tls_flags.iter().cloned());
                 Member {
                     log: dir.0.join(format!("{name}.log")),
