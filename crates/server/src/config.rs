@@ -1149,6 +1149,31 @@ mod tests {
     }
 
     #[test]
+    fn corruption_checks_are_off_unless_asked() {
+        let defaults = config(&[]).expect("defaults");
+        assert!(!defaults.initial_corrupt_check);
+        assert_eq!(defaults.corrupt_check_interval, None);
+        let on = config(&[
+            "--experimental-initial-corrupt-check",
+            "--experimental-corrupt-check-time",
+            "5m",
+        ])
+        .expect("valid");
+        assert!(on.initial_corrupt_check);
+        assert_eq!(on.corrupt_check_interval, Some(Duration::from_secs(300)));
+        // etcd's spellings of "off".
+        let off = config(&[
+            "--experimental-initial-corrupt-check=false",
+            "--experimental-corrupt-check-time=0s",
+        ])
+        .expect("valid");
+        assert!(!off.initial_corrupt_check);
+        assert_eq!(off.corrupt_check_interval, None);
+        let argv = ["ballot", "--experimental-corrupt-check-time", "often"];
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
+
+    #[test]
     fn other_numbers_are_validated() {
         assert_eq!(
             config(&["--snapshot-count", "0"]).expect_err("must fail"),
