@@ -311,7 +311,7 @@ async fn watch<N: ApiNode>(State(api): State<Api<N>>, body: Bytes) -> Response {
     };
     let inbound =
         futures::stream::iter(requests.into_iter().map(Ok)).chain(futures::stream::pending());
-    stream_response(api.watch_session(Box::pin(inbound))).await
+    stream_response(api.watch_session(Box::pin(inbound), false)).await
 }
 
 /// `POST /v3/lease/keepalive`: one answer per keep-alive request in the body.
@@ -321,5 +321,5 @@ async fn keep_alive<N: ApiNode>(State(api): State<Api<N>>, body: Bytes) -> Respo
         Err(status) => return error_response(&status),
     };
     let inbound = futures::stream::iter(requests.into_iter().map(Ok));
-    stream_response(api.keep_alive_session(inbound)).await
+    stream_response(api.keep_alive_session(inbound, false)).await
 }

@@ -266,6 +266,15 @@ fn dispatch<N: ApiNode>(
     request: Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    // etcd's interceptors: a call with `hasleader: true` fails at once on a member without a
+    // leader, whatever it asks, so the client goes to another member.
+    if let Some(api) = &service.kv
+        && crate::api::requires_leader(request.headers())
+        && api.node().leader_id() == 0
+    {
+        send_unary(respond, Err(crate::node::NodeError::NoLeader.into()));
+        return Box::pin(std::future::ready(()));
+    }
     if let Some(api) = &service.kv
         && let Some(method) = KvMethod::of(&request)
     {

@@ -275,3 +275,105 @@ async fn keep_alives_through_a_follower_keep_a_lease() {
     .await;
     assert!(expired.is_some(), "{}", cluster.logs());
 }
+
+/// A watch stream on `channel`, with clientv3's `WithRequireLeader` metadata when
+/// `require_leader`, watching `key`; returns the request sender (kept open) and the responses
+/// after the created one.
+async fn watch_on(
+    channel: tonic::transport::Channel,
+    key: &str,
+    require_leader: bool,
+) -> (
+    mpsc::Sender<WatchRequest>,
+    tonic::Streaming<ballot_proto::etcdserverpb::WatchResponse>,
+) {
+    let (requests, receiver) = mpsc::channel(2);
+    let mut request = tonic::Request::new(ReceiverStream::new(receiver));
+    if require_leader {
+        request.metadata_mut().insert(
+            "hasleader",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+    }
+    let mut responses = WatchClient::new(channel)
+        .watch(request)
+        .await
+        .expect("watch")
+        .into_inner();
+    requests
+        .send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: bytes(key),
+                ..WatchCreateRequest::default()
+            })),
+        })
+        .await
+        .expect("stream open");
+    let created = responses.next().await.expect("created").expect("ok");
+    assert!(created.created);
+    (requests, responses)
+}
+
+/// A leader whose followers are gone steps down (check quorum), and then, as in etcd: writes
+/// and linearizable reads fail fast with "etcdserver: no leader" (Unavailable, which clients
+/// retry elsewhere), serializable reads are served from its store, a watch opened with
+/// `hasleader` ends with "etcdserver: no leader", and a watch without it stays open and sees
+/// the next write once the followers are back.
+#[tokio::test]
+async fn a_leader_without_quorum_steps_down_and_fails_fast() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let survivor = cluster.leader_index().await;
+    let channel = cluster.members[survivor].channel().await;
+    let mut kv = KvClient::new(channel.clone());
+    kv.put(put("q", "1")).await.expect("put");
+    let (_required_requests, mut required) = watch_on(channel.clone(), "q", true).await;
+    let (_plain_requests, mut plain) = watch_on(channel.clone(), "q", false).await;
+
+    for other in (0..3).filter(|index| *index != survivor) {
+        cluster.members[other].kill();
+    }
+    let ended = tokio::time::timeout(api_support::DEADLINE, required.next()).await;
+    match ended {
+        Ok(Some(Err(status))) => {
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            assert_eq!(status.message(), "etcdserver: no leader");
+        }
+        other => panic!(
+            "expected the hasleader watch to end, got {other:?}\n{}",
+            cluster.logs()
+        ),
+    }
+    let refused = kv.put(put("q", "lost")).await.expect_err("no quorum");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(refused.message(), "etcdserver: no leader");
+    let refused = kv.range(get("q")).await.expect_err("no quorum");
+    assert_eq!(refused.message(), "etcdserver: no leader");
+    let serializable = kv
+        .range(ballot_proto::etcdserverpb::RangeRequest {
+            serializable: true,
+            ..get("q")
+        })
+        .await
+        .expect("a serializable read is served locally")
+        .into_inner();
+    assert_eq!(serializable.kvs[0].value, bytes("1"));
+
+    for other in (0..3).filter(|index| *index != survivor) {
+        cluster.restart(other, &[]);
+    }
+    cluster.wait_for_leader().await;
+    let written = eventually("a write once the quorum is back", || async {
+        KvClient::new(channel.clone()).put(put("q", "2")).await.ok()
+    })
+    .await;
+    assert!(written.is_some(), "{}", cluster.logs());
+    let event = tokio::time::timeout(api_support::DEADLINE, plain.next())
+        .await
+        .expect("an event in time")
+        .expect("stream open")
+        .expect("ok");
+    assert_eq!(
+        event.events[0].kv.as_ref().map(|kv| kv.value.clone()),
+        Some(bytes("2"))
+    );
+}

@@ -92,17 +92,37 @@ impl<N: ApiNode> Api<N> {
 }
 
 /// Serves one keep-alive stream: each request is answered in order; a node error (no leader,
-/// timeout) ends the stream with that error so the client retries, as etcd does.
+/// timeout) ends the stream with that error so the client retries, as etcd does. With
+/// `require_leader` (the `hasleader` metadata) the stream also ends with "etcdserver: no
+/// leader" once this member has lost its leader for three election timeouts.
 async fn keep_alive_loop<N: ApiNode, S>(
     api: Api<N>,
     mut inbound: S,
     outbound: mpsc::Sender<Result<LeaseKeepAliveResponse, Status>>,
+    require_leader: bool,
 ) where
     S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin,
 {
     metrics().lease_keep_alive_streams.inc();
     let mut final_code = tonic::Code::Ok;
-    while let Some(Ok(req)) = inbound.next().await {
+    let mut leader_lost = std::pin::pin!(super::leader_lost_if(
+        api.node.clone(),
+        api.options.election_timeout,
+        require_leader,
+    ));
+    loop {
+        let req = tokio::select! {
+            message = inbound.next() => match message {
+                Some(Ok(req)) => req,
+                _ => break,
+            },
+            () = &mut leader_lost => {
+                let status = Status::from(crate::node::NodeError::NoLeader);
+                final_code = status.code();
+                let _ = outbound.send(Err(status)).await;
+                break;
+            }
+        };
         let answer = api.lease_keep_alive_once(req).await;
         if let Err(status) = &answer {
             final_code = status.code();
@@ -121,12 +141,17 @@ async fn keep_alive_loop<N: ApiNode, S>(
 impl<N: ApiNode> Api<N> {
     /// Answers each keep-alive read from `inbound` (a gRPC stream, or the JSON gateway's) until
     /// it ends or one fails.
-    pub(crate) fn keep_alive_session<S>(&self, inbound: S) -> KeepAliveStream
+    pub(crate) fn keep_alive_session<S>(&self, inbound: S, require_leader: bool) -> KeepAliveStream
     where
         S: Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
     {
         let (outbound, receiver) = mpsc::channel(KEEP_ALIVE_OUTBOUND_MAX);
-        tokio::spawn(keep_alive_loop(self.clone(), inbound, outbound));
+        tokio::spawn(keep_alive_loop(
+            self.clone(),
+            inbound,
+            outbound,
+            require_leader,
+        ));
         Box::pin(ReceiverStream::new(receiver))
     }
 }
@@ -158,7 +183,10 @@ impl<N: ApiNode> Lease for Api<N> {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        Ok(Response::new(self.keep_alive_session(request.into_inner())))
+        let require_leader = super::requires_leader(request.metadata().as_ref());
+        Ok(Response::new(
+            self.keep_alive_session(request.into_inner(), require_leader),
+        ))
     }
 
     async fn lease_time_to_live(

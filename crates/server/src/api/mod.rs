@@ -66,6 +66,8 @@ pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
 pub trait ApiNode: Clone + Send + Sync + 'static {
     fn member_id(&self) -> u64;
     fn cluster_id(&self) -> u64;
+    /// The leader this member knows, 0 for none.
+    fn leader_id(&self) -> u64;
     /// A full header for a response at `revision`.
     fn header(&self, revision: i64) -> ResponseHeader;
     fn propose(
@@ -187,6 +189,9 @@ impl ApiNode for NodeHandle {
     fn status(&self) -> NodeStatus {
         NodeHandle::status(self)
     }
+    fn leader_id(&self) -> u64 {
+        NodeHandle::leader_id(self)
+    }
     fn backup_snapshot(&self) -> impl Future<Output = Result<Bytes, NodeError>> + Send {
         NodeHandle::backup_snapshot(self)
     }
@@ -224,6 +229,55 @@ pub struct ApiOptions {
     pub watch_queue_events_max: usize,
     /// How long HTTP `/health` waits for its linearizable read.
     pub health_timeout: Duration,
+    /// `--election-timeout`: streams opened with `hasleader` end once this member has seen no
+    /// leader at three checks this far apart (etcd's `monitorLeader`).
+    pub election_timeout: Duration,
+}
+
+/// The gRPC metadata a client sends to be served only by a member that has a leader (etcd
+/// `rpctypes.MetadataRequireLeaderKey`, set by clientv3's `WithRequireLeader`).
+pub const REQUIRE_LEADER_KEY: &str = "hasleader";
+
+/// Whether `headers` (a gRPC call's metadata) ask for a member with a leader.
+pub fn requires_leader(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(REQUIRE_LEADER_KEY)
+        .is_some_and(|value| value.as_bytes() == b"true")
+}
+
+/// etcd's `monitorLeader` for one stream opened with `hasleader`: completes once `node` has had
+/// no leader at three consecutive checks one election timeout apart (a stream costs more to
+/// reopen than a request, so streams get that long; new calls are refused at once).
+pub(crate) async fn leader_lost<N: ApiNode>(node: &N, election_timeout: Duration) {
+    const CHECKS_WITHOUT_LEADER: u32 = 3;
+    let start = tokio::time::Instant::now() + election_timeout;
+    let mut checks = tokio::time::interval_at(start, election_timeout);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut without_leader = 0;
+    loop {
+        checks.tick().await;
+        if node.leader_id() == 0 {
+            without_leader += 1;
+            if without_leader >= CHECKS_WITHOUT_LEADER {
+                return;
+            }
+        } else {
+            without_leader = 0;
+        }
+    }
+}
+
+/// [`leader_lost`] when `required`, else never.
+pub(crate) async fn leader_lost_if<N: ApiNode>(
+    node: N,
+    election_timeout: Duration,
+    required: bool,
+) {
+    if required {
+        leader_lost(&node, election_timeout).await;
+    } else {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// etcd's default `--experimental-watch-progress-notify-interval`.
@@ -259,6 +313,7 @@ impl ApiOptions {
             // etcd's /health waits up to its request timeout; 5 s, or two election timeouts when
             // that is longer, lets an election under way finish before the probe gives up.
             health_timeout: Duration::from_secs(5).max(config.election_timeout * 2),
+            election_timeout: config.election_timeout,
         }
     }
 }

@@ -243,6 +243,9 @@ impl ApiNode for LocalNode {
         Ok(())
     }
 
+    fn leader_id(&self) -> u64 {
+        self.state.leader_id.load(Ordering::SeqCst)
+    }
     fn status(&self) -> NodeStatus {
         let applied = self.with_store(Store::last_applied);
         NodeStatus {
@@ -298,6 +301,7 @@ pub fn test_options() -> ApiOptions {
         watch_progress_notify_interval: Duration::from_millis(200),
         watch_queue_events_max: 4096,
         health_timeout: Duration::from_secs(2),
+        election_timeout: Duration::from_millis(100),
     }
 }
 

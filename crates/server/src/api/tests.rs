@@ -370,6 +370,105 @@ async fn without_a_leader_requests_fail_fast_as_unavailable() {
     assert_eq!(status.errors, vec!["etcdserver: no leader".to_owned()]);
 }
 
+/// A request carrying `hasleader: true` when `require_leader` (clientv3's `WithRequireLeader`).
+fn with_require_leader<T>(message: T, require_leader: bool) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if require_leader {
+        request.metadata_mut().insert(
+            "hasleader",
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+    }
+    request
+}
+
+/// With `hasleader`, etcd's interceptors refuse any call on a member without a leader, the
+/// serializable reads it would otherwise serve included, and end open Watch and
+/// LeaseKeepAlive streams once the leader has been gone for three election timeouts; streams
+/// without it stay open.
+#[tokio::test]
+async fn calls_that_require_a_leader_fail_and_their_streams_end_without_one() {
+    let (server, channel) = server().await;
+    let mut kv = KvClient::new(channel.clone());
+    kv.put(put("a", "1")).await.expect("put");
+    let serializable = || RangeRequest {
+        serializable: true,
+        ..get("a")
+    };
+    kv.range(with_require_leader(serializable(), true))
+        .await
+        .expect("served while there is a leader");
+    let id = LeaseClient::new(channel.clone())
+        .lease_grant(LeaseGrantRequest {
+            ttl: 60,
+            ..LeaseGrantRequest::default()
+        })
+        .await
+        .expect("grant")
+        .into_inner()
+        .id;
+    let (keep_alive_requests, receiver) = mpsc::channel(4);
+    let mut keep_alives = LeaseClient::new(channel.clone())
+        .lease_keep_alive(with_require_leader(ReceiverStream::new(receiver), true))
+        .await
+        .expect("open keep-alive stream")
+        .into_inner();
+    keep_alive_requests
+        .send(LeaseKeepAliveRequest { id })
+        .await
+        .expect("stream open");
+    let renewed = tokio::time::timeout(WAIT, keep_alives.next()).await;
+    assert!(matches!(renewed, Ok(Some(Ok(_)))), "{renewed:?}");
+    let mut required = Watcher::open_with(channel.clone(), true).await;
+    required.create(watch_key("w")).await;
+    assert!(required.next().await.created);
+    let mut plain = Watcher::open(channel.clone()).await;
+    plain.create(watch_key("w")).await;
+    assert!(plain.next().await.created);
+
+    server.node.set_leader(0);
+    assert_status(
+        kv.range(with_require_leader(serializable(), true)).await,
+        Code::Unavailable,
+        "etcdserver: no leader",
+    );
+    assert_status(
+        MaintenanceClient::new(channel.clone())
+            .status(with_require_leader(StatusRequest {}, true))
+            .await,
+        Code::Unavailable,
+        "etcdserver: no leader",
+    );
+    kv.range(serializable())
+        .await
+        .expect("served without hasleader");
+    for ended in [
+        tokio::time::timeout(WAIT, required.responses.next())
+            .await
+            .map(|next| next.map(|answer| answer.map(|_| ()))),
+        tokio::time::timeout(WAIT, keep_alives.next())
+            .await
+            .map(|next| next.map(|answer| answer.map(|_| ()))),
+    ] {
+        match ended {
+            Ok(Some(Err(status))) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert_eq!(status.message(), "etcdserver: no leader");
+            }
+            other => panic!("expected the stream to end with no leader, got {other:?}"),
+        }
+    }
+
+    // The stream opened without `hasleader` is still there once a leader is back.
+    server.node.set_leader(MEMBER_ID);
+    kv.put(put("w", "after")).await.expect("put");
+    let event = plain.next().await;
+    assert_eq!(
+        event.events[0].kv.as_ref().map(|kv| kv.value.clone()),
+        Some(bytes("after"))
+    );
+}
+
 /// One open watch stream.
 struct Watcher {
     requests: mpsc::Sender<WatchRequest>,
@@ -378,10 +477,18 @@ struct Watcher {
 
 impl Watcher {
     async fn open(channel: Channel) -> Watcher {
+        Watcher::open_with(channel, false).await
+    }
+
+    /// Opens a stream, with clientv3's `WithRequireLeader` metadata when `require_leader`.
+    async fn open_with(channel: Channel, require_leader: bool) -> Watcher {
         let (requests, receiver) = mpsc::channel(16);
         let responses = WatchClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
-            .watch(ReceiverStream::new(receiver))
+            .watch(with_require_leader(
+                ReceiverStream::new(receiver),
+                require_leader,
+            ))
             .await
             .expect("open watch stream")
             .into_inner();

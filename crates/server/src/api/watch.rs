@@ -49,20 +49,25 @@ impl<N: ApiNode> Watch for Api<N> {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Ok(Response::new(self.watch_session(request.into_inner())))
+        let require_leader = super::requires_leader(request.metadata().as_ref());
+        Ok(Response::new(
+            self.watch_session(request.into_inner(), require_leader),
+        ))
     }
 }
 
 impl<N: ApiNode> Api<N> {
     /// Starts a watch session reading its requests from `inbound` (a gRPC stream, or the JSON
-    /// gateway's) and returns its responses.
-    pub(crate) fn watch_session<S>(&self, inbound: S) -> WatchResponses
+    /// gateway's) and returns its responses. With `require_leader` (the `hasleader` metadata)
+    /// the stream ends with "etcdserver: no leader" once this member has lost its leader for
+    /// three election timeouts, so the client moves to a member that is not cut off.
+    pub(crate) fn watch_session<S>(&self, inbound: S, require_leader: bool) -> WatchResponses
     where
         S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     {
         let (outbound, receiver) = mpsc::channel(WATCH_OUTBOUND_MAX);
         let session = WatchSession::new(self.clone(), outbound);
-        tokio::spawn(session.run(inbound));
+        tokio::spawn(session.run(inbound, require_leader));
         Box::pin(ReceiverStream::new(receiver))
     }
 }
@@ -93,11 +98,17 @@ impl<N: ApiNode> WatchSession<N> {
         }
     }
 
-    async fn run<S>(mut self, mut inbound: S)
+    async fn run<S>(mut self, mut inbound: S, require_leader: bool)
     where
         S: Stream<Item = Result<WatchRequest, Status>> + Send + Unpin,
     {
         metrics().watch_streams.inc();
+        let mut leader_lost = std::pin::pin!(super::leader_lost_if(
+            self.api.node.clone(),
+            self.api.options.election_timeout,
+            require_leader,
+        ));
+        let mut code = tonic::Code::Ok;
         let period = self.api.options.watch_progress_notify_interval;
         let mut progress = interval_at(Instant::now() + period, period);
         progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -120,15 +131,19 @@ impl<N: ApiNode> WatchSession<N> {
                 () = self.stream.changed() => {}
                 _ = progress.tick() => self.stream.progress_tick(),
                 () = self.outbound.closed() => break,
+                () = &mut leader_lost => {
+                    let status = Status::from(crate::node::NodeError::NoLeader);
+                    code = status.code();
+                    let _ = self.outbound.send(Err(status)).await;
+                    break;
+                }
             }
         }
         metrics()
             .watchers
             .add(-i64::try_from(self.live.len()).unwrap_or(i64::MAX));
         metrics().watch_streams.dec();
-        metrics()
-            .grpc
-            .handled(GrpcMethod::WatchWatch, tonic::Code::Ok);
+        metrics().grpc.handled(GrpcMethod::WatchWatch, code);
     }
 
     fn handle(&mut self, request: WatchRequest) {
