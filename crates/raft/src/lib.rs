@@ -19,6 +19,7 @@ mod raft;
 mod read_only;
 pub mod types;
 
+pub use confchange::apply as apply_conf_change;
 #[cfg(feature = "defects")]
 pub use config::Defect;
 pub use config::{Config, ReadOnlyOption};

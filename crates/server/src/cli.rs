@@ -222,6 +222,30 @@ pub struct MemberArgs {
     )]
     pub experimental_corrupt_check_time: std::time::Duration,
 
+    /// Restart this member alone, as a one-member cluster keeping its data, after its cluster
+    /// has lost its quorum for good: entries it never knew to be committed are discarded and
+    /// every other member is removed. Use once, then restart without it; never restart the
+    /// old members with their data. Ignored by a member without data.
+    #[arg(
+        long,
+        env = "BALLOT_FORCE_NEW_CLUSTER",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub force_new_cluster: bool,
+
+    /// How often watchers created with `progress_notify` get an empty response carrying the
+    /// current revision (`10m`, `5s`, `500ms`).
+    #[arg(
+        long,
+        env = "BALLOT_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = crate::bench::parse_duration
+    )]
+    pub experimental_watch_progress_notify_interval: std::time::Duration,
+
     /// Certificate (PEM) presented on https:// client URLs.
     #[arg(long, env = "BALLOT_CERT_FILE")]
     pub cert_file: Option<PathBuf>,

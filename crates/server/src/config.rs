@@ -259,6 +259,10 @@ pub struct ServerConfig {
     pub auto_compaction_check_interval: Option<Duration>,
     /// `--quota-backend-bytes`: `None` for no limit.
     pub quota_backend_bytes: Option<u64>,
+    /// `--force-new-cluster`: restart alone from this member's data.
+    pub force_new_cluster: bool,
+    /// `--experimental-watch-progress-notify-interval`.
+    pub watch_progress_notify_interval: Duration,
     /// `--experimental-initial-corrupt-check`: compare HashKVs with the peers before serving.
     pub initial_corrupt_check: bool,
     /// `--experimental-corrupt-check-time`: how often the leader compares HashKVs; `None` for
@@ -465,6 +469,8 @@ impl ServerConfig {
                 bytes if bytes < 0 => None,
                 bytes => Some(bytes as u64),
             },
+            force_new_cluster: args.force_new_cluster,
+            watch_progress_notify_interval: args.experimental_watch_progress_notify_interval,
             initial_corrupt_check: args.experimental_initial_corrupt_check,
             corrupt_check_interval: Some(args.experimental_corrupt_check_time)
                 .filter(|interval| !interval.is_zero()),
@@ -1151,6 +1157,10 @@ mod tests {
     #[test]
     fn corruption_checks_are_off_unless_asked() {
         let defaults = config(&[]).expect("defaults");
+        assert_eq!(
+            defaults.watch_progress_notify_interval,
+            Duration::from_secs(600)
+        );
         assert!(!defaults.initial_corrupt_check);
         assert_eq!(defaults.corrupt_check_interval, None);
         let on = config(&[

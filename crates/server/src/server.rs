@@ -59,6 +59,8 @@ pub enum ServerError {
     Start(#[from] node::StartError),
     #[error(transparent)]
     Corruption(#[from] crate::corruption::CorruptionError),
+    #[error(transparent)]
+    ForceNewCluster(#[from] node::force_new::ForceNewClusterError),
     #[error("{0}")]
     Fatal(String),
     #[error("the client API failed: {0}")]
@@ -167,7 +169,7 @@ pub async fn start_member(
             voters: cluster.seed.records().map(|member| member.id).collect(),
         }
     };
-    let opened = {
+    let mut opened = {
         let data_dir = data_dir.clone();
         let cluster = cluster.clone();
         let settings = storage::WalSettings::from_config(config);
@@ -175,6 +177,9 @@ pub async fn start_member(
             .await
             .map_err(|error| ServerError::Fatal(error.to_string()))??
     };
+    if config.force_new_cluster {
+        force_new_cluster(&mut opened, cluster.member_id).await?;
+    }
     let wal = opened.wal.clone();
     let (input_tx, input_rx) = mpsc::channel(node::PEER_INPUT_DEPTH);
     let transport = Transport::new(
@@ -215,6 +220,38 @@ pub async fn start_member(
         transport,
         wal,
     })
+}
+
+/// `--force-new-cluster`: rewrites the recovered state into a one-member cluster
+/// (`node::force_new`) and makes the appended entries and the new hard state durable before the
+/// node starts from them.
+async fn force_new_cluster(opened: &mut storage::Opened, me: u64) -> Result<(), ServerError> {
+    let Some(recovered) = opened.recovered.as_mut() else {
+        tracing::warn!("--force-new-cluster: this member has no data yet; starting as configured");
+        return Ok(());
+    };
+    let forced = node::force_new::force_new_cluster(&mut recovered.restore, me)?;
+    if !forced.appended.is_empty() {
+        let write = ballot_wal::Write {
+            snapshot: None,
+            entries: forced.appended.iter().map(storage::entry_to_wal).collect(),
+            hard_state: Some(storage::hard_state_to_wal(&recovered.restore.hard_state)),
+        };
+        opened
+            .wal
+            .append(write)
+            .await
+            .map_err(|error| ServerError::Fatal(format!("--force-new-cluster: {error}")))?;
+    }
+    let removed: Vec<String> = forced.removed.iter().map(|id| format!("{id:x}")).collect();
+    tracing::warn!(
+        removed = ?removed,
+        committed_past_the_persisted_commit = forced.committed_beyond_hint,
+        commit_index = recovered.restore.hard_state.commit,
+        "forced a new one-member cluster from this member's data; do not restart the removed \
+         members with their old data"
+    );
+    Ok(())
 }
 
 /// Reads this member's cluster file, or creates it: from `--initial-cluster` for a new cluster,

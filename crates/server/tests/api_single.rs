@@ -236,6 +236,62 @@ async fn watch_sees_writes_in_order_with_prev_kv() {
     assert!(seen[0].2 < seen[1].2 && seen[1].2 < seen[2].2);
 }
 
+/// `--experimental-watch-progress-notify-interval`: a watcher created with `progress_notify`
+/// gets empty responses carrying the current revision at that pace, one without it none.
+#[tokio::test]
+async fn progress_notifications_come_at_the_configured_interval() {
+    let cluster = Cluster::start(
+        1,
+        &["--experimental-watch-progress-notify-interval", "200ms"],
+    )
+    .await;
+    let channel = cluster.members[0].channel().await;
+    let revision = KvClient::new(channel.clone())
+        .put(put("p", "1"))
+        .await
+        .expect("put")
+        .into_inner()
+        .header
+        .expect("header")
+        .revision;
+    let (requests, receiver) = mpsc::channel(4);
+    let mut responses = WatchClient::new(channel)
+        .watch(ReceiverStream::new(receiver))
+        .await
+        .expect("watch")
+        .into_inner();
+    for (key, progress_notify) in [("quiet", false), ("p", true)] {
+        requests
+            .send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: bytes(key),
+                    progress_notify,
+                    ..WatchCreateRequest::default()
+                })),
+            })
+            .await
+            .expect("stream open");
+    }
+    let mut next = async || {
+        tokio::time::timeout(api_support::DEADLINE, responses.next())
+            .await
+            .expect("a watch response in time")
+            .expect("stream open")
+            .expect("no error")
+    };
+    assert!(next().await.created);
+    assert!(next().await.created);
+    for _ in 0..3 {
+        let progress = next().await;
+        assert_eq!(
+            progress.watch_id, 1,
+            "only the progress_notify watcher: {progress:?}"
+        );
+        assert!(progress.events.is_empty() && !progress.created && !progress.canceled);
+        assert_eq!(progress.header.expect("header").revision, revision);
+    }
+}
+
 #[tokio::test]
 async fn leases_expire_and_take_their_keys() {
     let cluster = Cluster::start(1, &[]).await;

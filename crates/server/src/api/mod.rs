@@ -280,12 +280,6 @@ pub(crate) async fn leader_lost_if<N: ApiNode>(
     }
 }
 
-/// etcd's default `--experimental-watch-progress-notify-interval`.
-pub const WATCH_PROGRESS_NOTIFY_INTERVAL_DEFAULT: Duration = Duration::from_secs(10 * 60);
-/// Environment variable overriding [`ApiOptions::watch_progress_notify_interval`] in
-/// milliseconds, so tests need not wait ten minutes.
-pub const WATCH_PROGRESS_NOTIFY_INTERVAL_ENV: &str = "BALLOT_WATCH_PROGRESS_NOTIFY_INTERVAL_MS";
-
 impl ApiOptions {
     /// The size from which a watch response is split for watchers created with `fragment`:
     /// etcd's watch server uses `MaxRequestBytes + grpcOverheadBytes` (512 KiB), the same
@@ -296,19 +290,11 @@ impl ApiOptions {
     }
 
     pub fn from_config(config: &ServerConfig) -> ApiOptions {
-        let progress_interval = std::env::var(WATCH_PROGRESS_NOTIFY_INTERVAL_ENV)
-            .ok()
-            .and_then(|text| text.parse::<u64>().ok())
-            .filter(|ms| *ms > 0)
-            .map_or(
-                WATCH_PROGRESS_NOTIFY_INTERVAL_DEFAULT,
-                Duration::from_millis,
-            );
         ApiOptions {
             max_request_bytes: usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
             max_txn_ops: config.max_txn_ops,
             grpc_max_receive_bytes: config.grpc_max_receive_bytes(),
-            watch_progress_notify_interval: progress_interval,
+            watch_progress_notify_interval: config.watch_progress_notify_interval,
             watch_queue_events_max: 4096,
             // etcd's /health waits up to its request timeout; 5 s, or two election timeouts when
             // that is longer, lets an election under way finish before the probe gives up.

@@ -14,6 +14,7 @@ mod db_size;
 mod driver;
 pub mod envelope;
 mod error;
+pub mod force_new;
 mod lease;
 pub mod members;
 mod snapshot_pruning;
