@@ -1208,11 +1208,28 @@ impl Raft {
     /// Raft paper §5.3 and §5.4.2: the commit index is the highest index a quorum has made
     /// durable (in a joint configuration the smaller of both majorities), and only an entry
     /// of the leader's own term is committed by counting replicas.
+    ///
+    /// One exception: a single-server configuration change entry is also committed once a
+    /// majority of the configuration it replaces holds it (what etcd's apply-time
+    /// configurations amount to). Any majority of the old and any of the new configuration
+    /// overlap, so a later leader, elected under either, has the entry. Without it a
+    /// one-voter cluster could never add a second voter: the entry would wait for the new
+    /// member, which can only join once the change is committed.
     fn maybe_commit(&mut self) -> bool {
         let progress = &self.progress;
-        let quorum_index = self
-            .voters
-            .committed(|id| progress.get(&id).map_or(0, |pr| pr.match_index));
+        let acked = |id| progress.get(&id).map_or(0, |pr| pr.match_index);
+        let mut quorum_index = self.voters.committed(acked);
+        let last_change = self.conf.last_change_index();
+        if last_change > self.log.committed() && quorum_index < last_change {
+            let before = self.conf.at(last_change - 1);
+            let after = self.conf.current();
+            if !before.is_joint()
+                && !after.is_joint()
+                && crate::quorum::majority_committed(&before.voters, acked) >= last_change
+            {
+                quorum_index = last_change;
+            }
+        }
         if quorum_index == Index::MAX || quorum_index <= self.log.committed() {
             return false;
         }

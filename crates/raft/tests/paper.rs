@@ -451,6 +451,43 @@ fn one_member_cluster_commits_alone_through_on_persisted() {
     );
 }
 
+/// A one-voter cluster adds a second voter: the change is committed by the configuration it
+/// replaces (the leader alone), as etcd's apply-time configurations do, so the new member can
+/// then be told it was added and join; the next entries need both voters.
+#[test]
+fn a_single_voter_commits_the_addition_of_a_second_voter_alone() {
+    let mut node = RaftNode::bootstrap(quiet_config(), &[1]).expect("valid");
+    let ready = node.ready();
+    node.on_persisted(ready.number);
+    node.campaign();
+    let ready = node.ready();
+    node.on_persisted(ready.number);
+    assert_eq!(node.status().role, Role::Leader);
+    let ready = node.ready();
+    node.on_persisted(ready.number);
+    let (index, _) = node
+        .propose_conf_change(ConfChange {
+            transition: ConfChangeTransition::Auto,
+            changes: vec![ConfChangeSingle {
+                kind: ConfChangeKind::AddVoter,
+                node: 2,
+            }],
+            context: Bytes::new(),
+        })
+        .expect("a leader whose term's entry is committed");
+    let ready = node.ready();
+    node.on_persisted(ready.number);
+    assert_eq!(node.status().commit, index, "committed without node 2");
+    let (next, _) = node.propose(Bytes::from_static(b"after")).expect("leader");
+    let ready = node.ready();
+    node.on_persisted(ready.number);
+    assert_eq!(
+        node.status().commit,
+        index,
+        "entry {next} waits for the new voter"
+    );
+}
+
 #[test]
 fn ready_separates_messages_that_promise_durable_state() {
     let mut cluster = Cluster::new(3, quiet_config());

@@ -1,14 +1,15 @@
 //! `--force-new-cluster` with real `ballot` processes: a three-member cluster loses every
 //! member; one of them is restarted with the flag and becomes a one-member cluster with the same
 //! data at the same revisions (its HashKV unchanged), leads alone, lists only itself and takes
-//! writes; restarted again without the flag it stays so.
+//! writes; restarted again without the flag it stays so, and a member added with MemberAdd and
+//! an empty data directory joins it and catches up.
 
 mod api_support;
 
-use api_support::{Cluster, eventually, get, put_revision, status_header};
+use api_support::{Cluster, eventually, free_port, get, put_revision, status_header};
 use ballot_proto::etcdserverpb::{
-    HashKvRequest, MemberListRequest, RangeRequest, StatusRequest, cluster_client::ClusterClient,
-    kv_client::KvClient, maintenance_client::MaintenanceClient,
+    HashKvRequest, MemberAddRequest, MemberListRequest, RangeRequest, StatusRequest,
+    cluster_client::ClusterClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
 use bytes::Bytes;
 use tonic::transport::Channel;
@@ -101,8 +102,35 @@ async fn a_member_forced_into_a_new_cluster_keeps_its_data_and_takes_writes() {
     cluster.restart(survivor, &[]);
     let channel = cluster.members[survivor].channel().await;
     leads_alone(&cluster, &channel, id).await;
-    let mut kv = KvClient::new(channel);
+    let mut kv = KvClient::new(channel.clone());
     let counted = kv.range(prefix("k")).await.expect("range").into_inner();
     assert_eq!(counted.count, 21);
     assert_eq!(put_revision(&mut kv, "k21", "again").await, last + 2);
+
+    // A new member joins the new cluster from an empty directory and gets everything.
+    let ports = (free_port(), free_port());
+    let peer_url = format!("http://127.0.0.1:{}", ports.1);
+    ClusterClient::new(channel.clone())
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![peer_url.clone()],
+            is_learner: false,
+        })
+        .await
+        .expect("member add");
+    let survivor = &cluster.members[survivor];
+    let initial = format!("{}={},joiner={peer_url}", survivor.name, survivor.peer_url);
+    let joiner = cluster.start_joining("joiner", ports, &initial);
+    let joiner_channel = cluster.members[joiner].channel().await;
+    let hash = hash_at(&channel, last + 2).await;
+    let caught_up = eventually("the new member catches up", || async {
+        let answer = MaintenanceClient::new(joiner_channel.clone())
+            .hash_kv(HashKvRequest { revision: last + 2 })
+            .await
+            .ok()?;
+        (answer.into_inner().hash == hash).then_some(())
+    })
+    .await;
+    assert!(caught_up.is_some(), "{}", cluster.logs());
+    let mut kv = KvClient::new(joiner_channel);
+    assert_eq!(put_revision(&mut kv, "k22", "joined").await, last + 3);
 }

@@ -218,6 +218,23 @@ impl Cluster {
         );
     }
 
+    /// Starts member `name` on `ports` (client, peer) with an empty data directory, joining the
+    /// running cluster (`--initial-cluster-state existing`) that the caller added its peer URL
+    /// to with MemberAdd; `initial_cluster` as `etcdctl member add` prints it. Returns its
+    /// index in `members`.
+    pub fn start_joining(&mut self, name: &str, ports: (u16, u16), initial_cluster: &str) -> usize {
+        let joining = spawn_member(
+            &self.dir,
+            name,
+            ports,
+            self.peer_scheme,
+            initial_cluster,
+            &["--initial-cluster-state", "existing"],
+        );
+        self.members.push(joining);
+        self.members.len() - 1
+    }
+
     /// Waits until every running member reports the same, non-zero leader; returns its ID.
     pub async fn wait_for_leader(&self) -> u64 {
         let result = eventually("every member agrees on a leader", || async {
