@@ -236,6 +236,26 @@ pub struct MemberArgs {
     )]
     pub force_new_cluster: bool,
 
+    /// How often a gRPC client connection is pinged (`2h`, `30s`), to find clients that are gone
+    /// without closing their connections (a crashed host, a cut network).
+    #[arg(
+        long,
+        env = "BALLOT_GRPC_KEEPALIVE_INTERVAL",
+        default_value = "2h",
+        value_parser = crate::bench::parse_duration
+    )]
+    pub grpc_keepalive_interval: std::time::Duration,
+
+    /// How long a pinged gRPC client has to answer before its connection, with its watches and
+    /// keep-alive streams, is closed.
+    #[arg(
+        long,
+        env = "BALLOT_GRPC_KEEPALIVE_TIMEOUT",
+        default_value = "20s",
+        value_parser = crate::bench::parse_duration
+    )]
+    pub grpc_keepalive_timeout: std::time::Duration,
+
     /// How often watchers created with `progress_notify` get an empty response carrying the
     /// current revision (`10m`, `5s`, `500ms`).
     #[arg(

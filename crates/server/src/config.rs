@@ -259,6 +259,10 @@ pub struct ServerConfig {
     pub auto_compaction_check_interval: Option<Duration>,
     /// `--quota-backend-bytes`: `None` for no limit.
     pub quota_backend_bytes: Option<u64>,
+    /// `--grpc-keepalive-interval`: how often gRPC clients are pinged.
+    pub grpc_keepalive_interval: Duration,
+    /// `--grpc-keepalive-timeout`: how long a ping may go unanswered.
+    pub grpc_keepalive_timeout: Duration,
     /// `--force-new-cluster`: restart alone from this member's data.
     pub force_new_cluster: bool,
     /// `--experimental-watch-progress-notify-interval`.
@@ -469,6 +473,8 @@ impl ServerConfig {
                 bytes if bytes < 0 => None,
                 bytes => Some(bytes as u64),
             },
+            grpc_keepalive_interval: args.grpc_keepalive_interval,
+            grpc_keepalive_timeout: args.grpc_keepalive_timeout,
             force_new_cluster: args.force_new_cluster,
             watch_progress_notify_interval: args.experimental_watch_progress_notify_interval,
             initial_corrupt_check: args.experimental_initial_corrupt_check,
@@ -1152,6 +1158,24 @@ mod tests {
             "http://127.0.0.1:0",
         ])
         .expect("port 0 twice is valid");
+    }
+
+    #[test]
+    fn grpc_keepalive_defaults_are_etcds() {
+        let defaults = config(&[]).expect("defaults");
+        assert_eq!(defaults.grpc_keepalive_interval, Duration::from_secs(7200));
+        assert_eq!(defaults.grpc_keepalive_timeout, Duration::from_secs(20));
+        let set = config(&[
+            "--grpc-keepalive-interval",
+            "30s",
+            "--grpc-keepalive-timeout",
+            "5s",
+        ])
+        .expect("valid");
+        assert_eq!(
+            (set.grpc_keepalive_interval, set.grpc_keepalive_timeout),
+            (Duration::from_secs(30), Duration::from_secs(5))
+        );
     }
 
     #[test]

@@ -223,6 +223,11 @@ where
         .max_concurrent_streams(u32::MAX)
         .handshake(io)
         .await?;
+    let keepalive = service
+        .kv
+        .as_ref()
+        .and_then(|api| api.options.grpc_keepalive);
+    let mut client_gone = std::pin::pin!(keepalive_pings(connection.ping_pong(), keepalive));
     let mut inflight: Inflight = FuturesUnordered::new();
     let mut accepting = true;
     let mut stopping = false;
@@ -235,6 +240,11 @@ where
             if !stopping && stop_requested.as_mut().poll(cx).is_ready() {
                 stopping = true;
                 connection.graceful_shutdown();
+            }
+            // A client that answers no ping is gone (a crashed host, a cut network): drop the
+            // connection, and with it its watches and keep-alive streams.
+            if client_gone.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
             }
             // Answers that are ready first, so the connection writes them below.
             while let Poll::Ready(Some(())) = inflight.poll_next_unpin(cx) {}
@@ -258,6 +268,26 @@ where
     })
     .await;
     result.map_err(Into::into)
+}
+
+/// etcd's `--grpc-keepalive-interval` and `--grpc-keepalive-timeout`: pings the client every
+/// `interval` and completes when one is not answered within `timeout`. Never completes without
+/// keepalive settings, or once the connection itself ends (its own poll then reports that).
+async fn keepalive_pings(ping_pong: Option<h2::PingPong>, keepalive: Option<(Duration, Duration)>) {
+    let (Some(mut ping_pong), Some((interval, timeout))) = (ping_pong, keepalive) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => {
+                tracing::debug!(?timeout, "a client answered no keepalive ping; closing");
+                return;
+            }
+        }
+    }
 }
 
 /// The future answering one stream: inline for unary KV calls, a task of its own otherwise.

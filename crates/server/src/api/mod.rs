@@ -232,6 +232,9 @@ pub struct ApiOptions {
     /// `--election-timeout`: streams opened with `hasleader` end once this member has seen no
     /// leader at three checks this far apart (etcd's `monitorLeader`).
     pub election_timeout: Duration,
+    /// `--grpc-keepalive-interval` and `--grpc-keepalive-timeout`: how often a gRPC client is
+    /// pinged, and how long it has to answer before its connection is closed.
+    pub grpc_keepalive: Option<(Duration, Duration)>,
 }
 
 /// The gRPC metadata a client sends to be served only by a member that has a leader (etcd
@@ -300,6 +303,10 @@ impl ApiOptions {
             // that is longer, lets an election under way finish before the probe gives up.
             health_timeout: Duration::from_secs(5).max(config.election_timeout * 2),
             election_timeout: config.election_timeout,
+            grpc_keepalive: Some((
+                config.grpc_keepalive_interval,
+                config.grpc_keepalive_timeout,
+            )),
         }
     }
 }

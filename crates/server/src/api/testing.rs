@@ -302,6 +302,7 @@ pub fn test_options() -> ApiOptions {
         watch_queue_events_max: 4096,
         health_timeout: Duration::from_secs(2),
         election_timeout: Duration::from_millis(100),
+        grpc_keepalive: None,
     }
 }
 

@@ -469,6 +469,52 @@ async fn calls_that_require_a_leader_fail_and_their_streams_end_without_one() {
     );
 }
 
+/// `--grpc-keepalive-interval`/`--grpc-keepalive-timeout`: a client that answers no ping loses
+/// its connection; one that answers (every gRPC client does) keeps it, watches included.
+#[tokio::test]
+async fn clients_that_answer_no_keepalive_ping_are_disconnected() {
+    let server = TestServer::start(ApiOptions {
+        grpc_keepalive: Some((Duration::from_millis(100), Duration::from_millis(100))),
+        ..test_options()
+    })
+    .await;
+    let channel = server.channel().await;
+    let mut watcher = Watcher::open(channel.clone()).await;
+    watcher.create(watch_key("alive")).await;
+    assert!(watcher.next().await.created);
+
+    // An HTTP/2 client that sends its preface and settings, then never answers anything.
+    let mut silent = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("preface and settings");
+    let closed = tokio::time::timeout(WAIT, async {
+        let mut buffer = [0u8; 1024];
+        loop {
+            match silent.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the silent client's connection stayed open");
+
+    // The gRPC client answered every ping meanwhile: its watch still delivers.
+    KvClient::new(channel)
+        .put(put("alive", "yes"))
+        .await
+        .expect("put");
+    let event = watcher.next().await;
+    assert_eq!(
+        event.events[0].kv.as_ref().map(|kv| kv.value.clone()),
+        Some(bytes("yes"))
+    );
+}
+
 /// One open watch stream.
 struct Watcher {
     requests: mpsc::Sender<WatchRequest>,
