@@ -648,6 +648,59 @@ test_quota_alarm() {
   wait "$quota_pid" 2>/dev/null
 }
 
+# A one-member cluster of its own, started with SUITE_MEMBER_BIN, grown to two with member add
+# (a voter, not a learner): member add answers at once, as etcd's does, the new member joins
+# with the printed ETCD_INITIAL_CLUSTER and serves what was written before it, and both take
+# writes.
+test_grow_from_one_member() {
+  local peer_port client_port
+  two_free_ports
+  local peer="http://127.0.0.1:$peer_port" client="http://127.0.0.1:$client_port"
+  BALLOT_WAL_SEGMENT_BYTES=4194304 "$SUITE_MEMBER_BIN" --name suite-solo \
+    --data-dir "$work/solo" --initial-cluster "suite-solo=$peer" --initial-cluster-token suite-solo \
+    --initial-advertise-peer-urls "$peer" --listen-peer-urls "$peer" \
+    --listen-client-urls "$client" --advertise-client-urls "$client" >"$work/solo.log" 2>&1 &
+  local solo_pid=$!
+  background_pids+=("$solo_pid")
+  local solo=(etcdctl --endpoints="127.0.0.1:$client_port" --command-timeout=15s)
+  local deadline=$((SECONDS + 30))
+  until "${solo[@]}" endpoint health >/dev/null 2>&1 || [ $SECONDS -ge $deadline ]; do sleep 0.1; done
+  run "${solo[@]}" put "$P/solo/before" v1
+  expect_out "a put on the one-member cluster" "OK"
+
+  local solo_client_port=$client_port
+  two_free_ports
+  local second_peer="http://127.0.0.1:$peer_port" second_client="http://127.0.0.1:$client_port"
+  run "${solo[@]}" member add suite-second --peer-urls="$second_peer"
+  local initial_cluster
+  initial_cluster=$(sed -n 's/^ETCD_INITIAL_CLUSTER="\(.*\)"$/\1/p' <<<"$OUT")
+  check "member add of a voter to a one-member cluster answers at once" \
+    "Member ... added, ETCD_INITIAL_CLUSTER" \
+    test "$RC" -eq 0 -a "$initial_cluster" = "suite-solo=$peer,suite-second=$second_peer"
+  BALLOT_WAL_SEGMENT_BYTES=4194304 "$SUITE_MEMBER_BIN" --name suite-second \
+    --data-dir "$work/second" --initial-cluster "$initial_cluster" \
+    --initial-cluster-state existing --initial-advertise-peer-urls "$second_peer" \
+    --listen-peer-urls "$second_peer" --listen-client-urls "$second_client" \
+    --advertise-client-urls "$second_client" >"$work/second.log" 2>&1 &
+  local second_pid=$!
+  background_pids+=("$second_pid")
+  local second=(etcdctl --endpoints="127.0.0.1:$client_port" --command-timeout=15s)
+  deadline=$((SECONDS + 30))
+  until run "${second[@]}" get "$P/solo/before" --print-value-only; [ "$OUT" = "v1" ] || [ $SECONDS -ge $deadline ]; do
+    sleep 0.2
+  done
+  expect_out "the second member serves what was written before it joined" "v1"
+  run "${second[@]}" put "$P/solo/after" v2
+  expect_out "a put through the second member" "OK"
+  run "${solo[@]}" get "$P/solo/after" --print-value-only
+  expect_out "the first member reads it" "v2"
+  run etcdctl --endpoints="127.0.0.1:$solo_client_port,127.0.0.1:$client_port" member list
+  check "member list shows two started voters" "2 lines ending in false" \
+    [ "$(grep -c ', started, suite-.*, false$' <<<"$OUT")" -eq 2 ]
+  kill "$solo_pid" "$second_pid" 2>/dev/null
+  wait "$solo_pid" "$second_pid" 2>/dev/null
+}
+
 # --- snapshot ------------------------------------------------------------------------------
 
 test_snapshot() {
@@ -782,8 +835,10 @@ test_endpoint
 test_maintenance
 if [ -n "${SUITE_MEMBER_BIN:-}" ]; then
   test_quota_alarm
+  test_grow_from_one_member
 else
   echo "# skipped: the quota's NOSPACE alarm on a member of its own (set SUITE_MEMBER_BIN)"
+  echo "# skipped: growing a one-member cluster with member add (set SUITE_MEMBER_BIN)"
 fi
 test_snapshot
 test_lock
