@@ -674,9 +674,12 @@ test_grow_from_one_member() {
   run "${solo[@]}" member add suite-second --peer-urls="$second_peer"
   local initial_cluster
   initial_cluster=$(sed -n 's/^ETCD_INITIAL_CLUSTER="\(.*\)"$/\1/p' <<<"$OUT")
+  # Both members, in the order of their IDs.
+  local sorted_cluster
+  sorted_cluster=$(tr , '\n' <<<"$initial_cluster" | sort | paste -sd,)
   check "member add of a voter to a one-member cluster answers at once" \
-    "Member ... added, ETCD_INITIAL_CLUSTER" \
-    test "$RC" -eq 0 -a "$initial_cluster" = "suite-solo=$peer,suite-second=$second_peer"
+    "Member ... added, ETCD_INITIAL_CLUSTER with both members" \
+    test "$RC" -eq 0 -a "$sorted_cluster" = "suite-second=$second_peer,suite-solo=$peer"
   BALLOT_WAL_SEGMENT_BYTES=4194304 "$SUITE_MEMBER_BIN" --name suite-second \
     --data-dir "$work/second" --initial-cluster "$initial_cluster" \
     --initial-cluster-state existing --initial-advertise-peer-urls "$second_peer" \

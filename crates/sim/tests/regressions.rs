@@ -101,7 +101,7 @@ fn seed_4593_five_nodes_leader_reuses_a_term_lost_in_a_crash() {
 /// RAFT CONTRACT BUG, to fix in ballot-raft's `Ready` documentation; the simulator writes
 /// entries before the hard state by default, so the default run passes.
 ///
-/// Replay: `cargo run --release -p ballot-sim -- --seed 81 --nodes 5 --disk-faults
+/// Replay: `cargo run --release -p ballot-sim -- --seed 84 --nodes 5 --disk-faults
 /// --hard-state-before-entries --trace`
 ///
 /// The Ready contract says to persist `snapshot`, `hard_state` and `entries` "best atomically,
@@ -111,25 +111,31 @@ fn seed_4593_five_nodes_leader_reuses_a_term_lost_in_a_crash() {
 /// and the new entry, all in one write. It crashed before the sync, and the disk kept a prefix of
 /// that write: the hard state only. The node restarted with commit 172 over its *old* entry 172
 /// and applied it: an entry that was never committed (state-machine safety, Raft §5.4.3). Since
-/// the simulator refuses removed members (`removal.rs`) those runs go another way; seed 81 shows
+/// the simulator refuses removed members (`removal.rs`) those runs go another way; seed 81 showed
 /// the same loss: node 3 (snapshot 162, entries to 179 of term 9) writes the term-10 leader's
 /// hard state (commit 180) before the new entries 179 and 180, crashes with the write torn, and
 /// restarts with commit 180 over its old entry 179, caught at once as a committed entry lost.
 /// Writing entries first (etcd's `WAL.Save`, Ballot's server) makes a surviving hard state imply
 /// that every entry written before it survived.
+///
+/// Since ballot-raft commits a single-server configuration change under the configuration it
+/// replaces, the schedules of seed 81 went another way; seed 84 (found in `--seeds 3000 --nodes
+/// 5 --disk-faults --hard-state-before-entries`, with seed 896) shows the same loss: node 2's
+/// torn write kept the hard state (commit 36) and lost the entries after 24, and it restarts
+/// with commit 36 over an old entry 24, caught at once as a committed entry lost.
 #[test]
-fn seed_81_five_nodes_hard_state_written_before_entries_commits_an_uncommitted_entry() {
+fn seed_84_five_nodes_hard_state_written_before_entries_commits_an_uncommitted_entry() {
     let mut options = disk_fault_options(5);
     options.hard_state_before_entries = true;
-    let report = run_seed(81, &options);
+    let report = run_seed(84, &options);
     let violation = report.violation.unwrap_or_default();
     assert!(
         violation.contains("committed entries never lost")
             || violation.contains("state-machine safety"),
-        "the contract's hard-state-first order must be caught at seed 81, found: {violation:?}"
+        "the contract's hard-state-first order must be caught at seed 84, found: {violation:?}"
     );
     // The same seed with entries written first is safe.
-    assert_disk_fault_seed_passes(81, &disk_fault_options(5), "");
+    assert_disk_fault_seed_passes(84, &disk_fault_options(5), "");
 }
 
 /// WAL BUG, fixed in ballot-wal's `SnapshotStore`.
