@@ -66,8 +66,12 @@ struct TestCluster {
     snapshot_count: u64,
 }
 
+#[path = "api_support/ports.rs"]
+mod ports;
+
+/// A listener on a reserved port (see `ports`), which the member can bind again after a restart.
 fn free_listener() -> std::net::TcpListener {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port")
+    std::net::TcpListener::bind(("127.0.0.1", ports::free_port())).expect("bind a free port")
 }
 
 fn config_for(
@@ -153,7 +157,7 @@ impl TestCluster {
             &member.name,
             &member.data_dir,
             member.peer_addr,
-            free_listener().local_addr().expect("addr").port(),
+            ports::free_port(),
             initial_cluster,
             state,
             self.snapshot_count,

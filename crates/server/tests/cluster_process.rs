@@ -24,12 +24,10 @@ const HEARTBEAT_MS: u64 = 25;
 const ELECTION_MS: u64 = 250;
 const WAL_SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free loopback port")
-}
+#[path = "api_support/ports.rs"]
+mod ports;
+
+use ports::free_port;
 
 /// One `ballot` process; killed (SIGKILL) when dropped.
 struct Process {

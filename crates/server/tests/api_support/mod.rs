@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,14 +27,9 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
-/// A port the kernel just handed out and released; good enough for loopback tests, where
-/// nothing else races for it in practice.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free loopback port")
-}
+pub mod ports;
+
+pub use ports::free_port;
 
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
