@@ -265,12 +265,34 @@ impl DevPlan {
     }
 }
 
-/// Finds `count` distinct free ports on 127.0.0.1 by binding port 0; all listeners are held
+/// Where `ballot dev` looks for member ports first: below Linux's default ephemeral range
+/// (32768-60999), which supplies the local port of every outgoing connection. A port taken
+/// from that range (by binding port 0) can become the local end of some connection before the
+/// member binds it (the members' own peer connections start as soon as the first one is up),
+/// and that member then fails with "Address already in use".
+const DEV_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// Finds `count` distinct free ports on 127.0.0.1, at random in [`DEV_PORTS`] (each checked by
+/// binding it), or from the kernel (port 0) when that range is taken. All listeners are held
 /// until every port is chosen, so the ports differ from each other.
 pub fn free_ports(count: usize) -> io::Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<io::Result<Vec<_>>>()?;
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new();
+    let span = u64::from(DEV_PORTS.end - DEV_PORTS.start);
+    let mut listeners = Vec::with_capacity(count);
+    let mut attempt = 0u64;
+    while listeners.len() < count && attempt < 1_000 {
+        let mut hasher = random.build_hasher();
+        hasher.write_u64(attempt);
+        attempt += 1;
+        let port = DEV_PORTS.start + (hasher.finish() % span) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(listener);
+        }
+    }
+    while listeners.len() < count {
+        listeners.push(TcpListener::bind("127.0.0.1:0")?);
+    }
     listeners
         .iter()
         .map(|listener| listener.local_addr().map(|addr| addr.port()))
@@ -571,7 +593,7 @@ mod tests {
         ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports.len(), 10);
-        assert!(ports.iter().all(|port| *port != 0));
+        assert!(ports.iter().all(|port| DEV_PORTS.contains(port)));
     }
 
     #[test]
