@@ -697,9 +697,16 @@ test_grow_from_one_member() {
   expect_out "a put through the second member" "OK"
   run "${solo[@]}" get "$P/solo/after" --print-value-only
   expect_out "the first member reads it" "v2"
-  run etcdctl --endpoints="127.0.0.1:$solo_client_port,127.0.0.1:$client_port" member list
-  check "member list shows two started voters" "2 lines ending in false" \
-    [ "$(grep -c ', started, suite-.*, false$' <<<"$OUT")" -eq 2 ]
+  # A joined member records its name with a proposal of its own once it has caught up (etcd's
+  # publish); etcd serves no client before that is applied, Ballot may, so wait for it.
+  local started=0
+  deadline=$((SECONDS + 15))
+  until [ "$started" -eq 2 ] || [ $SECONDS -ge $deadline ]; do
+    run etcdctl --endpoints="127.0.0.1:$solo_client_port,127.0.0.1:$client_port" member list
+    started=$(grep -c ', started, suite-.*, false$' <<<"$OUT")
+    [ "$started" -eq 2 ] || sleep 0.2
+  done
+  check "member list shows two started voters" "2 lines ending in false" [ "$started" -eq 2 ]
   kill "$solo_pid" "$second_pid" 2>/dev/null
   wait "$solo_pid" "$second_pid" 2>/dev/null
 }

@@ -1240,6 +1240,9 @@ async fn persist_loop(
 
 /// etcd's "publish": once a leader exists, a member records its name and client URLs in the
 /// replicated registry (retrying until it is applied), so `member list` shows them everywhere.
+/// It proposes as soon as this member is in the configuration and knows a leader (a joining
+/// member, the moment it has caught up), and retries a failed proposal after an election
+/// timeout.
 async fn publish_attributes(shared: Arc<NodeShared>) {
     let handle = NodeHandle {
         shared: Arc::clone(&shared),
@@ -1249,6 +1252,7 @@ async fn publish_attributes(shared: Arc<NodeShared>) {
         .election_timeout
         .max(Duration::from_millis(100));
     let mut stop = shared.stop.subscribe();
+    let mut view = shared.view.subscribe();
     loop {
         let published = {
             let registry = lock_read(&shared.registry);
@@ -1260,7 +1264,8 @@ async fn publish_attributes(shared: Arc<NodeShared>) {
         if published && is_member {
             return;
         }
-        if is_member && handle.leader_id() != 0 {
+        let ready = is_member && handle.leader_id() != 0;
+        if ready {
             let body = Body::MemberAttributes {
                 id: shared.member_id,
                 name: shared.config.name.clone(),
@@ -1271,8 +1276,18 @@ async fn publish_attributes(shared: Arc<NodeShared>) {
                 Err(error) => tracing::debug!(%error, "publishing member attributes; will retry"),
             }
         }
+        // Not ready yet: wake when it becomes so. Ready and refused: wait before the retry.
+        let became_ready = async {
+            if ready {
+                std::future::pending::<()>().await;
+            }
+            let _ = view
+                .wait_for(|view| view.is_member && view.leader != 0)
+                .await;
+        };
         tokio::select! {
             _ = tokio::time::sleep(retry) => {}
+            _ = became_ready => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
     }
