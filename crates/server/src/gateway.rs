@@ -16,6 +16,11 @@
 //! `/v3/election/observe`) read one or more request messages from the body and answer with a
 //! chunked body of newline-terminated `{"result": ...}` objects (`{"error": ...}` for a failure);
 //! a watch goes on until the client disconnects, as with etcd.
+//!
+//! gRPC metadata travels as `Grpc-Metadata-<key>` headers, as with grpc-gateway: a request with
+//! `Grpc-Metadata-Hasleader: true` is refused with "etcdserver: no leader" on a member without a
+//! leader, and a watch or keep-alive stream opened with it ends once the member has lost its
+//! leader, as the gRPC calls carrying `hasleader` do.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -152,8 +157,36 @@ pub fn routes<N: ApiNode>(api: Api<N>) -> Router {
     router
         .route("/v3/watch", post(watch::<N>))
         .route("/v3/lease/keepalive", post(keep_alive::<N>))
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            refuse_without_leader::<N>,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(body_max))
         .with_state(api)
+}
+
+/// The gateway's header for the gRPC metadata `hasleader` (grpc-gateway's
+/// `Grpc-Metadata-` prefix).
+const REQUIRE_LEADER_HEADER: &str = "grpc-metadata-hasleader";
+
+/// Whether the request carries `Grpc-Metadata-Hasleader: true`.
+fn requires_leader(headers: &header::HeaderMap) -> bool {
+    headers
+        .get(REQUIRE_LEADER_HEADER)
+        .is_some_and(|value| value.as_bytes() == b"true")
+}
+
+/// etcd's interceptor for gateway calls: with `hasleader`, no call is served by a member that
+/// knows no leader.
+async fn refuse_without_leader<N: ApiNode>(
+    State(api): State<Api<N>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if requires_leader(request.headers()) && api.node().leader_id() == 0 {
+        return error_response(&crate::node::NodeError::NoLeader.into());
+    }
+    next.run(request).await
 }
 
 /// Reads one request message from a body (empty: the default message).
@@ -304,22 +337,30 @@ where
 /// `POST /v3/watch`: the watch requests in the body, then events until the client goes (the
 /// requests are followed by a stream that never ends, so the session does not see a
 /// half-close).
-async fn watch<N: ApiNode>(State(api): State<Api<N>>, body: Bytes) -> Response {
+async fn watch<N: ApiNode>(
+    State(api): State<Api<N>>,
+    headers: header::HeaderMap,
+    body: Bytes,
+) -> Response {
     let requests = match decode_all(&body) {
         Ok(requests) => requests,
         Err(status) => return error_response(&status),
     };
     let inbound =
         futures::stream::iter(requests.into_iter().map(Ok)).chain(futures::stream::pending());
-    stream_response(api.watch_session(Box::pin(inbound), false)).await
+    stream_response(api.watch_session(Box::pin(inbound), requires_leader(&headers))).await
 }
 
 /// `POST /v3/lease/keepalive`: one answer per keep-alive request in the body.
-async fn keep_alive<N: ApiNode>(State(api): State<Api<N>>, body: Bytes) -> Response {
+async fn keep_alive<N: ApiNode>(
+    State(api): State<Api<N>>,
+    headers: header::HeaderMap,
+    body: Bytes,
+) -> Response {
     let requests = match decode_all(&body) {
         Ok(requests) => requests,
         Err(status) => return error_response(&status),
     };
     let inbound = futures::stream::iter(requests.into_iter().map(Ok));
-    stream_response(api.keep_alive_session(inbound, false)).await
+    stream_response(api.keep_alive_session(inbound, requires_leader(&headers))).await
 }

@@ -1336,6 +1336,96 @@ async fn json_gateway_watch_streams_events() {
     assert!(received.contains(r#"{"result":{"header":"#), "{received}");
 }
 
+/// The gateway's form of `hasleader` (grpc-gateway's `Grpc-Metadata-Hasleader` header): calls
+/// carrying it are refused on a member without a leader and its watch streams end, while calls
+/// and watches without it go on.
+#[tokio::test]
+async fn json_gateway_calls_that_require_a_leader_fail_without_one() {
+    let (server, channel) = server().await;
+    KvClient::new(channel)
+        .put(put("foo", "bar"))
+        .await
+        .expect("put");
+    let post = |path: &str, body: &str, require_leader: bool| {
+        let header = if require_leader {
+            "Grpc-Metadata-Hasleader: true\r\n"
+        } else {
+            ""
+        };
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{header}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let range = r#"{"key":"Zm9v","serializable":true}"#;
+    let with_close =
+        |request: String| request.replacen("Host: x", "Host: x\r\nConnection: close", 1);
+    let (code, _) =
+        http_exchange(server.addr, &with_close(post("/v3/kv/range", range, true))).await;
+    assert_eq!(code, 200, "served while there is a leader");
+
+    // Two gateway watches, with and without the header.
+    let mut watches = Vec::new();
+    for require_leader in [true, false] {
+        let mut stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        let request = post(
+            "/v3/watch",
+            r#"{"create_request":{"key":"Zm9v"}}"#,
+            require_leader,
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send request");
+        watches.push((stream, String::new()));
+    }
+    async fn read_until(stream: &mut tokio::net::TcpStream, received: &mut String, needle: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !received.contains(needle) {
+            let mut buf = [0u8; 4096];
+            let read = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no {needle} in {received}"))
+                .expect("read");
+            assert!(read > 0, "the stream ended: {received}");
+            received.push_str(&String::from_utf8_lossy(&buf[..read]));
+        }
+    }
+    for (stream, received) in &mut watches {
+        read_until(stream, received, r#""created":true}}"#).await;
+    }
+
+    server.node.set_leader(0);
+    let (code, body) =
+        http_exchange(server.addr, &with_close(post("/v3/kv/range", range, true))).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            503,
+            r#"{"error":"etcdserver: no leader","message":"etcdserver: no leader","code":14}"#
+        )
+    );
+    let (code, _) =
+        http_exchange(server.addr, &with_close(post("/v3/kv/range", range, false))).await;
+    assert_eq!(code, 200, "served without the header");
+    let (required, received) = &mut watches[0];
+    read_until(required, received, r#""message":"etcdserver: no leader""#).await;
+
+    // The watch without the header still sees the next write once a leader is back.
+    server.node.set_leader(MEMBER_ID);
+    let (code, _) = http_exchange(
+        server.addr,
+        &with_close(post("/v3/kv/put", r#"{"key":"Zm9v","value":"YmF6"}"#, true)),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (plain, received) = &mut watches[1];
+    read_until(plain, received, r#""value":"YmF6""#).await;
+    assert!(!received.contains("no leader"), "{received}");
+}
+
 #[tokio::test]
 async fn http_health_version_and_metrics_share_the_grpc_port() {
     let (server, channel) = server().await;
