@@ -189,9 +189,15 @@ impl<N: ApiNode> Api<N> {
         self,
         name: Bytes,
         outbound: mpsc::Sender<Result<LeaderResponse, Status>>,
+        require_leader: bool,
     ) {
         let prefix = prefix_of(&name);
         let mut last: Option<KeyValue> = None;
+        let mut leader_lost = std::pin::pin!(super::leader_lost_if(
+            self.node.clone(),
+            self.options.election_timeout,
+            require_leader,
+        ));
         loop {
             if let Err(failure) = self.node.read_barrier().await {
                 let _ = outbound.send(Err(Status::from(failure))).await;
@@ -224,6 +230,11 @@ impl<N: ApiNode> Api<N> {
             tokio::select! {
                 () = self.wait_change(watch_key, watch_end, revision) => {}
                 () = outbound.closed() => return,
+                () = &mut leader_lost => {
+                    let status = Status::from(crate::node::NodeError::NoLeader);
+                    let _ = outbound.send(Err(status)).await;
+                    return;
+                }
             }
         }
     }
@@ -265,7 +276,8 @@ impl<N: ApiNode> Election for Api<N> {
     ) -> Result<Response<Self::ObserveStream>, Status> {
         let (outbound, receiver) = mpsc::channel(16);
         let api = self.clone();
-        tokio::spawn(api.observe_loop(request.into_inner().name, outbound));
+        let require_leader = super::requires_leader(request.metadata().as_ref());
+        tokio::spawn(api.observe_loop(request.into_inner().name, outbound, require_leader));
         record(GrpcMethod::ElectionAny, Ok(()))?;
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }

@@ -383,9 +383,9 @@ fn with_require_leader<T>(message: T, require_leader: bool) -> tonic::Request<T>
 }
 
 /// With `hasleader`, etcd's interceptors refuse any call on a member without a leader, the
-/// serializable reads it would otherwise serve included, and end open Watch and
-/// LeaseKeepAlive streams once the leader has been gone for three election timeouts; streams
-/// without it stay open.
+/// serializable reads it would otherwise serve included, and end open Watch, LeaseKeepAlive
+/// and election Observe streams once the leader has been gone for three election timeouts;
+/// streams without it stay open.
 #[tokio::test]
 async fn calls_that_require_a_leader_fail_and_their_streams_end_without_one() {
     let (server, channel) = server().await;
@@ -425,6 +425,15 @@ async fn calls_that_require_a_leader_fail_and_their_streams_end_without_one() {
     let mut plain = Watcher::open(channel.clone()).await;
     plain.create(watch_key("w")).await;
     assert!(plain.next().await.created);
+    let mut observed =
+        ballot_proto::v3electionpb::election_client::ElectionClient::new(channel.clone())
+            .observe(with_require_leader(
+                ballot_proto::v3electionpb::LeaderRequest { name: bytes("e") },
+                true,
+            ))
+            .await
+            .expect("open an observe stream")
+            .into_inner();
 
     server.node.set_leader(0);
     assert_status(
@@ -447,6 +456,9 @@ async fn calls_that_require_a_leader_fail_and_their_streams_end_without_one() {
             .await
             .map(|next| next.map(|answer| answer.map(|_| ()))),
         tokio::time::timeout(WAIT, keep_alives.next())
+            .await
+            .map(|next| next.map(|answer| answer.map(|_| ()))),
+        tokio::time::timeout(WAIT, observed.next())
             .await
             .map(|next| next.map(|answer| answer.map(|_| ()))),
     ] {
