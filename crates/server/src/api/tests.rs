@@ -1323,29 +1323,32 @@ async fn json_gateway_watch_streams_events() {
         .await
         .expect("send request");
     let mut received = String::new();
-    let mut read_until = async |needle: &str, received: &mut String| {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !received.contains(needle) {
-            let mut buf = [0u8; 4096];
-            let read = tokio::time::timeout_at(deadline, stream.read(&mut buf))
-                .await
-                .unwrap_or_else(|_| panic!("no {needle} in {received}"))
-                .expect("read");
-            assert!(read > 0, "the stream ended: {received}");
-            received.push_str(&String::from_utf8_lossy(&buf[..read]));
-        }
-    };
-    read_until(r#""created":true}}"#, &mut received).await;
+    read_until(&mut stream, &mut received, r#""created":true}}"#).await;
     KvClient::new(channel)
         .put(put("foo", "bar"))
         .await
         .expect("put");
     read_until(
-        r#""events":[{"kv":{"key":"Zm9v","create_revision":"2","mod_revision":"2","version":"1","value":"YmFy"}}]}}"#,
+        &mut stream,
         &mut received,
+        r#""events":[{"kv":{"key":"Zm9v","create_revision":"2","mod_revision":"2","version":"1","value":"YmFy"}}]}}"#,
     )
     .await;
     assert!(received.contains(r#"{"result":{"header":"#), "{received}");
+}
+
+/// Reads a streamed HTTP answer from `stream` into `received` until it holds `needle`.
+async fn read_until(stream: &mut tokio::net::TcpStream, received: &mut String, needle: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !received.contains(needle) {
+        let mut buf = [0u8; 4096];
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle} in {received}"))
+            .expect("read");
+        assert!(read > 0, "the stream ended: {received}");
+        received.push_str(&String::from_utf8_lossy(&buf[..read]));
+    }
 }
 
 /// The gateway's form of `hasleader` (grpc-gateway's `Grpc-Metadata-Hasleader` header): calls
@@ -1392,18 +1395,6 @@ async fn json_gateway_calls_that_require_a_leader_fail_without_one() {
             .await
             .expect("send request");
         watches.push((stream, String::new()));
-    }
-    async fn read_until(stream: &mut tokio::net::TcpStream, received: &mut String, needle: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !received.contains(needle) {
-            let mut buf = [0u8; 4096];
-            let read = tokio::time::timeout_at(deadline, stream.read(&mut buf))
-                .await
-                .unwrap_or_else(|_| panic!("no {needle} in {received}"))
-                .expect("read");
-            assert!(read > 0, "the stream ended: {received}");
-            received.push_str(&String::from_utf8_lossy(&buf[..read]));
-        }
     }
     for (stream, received) in &mut watches {
         read_until(stream, received, r#""created":true}}"#).await;
