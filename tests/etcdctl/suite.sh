@@ -813,6 +813,18 @@ test_move_leader() {
   expect_out "writes work after a leader move" "OK"
 }
 
+# --- check datascale ---------------------------------------------------------------------------
+
+# 10,000 puts of 1 KiB from 50 clients, with each member's process_resident_memory_bytes read
+# from /metrics before and after; etcdctl then deletes its keys, compacts and defragments.
+test_check_datascale() {
+  run ctl check datascale --load=s
+  OUT=$(tr '\r' '\n' <<<"$OUT" | sed -E 's/^.*[0-9]+ \/ [0-9]+ .*(PASS|FAIL)/\1/; /^ *[0-9]+ \/ [0-9]+ /d' | grep -v '^$' | grep -v '^Start data scale check')
+  expect_match "check datascale --load=s passes" "PASS: Approximate system memory used : [0-9.]+ MB."
+  run ctl get --prefix /etcdctl-check-datascale/ --keys-only
+  expect_out "check datascale leaves no keys" ""
+}
+
 # --- check perf ----------------------------------------------------------------------------
 
 test_check_perf() {
@@ -854,6 +866,7 @@ test_snapshot
 test_lock
 test_elect
 test_move_leader
+test_check_datascale
 if $skip_slow; then echo "# skipped: check perf --load=s (--skip-slow)"; else test_check_perf; fi
 ctl del --prefix "$P/" >/dev/null 2>&1 || true
 

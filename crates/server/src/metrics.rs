@@ -575,7 +575,100 @@ impl Metrics {
             "The revision of the last compaction in store.",
             state.compact_revision,
         );
+        process_metrics(&mut out);
         out
+    }
+}
+
+/// The Prometheus client libraries' standard process metrics (`process_*`, as etcd exports
+/// them), read from `/proc/self`; `etcdctl check datascale` reads
+/// `process_resident_memory_bytes`. A figure that cannot be read is left out.
+fn process_metrics(out: &mut String) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |field: &str| -> Option<u64> {
+        let line = status.lines().find(|line| line.starts_with(field))?;
+        let value: u64 = line[field.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(value * 1024)
+    };
+    // SAFETY: sysconf only reads a system constant.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 (state) on.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |number: usize| -> Option<f64> { fields.get(number - 3)?.parse().ok() };
+    if ticks_per_second > 0
+        && let (Some(user), Some(system)) = (field(14), field(15))
+    {
+        let seconds = (user + system) / ticks_per_second as f64;
+        header(
+            out,
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds.",
+            "counter",
+        );
+        let _ = writeln!(out, "process_cpu_seconds_total {seconds}");
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        gauge_u64(
+            out,
+            "process_open_fds",
+            "Number of open file descriptors.",
+            entries.count() as u64,
+        );
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        gauge_u64(
+            out,
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            limit.rlim_cur,
+        );
+    }
+    if let Some(bytes) = kib("VmSize:") {
+        gauge_u64(
+            out,
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            bytes,
+        );
+    }
+    if let Some(bytes) = kib("VmRSS:") {
+        gauge_u64(
+            out,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            bytes,
+        );
+    }
+    let boot_time: Option<f64> = std::fs::read_to_string("/proc/stat").ok().and_then(|text| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("btime "))
+            .and_then(|value| value.trim().parse().ok())
+    });
+    if ticks_per_second > 0
+        && let (Some(boot), Some(start)) = (boot_time, field(22))
+    {
+        let seconds = boot + start / ticks_per_second as f64;
+        header(
+            out,
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            "gauge",
+        );
+        let _ = writeln!(out, "process_start_time_seconds {seconds}");
     }
 }
 
@@ -712,6 +805,21 @@ mod tests {
         assert_eq!(
             sample(&text, "etcd_debugging_mvcc_compact_revision"),
             Some(-1.0)
+        );
+        // The process metrics of this test process.
+        assert!(sample(&text, "process_resident_memory_bytes").is_some_and(|rss| rss > 0.0));
+        assert!(sample(&text, "process_virtual_memory_bytes").is_some_and(|size| size > 0.0));
+        assert!(sample(&text, "process_open_fds").is_some_and(|fds| fds >= 3.0));
+        assert!(sample(&text, "process_max_fds").is_some_and(|fds| fds >= 3.0));
+        assert!(sample(&text, "process_cpu_seconds_total").is_some_and(|cpu| cpu >= 0.0));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_secs_f64();
+        assert!(
+            sample(&text, "process_start_time_seconds")
+                .is_some_and(|start| start <= now + 1.0 && start > now - 24.0 * 3600.0),
+            "{text}"
         );
         // Every sample line belongs to a metric announced by a TYPE line before it.
         let mut announced: Vec<&str> = Vec::new();
