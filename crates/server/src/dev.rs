@@ -272,24 +272,28 @@ impl DevPlan {
 /// and that member then fails with "Address already in use".
 const DEV_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
+/// Endless random picks from [`DEV_PORTS`] (a new sequence on each call), for a caller to try
+/// binding in turn.
+pub fn random_ports() -> impl Iterator<Item = u16> {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new();
+    let span = u64::from(DEV_PORTS.end - DEV_PORTS.start);
+    (0u64..).map(move |attempt| {
+        let mut hasher = random.build_hasher();
+        hasher.write_u64(attempt);
+        DEV_PORTS.start + (hasher.finish() % span) as u16
+    })
+}
+
 /// Finds `count` distinct free ports on 127.0.0.1, at random in [`DEV_PORTS`] (each checked by
 /// binding it), or from the kernel (port 0) when that range is taken. All listeners are held
 /// until every port is chosen, so the ports differ from each other.
 pub fn free_ports(count: usize) -> io::Result<Vec<u16>> {
-    use std::hash::{BuildHasher, Hasher};
-    let random = std::collections::hash_map::RandomState::new();
-    let span = u64::from(DEV_PORTS.end - DEV_PORTS.start);
-    let mut listeners = Vec::with_capacity(count);
-    let mut attempt = 0u64;
-    while listeners.len() < count && attempt < 1_000 {
-        let mut hasher = random.build_hasher();
-        hasher.write_u64(attempt);
-        attempt += 1;
-        let port = DEV_PORTS.start + (hasher.finish() % span) as u16;
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
-            listeners.push(listener);
-        }
-    }
+    let mut listeners: Vec<TcpListener> = random_ports()
+        .take(1_000)
+        .filter_map(|port| TcpListener::bind(("127.0.0.1", port)).ok())
+        .take(count)
+        .collect();
     while listeners.len() < count {
         listeners.push(TcpListener::bind("127.0.0.1:0")?);
     }
