@@ -266,6 +266,18 @@ pub struct MemberArgs {
     )]
     pub experimental_watch_progress_notify_interval: std::time::Duration,
 
+    /// Origins whose browsers may call the HTTP API (comma-separated, as sent in `Origin`,
+    /// e.g. `https://app.example.com`): their answers carry CORS headers. `*`, the default,
+    /// allows every origin.
+    #[arg(long, env = "BALLOT_CORS", default_value = "*")]
+    pub cors: String,
+
+    /// Host names a client listener without TLS serves HTTP requests for (comma-separated,
+    /// the `Host` header without its port); other hosts get 421 Misdirected Request, against
+    /// DNS rebinding. `*`, the default, serves every host. gRPC calls are not checked.
+    #[arg(long, env = "BALLOT_HOST_WHITELIST", default_value = "*")]
+    pub host_whitelist: String,
+
     /// Certificate (PEM) presented on https:// client URLs.
     #[arg(long, env = "BALLOT_CERT_FILE")]
     pub cert_file: Option<PathBuf>,

@@ -272,6 +272,8 @@ pub struct ServerConfig {
     /// `--experimental-corrupt-check-time`: how often the leader compares HashKVs; `None` for
     /// never.
     pub corrupt_check_interval: Option<Duration>,
+    /// `--cors` and `--host-whitelist`: the checks on the client listeners' HTTP requests.
+    pub access: crate::access::AccessControl,
     pub log_level: LogLevel,
 }
 
@@ -480,6 +482,10 @@ impl ServerConfig {
             initial_corrupt_check: args.experimental_initial_corrupt_check,
             corrupt_check_interval: Some(args.experimental_corrupt_check_time)
                 .filter(|interval| !interval.is_zero()),
+            access: crate::access::AccessControl {
+                cors: crate::access::Allowed::parse(&args.cors),
+                hosts: crate::access::Allowed::parse(&args.host_whitelist),
+            },
             log_level: args.log_level,
         })
     }

@@ -2,6 +2,7 @@
 //! server. The binary (`src/main.rs`) is a thin shell over this library so that the process-level
 //! tests can reuse its pieces (configuration parsing, the bench client).
 
+pub mod access;
 pub mod api;
 pub mod backup;
 pub mod bench;

@@ -89,6 +89,14 @@ impl<N: ApiNode> ClientService<N> {
         }
     }
 
+    /// The same, with the HTTP requests (not the gRPC calls) checked by `access` first.
+    pub fn with_access(self, access: crate::access::AccessControl) -> ClientService<N> {
+        ClientService {
+            router: access.wrap(self.router),
+            kv: self.kv,
+        }
+    }
+
     /// Serves `router` only (the `--listen-metrics-urls` listeners).
     pub fn router_only(router: axum::Router) -> ClientService<N> {
         ClientService { router, kv: None }

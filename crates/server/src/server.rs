@@ -379,14 +379,16 @@ async fn serve_clients(
 ) -> Result<(), ServerError> {
     let mut servers = tokio::task::JoinSet::new();
     let service = crate::api::client_service(node.clone(), config);
+    let plain = service.clone().with_access(config.access.clone());
+    let secure = service.with_access(config.access.for_tls());
     for (listener, tls) in listeners.into_iter().zip(&config.client_listen_tls) {
-        let acceptor = match (tls, tls_acceptor) {
-            (true, Some(acceptor)) => Some(acceptor.clone()),
-            _ => None,
+        let (acceptor, service) = match (tls, tls_acceptor) {
+            (true, Some(acceptor)) => (Some(acceptor.clone()), secure.clone()),
+            _ => (None, plain.clone()),
         };
         servers.spawn(crate::serve::serve(
             listener,
-            service.clone(),
+            service,
             std::future::pending(),
             acceptor,
         ));

@@ -4,7 +4,7 @@
 
 mod api_support;
 
-use api_support::{Cluster, bytes, eventually, get, http_get, put};
+use api_support::{Cluster, bytes, eventually, get, http_exchange, http_get, put};
 use ballot_proto::etcdserverpb::{
     AlarmRequest, AuthStatusRequest, AuthenticateRequest, CompactionRequest, Compare,
     DeleteRangeRequest, HashKvRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
@@ -539,4 +539,113 @@ async fn http_endpoints_answer_on_the_client_port() {
     // The put was acknowledged after an fsync of the log that carried it.
     assert!(value_of("etcd_disk_wal_fsync_duration_seconds_count") >= 1);
     assert!(value_of("etcd_disk_wal_write_bytes_total") > "metric".len() as u64);
+}
+
+/// etcd's access controller on the client port: CORS headers for the allowed origins (all by
+/// default), preflight `OPTIONS` answered without running anything, hosts outside
+/// `--host-whitelist` refused on a listener without TLS, `/v3beta/` served as `/v3/`, and gRPC
+/// calls untouched by any of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_pass_etcds_cors_and_host_checks() {
+    let defaults = Cluster::start(1, &[]).await;
+    let port = defaults.members[0].client_port;
+    let request = format!(
+        "GET /health HTTP/1.1\r\nHost: anything.example:{port}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = http_exchange(port, &request).await;
+    assert_eq!(answer.code, 200, "{answer:?}");
+    assert_eq!(answer.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        answer.header("access-control-allow-methods"),
+        Some("POST, GET, OPTIONS, PUT, DELETE")
+    );
+    assert_eq!(
+        answer.header("access-control-allow-headers"),
+        Some("accept, content-type, authorization")
+    );
+    drop(defaults);
+
+    let cluster = Cluster::start(
+        1,
+        &[
+            "--cors",
+            "http://app.example,https://other.example:8443",
+            "--host-whitelist",
+            "localhost,127.0.0.1",
+        ],
+    )
+    .await;
+    let port = cluster.members[0].client_port;
+    let get_version = |host: &str, origin: &str| {
+        format!(
+            "GET /version HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let allowed = http_exchange(
+        port,
+        &get_version(&format!("127.0.0.1:{port}"), "http://app.example"),
+    )
+    .await;
+    assert_eq!(allowed.code, 200, "{allowed:?}");
+    assert!(allowed.body.contains("etcdserver"), "{allowed:?}");
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("http://app.example")
+    );
+    let other = http_exchange(port, &get_version("localhost", "http://evil.example")).await;
+    assert_eq!(other.code, 200, "{other:?}");
+    assert_eq!(
+        other.header("access-control-allow-origin"),
+        None,
+        "{other:?}"
+    );
+
+    let rebound = http_exchange(
+        port,
+        &get_version("rebind.example:2379", "http://app.example"),
+    )
+    .await;
+    assert_eq!(rebound.code, 421, "{rebound:?}");
+    assert!(
+        rebound
+            .body
+            .contains("ballot --host-whitelist \"rebind.example\""),
+        "{rebound:?}"
+    );
+
+    // A preflight runs nothing: the put it announces is not made.
+    let body = r#"{"key":"cHJlZmxpZ2h0","value":"eA=="}"#;
+    let preflight = format!(
+        "OPTIONS /v3/kv/put HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://other.example:8443\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = http_exchange(port, &preflight).await;
+    assert_eq!((answer.code, answer.body.as_str()), (200, ""), "{answer:?}");
+    assert_eq!(
+        answer.header("access-control-allow-origin"),
+        Some("https://other.example:8443")
+    );
+    let mut kv = KvClient::new(cluster.members[0].channel().await);
+    let range = kv
+        .range(get("preflight"))
+        .await
+        .expect("range")
+        .into_inner();
+    assert!(range.kvs.is_empty(), "{range:?}");
+
+    // The old gateway prefix writes through the same service.
+    let put = format!(
+        "POST /v3beta/kv/put HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = http_exchange(port, &put).await;
+    assert_eq!(answer.code, 200, "{answer:?}");
+    let range = kv
+        .range(get("preflight"))
+        .await
+        .expect("range")
+        .into_inner();
+    assert_eq!(range.kvs.len(), 1, "{range:?}");
+    assert_eq!(range.kvs[0].value, bytes("x"));
 }

@@ -357,12 +357,37 @@ where
 
 /// A raw HTTP/1.1 GET: (status code, body).
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let answer = http_exchange(port, &request).await;
+    (answer.code, answer.body)
+}
+
+/// What [`http_exchange`] read.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub code: u16,
+    /// Header lines, names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(header, _)| header == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Sends `request` (a whole HTTP/1.1 request that asks to close the connection) and reads the
+/// answer to the end.
+pub async fn http_exchange(port: u16, request: &str) -> HttpAnswer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .await
@@ -373,16 +398,22 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
         .expect("an answer in time")
         .expect("read the response");
     let text = String::from_utf8_lossy(&response).into_owned();
-    let code = text
-        .split(' ')
-        .nth(1)
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+    let mut lines = head.split("\r\n");
+    let code = lines
+        .next()
+        .and_then(|status| status.split(' ').nth(1))
         .and_then(|code| code.parse().ok())
         .expect("a status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (code, body)
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    HttpAnswer {
+        code,
+        headers,
+        body: body.to_owned(),
+    }
 }
 
 pub fn bytes(text: &str) -> Bytes {
