@@ -236,6 +236,19 @@ pub struct MemberArgs {
     )]
     pub force_new_cluster: bool,
 
+    /// Refuse membership changes that could leave the cluster without a working quorum:
+    /// adding a member while a voter is unreachable or too few members have started, removing
+    /// a voter when the rest could not form a quorum (etcd's rule; `false` turns it off).
+    #[arg(
+        long,
+        env = "BALLOT_STRICT_RECONFIG_CHECK",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub strict_reconfig_check: bool,
+
     /// How often a gRPC client connection is pinged (`2h`, `30s`), to find clients that are gone
     /// without closing their connections (a crashed host, a cut network).
     #[arg(

@@ -265,6 +265,8 @@ pub struct ServerConfig {
     pub grpc_keepalive_timeout: Duration,
     /// `--force-new-cluster`: restart alone from this member's data.
     pub force_new_cluster: bool,
+    /// `--strict-reconfig-check`: refuse membership changes that could lose the quorum.
+    pub strict_reconfig_check: bool,
     /// `--experimental-watch-progress-notify-interval`.
     pub watch_progress_notify_interval: Duration,
     /// `--experimental-initial-corrupt-check`: compare HashKVs with the peers before serving.
@@ -478,6 +480,7 @@ impl ServerConfig {
             grpc_keepalive_interval: args.grpc_keepalive_interval,
             grpc_keepalive_timeout: args.grpc_keepalive_timeout,
             force_new_cluster: args.force_new_cluster,
+            strict_reconfig_check: args.strict_reconfig_check,
             watch_progress_notify_interval: args.experimental_watch_progress_notify_interval,
             initial_corrupt_check: args.experimental_initial_corrupt_check,
             corrupt_check_interval: Some(args.experimental_corrupt_check_time)
@@ -1181,6 +1184,35 @@ mod tests {
         assert_eq!(
             (set.grpc_keepalive_interval, set.grpc_keepalive_timeout),
             (Duration::from_secs(30), Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn strict_reconfig_check_and_http_access_defaults_are_etcds() {
+        let defaults = config(&[]).expect("defaults");
+        assert!(defaults.strict_reconfig_check);
+        assert_eq!(defaults.access, crate::access::AccessControl::default());
+        for (flags, strict) in [
+            (&["--strict-reconfig-check=false"][..], false),
+            (&["--strict-reconfig-check"][..], true),
+            (&["--strict-reconfig-check", "true"][..], true),
+        ] {
+            assert_eq!(config(flags).expect("valid").strict_reconfig_check, strict);
+        }
+        let set = config(&[
+            "--cors",
+            "https://app.example,http://other.example:8080",
+            "--host-whitelist",
+            "etcd.example",
+        ])
+        .expect("valid");
+        assert_eq!(
+            set.access.cors,
+            crate::access::Allowed::parse("http://other.example:8080,https://app.example")
+        );
+        assert_eq!(
+            set.access.hosts,
+            crate::access::Allowed::Only(["etcd.example".to_owned()].into())
         );
     }
 

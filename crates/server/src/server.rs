@@ -96,6 +96,7 @@ pub fn node_config(config: &ServerConfig, cluster: &ClusterFile) -> NodeConfig {
             (mode, check)
         }),
         quota_bytes: config.quota_backend_bytes,
+        strict_reconfig_check: config.strict_reconfig_check,
     }
 }
 

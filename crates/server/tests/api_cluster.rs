@@ -222,6 +222,115 @@ async fn a_learner_that_is_not_in_sync_is_not_promoted() {
     );
 }
 
+/// `--strict-reconfig-check` (on by default, as in etcd): a membership change that could leave
+/// the cluster without a working quorum is refused before it is proposed, also when it arrives
+/// at a follower; once the cause is gone the same change goes through.
+#[tokio::test]
+async fn membership_changes_that_could_lose_the_quorum_are_refused() {
+    let cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.leader_index().await;
+    let follower = (leader + 1) % 3;
+    let mut cluster_client = ClusterClient::new(cluster.members[follower].channel().await);
+    let add = |is_learner| MemberAddRequest {
+        peer_ur_ls: vec![format!("http://127.0.0.1:{}", api_support::free_port())],
+        is_learner,
+    };
+    // A fourth voter that never starts: three of four still form a quorum.
+    let never_started = cluster_client
+        .member_add(add(false))
+        .await
+        .expect("a fourth voter while every member is up")
+        .into_inner()
+        .member
+        .expect("the new member");
+    // The leader has never heard from it: another member now could cost the quorum.
+    for is_learner in [false, true] {
+        let refused = cluster_client
+            .member_add(add(is_learner))
+            .await
+            .expect_err("a member is down");
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        assert_eq!(refused.message(), "etcdserver: unhealthy cluster");
+    }
+    // Removing a live voter leaves two working voters of three: allowed. Removing another
+    // would leave one started member of two: refused.
+    let member_id = |index: usize| {
+        let channel = cluster.members[index].channel();
+        async move {
+            MaintenanceClient::new(channel.await)
+                .status(StatusRequest {})
+                .await
+                .expect("status")
+                .into_inner()
+                .header
+                .expect("header")
+                .member_id
+        }
+    };
+    let other = (0..3)
+        .find(|i| *i != leader && *i != follower)
+        .expect("a third member");
+    let remaining = cluster_client
+        .member_remove(MemberRemoveRequest {
+            id: member_id(other).await,
+        })
+        .await
+        .expect("removing a live voter while the rest keep a quorum")
+        .into_inner()
+        .members;
+    assert_eq!(remaining.len(), 3);
+    let refused = cluster_client
+        .member_remove(MemberRemoveRequest {
+            id: member_id(follower).await,
+        })
+        .await
+        .expect_err("removing a live voter that the quorum needs");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        "etcdserver: re-configuration failed due to not enough started members"
+    );
+    // The member that is down can go, and then members can be added again.
+    let remaining = cluster_client
+        .member_remove(MemberRemoveRequest {
+            id: never_started.id,
+        })
+        .await
+        .expect("removing the member that is down")
+        .into_inner()
+        .members;
+    assert_eq!(remaining.len(), 2);
+    let learner = cluster_client
+        .member_add(add(true))
+        .await
+        .expect("a learner once every voter is up")
+        .into_inner()
+        .member
+        .expect("the learner");
+    cluster_client
+        .member_remove(MemberRemoveRequest { id: learner.id })
+        .await
+        .expect("remove the learner");
+
+    // A one-member cluster may grow by one member that has not started yet (to restore a
+    // cluster from one member), but not by a second: two of three would not be started.
+    let solo = Cluster::start(1, &[]).await;
+    let mut solo_client = ClusterClient::new(solo.members[0].channel().await);
+    solo_client
+        .member_add(add(false))
+        .await
+        .expect("a second voter for a one-member cluster");
+    let refused = solo_client
+        .member_add(add(false))
+        .await
+        .expect_err("a third voter while the second has not started");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        "etcdserver: re-configuration failed due to not enough started members"
+    );
+}
+
 #[tokio::test]
 async fn keep_alives_through_a_follower_keep_a_lease() {
     let cluster = Cluster::start(3, &[]).await;

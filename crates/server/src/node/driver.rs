@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::envelope::{ConfContext, ConfPurpose, Envelope};
 use super::error::NodeError;
-use super::members::Registry;
+use super::members::{MemberRecord, Registry};
 use super::{NodeShared, RaftView, lock_read};
 use crate::metrics::metrics;
 use crate::storage::{entry_to_wal, hard_state_to_wal, snapshot_marker};
@@ -117,6 +117,11 @@ pub struct Driver {
     pub pending_hard_state: Option<ballot_raft::HardState>,
     /// The WAL's disk is full ([`GroupCommitWal::no_space`]).
     pub no_space: watch::Receiver<bool>,
+    /// Ticks of this driver so far.
+    pub ticks: u64,
+    /// The tick at which each peer's last frame arrived: the leader hears from every member at
+    /// each heartbeat, which is what `--strict-reconfig-check` calls active.
+    pub heard_at_tick: HashMap<u64, u64>,
 }
 
 /// Why the driver stopped.
@@ -159,6 +164,7 @@ impl Driver {
                     }
                 }
                 _ = ticker.tick() => {
+                    self.ticks += 1;
                     self.raft.tick();
                     // Within a tick of the disk filling, and again until a hand-over succeeds
                     // (one may time out).
@@ -265,6 +271,7 @@ impl Driver {
     }
 
     fn on_frame(&mut self, from: u64, frame: PeerFrame) {
+        self.heard_at_tick.insert(from, self.ticks);
         match frame {
             PeerFrame::Messages(messages) => {
                 for message in messages {
@@ -380,8 +387,21 @@ impl Driver {
                     .push((origin, request_id, change));
                 return;
             }
-            let valid = validate_conf_change(&lock_read(&self.shared.registry), &change)
-                .and_then(|purpose| self.check_learner_ready(purpose, &change));
+            let valid = {
+                let registry = lock_read(&self.shared.registry);
+                validate_conf_change(&registry, &change)
+                    .and_then(|purpose| {
+                        self.check_learner_ready(purpose, &change).map(|()| purpose)
+                    })
+                    .and_then(|purpose| {
+                        if !self.shared.config.strict_reconfig_check {
+                            return Ok(());
+                        }
+                        check_reconfig_keeps_quorum(&registry, me, purpose, &change, |id| {
+                            self.recently_heard_from(id)
+                        })
+                    })
+            };
             if let Err(error) = valid {
                 self.refuse(origin, request_id, error);
                 return;
@@ -411,6 +431,16 @@ impl Driver {
             return;
         }
         self.refuse(origin, request_id, NodeError::NoLeader);
+    }
+
+    /// Whether a frame from `peer` arrived within the last election timeout: a follower
+    /// answers its leader at every heartbeat, so on the leader this tells the members that are
+    /// up and reachable from those that are not.
+    fn recently_heard_from(&self, peer: u64) -> bool {
+        let election_ticks = u64::from(self.shared.config.election_ticks.max(2));
+        self.heard_at_tick
+            .get(&peer)
+            .is_some_and(|&tick| self.ticks.saturating_sub(tick) < election_ticks)
     }
 
     /// etcd's `isLearnerReady`: a learner is promoted only when its match index is at least 90%
@@ -742,6 +772,77 @@ fn validate_conf_change(
     Ok(context.purpose)
 }
 
+/// etcd's `--strict-reconfig-check` (on by default): refuses a membership change that would
+/// leave the cluster without a working quorum, before it is proposed (a change takes effect
+/// when appended and cannot be taken back). `active` tells the voters this leader hears from;
+/// a member is started once it has published its name. As etcd's `mayAddMember`,
+/// `mayRemoveMember` and `mayPromoteMember`:
+///
+/// - adding a voter needs a quorum of the new voter set to be started (or one started member
+///   of two: growing a one-member cluster), and any add needs every voter to be active;
+/// - removing a voter needs a quorum of the remaining voters to be started, and, unless the
+///   member removed is already down, enough active voters to still form a quorum without it;
+/// - promoting a learner needs a quorum of the new voter set, the learner included, started.
+fn check_reconfig_keeps_quorum(
+    registry: &Registry,
+    me: u64,
+    purpose: ConfPurpose,
+    change: &ConfChange,
+    active: impl Fn(u64) -> bool,
+) -> Result<(), NodeError> {
+    let voters: Vec<&MemberRecord> = registry.records().filter(|m| !m.is_learner).collect();
+    let is_started = |member: &&&MemberRecord| !member.name.is_empty();
+    let is_active = |member: &&&MemberRecord| member.id == me || active(member.id);
+    let quorum = |members: usize| members / 2 + 1;
+    for single in &change.changes {
+        match purpose {
+            ConfPurpose::Bootstrap => {}
+            ConfPurpose::Add => {
+                if single.kind == ConfChangeKind::AddVoter {
+                    let members = voters.len() + 1;
+                    let started = voters.iter().filter(is_started).count();
+                    let growing_from_one = started == 1 && members == 2;
+                    if !growing_from_one && started < quorum(members) {
+                        return Err(NodeError::NotEnoughStartedMembers);
+                    }
+                }
+                if !voters.iter().all(|member| is_active(&member)) {
+                    return Err(NodeError::Unhealthy);
+                }
+            }
+            ConfPurpose::Remove => {
+                if registry
+                    .get(single.node)
+                    .is_some_and(|member| member.is_learner)
+                {
+                    continue;
+                }
+                let remaining = voters.iter().filter(|member| member.id != single.node);
+                let started = remaining.clone().filter(is_started).count();
+                if started < quorum(remaining.count()) {
+                    return Err(NodeError::NotEnoughStartedMembers);
+                }
+                // A member that is down is not part of the working quorum: removing it is safe.
+                if single.node != me && !active(single.node) {
+                    continue;
+                }
+                let active_voters = voters.iter().filter(is_active).count();
+                if active_voters.saturating_sub(1) < 1 + voters.len().saturating_sub(1) / 2 {
+                    return Err(NodeError::Unhealthy);
+                }
+            }
+            ConfPurpose::Promote => {
+                let members = voters.len() + 1;
+                let started = voters.iter().filter(is_started).count() + 1;
+                if started < quorum(members) {
+                    return Err(NodeError::NotEnoughStartedMembers);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// etcd promotes a learner only once its log matches at least this share of the leader's
 /// (`readyPercent` in etcd's `isLearnerReady`).
 const LEARNER_READY_SHARE: f64 = 0.9;
@@ -762,5 +863,151 @@ pub fn propose_error(error: ProposeError) -> NodeError {
         ProposeError::InvalidConfChange(error) => NodeError::InvalidConfChange(error.to_string()),
         ProposeError::Removed => NodeError::Stopped,
         ProposeError::EmptyBatch => NodeError::Timeout,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ballot_raft::{ConfChangeSingle, ConfChangeTransition};
+
+    use super::*;
+
+    /// Members 1..=n, voters unless listed in `learners`, started unless in `unstarted`.
+    fn registry(n: u64, learners: &[u64], unstarted: &[u64]) -> Registry {
+        Registry::from_records((1..=n).map(|id| MemberRecord {
+            id,
+            name: if unstarted.contains(&id) {
+                String::new()
+            } else {
+                format!("m{id}")
+            },
+            peer_urls: vec![format!("http://127.0.0.1:{}", 2380 + id)],
+            client_urls: Vec::new(),
+            is_learner: learners.contains(&id),
+        }))
+    }
+
+    fn change(kind: ConfChangeKind, node: u64) -> ConfChange {
+        ConfChange {
+            transition: ConfChangeTransition::Auto,
+            changes: vec![ConfChangeSingle { kind, node }],
+            context: Bytes::new(),
+        }
+    }
+
+    /// The check as the leader (member 1) runs it, with `down` the members it does not hear.
+    fn check(
+        registry: &Registry,
+        purpose: ConfPurpose,
+        kind: ConfChangeKind,
+        node: u64,
+        down: &[u64],
+    ) -> Result<(), NodeError> {
+        check_reconfig_keeps_quorum(registry, 1, purpose, &change(kind, node), |id| {
+            !down.contains(&id)
+        })
+    }
+
+    use ConfChangeKind::{AddLearner, AddVoter, Remove};
+    use ConfPurpose::{Add, Promote};
+
+    #[test]
+    fn adding_needs_every_voter_active_and_a_started_quorum() {
+        let healthy = registry(3, &[], &[]);
+        assert_eq!(check(&healthy, Add, AddVoter, 9, &[]), Ok(()));
+        assert_eq!(check(&healthy, Add, AddLearner, 9, &[]), Ok(()));
+        // One voter down: a fourth voter would need three of four, with two up.
+        assert_eq!(
+            check(&healthy, Add, AddVoter, 9, &[3]),
+            Err(NodeError::Unhealthy)
+        );
+        // etcd refuses learners too while a voter is unreachable; a learner down does not count.
+        assert_eq!(
+            check(&healthy, Add, AddLearner, 9, &[3]),
+            Err(NodeError::Unhealthy)
+        );
+        let with_learner = registry(4, &[4], &[]);
+        assert_eq!(check(&with_learner, Add, AddVoter, 9, &[4]), Ok(()));
+        // Two of five would be started: no quorum of the new set.
+        let two_unstarted = registry(4, &[], &[3, 4]);
+        assert_eq!(
+            check(&two_unstarted, Add, AddVoter, 9, &[]),
+            Err(NodeError::NotEnoughStartedMembers)
+        );
+        assert_eq!(check(&two_unstarted, Add, AddLearner, 9, &[]), Ok(()));
+        // Growing a one-member cluster: one started member of two is enough.
+        assert_eq!(check(&registry(1, &[], &[]), Add, AddVoter, 9, &[]), Ok(()));
+        assert_eq!(
+            check(&registry(2, &[], &[2]), Add, AddVoter, 9, &[]),
+            Err(NodeError::NotEnoughStartedMembers)
+        );
+    }
+
+    #[test]
+    fn removing_keeps_a_working_quorum_without_the_member() {
+        let healthy = registry(3, &[], &[]);
+        assert_eq!(check(&healthy, ConfPurpose::Remove, Remove, 2, &[]), Ok(()));
+        // Removing the leader itself, all up: two remain active.
+        assert_eq!(check(&healthy, ConfPurpose::Remove, Remove, 1, &[]), Ok(()));
+        // A member already down is safe to remove.
+        assert_eq!(
+            check(&healthy, ConfPurpose::Remove, Remove, 3, &[3]),
+            Ok(())
+        );
+        // With one down, removing a live member would leave one working voter of two.
+        assert_eq!(
+            check(&healthy, ConfPurpose::Remove, Remove, 2, &[3]),
+            Err(NodeError::Unhealthy)
+        );
+        assert_eq!(
+            check(&healthy, ConfPurpose::Remove, Remove, 1, &[3]),
+            Err(NodeError::Unhealthy)
+        );
+        // Learners never matter for the quorum.
+        let with_learner = registry(4, &[4], &[]);
+        assert_eq!(
+            check(&with_learner, ConfPurpose::Remove, Remove, 4, &[2, 3]),
+            Ok(())
+        );
+        // The rest must have a started quorum: removing 2 leaves 1 and 3, one of them started.
+        let unstarted = registry(3, &[], &[3]);
+        assert_eq!(
+            check(&unstarted, ConfPurpose::Remove, Remove, 2, &[]),
+            Err(NodeError::NotEnoughStartedMembers)
+        );
+        assert_eq!(
+            check(&unstarted, ConfPurpose::Remove, Remove, 3, &[3]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn promoting_counts_the_learner_as_started() {
+        assert_eq!(
+            check(&registry(3, &[3], &[]), Promote, AddVoter, 3, &[]),
+            Ok(())
+        );
+        // Voters 1 and 2 (2 unstarted) plus the learner: two of three started.
+        assert_eq!(
+            check(&registry(3, &[3], &[2]), Promote, AddVoter, 3, &[]),
+            Ok(())
+        );
+        // Voters 1, 2, 3 (2 and 3 unstarted) plus the learner: two of four started.
+        assert_eq!(
+            check(&registry(4, &[4], &[2, 3]), Promote, AddVoter, 4, &[]),
+            Err(NodeError::NotEnoughStartedMembers)
+        );
+    }
+
+    #[test]
+    fn the_refusals_travel_back_to_a_forwarding_member() {
+        for error in [NodeError::Unhealthy, NodeError::NotEnoughStartedMembers] {
+            assert_eq!(NodeError::from_wire_code(error.wire_code()), error);
+        }
+        assert_eq!(NodeError::Unhealthy.grpc_code(), tonic::Code::Unavailable);
+        assert_eq!(
+            NodeError::NotEnoughStartedMembers.grpc_code(),
+            tonic::Code::FailedPrecondition
+        );
     }
 }

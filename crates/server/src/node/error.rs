@@ -47,6 +47,10 @@ pub enum NodeError {
     MemberBadUrls,
     #[error("etcdserver: re-configuration failed due to not enough started members")]
     NotEnoughStartedMembers,
+    /// A membership change refused because a voter is not reachable from the leader, so the
+    /// change could leave the cluster without a working quorum (`--strict-reconfig-check`).
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
     #[error("etcdserver: can only promote a learner member which is in sync with leader")]
     LearnerNotReady,
     #[error("etcdserver: can only promote a learner member")]
@@ -80,7 +84,8 @@ impl NodeError {
             NodeError::NoLeader
             | NodeError::Timeout
             | NodeError::LeaderChanged
-            | NodeError::Stopped => Code::Unavailable,
+            | NodeError::Stopped
+            | NodeError::Unhealthy => Code::Unavailable,
             NodeError::TooManyRequests | NodeError::NoSpace => Code::ResourceExhausted,
             NodeError::Corrupt => Code::DataLoss,
             NodeError::RequestTooLarge | NodeError::MemberBadUrls => Code::InvalidArgument,
@@ -114,7 +119,7 @@ impl NodeError {
 
 /// The errors a leader reports back to a follower for a forwarded request, by code. Errors not
 /// listed (they never arise at the leader for forwarded work) travel as a timeout.
-const WIRE_CODES: [(u8, NodeError); 15] = [
+const WIRE_CODES: [(u8, NodeError); 17] = [
     (1, NodeError::NoLeader),
     (2, NodeError::Timeout),
     (3, NodeError::LeaderChanged),
@@ -130,6 +135,8 @@ const WIRE_CODES: [(u8, NodeError); 15] = [
     (13, NodeError::MemberIdExists),
     (14, NodeError::TooManyLearners),
     (15, NodeError::MemberBadUrls),
+    (16, NodeError::NotEnoughStartedMembers),
+    (17, NodeError::Unhealthy),
 ];
 
 impl NodeError {

@@ -91,6 +91,9 @@ pub struct NodeConfig {
     /// `--quota-backend-bytes`: writes that would take `dbSize` past this are refused with
     /// etcd's NOSPACE error; `None` for no limit.
     pub quota_bytes: Option<u64>,
+    /// `--strict-reconfig-check`: membership changes that would leave no working quorum are
+    /// refused before they are proposed.
+    pub strict_reconfig_check: bool,
 }
 
 /// The core's view as last published by the driver.
@@ -1141,6 +1144,8 @@ pub fn start(
         applied_index,
         last_conf_index,
         deferred_conf_changes: Vec::new(),
+        ticks: 0,
+        heard_at_tick: std::collections::HashMap::new(),
         durable_term_vote: (status.term, status.vote),
         pending_hard_state: None,
         no_space: shared.no_space.clone(),
