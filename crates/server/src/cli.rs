@@ -236,6 +236,29 @@ pub struct MemberArgs {
     )]
     pub force_new_cluster: bool,
 
+    /// Streams (calls in progress, watches and keep-alive streams included) one client
+    /// connection may have open at once; more wait in the client. Default: no limit, as etcd.
+    #[arg(
+        long,
+        env = "BALLOT_MAX_CONCURRENT_STREAMS",
+        default_value_t = u32::MAX,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_concurrent_streams: u32,
+
+    /// Ask the other members for a pre-vote before starting an election (Raft thesis 9.6), so
+    /// a member that was cut off cannot disturb a working leader when it returns. On by
+    /// default, as in etcd 3.5 (etcd 3.4: off).
+    #[arg(
+        long,
+        env = "BALLOT_PRE_VOTE",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub pre_vote: bool,
+
     /// Refuse membership changes that could leave the cluster without a working quorum:
     /// adding a member while a voter is unreachable or too few members have started, removing
     /// a voter when the rest could not form a quorum (etcd's rule; `false` turns it off).

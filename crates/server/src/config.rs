@@ -267,6 +267,10 @@ pub struct ServerConfig {
     pub force_new_cluster: bool,
     /// `--strict-reconfig-check`: refuse membership changes that could lose the quorum.
     pub strict_reconfig_check: bool,
+    /// `--pre-vote`: pre-vote before elections.
+    pub pre_vote: bool,
+    /// `--max-concurrent-streams`: HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
     /// `--experimental-watch-progress-notify-interval`.
     pub watch_progress_notify_interval: Duration,
     /// `--experimental-initial-corrupt-check`: compare HashKVs with the peers before serving.
@@ -481,6 +485,8 @@ impl ServerConfig {
             grpc_keepalive_timeout: args.grpc_keepalive_timeout,
             force_new_cluster: args.force_new_cluster,
             strict_reconfig_check: args.strict_reconfig_check,
+            pre_vote: args.pre_vote,
+            max_concurrent_streams: args.max_concurrent_streams,
             watch_progress_notify_interval: args.experimental_watch_progress_notify_interval,
             initial_corrupt_check: args.experimental_initial_corrupt_check,
             corrupt_check_interval: Some(args.experimental_corrupt_check_time)
@@ -1188,9 +1194,18 @@ mod tests {
     }
 
     #[test]
-    fn strict_reconfig_check_and_http_access_defaults_are_etcds() {
+    fn strict_reconfig_check_pre_vote_streams_and_http_access_defaults_are_etcds() {
         let defaults = config(&[]).expect("defaults");
         assert!(defaults.strict_reconfig_check);
+        assert!(defaults.pre_vote, "etcd 3.5's default");
+        assert_eq!(defaults.max_concurrent_streams, u32::MAX);
+        assert!(!config(&["--pre-vote=false"]).expect("valid").pre_vote);
+        assert_eq!(
+            config(&["--max-concurrent-streams", "100"])
+                .expect("valid")
+                .max_concurrent_streams,
+            100
+        );
         assert_eq!(defaults.access, crate::access::AccessControl::default());
         for (flags, strict) in [
             (&["--strict-reconfig-check=false"][..], false),

@@ -223,12 +223,17 @@ where
     N: ApiNode,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // etcd (grpc-go) puts no limit on concurrent streams per connection unless
+    // --max-concurrent-streams sets one; a low one stalls a client that multiplexes many
+    // requests on one connection.
+    let max_concurrent_streams = service
+        .kv
+        .as_ref()
+        .map_or(u32::MAX, |api| api.options.max_concurrent_streams);
     let mut connection: Connection<S> = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        // etcd (grpc-go) puts no limit on concurrent streams per connection; a lower one would
-        // stall a client that multiplexes more requests on one connection.
-        .max_concurrent_streams(u32::MAX)
+        .max_concurrent_streams(max_concurrent_streams)
         .handshake(io)
         .await?;
     let keepalive = service

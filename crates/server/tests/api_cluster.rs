@@ -331,6 +331,39 @@ async fn membership_changes_that_could_lose_the_quorum_are_refused() {
     );
 }
 
+/// `--pre-vote` (on by default): a member that hears no one asks for pre-votes, which nobody
+/// grants, so its term stays where it was and it cannot disturb a leader when it comes back.
+/// With `--pre-vote=false` it starts a real election, raising its term, at every timeout.
+#[tokio::test]
+async fn a_cut_off_member_raises_its_term_only_without_pre_vote() {
+    let (_pre_vote_dir, pre_voting) = Cluster::start_first_of(3, &[]);
+    let (_plain_dir, plain) = Cluster::start_first_of(3, &["--pre-vote=false"]);
+    let term_of = |member: &api_support::Member| {
+        let url = member.client_url.clone();
+        async move {
+            let channel = api_support::try_connect(&url).await?;
+            let status = MaintenanceClient::new(channel)
+                .status(StatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            Some(status.raft_term)
+        }
+    };
+    // Four elections at least: four election timeouts (at most two each) have passed, in which
+    // the pre-voting member, started first, would have raised its term twice at least.
+    eventually(
+        "the member without pre-vote to hold its fifth election",
+        || async { term_of(&plain).await.filter(|term| *term >= 5) },
+    )
+    .await
+    .unwrap_or_else(|| panic!("its term did not rise:\n{}", plain.log_tail()));
+    let term = term_of(&pre_voting)
+        .await
+        .expect("status of the pre-voting member");
+    assert!(term <= 1, "a pre-voting member alone reached term {term}");
+}
+
 #[tokio::test]
 async fn keep_alives_through_a_follower_keep_a_lease() {
     let cluster = Cluster::start(3, &[]).await;

@@ -235,6 +235,9 @@ pub struct ApiOptions {
     /// `--grpc-keepalive-interval` and `--grpc-keepalive-timeout`: how often a gRPC client is
     /// pinged, and how long it has to answer before its connection is closed.
     pub grpc_keepalive: Option<(Duration, Duration)>,
+    /// `--max-concurrent-streams`: streams one client connection may have open at once (HTTP/2
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`); etcd's default is no limit (2^32 - 1).
+    pub max_concurrent_streams: u32,
 }
 
 /// The gRPC metadata a client sends to be served only by a member that has a leader (etcd
@@ -307,6 +310,7 @@ impl ApiOptions {
                 config.grpc_keepalive_interval,
                 config.grpc_keepalive_timeout,
             )),
+            max_concurrent_streams: config.max_concurrent_streams,
         }
     }
 }

@@ -303,6 +303,7 @@ pub fn test_options() -> ApiOptions {
         health_timeout: Duration::from_secs(2),
         election_timeout: Duration::from_millis(100),
         grpc_keepalive: None,
+        max_concurrent_streams: u32::MAX,
     }
 }
 

@@ -1712,3 +1712,36 @@ async fn election_campaign_proclaim_observe_and_resign() {
         "election: no leader",
     );
 }
+
+/// `--max-concurrent-streams`: the limit a client connection is told in the server's HTTP/2
+/// settings (etcd's default: none, 2^32 - 1).
+#[tokio::test]
+async fn client_connections_are_told_the_stream_limit() {
+    async fn advertised_limit(options: ApiOptions) -> usize {
+        let server = TestServer::start(options).await;
+        let socket = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        let (_client, mut connection) = h2::client::handshake(socket).await.expect("handshake");
+        let mut ping_pong = connection.ping_pong().expect("ping pong");
+        // The server's settings come before its answer to a ping.
+        tokio::select! {
+            ended = &mut connection => panic!("the connection ended: {ended:?}"),
+            pong = ping_pong.ping(h2::Ping::opaque()) => { pong.expect("pong"); }
+        }
+        connection.max_concurrent_send_streams()
+    }
+    assert_eq!(
+        advertised_limit(test_options()).await,
+        u32::MAX as usize,
+        "no limit by default"
+    );
+    assert_eq!(
+        advertised_limit(ApiOptions {
+            max_concurrent_streams: 3,
+            ..test_options()
+        })
+        .await,
+        3
+    );
+}

@@ -94,6 +94,8 @@ pub struct NodeConfig {
     /// `--strict-reconfig-check`: membership changes that would leave no working quorum are
     /// refused before they are proposed.
     pub strict_reconfig_check: bool,
+    /// `--pre-vote`: the core asks for pre-votes before an election.
+    pub pre_vote: bool,
 }
 
 /// The core's view as last published by the driver.
@@ -1013,6 +1015,7 @@ fn raft_config(config: &NodeConfig) -> ballot_raft::Config {
     let mut raft = ballot_raft::Config::new(config.member_id);
     raft.election_tick = config.election_ticks.max(2);
     raft.heartbeat_tick = 1;
+    raft.pre_vote = config.pre_vote;
     raft.max_proposal_bytes = config.max_request_bytes + 4096;
     raft.seed = config.member_id ^ std::process::id() as u64;
     raft

@@ -229,6 +229,22 @@ impl Cluster {
         self.members.len() - 1
     }
 
+    /// Starts only the first member of a `size`-member cluster, with `extra` flags: the others
+    /// never start, so it stays without a leader. Does not wait for anything. The member keeps
+    /// its data in the directory returned, which outlives it.
+    pub fn start_first_of(size: usize, extra: &[&str]) -> (TempDir, Member) {
+        let dir = TempDir::new("alone");
+        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let member = spawn_member(&dir, "m0", ports[0], "http", &initial_cluster, extra);
+        (dir, member)
+    }
+
     /// Waits until every running member reports the same, non-zero leader; returns its ID.
     pub async fn wait_for_leader(&self) -> u64 {
         let result = eventually("every member agrees on a leader", || async {
