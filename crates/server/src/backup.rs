@@ -76,6 +76,10 @@ pub struct RestoreArgs {
     /// The directory to create; it must not exist yet, or be empty [default: ./<name>.ballot].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// The member's dedicated WAL directory, as it will be started with `--wal-dir` (must not
+    /// exist, or be empty) [default: <data-dir>/member/wal].
+    #[arg(long)]
+    pub wal_dir: Option<PathBuf>,
     /// The new cluster's members, name=peer-url pairs, comma-separated, exactly as the members
     /// will be started with [default: <name>=<initial-advertise-peer-urls>].
     #[arg(long)]
@@ -128,6 +132,8 @@ pub enum BackupError {
     Config(#[from] ConfigError),
     #[error("data directory {0} already exists and is not empty; restore into a new directory")]
     DataDirExists(PathBuf),
+    #[error("WAL directory {0} already exists and is not empty; restore into a new directory")]
+    WalDirExists(PathBuf),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -313,6 +319,15 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored, BackupError> {
     if directory_in_use(&data_dir)? {
         return Err(BackupError::DataDirExists(data_dir));
     }
+    let wal_dir = args
+        .wal_dir
+        .clone()
+        .filter(|dir| !dir.as_os_str().is_empty());
+    if let Some(wal_dir) = &wal_dir
+        && directory_in_use(wal_dir)?
+    {
+        return Err(BackupError::WalDirExists(wal_dir.clone()));
+    }
     let Backup { mut store, .. } = read_backup(&args.file, args.skip_hash_check)?;
 
     // The log continues after the index the store had applied, so that the store's own
@@ -337,7 +352,12 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored, BackupError> {
 
     let staging = staging_dir(&data_dir);
     remove_dir_if_present(&staging)?;
-    let staged = DataDir::new(&staging);
+    // A dedicated WAL is staged beside its own directory, which may be on another disk.
+    let wal_staging = wal_dir.as_deref().map(staging_dir);
+    if let Some(wal_staging) = &wal_staging {
+        remove_dir_if_present(wal_staging)?;
+    }
+    let staged = DataDir::new(&staging).with_wal_dir(wal_staging.as_deref());
     ClusterFile {
         cluster_id: membership.cluster_id,
         member_id: membership.member_id,
@@ -372,12 +392,11 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored, BackupError> {
         wal.sync().map_err(StorageError::from)?;
     }
 
-    if data_dir.exists() {
-        // An empty directory (checked above) is replaced.
-        std::fs::remove_dir(&data_dir).map_err(io("remove empty directory", &data_dir))?;
+    // The WAL first: the data directory appearing is what says the restore is complete.
+    if let (Some(wal_dir), Some(wal_staging)) = (&wal_dir, &wal_staging) {
+        move_into_place(wal_staging, wal_dir)?;
     }
-    std::fs::rename(&staging, &data_dir).map_err(io("rename into place", &data_dir))?;
-    sync_parent(&data_dir)?;
+    move_into_place(&staging, &data_dir)?;
     Ok(Restored {
         data_dir,
         member_id: membership.member_id,
@@ -385,6 +404,16 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored, BackupError> {
         revision: store.current_revision(),
         raft_index,
     })
+}
+
+/// Renames the finished `staging` to `dir` (replacing it when empty, as checked before) and
+/// makes the rename durable.
+fn move_into_place(staging: &Path, dir: &Path) -> Result<(), BackupError> {
+    if dir.exists() {
+        std::fs::remove_dir(dir).map_err(io("remove empty directory", dir))?;
+    }
+    std::fs::rename(staging, dir).map_err(io("rename into place", dir))?;
+    sync_parent(dir)
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BackupError + 'a {
@@ -548,6 +577,7 @@ mod tests {
             file: file.to_path_buf(),
             name: "r1".into(),
             data_dir: Some(data_dir.to_path_buf()),
+            wal_dir: None,
             initial_cluster: Some(
                 "r1=http://127.0.0.1:41001,r2=http://127.0.0.1:41002,r3=http://127.0.0.1:41003"
                     .into(),
@@ -614,6 +644,58 @@ mod tests {
         stranger.name = "r9".into();
         assert!(matches!(restore(&stranger), Err(BackupError::Config(_))));
         assert!(!other.exists());
+    }
+
+    /// `--wal-dir`: the log goes to its own directory, where a member started with the same
+    /// `--wal-dir` finds it; a WAL directory in use is refused before anything is written.
+    #[test]
+    fn a_restore_with_a_dedicated_wal_dir_puts_the_log_there() {
+        let dir = temp_dir("backup-wal-dir");
+        let file = write(&dir, "backup.db", &saved(&sample_store()));
+        let data_dir = dir.0.join("r1.ballot");
+        let wal_dir = dir.0.join("r1-wal");
+        let args = RestoreArgs {
+            wal_dir: Some(wal_dir.clone()),
+            ..restore_args(&file, &data_dir)
+        };
+        let restored = restore(&args).expect("restore");
+        assert!(wal_dir.join(ballot_wal::META_FILE_NAME).exists());
+        assert!(!DataDir::new(&data_dir).wal_dir().exists());
+        assert!(
+            !staging_dir(&wal_dir).exists(),
+            "the WAL staging is renamed"
+        );
+        let data = DataDir::new(&data_dir).with_wal_dir(Some(&wal_dir));
+        data.check_wal_location(true, restored.member_id)
+            .expect("the log is where --wal-dir says");
+        assert!(matches!(
+            DataDir::new(&data_dir).check_wal_location(true, restored.member_id),
+            Err(StorageError::MissingWal { .. })
+        ));
+        let cluster = ClusterFile::read(&data)
+            .expect("read")
+            .expect("a cluster file");
+        let opened = storage::open(&data, &cluster, storage::WalSettings::default())
+            .expect("the directories open");
+        let recovered = opened.recovered.as_ref().expect("recovered state");
+        assert_eq!(recovered.restore.applied, restored.raft_index);
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(opened.wal.shutdown())
+            .expect("WAL shutdown");
+
+        let other_data = dir.0.join("r2.ballot");
+        let error = restore(&RestoreArgs {
+            wal_dir: Some(wal_dir.clone()),
+            ..restore_args(&file, &other_data)
+        })
+        .err();
+        assert!(
+            matches!(error, Some(BackupError::WalDirExists(_))),
+            "{error:?}"
+        );
+        assert!(!other_data.exists());
     }
 
     #[test]

@@ -90,6 +90,11 @@ pub struct MemberArgs {
     #[arg(long, env = "BALLOT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Dedicated directory for the write-ahead log, e.g. on a disk of its own [default:
+    /// <data-dir>/member/wal]. A member must always be started with the same one.
+    #[arg(long, env = "BALLOT_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+
     /// URLs to listen on for client traffic (gRPC and HTTP on the same port).
     #[arg(long, env = "BALLOT_LISTEN_CLIENT_URLS", default_value = DEFAULT_CLIENT_URL)]
     pub listen_client_urls: String,

@@ -210,6 +210,8 @@ pub struct ServerConfig {
     pub name: String,
     /// This member's data directory (`--data-dir`, default `./<name>.ballot`).
     pub data_dir: PathBuf,
+    /// `--wal-dir`: the WAL's own directory, instead of `<data-dir>/member/wal`.
+    pub wal_dir: Option<PathBuf>,
     /// Addresses to bind for clients: gRPC (and HTTP `/health`, `/metrics`, `/version`).
     pub client_listen_addrs: Vec<SocketAddr>,
     /// For each of `client_listen_addrs`: served with TLS (an `https` URL).
@@ -445,6 +447,11 @@ impl ServerConfig {
                 .data_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("{}.ballot", args.name))),
+            // Empty means the default, as in etcd.
+            wal_dir: args
+                .wal_dir
+                .clone()
+                .filter(|dir| !dir.as_os_str().is_empty()),
             client_listen_tls: client_listen.iter().map(|url| url.tls).collect(),
             client_listen_addrs,
             client_tls,

@@ -162,8 +162,9 @@ pub async fn start_member(
     peer_listeners: Vec<TcpListener>,
     peer_tls: Option<crate::tls::PeerTlsConfig>,
 ) -> Result<Member, ServerError> {
-    let data_dir = DataDir::new(&config.data_dir);
+    let data_dir = DataDir::new(&config.data_dir).with_wal_dir(config.wal_dir.as_deref());
     let (cluster, initialized) = cluster_file(config, &data_dir, peer_tls.as_ref()).await?;
+    data_dir.check_wal_location(initialized, cluster.member_id)?;
     let mode = if cluster.joined {
         StartMode::Join
     } else {

@@ -57,6 +57,27 @@ pub enum StorageError {
     #[error("{path} is damaged: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error(
+        "data directory {data_dir} belongs to member {member_id:x}, but there is no WAL in \
+         {wal_dir}: starting with an empty log would forget this member's votes and entries. \
+         Point --wal-dir at the member's WAL (or leave it out if the WAL is under the data \
+         directory); if the member never ran, or is to rejoin as a new member, remove the data \
+         directory"
+    )]
+    MissingWal {
+        data_dir: PathBuf,
+        member_id: u64,
+        wal_dir: PathBuf,
+    },
+    #[error(
+        "data directory {data_dir} holds this member's WAL in {own}, but --wal-dir names \
+         {given}: leave --wal-dir out, or move the WAL there first"
+    )]
+    WalElsewhere {
+        data_dir: PathBuf,
+        own: PathBuf,
+        given: PathBuf,
+    },
+    #[error(
         "data directory {dir} belongs to member {found_member:x} (peer URLs {found_urls}), not to \
          this member (peer URLs {expected_urls}); point --data-dir at this member's own directory"
     )]
@@ -78,12 +99,23 @@ pub enum StorageError {
 #[derive(Clone, Debug)]
 pub struct DataDir {
     pub root: PathBuf,
+    /// `--wal-dir`: the WAL lives there instead of under the data directory.
+    pub dedicated_wal: Option<PathBuf>,
 }
 
 impl DataDir {
     pub fn new(root: &Path) -> DataDir {
         DataDir {
             root: root.to_path_buf(),
+            dedicated_wal: None,
+        }
+    }
+
+    /// The same, with the WAL in `wal_dir` when given (`--wal-dir`).
+    pub fn with_wal_dir(self, wal_dir: Option<&Path>) -> DataDir {
+        DataDir {
+            dedicated_wal: wal_dir.map(Path::to_path_buf),
+            ..self
         }
     }
 
@@ -91,8 +123,44 @@ impl DataDir {
         self.root.join("member")
     }
 
+    /// Where the WAL is: `--wal-dir`, or `member/wal` under the data directory.
     pub fn wal_dir(&self) -> PathBuf {
+        self.dedicated_wal
+            .clone()
+            .unwrap_or_else(|| self.own_wal_dir())
+    }
+
+    /// The WAL's place under the data directory, used without `--wal-dir`.
+    fn own_wal_dir(&self) -> PathBuf {
         self.member_dir().join("wal")
+    }
+
+    /// Refuses to start a member whose WAL is not where it is told to look: a member that has
+    /// started before (`initialized`: its cluster file was there) must find its WAL, since
+    /// starting over with an empty log would forget its votes and acknowledged entries; and a
+    /// data directory with a WAL of its own must not be started with `--wal-dir` elsewhere.
+    pub fn check_wal_location(
+        &self,
+        initialized: bool,
+        member_id: u64,
+    ) -> Result<(), StorageError> {
+        let has_wal = |dir: &Path| dir.join(ballot_wal::META_FILE_NAME).exists();
+        let wal_dir = self.wal_dir();
+        if self.dedicated_wal.is_some() && has_wal(&self.own_wal_dir()) {
+            return Err(StorageError::WalElsewhere {
+                data_dir: self.root.clone(),
+                own: self.own_wal_dir(),
+                given: wal_dir,
+            });
+        }
+        if initialized && !has_wal(&wal_dir) {
+            return Err(StorageError::MissingWal {
+                data_dir: self.root.clone(),
+                member_id,
+                wal_dir,
+            });
+        }
+        Ok(())
     }
 
     pub fn snap_dir(&self) -> PathBuf {

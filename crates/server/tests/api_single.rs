@@ -14,6 +14,8 @@ use ballot_proto::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
     request_op, watch_client::WatchClient, watch_request::RequestUnion,
 };
+use std::time::Duration;
+
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -648,4 +650,67 @@ async fn http_requests_pass_etcds_cors_and_host_checks() {
         .into_inner();
     assert_eq!(range.kvs.len(), 1, "{range:?}");
     assert_eq!(range.kvs[0].value, bytes("x"));
+}
+
+/// `--wal-dir`: the log lives in a directory of its own, and a member is only started with
+/// its log where it left it: without the flag, with another directory, or with the flag on a
+/// data directory that holds its own log, it stops before serving and says what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedicated_wal_dir_holds_the_log_and_must_not_move() {
+    let wal_root = api_support::TempDir::new("wal-dir");
+    let wal_dir = wal_root.0.join("m0-wal");
+    let wal_flag = wal_dir.to_str().expect("a UTF-8 path").to_owned();
+    let mut cluster = Cluster::start(1, &["--wal-dir", &wal_flag]).await;
+    let mut kv = KvClient::new(cluster.members[0].channel().await);
+    kv.put(put("kept", "in the dedicated log"))
+        .await
+        .expect("put");
+    let data_dir = cluster.dir.0.join(&cluster.members[0].name);
+    assert!(wal_dir.join("wal.meta").exists(), "the log is in --wal-dir");
+    assert!(
+        !data_dir.join("member").join("wal").exists(),
+        "nothing of the log is under the data directory"
+    );
+
+    let refused_start = |cluster: &mut Cluster, extra: &[&str], expected: &str| {
+        cluster.restart(0, extra);
+        let exit = cluster.members[0].wait_exit(Duration::from_secs(20));
+        let log = cluster.members[0].log_tail();
+        let exit = exit.unwrap_or_else(|| panic!("the member kept running:\n{log}"));
+        assert!(!exit.success(), "{log}");
+        assert!(log.contains(expected), "expected {expected:?} in:\n{log}");
+    };
+    let own_wal = data_dir.join("member").join("wal");
+    refused_start(
+        &mut cluster,
+        &[],
+        &format!("there is no WAL in {}", own_wal.display()),
+    );
+    let elsewhere = wal_root.0.join("elsewhere");
+    refused_start(
+        &mut cluster,
+        &["--wal-dir", elsewhere.to_str().expect("UTF-8")],
+        &format!("there is no WAL in {}", elsewhere.display()),
+    );
+
+    cluster.restart(0, &["--wal-dir", &wal_flag]);
+    cluster.wait_for_leader().await;
+    let mut kv = KvClient::new(cluster.members[0].channel().await);
+    let range = kv.range(get("kept")).await.expect("range").into_inner();
+    assert_eq!(range.kvs.len(), 1, "{range:?}");
+    assert_eq!(range.kvs[0].value, bytes("in the dedicated log"));
+
+    // A member whose log is under its data directory is not started with --wal-dir.
+    let mut plain = Cluster::start(1, &[]).await;
+    let own_wal = plain
+        .dir
+        .0
+        .join(&plain.members[0].name)
+        .join("member")
+        .join("wal");
+    refused_start(
+        &mut plain,
+        &["--wal-dir", elsewhere.to_str().expect("UTF-8")],
+        &format!("holds this member's WAL in {}", own_wal.display()),
+    );
 }
