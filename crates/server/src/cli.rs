@@ -7,11 +7,13 @@
 //!
 //! Like etcd (which reads `ETCD_NAME`, `ETCD_DATA_DIR`, ...), every member flag can also be given
 //! in the environment as `BALLOT_<FLAG>` (`BALLOT_NAME`, `BALLOT_DATA_DIR`, ...); a flag on the
-//! command line wins over the environment.
+//! command line wins over the environment. etcd's own `ETCD_<FLAG>` variables are read too, for
+//! the flags Ballot has ([`parse`]), so a container or a systemd unit configured for etcd
+//! through its environment starts Ballot unchanged; `BALLOT_<FLAG>` wins over `ETCD_<FLAG>`.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::backup::SnapshotArgs;
 use crate::bench::BenchArgs;
@@ -47,6 +49,52 @@ pub const DEFAULT_WAL_SEGMENT_BYTES: u64 = ballot_wal::WalOptions::DEFAULT_SEGME
 pub const DEFAULT_WAL_SYNCS_IN_FLIGHT: usize = 1;
 /// Most `--wal-syncs-in-flight` accepts.
 pub const WAL_SYNCS_IN_FLIGHT_MAX: usize = 8;
+
+/// The prefix of etcd's configuration variables (etcdctl's are `ETCDCTL_`).
+const ETCD_ENV_PREFIX: &str = "ETCD_";
+const BALLOT_ENV_PREFIX: &str = "BALLOT_";
+
+/// Parses the process's command line and environment (exits with clap's message on an error).
+/// Returns the command and a warning for each `ETCD_` variable that names no Ballot flag.
+pub fn parse() -> (Cli, Vec<String>) {
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .collect();
+    let (command, warnings) = with_etcd_env(Cli::command(), &names);
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit());
+    (cli, warnings)
+}
+
+/// Makes each member flag read `ETCD_<FLAG>` when it is among `env_names` and `BALLOT_<FLAG>`
+/// is not. The warnings name the `ETCD_` variables no flag reads.
+pub fn with_etcd_env(
+    mut command: clap::Command,
+    env_names: &[String],
+) -> (clap::Command, Vec<String>) {
+    let mut warnings = Vec::new();
+    for name in env_names {
+        let Some(flag) = name.strip_prefix(ETCD_ENV_PREFIX) else {
+            continue;
+        };
+        if name.starts_with("ETCDCTL_") {
+            continue;
+        }
+        let ballot_name = format!("{BALLOT_ENV_PREFIX}{flag}");
+        let id = command
+            .get_arguments()
+            .find(|arg| arg.get_env().is_some_and(|env| env == ballot_name.as_str()))
+            .map(|arg| arg.get_id().clone());
+        match id {
+            Some(_) if env_names.contains(&ballot_name) => {}
+            Some(id) => command = command.mut_arg(id, |arg| arg.env(name.clone())),
+            None => warnings.push(format!(
+                "{name} is not a setting of Ballot (no --{} flag); ignored",
+                flag.to_ascii_lowercase().replace('_', "-")
+            )),
+        }
+    }
+    (command, warnings)
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -418,11 +466,55 @@ impl LogLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn command_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The variable a member flag reads after [`with_etcd_env`].
+    fn env_of(command: &clap::Command, flag: &str) -> Option<String> {
+        command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(flag))
+            .and_then(|arg| arg.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+    }
+
+    #[test]
+    fn member_flags_read_etcds_variables_unless_ballots_are_set() {
+        let names: Vec<String> = [
+            "ETCD_NAME",
+            "ETCD_DATA_DIR",
+            "BALLOT_DATA_DIR",
+            "ETCD_INITIAL_CLUSTER_STATE",
+            "ETCD_ENABLE_V2",
+            "ETCDCTL_API",
+            "PATH",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let (command, warnings) = with_etcd_env(Cli::command(), &names);
+        assert_eq!(env_of(&command, "name").as_deref(), Some("ETCD_NAME"));
+        assert_eq!(
+            env_of(&command, "initial-cluster-state").as_deref(),
+            Some("ETCD_INITIAL_CLUSTER_STATE")
+        );
+        assert_eq!(
+            env_of(&command, "data-dir").as_deref(),
+            Some("BALLOT_DATA_DIR"),
+            "BALLOT_ wins"
+        );
+        assert_eq!(
+            env_of(&command, "listen-client-urls").as_deref(),
+            Some("BALLOT_LISTEN_CLIENT_URLS"),
+            "unset: unchanged"
+        );
+        assert_eq!(
+            warnings,
+            ["ETCD_ENABLE_V2 is not a setting of Ballot (no --enable-v2 flag); ignored"]
+        );
+        command.debug_assert();
     }
 
     #[test]

@@ -3,8 +3,6 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use ballot::backup::{self, SnapshotArgs, SnapshotCommand, StatusFormat};
 use ballot::bench::BenchArgs;
 use ballot::cli::{Cli, Command, LogLevel};
@@ -13,7 +11,10 @@ use ballot::dev::DevArgs;
 
 fn main() -> ExitCode {
     ballot::server::disable_transparent_huge_pages();
-    let cli = Cli::parse();
+    let (cli, warnings) = ballot::cli::parse();
+    for warning in warnings {
+        eprintln!("ballot: warning: {warning}");
+    }
     match cli.command {
         None => run_member(&cli),
         Some(Command::Bench(args)) => run_bench(&args),

@@ -714,3 +714,45 @@ async fn a_dedicated_wal_dir_holds_the_log_and_must_not_move() {
         &format!("holds this member's WAL in {}", own_wal.display()),
     );
 }
+
+/// A member configured by etcd's `ETCD_<FLAG>` variables alone, as etcd containers and systemd
+/// units configure it, starts as those variables say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_configured_by_etcds_environment_variables_starts_as_they_say() {
+    let dir = api_support::TempDir::new("etcd-env");
+    let member = api_support::spawn_from_etcd_env(&dir, "from-env");
+    let channel = eventually("the member to serve", || {
+        api_support::try_connect(&member.client_url)
+    })
+    .await
+    .unwrap_or_else(|| panic!("it never served:\n{}", member.log_tail()));
+    let members = eventually("the member to publish its name", || {
+        let mut cluster = ClusterClient::new(channel.clone());
+        async move {
+            let members = cluster
+                .member_list(MemberListRequest { linearizable: true })
+                .await
+                .ok()?
+                .into_inner()
+                .members;
+            members
+                .iter()
+                .all(|m| !m.name.is_empty())
+                .then_some(members)
+        }
+    })
+    .await
+    .expect("member list");
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].name, "from-env");
+    assert_eq!(members[0].client_ur_ls, vec![member.client_url.clone()]);
+    assert_eq!(members[0].peer_ur_ls, vec![member.peer_url.clone()]);
+    assert!(
+        dir.0
+            .join("from-env")
+            .join("member")
+            .join("cluster")
+            .exists(),
+        "the data is in ETCD_DATA_DIR"
+    );
+}

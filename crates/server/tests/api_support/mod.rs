@@ -293,6 +293,49 @@ impl Cluster {
     }
 }
 
+/// Starts a one-member cluster configured as etcd is in containers and systemd units: by
+/// `ETCD_<FLAG>` variables alone (and the tests' small WAL segments), with no `BALLOT_`
+/// variable set. Its name is `name`, its data in `dir/<name>`.
+pub fn spawn_from_etcd_env(dir: &TempDir, name: &str) -> Member {
+    let (client_port, peer_port) = (free_port(), free_port());
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let log = dir.0.join(format!("{name}.log"));
+    let log_file = std::fs::File::create(&log).expect("create the member log");
+    let log_err = log_file.try_clone().expect("clone the log handle");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ballot"));
+    for (variable, _) in std::env::vars_os() {
+        if variable.to_string_lossy().starts_with("BALLOT_") {
+            command.env_remove(variable);
+        }
+    }
+    let child = command
+        .env("ETCD_NAME", name)
+        .env("ETCD_DATA_DIR", dir.0.join(name))
+        .env("ETCD_LISTEN_CLIENT_URLS", &client_url)
+        .env("ETCD_ADVERTISE_CLIENT_URLS", &client_url)
+        .env("ETCD_LISTEN_PEER_URLS", &peer_url)
+        .env("ETCD_INITIAL_ADVERTISE_PEER_URLS", &peer_url)
+        .env("ETCD_INITIAL_CLUSTER", format!("{name}={peer_url}"))
+        .env("ETCD_INITIAL_CLUSTER_STATE", "new")
+        .env("ETCD_HEARTBEAT_INTERVAL", HEARTBEAT_MS.to_string())
+        .env("ETCD_ELECTION_TIMEOUT", ELECTION_MS.to_string())
+        .args(["--wal-segment-bytes", &TEST_WAL_SEGMENT_BYTES.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .spawn()
+        .expect("start ballot");
+    Member {
+        name: name.to_owned(),
+        client_url,
+        peer_url,
+        client_port,
+        child: Some(child),
+        log,
+    }
+}
+
 fn spawn_member(
     dir: &TempDir,
     name: &str,
