@@ -56,14 +56,15 @@ pub fn routes<N: ApiNode>(api: Api<N>) -> Router {
         ($router:expr, $path:literal, $service:ident :: $method:ident, $respond:expr) => {
             $router.route(
                 $path,
-                post(|State(api): State<Api<N>>, body: Bytes| async move {
+                post(|State(api): State<Api<N>>, headers: header::HeaderMap, body: Bytes| async move {
+                    let require_leader = requires_leader(&headers);
                     answer(
                         &api,
                         &body,
                         |api, request| {
                             Box::pin(<Api<N> as $service>::$method(
                                 api,
-                                tonic::Request::new(request),
+                                with_metadata(request, require_leader),
                             ))
                         },
                         $respond,
@@ -174,6 +175,20 @@ fn requires_leader(headers: &header::HeaderMap) -> bool {
     headers
         .get(REQUIRE_LEADER_HEADER)
         .is_some_and(|value| value.as_bytes() == b"true")
+}
+
+/// A gateway call as the gRPC service takes it: its `Grpc-Metadata-Hasleader` becomes the
+/// `hasleader` metadata, so the streams it opens (election Observe) watch for a lost leader as
+/// they do for gRPC clients.
+fn with_metadata<T>(message: T, require_leader: bool) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if require_leader {
+        request.metadata_mut().insert(
+            crate::api::REQUIRE_LEADER_KEY,
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+    }
+    request
 }
 
 /// etcd's interceptor for gateway calls: with `hasleader`, no call is served by a member that

@@ -1352,8 +1352,8 @@ async fn read_until(stream: &mut tokio::net::TcpStream, received: &mut String, n
 }
 
 /// The gateway's form of `hasleader` (grpc-gateway's `Grpc-Metadata-Hasleader` header): calls
-/// carrying it are refused on a member without a leader and its watch streams end, while calls
-/// and watches without it go on.
+/// carrying it are refused on a member without a leader and its watch and election observe
+/// streams end, while calls and watches without it go on.
 #[tokio::test]
 async fn json_gateway_calls_that_require_a_leader_fail_without_one() {
     let (server, channel) = server().await;
@@ -1403,6 +1403,34 @@ async fn json_gateway_calls_that_require_a_leader_fail_without_one() {
     for (stream, received) in &mut watches {
         read_until(stream, received, r#""created":true}}"#).await;
     }
+    // An election with a leader, observed through the gateway with the header: the stream
+    // answers with the leader at once, so it is open before the leader goes.
+    let lease = LeaseClient::new(server.channel().await)
+        .lease_grant(LeaseGrantRequest {
+            ttl: 60,
+            ..LeaseGrantRequest::default()
+        })
+        .await
+        .expect("grant")
+        .into_inner()
+        .id;
+    ballot_proto::v3electionpb::election_client::ElectionClient::new(server.channel().await)
+        .campaign(ballot_proto::v3electionpb::CampaignRequest {
+            name: bytes("e"),
+            lease,
+            value: bytes("v"),
+        })
+        .await
+        .expect("campaign");
+    let mut observer = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    observer
+        .write_all(post("/v3/election/observe", r#"{"name":"ZQ=="}"#, true).as_bytes())
+        .await
+        .expect("send request");
+    let mut observed = String::new();
+    read_until(&mut observer, &mut observed, r#""value":"dg==""#).await;
 
     server.node.set_leader(0);
     let (code, body) = http_exchange(server.addr, &post("/v3/kv/range", range, true)).await;
@@ -1417,6 +1445,12 @@ async fn json_gateway_calls_that_require_a_leader_fail_without_one() {
     assert_eq!(code, 200, "served without the header");
     let (required, received) = &mut watches[0];
     read_until(required, received, r#""message":"etcdserver: no leader""#).await;
+    read_until(
+        &mut observer,
+        &mut observed,
+        r#""message":"etcdserver: no leader""#,
+    )
+    .await;
 
     // The watch without the header still sees the next write once a leader is back.
     server.node.set_leader(MEMBER_ID);
