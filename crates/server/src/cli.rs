@@ -299,6 +299,16 @@ pub struct MemberArgs {
     )]
     pub max_concurrent_streams: u32,
 
+    /// Log a warning ("apply request took too long") and count it in
+    /// `etcd_server_slow_apply_total` when applying one log entry takes longer than this.
+    #[arg(
+        long,
+        env = "BALLOT_EXPERIMENTAL_WARNING_APPLY_DURATION",
+        default_value = "100ms",
+        value_parser = crate::bench::parse_duration
+    )]
+    pub experimental_warning_apply_duration: std::time::Duration,
+
     /// Ask the other members for a pre-vote before starting an election (Raft thesis 9.6), so
     /// a member that was cut off cannot disturb a working leader when it returns. On by
     /// default, as in etcd 3.5 (etcd 3.4: off).

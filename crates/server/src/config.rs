@@ -271,6 +271,8 @@ pub struct ServerConfig {
     pub strict_reconfig_check: bool,
     /// `--pre-vote`: pre-vote before elections.
     pub pre_vote: bool,
+    /// `--experimental-warning-apply-duration`: applies slower than this are logged.
+    pub warning_apply_duration: Duration,
     /// `--max-concurrent-streams`: HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
     /// `--experimental-watch-progress-notify-interval`.
@@ -493,6 +495,7 @@ impl ServerConfig {
             force_new_cluster: args.force_new_cluster,
             strict_reconfig_check: args.strict_reconfig_check,
             pre_vote: args.pre_vote,
+            warning_apply_duration: args.experimental_warning_apply_duration,
             max_concurrent_streams: args.max_concurrent_streams,
             watch_progress_notify_interval: args.experimental_watch_progress_notify_interval,
             initial_corrupt_check: args.experimental_initial_corrupt_check,

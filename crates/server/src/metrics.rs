@@ -359,6 +359,8 @@ pub struct Metrics {
     pub proposals_applied: Counter,
     /// node: a proposal failed (timeout, leader change, dropped, refused by the leader).
     pub proposals_failed: Counter,
+    /// node: log entries whose apply took longer than `--experimental-warning-apply-duration`.
+    pub slow_applies: Counter,
     /// node: proposals waiting for their apply result; inc on propose, dec on answer.
     pub proposals_pending: Gauge,
     /// node (WAL writer): the duration of every fsync (or fdatasync) of the log.
@@ -401,6 +403,7 @@ impl Metrics {
             proposals_committed: Counter::new(),
             proposals_applied: Counter::new(),
             proposals_failed: Counter::new(),
+            slow_applies: Counter::new(),
             proposals_pending: Gauge::new(),
             wal_fsync_seconds: DurationHistogram::new(),
             wal_bytes_written: Counter::new(),
@@ -501,6 +504,12 @@ impl Metrics {
             &mut out,
             "ballot_snapshot_save_duration_seconds",
             "The latency distribution of writing a store snapshot.",
+        );
+        counter(
+            &mut out,
+            "etcd_server_slow_apply_total",
+            "The total number of slow apply requests (likely overloaded from slow disk).",
+            self.slow_applies.get(),
         );
         counter(
             &mut out,

@@ -756,3 +756,31 @@ async fn a_member_configured_by_etcds_environment_variables_starts_as_they_say()
         "the data is in ETCD_DATA_DIR"
     );
 }
+
+/// `--experimental-warning-apply-duration`: an entry that applies slower than the limit is
+/// logged ("apply request took too long", as etcd words it) and counted in
+/// `etcd_server_slow_apply_total`. With a limit of a nanosecond every put is slow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_applies_are_logged_and_counted() {
+    let cluster = Cluster::start(1, &["--experimental-warning-apply-duration", "0.000001ms"]).await;
+    let member = &cluster.members[0];
+    KvClient::new(member.channel().await)
+        .put(put("slow", "1"))
+        .await
+        .expect("put");
+    let counted = eventually("the slow apply to be counted", || async {
+        let (_, metrics) = http_get(member.client_port, "/metrics").await;
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("etcd_server_slow_apply_total "))
+            .and_then(|value| value.parse::<u64>().ok())
+            .filter(|count| *count >= 1)
+    })
+    .await;
+    assert!(counted.is_some(), "{}", member.log_tail());
+    assert!(
+        member.log_tail().contains("apply request took too long"),
+        "{}",
+        member.log_tail()
+    );
+}

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use ballot_mvcc::{ApplyOutcome, Command, Store, StoreSnapshot};
 use ballot_proto::mvccpb::Event;
@@ -132,8 +133,23 @@ impl Applier {
         };
         {
             let mut store = lock_write(&self.shared.store);
+            let expected = self.shared.config.warning_apply_duration;
             for entry in entries {
+                let started = Instant::now();
                 self.apply_entry(&mut store, entry, &mut effects);
+                let took = started.elapsed();
+                // etcd's warning for one request that applied slowly: the store holds its lock
+                // throughout, so every read and the rest of the batch waited as long.
+                if took > expected {
+                    metrics().slow_applies.inc();
+                    tracing::warn!(
+                        index = entry.index,
+                        took = ?took,
+                        expected_duration = ?expected,
+                        bytes = entry.data.len(),
+                        "apply request took too long"
+                    );
+                }
             }
         }
         self.deliver(effects);

@@ -96,6 +96,9 @@ pub struct NodeConfig {
     pub strict_reconfig_check: bool,
     /// `--pre-vote`: the core asks for pre-votes before an election.
     pub pre_vote: bool,
+    /// `--experimental-warning-apply-duration`: an entry that takes longer to apply is logged
+    /// and counted (`etcd_server_slow_apply_total`).
+    pub warning_apply_duration: Duration,
 }
 
 /// The core's view as last published by the driver.
