@@ -257,13 +257,8 @@ async fn membership_changes_that_could_lose_the_quorum_are_refused() {
     let member_id = |index: usize| {
         let channel = cluster.members[index].channel();
         async move {
-            MaintenanceClient::new(channel.await)
-                .status(StatusRequest {})
+            api_support::status_header(&mut MaintenanceClient::new(channel.await))
                 .await
-                .expect("status")
-                .into_inner()
-                .header
-                .expect("header")
                 .member_id
         }
     };

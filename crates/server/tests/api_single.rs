@@ -8,11 +8,11 @@ use api_support::{Cluster, bytes, eventually, get, http_exchange, http_get, put}
 use ballot_proto::etcdserverpb::{
     AlarmRequest, AuthStatusRequest, AuthenticateRequest, CompactionRequest, Compare,
     DeleteRangeRequest, HashKvRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
-    LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, MemberListRequest, PutRequest,
-    RangeRequest, RequestOp, SnapshotRequest, StatusRequest, TxnRequest, WatchCreateRequest,
-    WatchRequest, auth_client::AuthClient, cluster_client::ClusterClient, compare,
-    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
-    request_op, watch_client::WatchClient, watch_request::RequestUnion,
+    LeaseLeasesRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
+    RequestOp, SnapshotRequest, StatusRequest, TxnRequest, WatchCreateRequest, WatchRequest,
+    auth_client::AuthClient, compare, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, request_op, watch_client::WatchClient,
+    watch_request::RequestUnion,
 };
 use std::time::Duration;
 
@@ -442,24 +442,7 @@ async fn maintenance_cluster_auth_and_health_services() {
 
     // A member publishes its name and client URLs through the log after it starts (as etcd's
     // do), so the list names them once that entry is applied.
-    let cluster_client = ClusterClient::new(channel.clone());
-    let members = eventually("the member's client URLs are published", || {
-        let mut cluster_client = cluster_client.clone();
-        async move {
-            let members = cluster_client
-                .member_list(MemberListRequest { linearizable: true })
-                .await
-                .ok()?
-                .into_inner()
-                .members;
-            members
-                .iter()
-                .all(|member| !member.client_ur_ls.is_empty())
-                .then_some(members)
-        }
-    })
-    .await
-    .expect("published client URLs");
+    let members = api_support::published_members(&channel).await;
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].name, "m0");
     assert_eq!(members[0].id, me);
@@ -726,23 +709,7 @@ async fn a_member_configured_by_etcds_environment_variables_starts_as_they_say()
     })
     .await
     .unwrap_or_else(|| panic!("it never served:\n{}", member.log_tail()));
-    let members = eventually("the member to publish its name", || {
-        let mut cluster = ClusterClient::new(channel.clone());
-        async move {
-            let members = cluster
-                .member_list(MemberListRequest { linearizable: true })
-                .await
-                .ok()?
-                .into_inner()
-                .members;
-            members
-                .iter()
-                .all(|m| !m.name.is_empty())
-                .then_some(members)
-        }
-    })
-    .await
-    .expect("member list");
+    let members = api_support::published_members(&channel).await;
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].name, "from-env");
     assert_eq!(members[0].client_ur_ls, vec![member.client_url.clone()]);

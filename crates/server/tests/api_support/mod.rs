@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ballot_proto::etcdserverpb::{
-    PutRequest, RangeRequest, ResponseHeader, StatusRequest, kv_client::KvClient,
-    maintenance_client::MaintenanceClient,
+    MemberListRequest, PutRequest, RangeRequest, ResponseHeader, StatusRequest,
+    cluster_client::ClusterClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
 use bytes::Bytes;
 use tonic::transport::Channel;
@@ -297,19 +297,15 @@ impl Cluster {
 /// `ETCD_<FLAG>` variables alone (and the tests' small WAL segments), with no `BALLOT_`
 /// variable set. Its name is `name`, its data in `dir/<name>`.
 pub fn spawn_from_etcd_env(dir: &TempDir, name: &str) -> Member {
-    let (client_port, peer_port) = (free_port(), free_port());
-    let client_url = format!("http://127.0.0.1:{client_port}");
-    let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let log = dir.0.join(format!("{name}.log"));
-    let log_file = std::fs::File::create(&log).expect("create the member log");
-    let log_err = log_file.try_clone().expect("clone the log handle");
+    let client_url = format!("http://127.0.0.1:{}", free_port());
+    let peer_url = format!("http://127.0.0.1:{}", free_port());
     let mut command = Command::new(env!("CARGO_BIN_EXE_ballot"));
     for (variable, _) in std::env::vars_os() {
         if variable.to_string_lossy().starts_with("BALLOT_") {
             command.env_remove(variable);
         }
     }
-    let child = command
+    command
         .env("ETCD_NAME", name)
         .env("ETCD_DATA_DIR", dir.0.join(name))
         .env("ETCD_LISTEN_CLIENT_URLS", &client_url)
@@ -320,12 +316,32 @@ pub fn spawn_from_etcd_env(dir: &TempDir, name: &str) -> Member {
         .env("ETCD_INITIAL_CLUSTER_STATE", "new")
         .env("ETCD_HEARTBEAT_INTERVAL", HEARTBEAT_MS.to_string())
         .env("ETCD_ELECTION_TIMEOUT", ELECTION_MS.to_string())
-        .args(["--wal-segment-bytes", &TEST_WAL_SEGMENT_BYTES.to_string()])
+        .args(["--wal-segment-bytes", &TEST_WAL_SEGMENT_BYTES.to_string()]);
+    spawn(command, dir, name, client_url, peer_url)
+}
+
+/// Runs `command` as member `name`, its output in `dir/<name>.log`.
+fn spawn(
+    mut command: Command,
+    dir: &TempDir,
+    name: &str,
+    client_url: String,
+    peer_url: String,
+) -> Member {
+    let log = dir.0.join(format!("{name}.log"));
+    let log_file = std::fs::File::create(&log).expect("create the member log");
+    let log_err = log_file.try_clone().expect("clone the log handle");
+    let child = command
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(log_err)
         .spawn()
         .expect("start ballot");
+    let client_port = client_url
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("a client port");
     Member {
         name: name.to_owned(),
         client_url,
@@ -346,10 +362,8 @@ fn spawn_member(
 ) -> Member {
     let client_url = format!("http://127.0.0.1:{client_port}");
     let peer_url = format!("{peer_scheme}://127.0.0.1:{peer_port}");
-    let log = dir.0.join(format!("{name}.log"));
-    let log_file = std::fs::File::create(&log).expect("create the member log");
-    let log_err = log_file.try_clone().expect("clone the log handle");
-    let child = Command::new(env!("CARGO_BIN_EXE_ballot"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ballot"));
+    command
         .args(["--name", name])
         .arg("--data-dir")
         .arg(dir.0.join(name))
@@ -362,20 +376,31 @@ fn spawn_member(
         .args(["--election-timeout", &ELECTION_MS.to_string()])
         // Small preallocated WAL segments: a test writes kilobytes, not 64 MiB per member.
         .args(["--wal-segment-bytes", &TEST_WAL_SEGMENT_BYTES.to_string()])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(log_file)
-        .stderr(log_err)
-        .spawn()
-        .expect("start ballot");
-    Member {
-        name: name.to_owned(),
-        client_url,
-        peer_url,
-        client_port,
-        child: Some(child),
-        log,
-    }
+        .args(extra);
+    spawn(command, dir, name, client_url, peer_url)
+}
+
+/// The member list once every member in it has published its name and client URLs (a member
+/// does so through the log after it starts, as etcd's do).
+pub async fn published_members(channel: &Channel) -> Vec<ballot_proto::etcdserverpb::Member> {
+    let cluster = ClusterClient::new(channel.clone());
+    eventually("every member to publish its name and client URLs", || {
+        let mut cluster = cluster.clone();
+        async move {
+            let members = cluster
+                .member_list(MemberListRequest { linearizable: true })
+                .await
+                .ok()?
+                .into_inner()
+                .members;
+            members
+                .iter()
+                .all(|member| !member.name.is_empty() && !member.client_ur_ls.is_empty())
+                .then_some(members)
+        }
+    })
+    .await
+    .expect("published members")
 }
 
 pub async fn try_connect(url: &str) -> Option<Channel> {
