@@ -201,6 +201,21 @@ pub struct MemberArgs {
     #[arg(long, env = "BALLOT_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
 
+    /// Where logs go, comma-separated: `stderr` (or `default`), `stdout`, or file paths
+    /// (appended to, created if missing). Under systemd, stderr reaches the journal.
+    #[arg(
+        long,
+        env = "BALLOT_LOG_OUTPUTS",
+        default_value = "default",
+        value_delimiter = ','
+    )]
+    pub log_outputs: Vec<String>,
+
+    /// The logger. Ballot has one, structured like etcd's default `zap` logger; the flag
+    /// exists so etcd command lines that name it start Ballot unchanged.
+    #[arg(long, env = "BALLOT_LOGGER", value_enum, default_value_t = Logger::Zap)]
+    pub logger: Logger,
+
     /// Largest client request accepted, in bytes; larger requests get
     /// "etcdserver: request is too large".
     #[arg(long, env = "BALLOT_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
@@ -450,6 +465,12 @@ pub enum ClusterStateArg {
 pub enum AutoCompactionMode {
     Periodic,
     Revision,
+}
+
+/// `--logger`: etcd's name of its structured logger, the only one Ballot has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Logger {
+    Zap,
 }
 
 /// `--log-level`, etcd's names.

@@ -285,6 +285,44 @@ pub struct ServerConfig {
     /// `--cors` and `--host-whitelist`: the checks on the client listeners' HTTP requests.
     pub access: crate::access::AccessControl,
     pub log_level: LogLevel,
+    /// `--log-outputs`: where logs go, without repeats.
+    pub log_outputs: Vec<LogOutput>,
+}
+
+/// One of `--log-outputs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogOutput {
+    Stderr,
+    Stdout,
+    /// Appended to.
+    File(PathBuf),
+}
+
+/// Reads `--log-outputs` as etcd does: `default` is stderr; repeats count once.
+fn parse_log_outputs(given: &[String]) -> Result<Vec<LogOutput>, ConfigError> {
+    let mut outputs = Vec::new();
+    for name in given.iter().map(|name| name.trim()) {
+        let output = match name {
+            "" => continue,
+            "default" | "stderr" => LogOutput::Stderr,
+            "stdout" => LogOutput::Stdout,
+            "systemd/journal" => {
+                return Err(ConfigError::LogOutput(
+                    "systemd/journal is not supported: log to stderr, which systemd puts in the \
+                     journal"
+                        .into(),
+                ));
+            }
+            path => LogOutput::File(PathBuf::from(path)),
+        };
+        if !outputs.contains(&output) {
+            outputs.push(output);
+        }
+    }
+    if outputs.is_empty() {
+        outputs.push(LogOutput::Stderr);
+    }
+    Ok(outputs)
 }
 
 /// What is wrong with the command line, in words that name the flag to fix.
@@ -292,6 +330,8 @@ pub struct ServerConfig {
 pub enum ConfigError {
     #[error("--name must not be empty")]
     EmptyName,
+    #[error("--log-outputs: {0}")]
+    LogOutput(String),
     #[error("{0}")]
     TlsFlags(String),
     #[error("--auto-compaction-retention '{given}': {reason}")]
@@ -506,6 +546,7 @@ impl ServerConfig {
                 hosts: crate::access::Allowed::parse(&args.host_whitelist),
             },
             log_level: args.log_level,
+            log_outputs: parse_log_outputs(&args.log_outputs)?,
         })
     }
 
@@ -1239,6 +1280,36 @@ mod tests {
             set.access.hosts,
             crate::access::Allowed::Only(["etcd.example".to_owned()].into())
         );
+    }
+
+    #[test]
+    fn log_outputs_are_read_as_etcd_reads_them() {
+        assert_eq!(
+            config(&[]).expect("defaults").log_outputs,
+            [LogOutput::Stderr]
+        );
+        let set = config(&[
+            "--log-outputs",
+            "stdout,default,/var/log/ballot.log,stderr,stdout",
+            "--logger",
+            "zap",
+        ])
+        .expect("valid");
+        assert_eq!(
+            set.log_outputs,
+            [
+                LogOutput::Stdout,
+                LogOutput::Stderr,
+                LogOutput::File(PathBuf::from("/var/log/ballot.log")),
+            ]
+        );
+        let journal = config(&["--log-outputs", "systemd/journal"]).expect_err("refused");
+        assert!(
+            journal
+                .to_string()
+                .starts_with("--log-outputs: systemd/journal")
+        );
+        assert!(Cli::try_parse_from(["ballot", "--logger", "capnslog"]).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use ballot::backup::{self, SnapshotArgs, SnapshotCommand, StatusFormat};
 use ballot::bench::BenchArgs;
 use ballot::cli::{Cli, Command, LogLevel};
-use ballot::config::ServerConfig;
+use ballot::config::{LogOutput, ServerConfig};
 use ballot::dev::DevArgs;
 
 fn main() -> ExitCode {
@@ -74,7 +74,10 @@ fn run_member(cli: &Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(config.log_level);
+    if let Err(err) = init_tracing(config.log_level, &config.log_outputs) {
+        eprintln!("ballot: --log-outputs: {err}");
+        return ExitCode::from(2);
+    }
     tracing::info!(
         name = %config.name,
         member_id = %format_args!("{:x}", config.member_id),
@@ -140,13 +143,42 @@ fn new_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-/// Logs go to stderr. `RUST_LOG`, when set, overrides `--log-level` for finer filtering.
-fn init_tracing(level: LogLevel) {
+/// Logs go to `--log-outputs` (stderr by default). `RUST_LOG`, when set, overrides
+/// `--log-level` for finer filtering. Colours only when the one output is a terminal.
+fn init_tracing(level: LogLevel, outputs: &[LogOutput]) -> std::io::Result<()> {
+    use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_filter()));
+    let mut writer: Option<BoxMakeWriter> = None;
+    for output in outputs {
+        let next = match output {
+            LogOutput::Stderr => BoxMakeWriter::new(std::io::stderr),
+            LogOutput::Stdout => BoxMakeWriter::new(std::io::stdout),
+            LogOutput::File(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|err| {
+                        std::io::Error::new(err.kind(), format!("{}: {err}", path.display()))
+                    })?;
+                BoxMakeWriter::new(std::sync::Mutex::new(file))
+            }
+        };
+        writer = Some(match writer {
+            None => next,
+            Some(before) => BoxMakeWriter::new(before.and(next)),
+        });
+    }
+    let ansi = match outputs {
+        [LogOutput::Stderr] => std::io::stderr().is_terminal(),
+        [LogOutput::Stdout] => std::io::stdout().is_terminal(),
+        _ => false,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer.unwrap_or_else(|| BoxMakeWriter::new(std::io::stderr)))
+        .with_ansi(ansi)
         .init();
+    Ok(())
 }

@@ -751,3 +751,18 @@ async fn slow_applies_are_logged_and_counted() {
         member.log_tail()
     );
 }
+
+/// `--log-outputs`: the log goes to every output named (here a file and stderr); `--logger
+/// zap`, as etcd command lines name etcd's logger, is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_go_to_every_output_named() {
+    let dir = api_support::TempDir::new("log-outputs");
+    let file = dir.0.join("member.log");
+    let outputs = format!("{},stderr", file.display());
+    let cluster = Cluster::start(1, &["--logger", "zap", "--log-outputs", &outputs]).await;
+    let in_file = std::fs::read_to_string(&file).expect("the log file");
+    assert!(in_file.contains("starting member"), "{in_file}");
+    assert!(in_file.contains("member is serving"), "{in_file}");
+    let on_stderr = cluster.members[0].log_tail();
+    assert!(on_stderr.contains("member is serving"), "{on_stderr}");
+}
