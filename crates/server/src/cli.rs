@@ -314,6 +314,15 @@ pub struct MemberArgs {
     )]
     pub max_concurrent_streams: u32,
 
+    /// Snapshot files to keep: the one the log starts from and older ones to fall back on if
+    /// it is damaged (0: keep all). Each holds the whole store, so each costs about its size.
+    #[arg(
+        long,
+        env = "BALLOT_MAX_SNAPSHOTS",
+        default_value_t = crate::storage::SNAPSHOT_FILES_KEPT
+    )]
+    pub max_snapshots: usize,
+
     /// Log a warning ("apply request took too long") and count it in
     /// `etcd_server_slow_apply_total` when applying one log entry takes longer than this.
     #[arg(

@@ -271,6 +271,9 @@ pub struct ServerConfig {
     pub strict_reconfig_check: bool,
     /// `--pre-vote`: pre-vote before elections.
     pub pre_vote: bool,
+    /// `--max-snapshots`: snapshot files kept, the newest durable one included (at least 1;
+    /// `usize::MAX` for no limit).
+    pub snapshot_files_kept: usize,
     /// `--experimental-warning-apply-duration`: applies slower than this are logged.
     pub warning_apply_duration: Duration,
     /// `--max-concurrent-streams`: HTTP/2 streams per client connection.
@@ -535,6 +538,11 @@ impl ServerConfig {
             force_new_cluster: args.force_new_cluster,
             strict_reconfig_check: args.strict_reconfig_check,
             pre_vote: args.pre_vote,
+            // etcd: 0 is no limit.
+            snapshot_files_kept: match args.max_snapshots {
+                0 => usize::MAX,
+                kept => kept,
+            },
             warning_apply_duration: args.experimental_warning_apply_duration,
             max_concurrent_streams: args.max_concurrent_streams,
             watch_progress_notify_interval: args.experimental_watch_progress_notify_interval,

@@ -36,8 +36,8 @@ const CLUSTER_FILE_MAGIC: &[u8; 8] = b"BLTCLST1";
 const PAYLOAD_MAGIC: &[u8; 8] = b"BLTSNPL2";
 /// The payload written before alarms were replicated: registry, store (no alarm raised).
 const PAYLOAD_MAGIC_V1: &[u8; 8] = b"BLTSNPL1";
-/// Snapshot files kept behind the WAL's durable snapshot marker: the marker's own file (what
-/// peers are sent) and two older ones as fallbacks. Files newer than the marker, whose markers
+/// Snapshot files kept behind the WAL's durable snapshot marker by default (`--max-snapshots`):
+/// the marker's own file (what peers are sent) and two older ones as fallbacks. Files newer than the marker, whose markers
 /// are still pending, are kept besides (ballot-wal's retention contract, docs/wal.md).
 pub const SNAPSHOT_FILES_KEPT: usize = 3;
 
@@ -532,6 +532,8 @@ pub struct WalSettings {
     pub segment_bytes: u64,
     /// `--wal-syncs-in-flight`.
     pub syncs_in_flight: usize,
+    /// `--max-snapshots`: snapshot files kept behind the durable marker, its own included.
+    pub snapshot_files_kept: usize,
 }
 
 impl WalSettings {
@@ -540,6 +542,7 @@ impl WalSettings {
             unsafe_no_fsync: config.unsafe_no_fsync,
             segment_bytes: config.wal_segment_bytes,
             syncs_in_flight: config.wal_syncs_in_flight,
+            snapshot_files_kept: config.snapshot_files_kept,
         }
     }
 }
@@ -550,6 +553,7 @@ impl Default for WalSettings {
             unsafe_no_fsync: false,
             segment_bytes: WalOptions::DEFAULT_SEGMENT_SIZE_BYTES,
             syncs_in_flight: crate::cli::DEFAULT_WAL_SYNCS_IN_FLIGHT,
+            snapshot_files_kept: SNAPSHOT_FILES_KEPT,
         }
     }
 }
@@ -569,7 +573,8 @@ pub fn open(
     // The log's disk is metered (fsync durations, bytes written: `metered_disk`); snapshot files
     // are not part of etcd's WAL metrics.
     let (wal, recovered) = Wal::open(MeteredDisk::real(), &data_dir.wal_dir(), options)?;
-    let snapshots = SnapshotStore::open(RealDisk, &data_dir.snap_dir(), SNAPSHOT_FILES_KEPT)?;
+    let snapshots =
+        SnapshotStore::open(RealDisk, &data_dir.snap_dir(), settings.snapshot_files_kept)?;
     let fresh = recovered.entries.is_empty()
         && recovered.snapshot.is_none()
         && recovered.hard_state == ballot_wal::HardState::default();

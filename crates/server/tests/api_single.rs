@@ -766,3 +766,56 @@ async fn logs_go_to_every_output_named() {
     let on_stderr = cluster.members[0].log_tail();
     assert!(on_stderr.contains("member is serving"), "{on_stderr}");
 }
+
+/// `--max-snapshots`: the member keeps that many snapshot files (the one its log starts from
+/// included), and restarts from what it kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_snapshots_bounds_the_snapshot_files_kept() {
+    let flags = ["--snapshot-count", "5", "--max-snapshots", "1"];
+    let mut cluster = Cluster::start(1, &flags).await;
+    let snap_dir = cluster
+        .dir
+        .0
+        .join(&cluster.members[0].name)
+        .join("member")
+        .join("snap");
+    let snapshot_files = || {
+        std::fs::read_dir(&snap_dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|entry| entry.file_name().to_string_lossy().ends_with(".snap"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let mut kv = KvClient::new(cluster.members[0].channel().await);
+    let mut most = 0;
+    for round in 0..40 {
+        kv.put(put(&format!("k{round:02}"), "v"))
+            .await
+            .expect("put");
+        most = most.max(snapshot_files());
+    }
+    let settled = eventually("snapshots to be taken and pruned to one", || async {
+        (snapshot_files() == 1).then_some(())
+    })
+    .await;
+    assert!(settled.is_some(), "{} files", snapshot_files());
+    assert!(most <= 2, "one kept, at most one newer pending: saw {most}");
+
+    cluster.restart(0, &flags);
+    cluster.wait_for_leader().await;
+    let mut kv = KvClient::new(cluster.members[0].channel().await);
+    let range = kv
+        .range(RangeRequest {
+            key: bytes("k"),
+            range_end: bytes("l"),
+            count_only: true,
+            ..RangeRequest::default()
+        })
+        .await
+        .expect("range")
+        .into_inner();
+    assert_eq!(range.count, 40);
+}

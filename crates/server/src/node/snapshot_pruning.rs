@@ -8,7 +8,7 @@
 //! So this task follows the WAL's own report of what is durable (its durable-snapshot watch,
 //! which changes only when the durable marker does, so the task does not wake at every sync)
 //! and hands each newer durable marker to `SnapshotStore::prune_behind_durable_marker`, which
-//! keeps that marker's file, every newer one and `SNAPSHOT_FILES_KEPT - 1` older ones
+//! keeps that marker's file, every newer one and `--max-snapshots` - 1 older ones (two by default)
 //! (docs/wal.md, "Which files are kept"). One task does all pruning, so prunes never race each
 //! other. `storage::open` removes the files whose markers a crash lost and prunes behind the
 //! recovered marker before this task starts.
