@@ -417,6 +417,11 @@ pub struct MemberArgs {
     #[arg(long, env = "BALLOT_CLIENT_CERT_AUTH")]
     pub client_cert_auth: bool,
 
+    /// Certificate revocation list (PEM or DER, from the CA of --trusted-ca-file): client
+    /// certificates it lists are refused.
+    #[arg(long, env = "BALLOT_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
+
     /// Certificate (PEM) for TLS between members, used when a peer URL is https://: presented
     /// to peers that connect and to peers this member connects to.
     #[arg(long, env = "BALLOT_PEER_CERT_FILE")]
@@ -433,6 +438,11 @@ pub struct MemberArgs {
     /// Refuse peer connections without a certificate signed by --peer-trusted-ca-file.
     #[arg(long, env = "BALLOT_PEER_CLIENT_CERT_AUTH")]
     pub peer_client_cert_auth: bool,
+
+    /// Certificate revocation list (PEM or DER, from the CA of --peer-trusted-ca-file): peer
+    /// certificates it lists are refused, on connections accepted and dialled.
+    #[arg(long, env = "BALLOT_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<PathBuf>,
 
     /// Extra URLs to serve /metrics and /health on (HTTP only), besides the client URLs.
     #[arg(long, env = "BALLOT_LISTEN_METRICS_URLS")]

@@ -63,6 +63,8 @@ pub struct ClientTls {
     pub trusted_ca_file: Option<PathBuf>,
     /// Refuse clients without a certificate signed by `trusted_ca_file`.
     pub client_cert_auth: bool,
+    /// `--client-crl-file`: revoked client certificates, refused.
+    pub crl_file: Option<PathBuf>,
 }
 
 impl ClientTls {
@@ -70,6 +72,13 @@ impl ClientTls {
         if args.client_cert_auth && args.trusted_ca_file.is_none() {
             return Err(ConfigError::TlsFlags(
                 "--client-cert-auth needs --trusted-ca-file".into(),
+            ));
+        }
+        if args.client_crl_file.is_some() && args.trusted_ca_file.is_none() {
+            return Err(ConfigError::TlsFlags(
+                "--client-crl-file needs --trusted-ca-file (client certificates are only checked \
+                 against a trusted CA)"
+                    .into(),
             ));
         }
         let (cert_file, key_file) = match (&args.cert_file, &args.key_file) {
@@ -102,6 +111,7 @@ impl ClientTls {
             key_file,
             trusted_ca_file: args.trusted_ca_file.clone(),
             client_cert_auth: args.client_cert_auth,
+            crl_file: args.client_crl_file.clone(),
         }))
     }
 }
@@ -118,6 +128,8 @@ pub struct PeerTls {
     pub trusted_ca_file: PathBuf,
     /// Refuse peer connections without a certificate signed by `trusted_ca_file`.
     pub client_cert_auth: bool,
+    /// `--peer-crl-file`: revoked peer certificates, refused both ways.
+    pub crl_file: Option<PathBuf>,
 }
 
 impl PeerTls {
@@ -143,6 +155,7 @@ impl PeerTls {
                 key_file: key.clone(),
                 trusted_ca_file: ca.clone(),
                 client_cert_auth: args.peer_client_cert_auth,
+                crl_file: args.peer_crl_file.clone(),
             })),
             _ => Err(ConfigError::TlsFlags(format!(
                 "the peer URL {url} needs --peer-cert-file, --peer-key-file and \

@@ -1,7 +1,8 @@
 //! TLS with rustls and the ring provider, on `https://` client URLs (`--cert-file`,
-//! `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, as etcd names them) and between
-//! members whose peer URLs are `https://` (`--peer-cert-file`, `--peer-key-file`,
-//! `--peer-trusted-ca-file`, `--peer-client-cert-auth`).
+//! `--key-file`, `--trusted-ca-file`, `--client-cert-auth`, `--client-crl-file`, as etcd names
+//! them) and between members whose peer URLs are `https://` (`--peer-cert-file`,
+//! `--peer-key-file`, `--peer-trusted-ca-file`, `--peer-client-cert-auth`, `--peer-crl-file`).
+//! A revocation list refuses the certificates it names, and only those.
 //!
 //! The files are read once, when the member starts; a missing or malformed file stops it with
 //! the flag and the reason. On client URLs ALPN offers `h2` (gRPC) and `http/1.1` (`/health`,
@@ -15,7 +16,9 @@ use std::sync::Arc;
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer,
+};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
@@ -68,6 +71,36 @@ fn roots(flag: &'static str, path: &Path) -> Result<Arc<RootCertStore>, TlsError
     Ok(Arc::new(roots))
 }
 
+/// A revocation list file: PEM (one or more `X509 CRL` blocks) or a DER file.
+fn revocation_lists(
+    flag: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|error| file_error(flag, path, error))?;
+    let pem = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| file_error(flag, path, error))?;
+    if !pem.is_empty() {
+        return Ok(pem);
+    }
+    if bytes.first() != Some(&0x30) {
+        return Err(file_error(
+            flag,
+            path,
+            "neither a PEM nor a DER revocation list",
+        ));
+    }
+    Ok(vec![CertificateRevocationListDer::from(bytes)])
+}
+
+/// The revocation lists of `file`, if given.
+fn optional_revocation_lists(
+    flag: &'static str,
+    file: Option<&Path>,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    file.map_or(Ok(Vec::new()), |path| revocation_lists(flag, path))
+}
+
 fn provider() -> Arc<CryptoProvider> {
     // ring, not rustls's aws-lc-rs default: that one needs cmake to build, which the machines
     // Ballot is built on lack. rustls 0.23.48 marks ring's provider deprecated because it has
@@ -81,13 +114,19 @@ fn setup_error(error: impl ToString) -> TlsError {
 }
 
 /// How a server checks client certificates against `roots`: one is required when `required`,
-/// else it is checked when presented (as etcd does with a trusted CA file alone).
+/// else it is checked when presented (as etcd does with a trusted CA file alone). A
+/// certificate listed in `crls` is refused; one whose issuer published none of them is not
+/// (etcd refuses only what its CRL lists).
 fn client_cert_verifier(
     roots: Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
     required: bool,
+    crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(provider));
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(provider))
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status();
     if required {
         verifier.build()
     } else {
@@ -107,10 +146,13 @@ pub fn acceptor(settings: &ClientTls) -> Result<TlsAcceptor, TlsError> {
     let builder = match &settings.trusted_ca_file {
         Some(path) => {
             let roots = roots("--trusted-ca-file", path)?;
+            let crls =
+                optional_revocation_lists("--client-crl-file", settings.crl_file.as_deref())?;
             builder.with_client_cert_verifier(client_cert_verifier(
                 roots,
                 &provider,
                 settings.client_cert_auth,
+                crls,
             )?)
         }
         None => builder.with_no_client_auth(),
@@ -139,7 +181,13 @@ pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
     let key = private_key("--peer-key-file", &settings.key_file)?;
     let roots = roots("--peer-trusted-ca-file", &settings.trusted_ca_file)?;
 
-    let verifier = client_cert_verifier(Arc::clone(&roots), &provider, settings.client_cert_auth)?;
+    let crls = optional_revocation_lists("--peer-crl-file", settings.crl_file.as_deref())?;
+    let verifier = client_cert_verifier(
+        Arc::clone(&roots),
+        &provider,
+        settings.client_cert_auth,
+        crls.clone(),
+    )?;
     let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(setup_error)?
@@ -156,6 +204,7 @@ pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
             key_flag: "--peer-key-file",
             key_path: &settings.key_file,
         }),
+        crls,
     )?;
     Ok(PeerTlsConfig {
         acceptor: TlsAcceptor::from(Arc::new(server)),
@@ -171,13 +220,18 @@ struct Identity<'a> {
     key_path: &'a Path,
 }
 
-/// A client's TLS settings: servers verified against `roots`, presenting `identity` if given.
+/// A client's TLS settings: servers verified against `roots` (and refused when `crls` lists
+/// them), presenting `identity` if given.
 fn client_config(
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
     identity: Option<Identity<'_>>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<ClientConfig, TlsError> {
     let verifier = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
         .build()
         .map_err(setup_error)?;
     let builder = ClientConfig::builder_with_provider(provider)
@@ -210,7 +264,7 @@ pub fn grpc_connector(
         }),
         None => None,
     };
-    let mut config = client_config(roots, provider, identity)?;
+    let mut config = client_config(roots, provider, identity, Vec::new())?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))
 }

@@ -13,8 +13,9 @@ use std::time::Duration;
 use api_support::{Cluster, TempDir, eventually, free_port, get, put};
 use ballot_proto::etcdserverpb::kv_client::KvClient;
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
+    BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
+    SerialNumber, date_time_ymd,
 };
 use tonic::transport::{Certificate as CaCertificate, Channel, ClientTlsConfig, Identity};
 
@@ -27,6 +28,10 @@ struct Pki {
     server_key: PathBuf,
     client_cert_pem: String,
     client_key_pem: String,
+    /// A client certificate from the same CA, listed in `crl_file`.
+    revoked_cert_pem: String,
+    revoked_key_pem: String,
+    crl_file: PathBuf,
 }
 
 fn leaf(
@@ -35,17 +40,53 @@ fn leaf(
     ca: &Certificate,
     ca_key: &KeyPair,
 ) -> (String, String) {
+    leaf_with_serial(names, usages, ca, ca_key, None)
+}
+
+fn leaf_with_serial(
+    names: Vec<String>,
+    usages: Vec<ExtendedKeyUsagePurpose>,
+    ca: &Certificate,
+    ca_key: &KeyPair,
+    serial: Option<u64>,
+) -> (String, String) {
     let key = KeyPair::generate().expect("key");
     let mut params = CertificateParams::new(names).expect("params");
     params.extended_key_usages = usages;
+    params.serial_number = serial.map(SerialNumber::from);
     let cert = params.signed_by(&key, ca, ca_key).expect("sign");
     (cert.pem(), key.serialize_pem())
+}
+
+/// The serial number of the certificates the test CRLs revoke.
+const REVOKED_SERIAL: u64 = 0x5ea1;
+
+/// A revocation list from `ca` listing [`REVOKED_SERIAL`], in PEM.
+fn revocation_list(ca: &Certificate, ca_key: &KeyPair) -> String {
+    CertificateRevocationListParams {
+        this_update: date_time_ymd(2026, 1, 1),
+        next_update: date_time_ymd(2099, 1, 1),
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![RevokedCertParams {
+            serial_number: SerialNumber::from(REVOKED_SERIAL),
+            revocation_time: date_time_ymd(2026, 1, 1),
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(ca, ca_key)
+    .expect("sign the CRL")
+    .pem()
+    .expect("CRL PEM")
 }
 
 fn certificate_authority(name: &str) -> (Certificate, KeyPair) {
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca_params.distinguished_name.push(DnType::CommonName, name);
     let ca = ca_params.self_signed(&ca_key).expect("CA");
     (ca, ca_key)
@@ -65,6 +106,13 @@ fn pki(dir: &Path) -> Pki {
         &ca,
         &ca_key,
     );
+    let (revoked_cert_pem, revoked_key_pem) = leaf_with_serial(
+        vec!["revoked".into()],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+        &ca,
+        &ca_key,
+        Some(REVOKED_SERIAL),
+    );
     let write = |name: &str, text: &str| {
         let path = dir.join(name);
         std::fs::write(&path, text).expect("write a PEM file");
@@ -77,6 +125,9 @@ fn pki(dir: &Path) -> Pki {
         server_key: write("server-key.pem", &server_key_pem),
         client_cert_pem,
         client_key_pem,
+        revoked_cert_pem,
+        revoked_key_pem,
+        crl_file: write("crl.pem", &revocation_list(&ca, &ca_key)),
     }
 }
 
@@ -119,14 +170,21 @@ fn start(dir: &Path, tls_args: &[&str]) -> Member {
 }
 
 async fn tls_channel(port: u16, pki: &Pki, with_client_cert: bool) -> Result<Channel, String> {
+    let identity = with_client_cert.then_some((&pki.client_cert_pem, &pki.client_key_pem));
+    tls_channel_as(port, pki, identity).await
+}
+
+/// A TLS channel presenting `identity` (certificate and key PEM) if given.
+async fn tls_channel_as(
+    port: u16,
+    pki: &Pki,
+    identity: Option<(&String, &String)>,
+) -> Result<Channel, String> {
     let mut config = ClientTlsConfig::new()
         .ca_certificate(CaCertificate::from_pem(&pki.ca_pem))
         .domain_name("localhost");
-    if with_client_cert {
-        config = config.identity(Identity::from_pem(
-            &pki.client_cert_pem,
-            &pki.client_key_pem,
-        ));
+    if let Some((cert, key)) = identity {
+        config = config.identity(Identity::from_pem(cert, key));
     }
     Channel::from_shared(format!("https://127.0.0.1:{port}"))
         .map_err(|error| error.to_string())?
@@ -221,6 +279,35 @@ async fn client_cert_auth_admits_only_clients_with_a_certificate_from_the_truste
     assert!(refused, "a client without a certificate was served");
 }
 
+/// `--client-crl-file`: a client certificate the CA has revoked is refused; the others from
+/// the same CA are served.
+#[tokio::test]
+async fn a_revoked_client_certificate_is_refused() {
+    let dir = TempDir::new("tls-crl");
+    let pki = pki(&dir.0);
+    let ca = pki.ca_file.to_str().expect("UTF-8 path");
+    let crl = pki.crl_file.to_str().expect("UTF-8 path");
+    let mut args = files(&pki).to_vec();
+    args.extend([
+        "--trusted-ca-file",
+        ca,
+        "--client-cert-auth",
+        "--client-crl-file",
+        crl,
+    ]);
+    let member = start(&dir.0, &args);
+    let channel = connect_tls(&member, &pki, true).await;
+    put_and_get(channel)
+        .await
+        .expect("KV with a certificate that is not revoked");
+    let identity = Some((&pki.revoked_cert_pem, &pki.revoked_key_pem));
+    let refused = match tls_channel_as(member.port, &pki, identity).await {
+        Err(_) => true,
+        Ok(channel) => KvClient::new(channel).range(get("secure")).await.is_err(),
+    };
+    assert!(refused, "a revoked certificate was served");
+}
+
 /// `ballot bench` on an `https` endpoint: verified against `--cacert`, and with `--cert` and
 /// `--key` admitted by a member that requires client certificates.
 #[tokio::test]
@@ -311,6 +398,35 @@ fn bad_tls_flags_and_files_stop_the_member_with_the_reason() {
         stderr.contains("--client-cert-auth needs --trusted-ca-file"),
         "{stderr}"
     );
+    let ca = pki.ca_file.to_str().expect("UTF-8 path");
+    let crl = pki.crl_file.to_str().expect("UTF-8 path");
+    let stderr = run(&[
+        "--cert-file",
+        cert,
+        "--key-file",
+        key,
+        "--client-crl-file",
+        crl,
+    ]);
+    assert!(
+        stderr.contains("--client-crl-file needs --trusted-ca-file"),
+        "{stderr}"
+    );
+    // A certificate is no revocation list.
+    let stderr = run(&[
+        "--cert-file",
+        cert,
+        "--key-file",
+        key,
+        "--trusted-ca-file",
+        ca,
+        "--client-crl-file",
+        cert,
+    ]);
+    assert!(
+        stderr.contains("--client-crl-file") && stderr.contains("server.pem"),
+        "{stderr}"
+    );
     assert!(
         !dir.0.join("data").exists(),
         "nothing is written before the TLS files are read"
@@ -361,6 +477,27 @@ struct PeerPki {
     ca_file: String,
     cert_file: String,
     key_file: String,
+    /// A peer certificate from the same CA, listed in `crl_file`.
+    revoked_cert_pem: String,
+    revoked_key_pem: String,
+    crl_file: String,
+}
+
+impl PeerPki {
+    /// The same CA, presenting the revoked certificate.
+    fn revoked(&self) -> PeerPki {
+        PeerPki {
+            ca_pem: self.ca_pem.clone(),
+            cert_pem: self.revoked_cert_pem.clone(),
+            key_pem: self.revoked_key_pem.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            revoked_cert_pem: self.revoked_cert_pem.clone(),
+            revoked_key_pem: self.revoked_key_pem.clone(),
+            crl_file: self.crl_file.clone(),
+        }
+    }
 }
 
 fn peer_pki(dir: &Path, tag: &str) -> PeerPki {
@@ -374,6 +511,16 @@ fn peer_pki(dir: &Path, tag: &str) -> PeerPki {
         &ca,
         &ca_key,
     );
+    let (revoked_cert_pem, revoked_key_pem) = leaf_with_serial(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        &ca,
+        &ca_key,
+        Some(REVOKED_SERIAL),
+    );
     let write = |name: &str, text: &str| {
         let path = dir.join(format!("{tag}-{name}.pem"));
         std::fs::write(&path, text).expect("write a PEM file");
@@ -386,6 +533,9 @@ fn peer_pki(dir: &Path, tag: &str) -> PeerPki {
         ca_pem: ca.pem(),
         cert_pem,
         key_pem,
+        revoked_cert_pem,
+        revoked_key_pem,
+        crl_file: write("crl", &revocation_list(&ca, &ca_key)),
     }
 }
 
@@ -535,4 +685,30 @@ async fn https_peer_urls_replicate_over_tls_and_refuse_strangers() {
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
     assert_ne!(answer.first(), Some(&0), "plain text was accepted");
+}
+
+/// `--peer-crl-file`: a peer presenting a certificate its CA revoked is refused at the TLS
+/// handshake; one with a certificate the list does not name reaches the Ballot handshake.
+#[tokio::test]
+async fn a_revoked_peer_certificate_is_refused() {
+    let dir = TempDir::new("peer-crl");
+    let pki = peer_pki(&dir.0, "crl");
+    let mut flags = peer_flags(&pki);
+    flags.extend(["--peer-crl-file", &pki.crl_file]);
+    let cluster = Cluster::start_with_peer_scheme(
+        TempDir::new("peer-crl-cluster"),
+        1,
+        &flags,
+        "https",
+        |_| {},
+    )
+    .await;
+    let port = peer_port(&cluster.members[0]);
+    assert_eq!(
+        peer_probe(port, &pki, Some(&pki)).await,
+        Ok(1),
+        "a certificate that is not revoked reaches the handshake, which refuses cluster 0"
+    );
+    let revoked = peer_probe(port, &pki, Some(&pki.revoked())).await;
+    assert!(revoked.is_err(), "a revoked certificate got {revoked:?}");
 }
