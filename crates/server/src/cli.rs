@@ -422,6 +422,12 @@ pub struct MemberArgs {
     #[arg(long, env = "BALLOT_CLIENT_CRL_FILE")]
     pub client_crl_file: Option<PathBuf>,
 
+    /// TLS 1.2 cipher suites offered to clients and peers, comma-separated, by Go's names as
+    /// etcd takes them (e.g. TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256) [default: all Ballot
+    /// supports, AEAD suites with ECDHE]. TLS 1.3 suites are always offered, as in etcd.
+    #[arg(long, env = "BALLOT_CIPHER_SUITES", value_delimiter = ',')]
+    pub cipher_suites: Vec<String>,
+
     /// Certificate (PEM) for TLS between members, used when a peer URL is https://: presented
     /// to peers that connect and to peers this member connects to.
     #[arg(long, env = "BALLOT_PEER_CERT_FILE")]

@@ -65,6 +65,8 @@ pub struct ClientTls {
     pub client_cert_auth: bool,
     /// `--client-crl-file`: revoked client certificates, refused.
     pub crl_file: Option<PathBuf>,
+    /// `--cipher-suites`: the TLS 1.2 suites offered (Go's names, checked); empty for all.
+    pub cipher_suites: Vec<String>,
 }
 
 impl ClientTls {
@@ -112,8 +114,22 @@ impl ClientTls {
             trusted_ca_file: args.trusted_ca_file.clone(),
             client_cert_auth: args.client_cert_auth,
             crl_file: args.client_crl_file.clone(),
+            cipher_suites: cipher_suites(args)?,
         }))
     }
+}
+
+/// `--cipher-suites`, checked against what Ballot offers.
+fn cipher_suites(args: &MemberArgs) -> Result<Vec<String>, ConfigError> {
+    let names: Vec<String> = args
+        .cipher_suites
+        .iter()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .collect();
+    crate::tls::tls12_suites(&names)
+        .map_err(|reason| ConfigError::TlsFlags(format!("--cipher-suites: {reason}")))?;
+    Ok(names)
 }
 
 /// `--peer-cert-file`, `--peer-key-file`, `--peer-trusted-ca-file` and
@@ -130,6 +146,8 @@ pub struct PeerTls {
     pub client_cert_auth: bool,
     /// `--peer-crl-file`: revoked peer certificates, refused both ways.
     pub crl_file: Option<PathBuf>,
+    /// `--cipher-suites`: the TLS 1.2 suites offered and accepted (Go's names, checked).
+    pub cipher_suites: Vec<String>,
 }
 
 impl PeerTls {
@@ -156,6 +174,7 @@ impl PeerTls {
                 trusted_ca_file: ca.clone(),
                 client_cert_auth: args.peer_client_cert_auth,
                 crl_file: args.peer_crl_file.clone(),
+                cipher_suites: cipher_suites(args)?,
             })),
             _ => Err(ConfigError::TlsFlags(format!(
                 "the peer URL {url} needs --peer-cert-file, --peer-key-file and \
@@ -426,6 +445,8 @@ impl ServerConfig {
             return Err(ConfigError::EmptyClusterToken);
         }
         check_timeouts(args.heartbeat_interval, args.election_timeout)?;
+        // Checked even when no URL is https, so a typo does not wait for the day one is.
+        cipher_suites(args)?;
         if args.snapshot_count == 0 {
             return Err(ConfigError::ZeroSnapshotCount);
         }

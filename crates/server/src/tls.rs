@@ -102,11 +102,76 @@ fn optional_revocation_lists(
 }
 
 fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring_provider())
+}
+
+fn ring_provider() -> CryptoProvider {
     // ring, not rustls's aws-lc-rs default: that one needs cmake to build, which the machines
     // Ballot is built on lack. rustls 0.23.48 marks ring's provider deprecated because it has
     // no post-quantum key exchange; the classical ones (X25519, P-256, P-384) remain.
     #[allow(deprecated)]
-    Arc::new(rustls::crypto::ring::default_provider())
+    rustls::crypto::ring::default_provider()
+}
+
+/// Go's names for the TLS 1.2 suites Ballot can offer (etcd's `--cipher-suites` takes Go's
+/// names), with the older aliases Go still accepts for ChaCha20.
+const TLS12_SUITE_ALIASES: [(&str, &str); 2] = [
+    (
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    ),
+];
+
+/// The TLS 1.2 suites `names` selects, in the order given (`--cipher-suites`): Go's names, as
+/// etcd takes them. An empty list selects every suite. A name Ballot does not offer (the
+/// CBC, RC4, 3DES and plain-RSA suites Go still knows, or a typo) is an error naming the ones
+/// it does.
+pub fn tls12_suites(names: &[String]) -> Result<Vec<rustls::SupportedCipherSuite>, String> {
+    let available: Vec<rustls::SupportedCipherSuite> = ring_provider()
+        .cipher_suites
+        .into_iter()
+        .filter(|suite| suite.tls13().is_none())
+        .collect();
+    if names.is_empty() {
+        return Ok(available);
+    }
+    let name_of = |suite: &rustls::SupportedCipherSuite| suite.suite().as_str().unwrap_or("");
+    let mut chosen = Vec::new();
+    for given in names {
+        let name = TLS12_SUITE_ALIASES
+            .iter()
+            .find(|(alias, _)| alias == given)
+            .map_or(given.as_str(), |(_, name)| name);
+        match available.iter().find(|suite| name_of(suite) == name) {
+            Some(suite) if !chosen.contains(suite) => chosen.push(*suite),
+            Some(_) => {}
+            None => {
+                let offered: Vec<&str> = available.iter().map(name_of).collect();
+                return Err(format!(
+                    "unsupported cipher suite '{given}' (supported: {})",
+                    offered.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+/// The provider for a member's TLS: every TLS 1.3 suite, and the TLS 1.2 suites of
+/// `--cipher-suites` (all when none are named; Go, and so etcd, applies the list to TLS 1.2
+/// only).
+fn member_provider(cipher_suites: &[String]) -> Result<Arc<CryptoProvider>, TlsError> {
+    let mut provider = ring_provider();
+    let tls12 = tls12_suites(cipher_suites).map_err(TlsError::Setup)?;
+    provider
+        .cipher_suites
+        .retain(|suite| suite.tls13().is_some());
+    provider.cipher_suites.extend(tls12);
+    Ok(Arc::new(provider))
 }
 
 fn setup_error(error: impl ToString) -> TlsError {
@@ -137,7 +202,7 @@ fn client_cert_verifier(
 
 /// The acceptor for the member's `https` client listeners.
 pub fn acceptor(settings: &ClientTls) -> Result<TlsAcceptor, TlsError> {
-    let provider = provider();
+    let provider = member_provider(&settings.cipher_suites)?;
     let certs = certificates("--cert-file", &settings.cert_file)?;
     let key = private_key("--key-file", &settings.key_file)?;
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
@@ -176,7 +241,7 @@ pub struct PeerTlsConfig {
 /// against the trusted CA both ways (accepting: a certificate is required with
 /// `--peer-client-cert-auth`, else checked when presented, as etcd does).
 pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
-    let provider = provider();
+    let provider = member_provider(&settings.cipher_suites)?;
     let certs = certificates("--peer-cert-file", &settings.cert_file)?;
     let key = private_key("--peer-key-file", &settings.key_file)?;
     let roots = roots("--peer-trusted-ca-file", &settings.trusted_ca_file)?;
@@ -267,4 +332,59 @@ pub fn grpc_connector(
     let mut config = client_config(roots, provider, identity, Vec::new())?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(suites: &[rustls::SupportedCipherSuite]) -> Vec<&'static str> {
+        suites
+            .iter()
+            .map(|suite| suite.suite().as_str().unwrap_or("?"))
+            .collect()
+    }
+
+    #[test]
+    fn cipher_suites_take_gos_names_in_the_order_given() {
+        assert_eq!(tls12_suites(&[]).expect("all").len(), 6);
+        let given = [
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        ]
+        .map(str::to_owned);
+        assert_eq!(
+            names(&tls12_suites(&given).expect("known")),
+            [
+                "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+                "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"
+            ]
+        );
+        let error =
+            tls12_suites(&["TLS_RSA_WITH_AES_128_CBC_SHA".to_owned()]).expect_err("a CBC suite");
+        assert!(
+            error.starts_with(
+                "unsupported cipher suite 'TLS_RSA_WITH_AES_128_CBC_SHA' (supported: "
+            ),
+            "{error}"
+        );
+        // TLS 1.3 stays on whatever the list.
+        let provider = member_provider(&["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".to_owned()])
+            .expect("provider");
+        assert_eq!(
+            provider
+                .cipher_suites
+                .iter()
+                .filter(|suite| suite.tls13().is_none())
+                .count(),
+            1
+        );
+        assert!(
+            provider
+                .cipher_suites
+                .iter()
+                .any(|suite| suite.tls13().is_some())
+        );
+    }
 }

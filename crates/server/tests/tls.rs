@@ -712,3 +712,67 @@ async fn a_revoked_peer_certificate_is_refused() {
     let revoked = peer_probe(port, &pki, Some(&pki.revoked())).await;
     assert!(revoked.is_err(), "a revoked certificate got {revoked:?}");
 }
+
+/// `--cipher-suites`: a TLS 1.2 client offering only a suite the member was not given is
+/// refused; one offering a listed suite, and any TLS 1.3 client, is served.
+#[tokio::test]
+async fn cipher_suites_limit_what_tls12_clients_may_use() {
+    use tokio_rustls::rustls::crypto::ring as ring_crypto;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion, version};
+
+    let dir = TempDir::new("tls-ciphers");
+    let pki = pki(&dir.0);
+    let mut args = files(&pki).to_vec();
+    args.extend(["--cipher-suites", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]);
+    let member = start(&dir.0, &args);
+    connect_tls(&member, &pki, false).await;
+
+    let handshake = |suite: Option<tokio_rustls::rustls::SupportedCipherSuite>,
+                     versions: &'static [&'static SupportedProtocolVersion]| {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).expect("CA"))
+            .expect("root");
+        #[allow(deprecated)]
+        let mut provider = ring_crypto::default_provider();
+        if let Some(suite) = suite {
+            provider.cipher_suites = vec![suite];
+        }
+        let config = ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let port = member.port;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|error| error.to_string())?;
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                .connect(ServerName::try_from("localhost").expect("name"), tcp)
+                .await
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        }
+    };
+    static TLS12: [&SupportedProtocolVersion; 1] = [&version::TLS12];
+    static TLS13: [&SupportedProtocolVersion; 1] = [&version::TLS13];
+    let tls12 = &TLS12;
+    handshake(
+        Some(ring_crypto::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+        tls12,
+    )
+    .await
+    .expect("the listed TLS 1.2 suite");
+    let refused = handshake(
+        Some(ring_crypto::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
+        tls12,
+    )
+    .await;
+    assert!(refused.is_err(), "an unlisted TLS 1.2 suite was accepted");
+    handshake(None, &TLS13)
+        .await
+        .expect("TLS 1.3 whatever the list");
+}
