@@ -445,6 +445,16 @@ pub struct MemberArgs {
     #[arg(long, env = "BALLOT_PEER_CLIENT_CERT_AUTH")]
     pub peer_client_cert_auth: bool,
 
+    /// The common name (CN) a connecting peer's certificate must carry, besides being signed by
+    /// --peer-trusted-ca-file. Needs --peer-client-cert-auth.
+    #[arg(long, env = "BALLOT_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+
+    /// A host name a connecting peer's certificate must be valid for (its subject alternative
+    /// names), besides being signed by --peer-trusted-ca-file. Needs --peer-client-cert-auth.
+    #[arg(long, env = "BALLOT_PEER_CERT_ALLOWED_HOSTNAME")]
+    pub peer_cert_allowed_hostname: Option<String>,
+
     /// Certificate revocation list (PEM or DER, from the CA of --peer-trusted-ca-file): peer
     /// certificates it lists are refused, on connections accepted and dialled.
     #[arg(long, env = "BALLOT_PEER_CRL_FILE")]

@@ -148,6 +148,11 @@ pub struct PeerTls {
     pub crl_file: Option<PathBuf>,
     /// `--cipher-suites`: the TLS 1.2 suites offered and accepted (Go's names, checked).
     pub cipher_suites: Vec<String>,
+    /// `--peer-cert-allowed-cn`: the common name a connecting peer's certificate must carry.
+    pub allowed_cn: Option<String>,
+    /// `--peer-cert-allowed-hostname`: a host name a connecting peer's certificate must be
+    /// valid for.
+    pub allowed_hostname: Option<String>,
 }
 
 impl PeerTls {
@@ -158,6 +163,20 @@ impl PeerTls {
             return Err(ConfigError::TlsFlags(
                 "--peer-client-cert-auth needs --peer-trusted-ca-file".into(),
             ));
+        }
+        for (flag, given) in [
+            ("--peer-cert-allowed-cn", &args.peer_cert_allowed_cn),
+            (
+                "--peer-cert-allowed-hostname",
+                &args.peer_cert_allowed_hostname,
+            ),
+        ] {
+            // Without required certificates a peer could skip the check by presenting none.
+            if given.is_some() && !args.peer_client_cert_auth {
+                return Err(ConfigError::TlsFlags(format!(
+                    "{flag} needs --peer-client-cert-auth"
+                )));
+            }
         }
         let Some(url) = urls.iter().find(|url| url.tls) else {
             // etcd ignores the files then: every peer URL is plain http.
@@ -175,6 +194,8 @@ impl PeerTls {
                 client_cert_auth: args.peer_client_cert_auth,
                 crl_file: args.peer_crl_file.clone(),
                 cipher_suites: cipher_suites(args)?,
+                allowed_cn: args.peer_cert_allowed_cn.clone(),
+                allowed_hostname: args.peer_cert_allowed_hostname.clone(),
             })),
             _ => Err(ConfigError::TlsFlags(format!(
                 "the peer URL {url} needs --peer-cert-file, --peer-key-file and \
@@ -1509,6 +1530,18 @@ mod tests {
         assert_eq!(
             auth.to_string(),
             "--peer-client-cert-auth needs --peer-trusted-ca-file"
+        );
+        let cn = config(&["--peer-cert-allowed-cn", "member"]).expect_err("optional certs");
+        assert_eq!(
+            cn.to_string(),
+            "--peer-cert-allowed-cn needs --peer-client-cert-auth"
+        );
+        let suite = config(&["--cipher-suites", "TLS_RSA_WITH_RC4_128_SHA"]).expect_err("RC4");
+        assert!(
+            suite.to_string().starts_with(
+                "--cipher-suites: unsupported cipher suite 'TLS_RSA_WITH_RC4_128_SHA'"
+            ),
+            "{suite}"
         );
         // An https URL of another member is dialled with TLS: the files are needed too.
         let other = config(&[

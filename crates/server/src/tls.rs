@@ -17,7 +17,7 @@ use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer,
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName,
 };
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::server::danger::ClientCertVerifier;
@@ -200,6 +200,96 @@ fn client_cert_verifier(
     .map_err(setup_error)
 }
 
+/// `--peer-cert-allowed-cn` and `--peer-cert-allowed-hostname`: a peer's certificate, once
+/// verified against the CA (and its revocation list), must also carry that common name and be
+/// valid for that host name, as etcd checks them.
+#[derive(Debug)]
+struct PeerIdentityCheck {
+    verifier: Arc<dyn ClientCertVerifier>,
+    allowed_cn: Option<String>,
+    allowed_hostname: Option<ServerName<'static>>,
+}
+
+impl PeerIdentityCheck {
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), String> {
+        if let Some(allowed) = &self.allowed_cn {
+            let (_, certificate) = x509_parser::parse_x509_certificate(end_entity.as_ref())
+                .map_err(|error| format!("unreadable certificate: {error}"))?;
+            let names: Vec<&str> = certificate
+                .subject()
+                .iter_common_name()
+                .filter_map(|name| name.as_str().ok())
+                .collect();
+            if !names.iter().any(|name| name == allowed) {
+                return Err(format!(
+                    "common name {names:?} is not --peer-cert-allowed-cn {allowed:?}"
+                ));
+            }
+        }
+        if let Some(allowed) = &self.allowed_hostname {
+            webpki::EndEntityCert::try_from(end_entity)
+                .map_err(|error| format!("unreadable certificate: {error}"))?
+                .verify_is_valid_for_subject_name(allowed)
+                .map_err(|_| format!("not valid for --peer-cert-allowed-hostname {allowed:?}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl ClientCertVerifier for PeerIdentityCheck {
+    fn offer_client_auth(&self) -> bool {
+        self.verifier.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.verifier.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.verifier.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self
+            .verifier
+            .verify_client_cert(end_entity, intermediates, now)?;
+        self.check(end_entity).map_err(|reason| {
+            tracing::warn!(%reason, "refused a peer connection");
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )
+        })?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verifier.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.verifier.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.verifier.supported_verify_schemes()
+    }
+}
+
 /// The acceptor for the member's `https` client listeners.
 pub fn acceptor(settings: &ClientTls) -> Result<TlsAcceptor, TlsError> {
     let provider = member_provider(&settings.cipher_suites)?;
@@ -247,12 +337,28 @@ pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
     let roots = roots("--peer-trusted-ca-file", &settings.trusted_ca_file)?;
 
     let crls = optional_revocation_lists("--peer-crl-file", settings.crl_file.as_deref())?;
-    let verifier = client_cert_verifier(
+    let mut verifier = client_cert_verifier(
         Arc::clone(&roots),
         &provider,
         settings.client_cert_auth,
         crls.clone(),
     )?;
+    if settings.allowed_cn.is_some() || settings.allowed_hostname.is_some() {
+        let allowed_hostname = settings
+            .allowed_hostname
+            .as_ref()
+            .map(|host| {
+                ServerName::try_from(host.clone()).map_err(|error| {
+                    TlsError::Setup(format!("--peer-cert-allowed-hostname {host:?}: {error}"))
+                })
+            })
+            .transpose()?;
+        verifier = Arc::new(PeerIdentityCheck {
+            verifier,
+            allowed_cn: settings.allowed_cn.clone(),
+            allowed_hostname,
+        });
+    }
     let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(setup_error)?

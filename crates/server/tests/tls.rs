@@ -776,3 +776,76 @@ async fn cipher_suites_limit_what_tls12_clients_may_use() {
         .await
         .expect("TLS 1.3 whatever the list");
 }
+
+/// `--peer-cert-allowed-cn` and `--peer-cert-allowed-hostname`: a peer certificate from the
+/// trusted CA is also refused unless it carries the allowed common name and is valid for the
+/// allowed host name.
+#[tokio::test]
+async fn peer_certificates_must_carry_the_allowed_name_and_host() {
+    let dir = TempDir::new("peer-allowed");
+    let (ca, ca_key) = certificate_authority("ballot peer CA allowed");
+    // Each certificate serves 127.0.0.1 (the probe checks the member's as a server) and names
+    // the member; `cn` and `host` vary.
+    let identity = |tag: &str, cn: &str, host: &str| {
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".into(), host.into()]).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
+        let write = |name: &str, text: &str| {
+            let path = dir.0.join(format!("{tag}-{name}.pem"));
+            std::fs::write(&path, text).expect("write a PEM file");
+            path.to_str().expect("UTF-8 path").to_owned()
+        };
+        PeerPki {
+            ca_file: write("ca", &ca.pem()),
+            cert_file: write("peer", &cert.pem()),
+            key_file: write("peer-key", &key.serialize_pem()),
+            ca_pem: ca.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            revoked_cert_pem: String::new(),
+            revoked_key_pem: String::new(),
+            crl_file: String::new(),
+        }
+    };
+    let member = identity("member", "ballot-member", "members.example");
+    let wrong_cn = identity("wrong-cn", "intruder", "members.example");
+    let wrong_host = identity("wrong-host", "ballot-member", "elsewhere.example");
+    let mut flags = peer_flags(&member);
+    flags.extend([
+        "--peer-cert-allowed-cn",
+        "ballot-member",
+        "--peer-cert-allowed-hostname",
+        "members.example",
+    ]);
+    let cluster = Cluster::start_with_peer_scheme(
+        TempDir::new("peer-allowed-cluster"),
+        1,
+        &flags,
+        "https",
+        |_| {},
+    )
+    .await;
+    let port = peer_port(&cluster.members[0]);
+    assert_eq!(
+        peer_probe(port, &member, Some(&member)).await,
+        Ok(1),
+        "the allowed name and host reach the handshake, which refuses cluster 0"
+    );
+    for refused in [&wrong_cn, &wrong_host] {
+        let answer = peer_probe(port, &member, Some(refused)).await;
+        assert!(answer.is_err(), "got {answer:?}");
+    }
+    let log = cluster.members[0].log_tail();
+    assert!(
+        log.contains("is not --peer-cert-allowed-cn")
+            && log.contains("--peer-cert-allowed-hostname"),
+        "{log}"
+    );
+}
