@@ -605,6 +605,15 @@ fn peer_flags(pki: &PeerPki) -> Vec<&str> {
     ]
 }
 
+/// A one-member cluster on an `https` peer URL with `flags`, and its peer port.
+async fn https_peer_member(flags: &[&str]) -> (Cluster, u16) {
+    let cluster =
+        Cluster::start_with_peer_scheme(TempDir::new("peer-tls-one"), 1, flags, "https", |_| {})
+            .await;
+    let port = peer_port(&cluster.members[0]);
+    (cluster, port)
+}
+
 fn peer_port(member: &api_support::Member) -> u16 {
     let port = member.peer_url.rsplit(':').next().expect("a port");
     port.parse().expect("a numeric port")
@@ -695,15 +704,7 @@ async fn a_revoked_peer_certificate_is_refused() {
     let pki = peer_pki(&dir.0, "crl");
     let mut flags = peer_flags(&pki);
     flags.extend(["--peer-crl-file", &pki.crl_file]);
-    let cluster = Cluster::start_with_peer_scheme(
-        TempDir::new("peer-crl-cluster"),
-        1,
-        &flags,
-        "https",
-        |_| {},
-    )
-    .await;
-    let port = peer_port(&cluster.members[0]);
+    let (_cluster, port) = https_peer_member(&flags).await;
     assert_eq!(
         peer_probe(port, &pki, Some(&pki)).await,
         Ok(1),
@@ -824,15 +825,7 @@ async fn peer_certificates_must_carry_the_allowed_name_and_host() {
         "--peer-cert-allowed-hostname",
         "members.example",
     ]);
-    let cluster = Cluster::start_with_peer_scheme(
-        TempDir::new("peer-allowed-cluster"),
-        1,
-        &flags,
-        "https",
-        |_| {},
-    )
-    .await;
-    let port = peer_port(&cluster.members[0]);
+    let (cluster, port) = https_peer_member(&flags).await;
     assert_eq!(
         peer_probe(port, &member, Some(&member)).await,
         Ok(1),

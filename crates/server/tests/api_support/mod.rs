@@ -152,13 +152,7 @@ impl Cluster {
         peer_scheme: &'static str,
         mut prepare: impl FnMut(&Prepared),
     ) -> Cluster {
-        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
-        let initial_cluster = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}={peer_scheme}://127.0.0.1:{peer}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let (ports, initial_cluster) = cluster_ports(size, peer_scheme);
         let members = ports
             .iter()
             .enumerate()
@@ -234,13 +228,7 @@ impl Cluster {
     /// its data in the directory returned, which outlives it.
     pub fn start_first_of(size: usize, extra: &[&str]) -> (TempDir, Member) {
         let dir = TempDir::new("alone");
-        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
-        let initial_cluster = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let (ports, initial_cluster) = cluster_ports(size, "http");
         let member = spawn_member(&dir, "m0", ports[0], "http", &initial_cluster, extra);
         (dir, member)
     }
@@ -291,6 +279,19 @@ impl Cluster {
         }
         panic!("leader {leader:x} is not among the members");
     }
+}
+
+/// Free (client, peer) ports for `size` members `m0`, `m1`, ..., and the `--initial-cluster`
+/// that names them with `peer_scheme` URLs.
+fn cluster_ports(size: usize, peer_scheme: &str) -> (Vec<(u16, u16)>, String) {
+    let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+    let initial_cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("m{i}={peer_scheme}://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (ports, initial_cluster)
 }
 
 /// Starts a one-member cluster configured as etcd is in containers and systemd units: by
