@@ -106,10 +106,12 @@ async fn control(
     if is_grpc(&request) {
         return next.run(request).await;
     }
-    let host = host_name(&request);
-    if !access.hosts.allows(&host) {
-        tracing::warn!(%host, "refused an HTTP request for a host not in --host-whitelist");
-        return misdirected(&host);
+    if let Allowed::Only(_) = &access.hosts {
+        let host = host_name(&request);
+        if !access.hosts.allows(&host) {
+            tracing::warn!(%host, "refused an HTTP request for a host not in --host-whitelist");
+            return misdirected(&host);
+        }
     }
     let cors_origin = match &access.cors {
         Allowed::All => Some(HeaderValue::from_static("*")),

@@ -70,7 +70,11 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
-    fn from_args(args: &MemberArgs, listen: &[HttpUrl]) -> Result<Option<ClientTls>, ConfigError> {
+    fn from_args(
+        args: &MemberArgs,
+        listen: &[HttpUrl],
+        cipher_suites: &[String],
+    ) -> Result<Option<ClientTls>, ConfigError> {
         if args.client_cert_auth && args.trusted_ca_file.is_none() {
             return Err(ConfigError::TlsFlags(
                 "--client-cert-auth needs --trusted-ca-file".into(),
@@ -114,7 +118,7 @@ impl ClientTls {
             trusted_ca_file: args.trusted_ca_file.clone(),
             client_cert_auth: args.client_cert_auth,
             crl_file: args.client_crl_file.clone(),
-            cipher_suites: cipher_suites(args)?,
+            cipher_suites: cipher_suites.to_vec(),
         }))
     }
 }
@@ -158,7 +162,11 @@ pub struct PeerTls {
 impl PeerTls {
     /// The peer TLS settings when any of `urls` (this member's and the initial cluster's peer
     /// URLs) is `https`; the flags must then name the certificate, key and trusted CA.
-    fn from_args(args: &MemberArgs, urls: &[&HttpUrl]) -> Result<Option<PeerTls>, ConfigError> {
+    fn from_args(
+        args: &MemberArgs,
+        urls: &[&HttpUrl],
+        cipher_suites: &[String],
+    ) -> Result<Option<PeerTls>, ConfigError> {
         if args.peer_client_cert_auth && args.peer_trusted_ca_file.is_none() {
             return Err(ConfigError::TlsFlags(
                 "--peer-client-cert-auth needs --peer-trusted-ca-file".into(),
@@ -193,7 +201,7 @@ impl PeerTls {
                 trusted_ca_file: ca.clone(),
                 client_cert_auth: args.peer_client_cert_auth,
                 crl_file: args.peer_crl_file.clone(),
-                cipher_suites: cipher_suites(args)?,
+                cipher_suites: cipher_suites.to_vec(),
                 allowed_cn: args.peer_cert_allowed_cn.clone(),
                 allowed_hostname: args.peer_cert_allowed_hostname.clone(),
             })),
@@ -467,7 +475,7 @@ impl ServerConfig {
         }
         check_timeouts(args.heartbeat_interval, args.election_timeout)?;
         // Checked even when no URL is https, so a typo does not wait for the day one is.
-        cipher_suites(args)?;
+        let cipher_suites = cipher_suites(args)?;
         if args.snapshot_count == 0 {
             return Err(ConfigError::ZeroSnapshotCount);
         }
@@ -497,7 +505,7 @@ impl ServerConfig {
         let client_listen = parse_url_list("listen-client-urls", &args.listen_client_urls)?;
         let advertise_client =
             parse_url_list("advertise-client-urls", &args.advertise_client_urls)?;
-        let client_tls = ClientTls::from_args(args, &client_listen)?;
+        let client_tls = ClientTls::from_args(args, &client_listen, &cipher_suites)?;
         let peer_listen = parse_url_list("listen-peer-urls", &args.listen_peer_urls)?;
         let advertise_peer = parse_url_list(
             "initial-advertise-peer-urls",
@@ -539,7 +547,7 @@ impl ServerConfig {
             .chain(&advertise_peer)
             .chain(&initial_peer_urls)
             .collect();
-        let peer_tls = PeerTls::from_args(args, &all_peer_urls)?;
+        let peer_tls = PeerTls::from_args(args, &all_peer_urls, &cipher_suites)?;
 
         Ok(ServerConfig {
             name: args.name.clone(),
