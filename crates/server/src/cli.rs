@@ -56,13 +56,93 @@ const BALLOT_ENV_PREFIX: &str = "BALLOT_";
 
 /// Parses the process's command line and environment (exits with clap's message on an error).
 /// Returns the command and a warning for each `ETCD_` variable that names no Ballot flag.
+///
+/// With `--config-file` (or `BALLOT_CONFIG_FILE`, `ETCD_CONFIG_FILE`) a member's settings all
+/// come from that file, and every other flag and variable is ignored with a warning, as etcd
+/// ignores them; a file that cannot be used ends the process with the reason.
 pub fn parse() -> (Cli, Vec<String>) {
     let names: Vec<String> = std::env::vars_os()
         .filter_map(|(name, _)| name.into_string().ok())
         .collect();
     let (command, warnings) = with_etcd_env(Cli::command(), &names);
-    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit());
-    (cli, warnings)
+    let matches = command.clone().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let Some(path) = cli
+        .member
+        .config_file
+        .clone()
+        .filter(|_| cli.command.is_none())
+    else {
+        return (cli, warnings);
+    };
+    match member_from_config_file(&path, &command, &matches) {
+        Ok((member, warnings)) => {
+            cli.member = member;
+            (cli, warnings)
+        }
+        Err(error) => {
+            eprintln!("ballot: error: {error}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The member flags as `path`, an etcd configuration file, sets them; `command` and `matches`
+/// are the parsed command line, whose settings the warnings say are ignored.
+pub fn member_from_config_file(
+    path: &std::path::Path,
+    command: &clap::Command,
+    matches: &clap::ArgMatches,
+) -> Result<(MemberArgs, Vec<String>), String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read --config-file {shown}: {error}"))?;
+    // The file alone decides: no environment variable fills in what it leaves out.
+    let file_command = Cli::command().mut_args(|arg| arg.env(None));
+    let is_flag = |name: &str| {
+        name != "help"
+            && name != "version"
+            && file_command
+                .get_arguments()
+                .any(|arg| arg.get_long() == Some(name))
+    };
+    let settings = crate::config_file::settings_from_yaml(&text, &is_flag)
+        .map_err(|error| format!("--config-file {shown}: {error}"))?;
+    let args = std::iter::once("ballot".to_string()).chain(settings.args);
+    let file_matches = file_command.try_get_matches_from(args).map_err(|error| {
+        let rendered = error.render().to_string();
+        let first = rendered.lines().next().unwrap_or_default();
+        format!(
+            "--config-file {shown}: {}",
+            first.strip_prefix("error: ").unwrap_or(first)
+        )
+    })?;
+    let mut member =
+        MemberArgs::from_arg_matches(&file_matches).map_err(|error| error.to_string())?;
+    member.config_file = Some(path.to_path_buf());
+    let mut warnings = settings.warnings;
+    warnings.iter_mut().for_each(|warning| {
+        *warning = format!("--config-file {shown}: {warning}");
+    });
+    for arg in command.get_arguments() {
+        let id = arg.get_id().as_str();
+        let Some(long) = arg.get_long().filter(|_| id != "config_file") else {
+            continue;
+        };
+        let source = match matches.value_source(id) {
+            Some(clap::parser::ValueSource::CommandLine) => format!("--{long}"),
+            Some(clap::parser::ValueSource::EnvVariable) => arg.get_env().map_or_else(
+                || format!("--{long}"),
+                |env| env.to_string_lossy().into_owned(),
+            ),
+            _ => continue,
+        };
+        warnings.push(format!(
+            "{source} is ignored: with --config-file every setting comes from the file, as in \
+             etcd"
+        ));
+    }
+    Ok((member, warnings))
 }
 
 /// Makes each member flag read `ETCD_<FLAG>` when it is among `env_names` and `BALLOT_<FLAG>`
@@ -133,6 +213,12 @@ pub struct MemberArgs {
     /// Human-readable name of this member.
     #[arg(long, env = "BALLOT_NAME", default_value = DEFAULT_NAME)]
     pub name: String,
+
+    /// Read every member setting from this etcd configuration file (YAML: etcd's flag names as
+    /// keys, TLS in `client-transport-security` and `peer-transport-security`); the other flags
+    /// and the environment are then ignored, as etcd ignores them.
+    #[arg(long, env = "BALLOT_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
 
     /// Directory for this member's data [default: ./<name>.ballot].
     #[arg(long, env = "BALLOT_DATA_DIR")]
@@ -229,7 +315,14 @@ pub struct MemberArgs {
 
     /// Skip fsync of the log. An acknowledged write can be lost on power failure: for
     /// benchmarks only.
-    #[arg(long, env = "BALLOT_UNSAFE_NO_FSYNC")]
+    #[arg(
+        long,
+        env = "BALLOT_UNSAFE_NO_FSYNC",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
     pub unsafe_no_fsync: bool,
 
     /// How --auto-compaction-retention is read: `periodic` keeps a span of time of history,
@@ -414,7 +507,14 @@ pub struct MemberArgs {
     pub trusted_ca_file: Option<PathBuf>,
 
     /// Refuse https clients without a certificate signed by --trusted-ca-file.
-    #[arg(long, env = "BALLOT_CLIENT_CERT_AUTH")]
+    #[arg(
+        long,
+        env = "BALLOT_CLIENT_CERT_AUTH",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
     pub client_cert_auth: bool,
 
     /// Certificate revocation list (PEM or DER, from the CA of --trusted-ca-file): client
@@ -442,7 +542,14 @@ pub struct MemberArgs {
     pub peer_trusted_ca_file: Option<PathBuf>,
 
     /// Refuse peer connections without a certificate signed by --peer-trusted-ca-file.
-    #[arg(long, env = "BALLOT_PEER_CLIENT_CERT_AUTH")]
+    #[arg(
+        long,
+        env = "BALLOT_PEER_CLIENT_CERT_AUTH",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
     pub peer_client_cert_auth: bool,
 
     /// The common name (CN) a connecting peer's certificate must carry, besides being signed by

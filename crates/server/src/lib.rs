@@ -8,6 +8,7 @@ pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod corruption;
 pub mod dev;
 pub mod gateway;

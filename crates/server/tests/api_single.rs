@@ -724,6 +724,38 @@ async fn a_member_configured_by_etcds_environment_variables_starts_as_they_say()
     );
 }
 
+/// A member started with `--config-file` takes its settings from that etcd configuration file
+/// and ignores the command line and environment, naming what it ignores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_configured_by_an_etcd_config_file_starts_as_it_says() {
+    let dir = api_support::TempDir::new("config-file");
+    let member = api_support::spawn_from_config_file(&dir, "from-file");
+    let channel = eventually("the member to serve", || {
+        api_support::try_connect(&member.client_url)
+    })
+    .await
+    .unwrap_or_else(|| panic!("it never served:\n{}", member.log_tail()));
+    let members = api_support::published_members(&channel).await;
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].name, "from-file");
+    assert_eq!(members[0].client_ur_ls, vec![member.client_url.clone()]);
+    assert_eq!(members[0].peer_ur_ls, vec![member.peer_url.clone()]);
+    let data = dir.0.join("from-file").join("member");
+    assert!(
+        data.join("cluster").exists(),
+        "the data is in the file's data-dir"
+    );
+    assert!(!dir.0.join("not-here").exists(), "ETCD_DATA_DIR was used");
+    let log = member.log_tail();
+    for warning in [
+        "--name is ignored: with --config-file every setting comes from the file",
+        "ETCD_DATA_DIR is ignored: with --config-file every setting comes from the file",
+        "`enable-pprof` is not a setting of Ballot (no --enable-pprof flag); ignored",
+    ] {
+        assert!(log.contains(warning), "no {warning:?} in:\n{log}");
+    }
+}
+
 /// `--experimental-warning-apply-duration`: an entry that applies slower than the limit is
 /// logged ("apply request took too long", as etcd words it) and counted in
 /// `etcd_server_slow_apply_total`. With a limit of a nanosecond every put is slow.

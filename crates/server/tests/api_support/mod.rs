@@ -300,12 +300,7 @@ fn cluster_ports(size: usize, peer_scheme: &str) -> (Vec<(u16, u16)>, String) {
 pub fn spawn_from_etcd_env(dir: &TempDir, name: &str) -> Member {
     let client_url = format!("http://127.0.0.1:{}", free_port());
     let peer_url = format!("http://127.0.0.1:{}", free_port());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ballot"));
-    for (variable, _) in std::env::vars_os() {
-        if variable.to_string_lossy().starts_with("BALLOT_") {
-            command.env_remove(variable);
-        }
-    }
+    let mut command = ballot_without_ballot_env();
     command
         .env("ETCD_NAME", name)
         .env("ETCD_DATA_DIR", dir.0.join(name))
@@ -319,6 +314,52 @@ pub fn spawn_from_etcd_env(dir: &TempDir, name: &str) -> Member {
         .env("ETCD_ELECTION_TIMEOUT", ELECTION_MS.to_string())
         .args(["--wal-segment-bytes", &TEST_WAL_SEGMENT_BYTES.to_string()]);
     spawn(command, dir, name, client_url, peer_url)
+}
+
+/// Starts a one-member cluster `name` configured by an etcd configuration file alone
+/// (`--config-file`), with a command line and environment that say otherwise (and are ignored).
+pub fn spawn_from_config_file(dir: &TempDir, name: &str) -> Member {
+    let client_url = format!("http://127.0.0.1:{}", free_port());
+    let peer_url = format!("http://127.0.0.1:{}", free_port());
+    let file = dir.0.join(format!("{name}.conf.yml"));
+    let yaml = format!(
+        "# as etcd's etcd.conf.yml.sample lays it out\n\
+         name: '{name}'\n\
+         data-dir: {data_dir}\n\
+         wal-dir:\n\
+         heartbeat-interval: {HEARTBEAT_MS}\n\
+         election-timeout: {ELECTION_MS}\n\
+         listen-peer-urls: {peer_url}\n\
+         listen-client-urls: {client_url}\n\
+         initial-advertise-peer-urls: {peer_url}\n\
+         advertise-client-urls: {client_url}\n\
+         initial-cluster: {name}={peer_url}\n\
+         initial-cluster-state: 'new'\n\
+         wal-segment-bytes: {TEST_WAL_SEGMENT_BYTES}\n\
+         enable-pprof: true\n\
+         client-transport-security:\n  cert-file:\n  client-cert-auth: false\n\
+         log-outputs: [stderr]\n",
+        data_dir = dir.0.join(name).display(),
+    );
+    std::fs::write(&file, yaml).expect("write the configuration file");
+    let mut command = ballot_without_ballot_env();
+    command
+        .env("ETCD_DATA_DIR", dir.0.join("not-here"))
+        .arg("--config-file")
+        .arg(&file)
+        .args(["--name", "not-this-name"]);
+    spawn(command, dir, name, client_url, peer_url)
+}
+
+/// The `ballot` binary, without the `BALLOT_` variables of the test's environment.
+fn ballot_without_ballot_env() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ballot"));
+    for (variable, _) in std::env::vars_os() {
+        if variable.to_string_lossy().starts_with("BALLOT_") {
+            command.env_remove(variable);
+        }
+    }
+    command
 }
 
 /// Runs `command` as member `name`, its output in `dir/<name>.log`.
