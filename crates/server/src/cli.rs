@@ -567,6 +567,36 @@ pub struct MemberArgs {
     #[arg(long, env = "BALLOT_PEER_CRL_FILE")]
     pub peer_crl_file: Option<PathBuf>,
 
+    /// TLS on https client URLs with a self-signed certificate made for the listen hosts (kept
+    /// in <data-dir>/fixtures/client and reused at restarts), when --cert-file and --key-file
+    /// are not given. Clients cannot verify it: for encryption without a CA.
+    #[arg(
+        long,
+        env = "BALLOT_AUTO_TLS",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub auto_tls: bool,
+
+    /// TLS between members on https peer URLs with a self-signed certificate (kept in
+    /// <data-dir>/fixtures/peer), when --peer-cert-file and --peer-key-file are not given.
+    /// Members then encrypt but do not verify each other's certificates, as with etcd.
+    #[arg(
+        long,
+        env = "BALLOT_PEER_AUTO_TLS",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub peer_auto_tls: bool,
+
+    /// How long the certificates of --auto-tls and --peer-auto-tls are valid, in years.
+    #[arg(long, env = "BALLOT_SELF_SIGNED_CERT_VALIDITY", default_value_t = 1)]
+    pub self_signed_cert_validity: u32,
+
     /// Extra URLs to serve /metrics and /health on (HTTP only), besides the client URLs.
     #[arg(long, env = "BALLOT_LISTEN_METRICS_URLS")]
     pub listen_metrics_urls: Option<String>,

@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -67,13 +67,54 @@ pub struct ClientTls {
     pub crl_file: Option<PathBuf>,
     /// `--cipher-suites`: the TLS 1.2 suites offered (Go's names, checked); empty for all.
     pub cipher_suites: Vec<String>,
+    /// `--auto-tls` without certificate files: `cert_file` and `key_file` are this
+    /// self-signed certificate's, made at start if missing.
+    pub self_signed: Option<SelfSigned>,
+}
+
+/// `--auto-tls`, `--peer-auto-tls`: a certificate the member makes and signs itself, as etcd
+/// does, kept in `dir` (`<data-dir>/fixtures/client` or `<data-dir>/fixtures/peer`) as
+/// `cert.pem` and `key.pem` and reused while both are there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelfSigned {
+    pub dir: PathBuf,
+    /// Its subject alternative names: the hosts of the member's URLs for that side.
+    pub hosts: Vec<String>,
+    /// `--self-signed-cert-validity`, in years.
+    pub validity_years: u32,
+}
+
+impl SelfSigned {
+    fn new(dir: PathBuf, urls: &[&HttpUrl], validity_years: u32) -> SelfSigned {
+        let mut hosts: Vec<String> = Vec::new();
+        for url in urls {
+            if !hosts.contains(&url.host) {
+                hosts.push(url.host.clone());
+            }
+        }
+        SelfSigned {
+            dir,
+            hosts,
+            validity_years,
+        }
+    }
+
+    pub fn cert_file(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
 }
 
 impl ClientTls {
     fn from_args(
         args: &MemberArgs,
         listen: &[HttpUrl],
+        advertise: &[HttpUrl],
         cipher_suites: &[String],
+        data_dir: &Path,
     ) -> Result<Option<ClientTls>, ConfigError> {
         if args.client_cert_auth && args.trusted_ca_file.is_none() {
             return Err(ConfigError::TlsFlags(
@@ -87,12 +128,25 @@ impl ClientTls {
                     .into(),
             ));
         }
+        let mut self_signed = None;
         let (cert_file, key_file) = match (&args.cert_file, &args.key_file) {
             (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            (None, None) if args.auto_tls && listen.iter().any(|url| url.tls) => {
+                let urls: Vec<&HttpUrl> = listen.iter().chain(advertise).collect();
+                let made = SelfSigned::new(
+                    data_dir.join("fixtures").join("client"),
+                    &urls,
+                    args.self_signed_cert_validity,
+                );
+                let files = (made.cert_file(), made.key_file());
+                self_signed = Some(made);
+                files
+            }
             (None, None) => {
                 if let Some(url) = listen.iter().find(|url| url.tls) {
                     return Err(ConfigError::TlsFlags(format!(
-                        "--listen-client-urls {url} needs --cert-file and --key-file"
+                        "--listen-client-urls {url} needs --cert-file and --key-file (or \
+                         --auto-tls)"
                     )));
                 }
                 if args.trusted_ca_file.is_some() {
@@ -119,6 +173,7 @@ impl ClientTls {
             client_cert_auth: args.client_cert_auth,
             crl_file: args.client_crl_file.clone(),
             cipher_suites: cipher_suites.to_vec(),
+            self_signed,
         }))
     }
 }
@@ -144,8 +199,9 @@ fn cipher_suites(args: &MemberArgs) -> Result<Vec<String>, ConfigError> {
 pub struct PeerTls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
-    /// CA certificates that peers' certificates are checked against, both ways.
-    pub trusted_ca_file: PathBuf,
+    /// CA certificates that peers' certificates are checked against, both ways; `None` with
+    /// `--peer-auto-tls`, where peers' certificates are not checked (they are self-signed).
+    pub trusted_ca_file: Option<PathBuf>,
     /// Refuse peer connections without a certificate signed by `trusted_ca_file`.
     pub client_cert_auth: bool,
     /// `--peer-crl-file`: revoked peer certificates, refused both ways.
@@ -157,6 +213,9 @@ pub struct PeerTls {
     /// `--peer-cert-allowed-hostname`: a host name a connecting peer's certificate must be
     /// valid for.
     pub allowed_hostname: Option<String>,
+    /// `--peer-auto-tls` without certificate files: `cert_file` and `key_file` are this
+    /// self-signed certificate's, made at start if missing.
+    pub self_signed: Option<SelfSigned>,
 }
 
 impl PeerTls {
@@ -165,7 +224,9 @@ impl PeerTls {
     fn from_args(
         args: &MemberArgs,
         urls: &[&HttpUrl],
+        own_urls: &[&HttpUrl],
         cipher_suites: &[String],
+        data_dir: &Path,
     ) -> Result<Option<PeerTls>, ConfigError> {
         if args.peer_client_cert_auth && args.peer_trusted_ca_file.is_none() {
             return Err(ConfigError::TlsFlags(
@@ -198,16 +259,42 @@ impl PeerTls {
             (Some(cert), Some(key), Some(ca)) => Ok(Some(PeerTls {
                 cert_file: cert.clone(),
                 key_file: key.clone(),
-                trusted_ca_file: ca.clone(),
+                trusted_ca_file: Some(ca.clone()),
                 client_cert_auth: args.peer_client_cert_auth,
                 crl_file: args.peer_crl_file.clone(),
                 cipher_suites: cipher_suites.to_vec(),
                 allowed_cn: args.peer_cert_allowed_cn.clone(),
                 allowed_hostname: args.peer_cert_allowed_hostname.clone(),
+                self_signed: None,
             })),
+            (None, None, _) if args.peer_auto_tls => {
+                if args.peer_client_cert_auth {
+                    return Err(ConfigError::TlsFlags(
+                        "--peer-auto-tls cannot be combined with --peer-client-cert-auth: \
+                         self-signed peer certificates cannot be verified against a CA"
+                            .into(),
+                    ));
+                }
+                let made = SelfSigned::new(
+                    data_dir.join("fixtures").join("peer"),
+                    own_urls,
+                    args.self_signed_cert_validity,
+                );
+                Ok(Some(PeerTls {
+                    cert_file: made.cert_file(),
+                    key_file: made.key_file(),
+                    trusted_ca_file: None,
+                    client_cert_auth: false,
+                    crl_file: None,
+                    cipher_suites: cipher_suites.to_vec(),
+                    allowed_cn: None,
+                    allowed_hostname: None,
+                    self_signed: Some(made),
+                }))
+            }
             _ => Err(ConfigError::TlsFlags(format!(
                 "the peer URL {url} needs --peer-cert-file, --peer-key-file and \
-                 --peer-trusted-ca-file"
+                 --peer-trusted-ca-file (or --peer-auto-tls)"
             ))),
         }
     }
@@ -505,7 +592,17 @@ impl ServerConfig {
         let client_listen = parse_url_list("listen-client-urls", &args.listen_client_urls)?;
         let advertise_client =
             parse_url_list("advertise-client-urls", &args.advertise_client_urls)?;
-        let client_tls = ClientTls::from_args(args, &client_listen, &cipher_suites)?;
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.ballot", args.name)));
+        let client_tls = ClientTls::from_args(
+            args,
+            &client_listen,
+            &advertise_client,
+            &cipher_suites,
+            &data_dir,
+        )?;
         let peer_listen = parse_url_list("listen-peer-urls", &args.listen_peer_urls)?;
         let advertise_peer = parse_url_list(
             "initial-advertise-peer-urls",
@@ -547,14 +644,18 @@ impl ServerConfig {
             .chain(&advertise_peer)
             .chain(&initial_peer_urls)
             .collect();
-        let peer_tls = PeerTls::from_args(args, &all_peer_urls, &cipher_suites)?;
+        let own_peer_urls: Vec<&HttpUrl> = peer_listen.iter().chain(&advertise_peer).collect();
+        let peer_tls = PeerTls::from_args(
+            args,
+            &all_peer_urls,
+            &own_peer_urls,
+            &cipher_suites,
+            &data_dir,
+        )?;
 
         Ok(ServerConfig {
             name: args.name.clone(),
-            data_dir: args
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("{}.ballot", args.name))),
+            data_dir,
             // Empty means the default, as in etcd.
             wal_dir: args
                 .wal_dir
@@ -1525,14 +1626,14 @@ mod tests {
         assert_eq!(tls.peer_listen_tls, vec![true]);
         assert_eq!(tls.advertise_peer_urls, vec!["https://127.0.0.1:12380"]);
         let peer = tls.peer_tls.expect("peer TLS settings");
-        assert_eq!(peer.trusted_ca_file, PathBuf::from("ca.pem"));
+        assert_eq!(peer.trusted_ca_file, Some(PathBuf::from("ca.pem")));
         assert!(!peer.client_cert_auth);
 
         let missing = with(&files[..4]).expect_err("no CA");
         assert_eq!(
             missing.to_string(),
             "the peer URL https://127.0.0.1:12380 needs --peer-cert-file, --peer-key-file and \
-             --peer-trusted-ca-file"
+             --peer-trusted-ca-file (or --peer-auto-tls)"
         );
         let auth = config(&["--peer-client-cert-auth"]).expect_err("no CA");
         assert_eq!(
@@ -1610,5 +1711,71 @@ mod tests {
         // With plain http client URLs the files are ignored, as etcd ignores them.
         let plain = config(&["--cert-file", "s.pem", "--key-file", "s.key"]).expect("ignored");
         assert_eq!(plain.client_tls, None);
+    }
+
+    #[test]
+    fn auto_tls_makes_certificates_in_the_data_dir_unless_files_are_given() {
+        let client = [
+            "--name",
+            "a",
+            "--data-dir",
+            "/d",
+            "--listen-client-urls",
+            "https://127.0.0.1:2379,https://10.0.0.1:2379",
+            "--advertise-client-urls",
+            "https://a.example:2379",
+            "--auto-tls",
+        ];
+        let tls = config(&client).expect("auto TLS").client_tls.expect("TLS");
+        let made = tls.self_signed.clone().expect("self-signed");
+        assert_eq!(made.dir, PathBuf::from("/d/fixtures/client"));
+        assert_eq!(made.hosts, ["127.0.0.1", "10.0.0.1", "a.example"]);
+        assert_eq!(made.validity_years, 1);
+        assert_eq!(tls.cert_file, PathBuf::from("/d/fixtures/client/cert.pem"));
+        assert_eq!(tls.key_file, PathBuf::from("/d/fixtures/client/key.pem"));
+        // Given files win, as in etcd.
+        let mut with_files = client.to_vec();
+        with_files.extend(["--cert-file", "s.pem", "--key-file", "s.key"]);
+        let tls = config(&with_files).expect("files").client_tls.expect("TLS");
+        assert_eq!(
+            (tls.cert_file, tls.self_signed),
+            (PathBuf::from("s.pem"), None)
+        );
+
+        let peer = [
+            "--name",
+            "a",
+            "--data-dir",
+            "/d",
+            "--listen-peer-urls",
+            "https://127.0.0.1:12380",
+            "--initial-advertise-peer-urls",
+            "https://127.0.0.1:12380",
+            "--initial-cluster",
+            "a=https://127.0.0.1:12380,b=https://127.0.0.2:22380",
+            "--peer-auto-tls",
+            "--self-signed-cert-validity",
+            "3",
+        ];
+        let tls = config(&peer).expect("peer auto TLS").peer_tls.expect("TLS");
+        let made = tls.self_signed.expect("self-signed");
+        assert_eq!(made.dir, PathBuf::from("/d/fixtures/peer"));
+        assert_eq!(made.hosts, ["127.0.0.1"]);
+        assert_eq!(made.validity_years, 3);
+        assert_eq!(
+            tls.trusted_ca_file, None,
+            "self-signed peers are not verified"
+        );
+        let mut with_auth = peer.to_vec();
+        with_auth.extend([
+            "--peer-trusted-ca-file",
+            "ca.pem",
+            "--peer-client-cert-auth",
+        ]);
+        assert_eq!(
+            config(&with_auth).expect_err("refused").to_string(),
+            "--peer-auto-tls cannot be combined with --peer-client-cert-auth: self-signed peer \
+             certificates cannot be verified against a CA"
+        );
     }
 }

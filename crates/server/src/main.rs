@@ -78,6 +78,13 @@ fn run_member(cli: &Cli) -> ExitCode {
         eprintln!("ballot: --log-outputs: {err}");
         return ExitCode::from(2);
     }
+    let args = &cli.member;
+    if args.auto_tls && args.cert_file.is_some() {
+        tracing::warn!("ignoring --auto-tls: --cert-file and --key-file are given");
+    }
+    if args.peer_auto_tls && args.peer_cert_file.is_some() {
+        tracing::warn!("ignoring --peer-auto-tls: --peer-cert-file and --peer-key-file are given");
+    }
     tracing::info!(
         name = %config.name,
         member_id = %format_args!("{:x}", config.member_id),

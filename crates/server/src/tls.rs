@@ -24,7 +24,7 @@ use tokio_rustls::rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::config::{ClientTls, PeerTls};
+use crate::config::{ClientTls, PeerTls, SelfSigned};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -290,8 +290,71 @@ impl ClientCertVerifier for PeerIdentityCheck {
     }
 }
 
+/// Makes the self-signed certificate of `--auto-tls` or `--peer-auto-tls` (`flag`) unless its
+/// files are already there: an ECDSA P-256 key and a certificate for `made.hosts`, valid from
+/// now for `made.validity_years`, as etcd makes them. The directory and the key file are for
+/// their owner only. Files from an earlier start are kept, so a member's certificate stays the
+/// same.
+pub fn ensure_self_signed(flag: &'static str, made: &SelfSigned) -> Result<(), TlsError> {
+    let (cert_file, key_file) = (made.cert_file(), made.key_file());
+    if cert_file.exists() && key_file.exists() {
+        return Ok(());
+    }
+    let failed = |reason: String| TlsError::Setup(format!("{flag}: {reason}"));
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|error| failed(format!("cannot make a key: {error}")))?;
+    let mut params = rcgen::CertificateParams::new(made.hosts.clone())
+        .map_err(|error| failed(format!("hosts {:?}: {error}", made.hosts)))?;
+    let mut name = rcgen::DistinguishedName::new();
+    name.push(rcgen::DnType::OrganizationName, "ballot");
+    params.distinguished_name = name;
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now;
+    params.not_after = now + time::Duration::days(365 * i64::from(made.validity_years.max(1)));
+    let certificate = params
+        .self_signed(&key)
+        .map_err(|error| failed(format!("cannot sign the certificate: {error}")))?;
+    let write = |path: &Path, contents: String, mode: u32| {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&made.dir)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(mode)
+                    .open(path)
+            })
+            .and_then(|mut file| file.write_all(contents.as_bytes()))
+            .map_err(|error| failed(format!("cannot write {}: {error}", path.display())))
+    };
+    write(&key_file, key.serialize_pem(), 0o600)?;
+    write(&cert_file, certificate.pem(), 0o644)?;
+    tracing::info!(
+        cert = %cert_file.display(),
+        hosts = ?made.hosts,
+        "made a self-signed certificate ({flag})"
+    );
+    Ok(())
+}
+
 /// The acceptor for the member's `https` client listeners.
 pub fn acceptor(settings: &ClientTls) -> Result<TlsAcceptor, TlsError> {
+    if let Some(made) = &settings.self_signed {
+        ensure_self_signed("--auto-tls", made)?;
+    }
     let provider = member_provider(&settings.cipher_suites)?;
     let certs = certificates("--cert-file", &settings.cert_file)?;
     let key = private_key("--key-file", &settings.key_file)?;
@@ -330,11 +393,21 @@ pub struct PeerTlsConfig {
 /// Loads the peer TLS files: this member's certificate serves both ends, and peers are checked
 /// against the trusted CA both ways (accepting: a certificate is required with
 /// `--peer-client-cert-auth`, else checked when presented, as etcd does).
+///
+/// With `--peer-auto-tls` (no trusted CA) the connection is encrypted but not authenticated, as
+/// etcd's is: a connecting peer is not asked for a certificate, and a dialled peer's
+/// certificate is not checked beyond the handshake's proof that it holds the key.
 pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
+    if let Some(made) = &settings.self_signed {
+        ensure_self_signed("--peer-auto-tls", made)?;
+    }
     let provider = member_provider(&settings.cipher_suites)?;
     let certs = certificates("--peer-cert-file", &settings.cert_file)?;
     let key = private_key("--peer-key-file", &settings.key_file)?;
-    let roots = roots("--peer-trusted-ca-file", &settings.trusted_ca_file)?;
+    let Some(trusted_ca_file) = &settings.trusted_ca_file else {
+        return unverified_peer(provider, certs, key, &settings.key_file);
+    };
+    let roots = roots("--peer-trusted-ca-file", trusted_ca_file)?;
 
     let crls = optional_revocation_lists("--peer-crl-file", settings.crl_file.as_deref())?;
     let mut verifier = client_cert_verifier(
@@ -381,6 +454,87 @@ pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
         acceptor: TlsAcceptor::from(Arc::new(server)),
         connector: TlsConnector::from(Arc::new(client)),
     })
+}
+
+/// Both ends of `--peer-auto-tls`: no client certificates asked for, servers' certificates
+/// taken unverified ([`AnyServerCertificate`]).
+fn unverified_peer(
+    provider: Arc<CryptoProvider>,
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    key_path: &Path,
+) -> Result<PeerTlsConfig, TlsError> {
+    let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(setup_error)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|error| file_error("--peer-key-file", key_path, error))?;
+    let client = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(setup_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServerCertificate { provider }))
+        .with_no_client_auth();
+    Ok(PeerTlsConfig {
+        acceptor: TlsAcceptor::from(Arc::new(server)),
+        connector: TlsConnector::from(Arc::new(client)),
+    })
+}
+
+/// `--peer-auto-tls`'s dialling side: every member's certificate is self-signed, so none can be
+/// verified; the handshake's signatures are still checked (the peer holds the key of the
+/// certificate it sent), which keeps the session encrypted to that peer.
+#[derive(Debug)]
+struct AnyServerCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// A certificate a client presents, with the key's flag and file for an error.
@@ -443,6 +597,60 @@ pub fn grpc_connector(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_self_signed_certificate_is_made_once_for_the_hosts() {
+        let dir = std::env::temp_dir().join(format!("ballot-self-signed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let made = SelfSigned {
+            dir: dir.join("fixtures").join("client"),
+            hosts: vec!["127.0.0.1".into(), "member-a.example".into()],
+            validity_years: 2,
+        };
+        ensure_self_signed("--auto-tls", &made).expect("made");
+        let pem = std::fs::read(made.cert_file()).expect("cert.pem");
+        let (_, der) = x509_parser::pem::parse_x509_pem(&pem).expect("PEM");
+        let certificate = der.parse_x509().expect("X.509");
+        let names: Vec<String> = certificate
+            .subject_alternative_name()
+            .expect("extension")
+            .expect("SANs")
+            .value
+            .general_names
+            .iter()
+            .map(|name| name.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["IPAddress(7f:00:00:01)", "DNSName(member-a.example)"]
+        );
+        let validity = certificate.validity();
+        let days = (validity.not_after.timestamp() - validity.not_before.timestamp()) / 86_400;
+        assert_eq!(days, 730);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(made.key_file())
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A restart keeps the certificate it made.
+        ensure_self_signed("--auto-tls", &made).expect("kept");
+        assert_eq!(std::fs::read(made.cert_file()).expect("cert.pem"), pem);
+        // And both ends of peer TLS load from it.
+        let settings = PeerTls {
+            cert_file: made.cert_file(),
+            key_file: made.key_file(),
+            trusted_ca_file: None,
+            client_cert_auth: false,
+            crl_file: None,
+            cipher_suites: Vec::new(),
+            allowed_cn: None,
+            allowed_hostname: None,
+            self_signed: Some(made.clone()),
+        };
+        assert!(peer(&settings).is_ok());
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
 
     fn names(suites: &[rustls::SupportedCipherSuite]) -> Vec<&'static str> {
         suites

@@ -257,6 +257,85 @@ async fn https_client_urls_serve_grpc_over_tls_and_refuse_plain_text() {
     }
 }
 
+/// `--auto-tls`: with no certificate files, an https client URL is served with a certificate
+/// the member made for its hosts in `<data-dir>/fixtures/client`; a client that trusts that
+/// certificate reaches it over TLS.
+#[tokio::test]
+async fn auto_tls_serves_clients_with_a_certificate_the_member_made() {
+    let dir = TempDir::new("auto-tls");
+    let member = start(&dir.0, &["--auto-tls"]);
+    let cert_file = dir
+        .0
+        .join("data")
+        .join("fixtures")
+        .join("client")
+        .join("cert.pem");
+    let made = eventually("the member to make its certificate", || async {
+        std::fs::read_to_string(&cert_file)
+            .ok()
+            .filter(|pem| pem.ends_with("-----END CERTIFICATE-----\n"))
+    })
+    .await;
+    let made = made.unwrap_or_else(|| {
+        let log = std::fs::read_to_string(&member.log).unwrap_or_default();
+        panic!("no certificate made; log:\n{log}")
+    });
+    let connected = eventually("a TLS connection", || {
+        let config = ClientTlsConfig::new()
+            .ca_certificate(CaCertificate::from_pem(&made))
+            .domain_name("127.0.0.1");
+        async move {
+            Channel::from_shared(format!("https://127.0.0.1:{}", member.port))
+                .ok()?
+                .tls_config(config)
+                .ok()?
+                .connect_timeout(Duration::from_secs(2))
+                .connect()
+                .await
+                .ok()
+        }
+    })
+    .await;
+    let channel = connected.unwrap_or_else(|| {
+        let log = std::fs::read_to_string(&member.log).unwrap_or_default();
+        panic!("no TLS connection; log:\n{log}")
+    });
+    put_and_get(channel).await.expect("KV over auto TLS");
+}
+
+/// `--peer-auto-tls`: three members on https peer URLs, each with a certificate it made, form
+/// a cluster and replicate over TLS.
+#[tokio::test]
+async fn peer_auto_tls_replicates_between_self_signed_members() {
+    let cluster = Cluster::start_with_peer_scheme(
+        TempDir::new("peer-auto-tls"),
+        3,
+        &["--peer-auto-tls"],
+        "https",
+        |_| {},
+    )
+    .await;
+    let mut writer = KvClient::new(cluster.members[0].channel().await);
+    writer
+        .put(put("auto/tls", "1"))
+        .await
+        .expect("a put replicated over auto TLS");
+    let read = KvClient::new(cluster.members[2].channel().await)
+        .range(get("auto/tls"))
+        .await
+        .expect("a linearizable read on another member")
+        .into_inner();
+    assert_eq!(read.kvs[0].value.as_ref(), b"1");
+    for member in &cluster.members {
+        let made = cluster
+            .dir
+            .0
+            .join(&member.name)
+            .join("fixtures/peer/cert.pem");
+        assert!(made.exists(), "no {}", made.display());
+    }
+}
+
 #[tokio::test]
 async fn client_cert_auth_admits_only_clients_with_a_certificate_from_the_trusted_ca() {
     let dir = TempDir::new("tls-mutual");
