@@ -10,7 +10,7 @@
 //! - `add-nodes N [pre-vote=B] [check-quorum=B] [read-only=lease|safe] [election=T]
 //!   [heartbeat=H] [max-inflight=N] [max-msg-bytes=N] [learner-gap=N] [max-uncommitted=N]`
 //! - `add-joiner ID`: a new empty member (to be added with a conf change)
-//! - `campaign ID`, `tick ID [N]`
+//! - `campaign ID`, `tick ID [N]`, `advance-ticks ID N`
 //! - `propose ID DATA`, `propose-batch ID DATA...`
 //! - `propose-conf-change ID [transition=auto|implicit|explicit] v4 l5 r2` (no changes =
 //!   leave the joint configuration)
@@ -164,6 +164,7 @@ fn run_command(cluster: &mut Option<Cluster>, line: &str) -> String {
             let ticks = args.get(1).map_or(1, |count| num(count));
             cluster.tick(id(0), ticks);
         }
+        "advance-ticks" => cluster.node(id(0)).advance_ticks(num(args[1])),
         "propose" => out = proposal_result(cluster.propose(id(0), args[1])),
         "propose-batch" => {
             let batch = args[1..]
@@ -309,4 +310,5 @@ scenarios!(
     lease_read,
     stale_candidate,
     removed_uncommitted,
+    tick_advance,
 );

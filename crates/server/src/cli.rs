@@ -439,6 +439,19 @@ pub struct MemberArgs {
     )]
     pub pre_vote: bool,
 
+    /// At start, once enough peers to make a quorum have been heard from and no leader is
+    /// known, fast-forward the election clock to two ticks short of an election timeout, so
+    /// the first election need not wait a whole timeout (etcd's flag; on by default).
+    #[arg(
+        long,
+        env = "BALLOT_INITIAL_ELECTION_TICK_ADVANCE",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub initial_election_tick_advance: bool,
+
     /// Refuse membership changes that could leave the cluster without a working quorum:
     /// adding a member while a voter is unreachable or too few members have started, removing
     /// a voter when the rest could not form a quorum (etcd's rule; `false` turns it off).

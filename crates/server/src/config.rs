@@ -419,6 +419,8 @@ pub struct ServerConfig {
     pub strict_reconfig_check: bool,
     /// `--pre-vote`: pre-vote before elections.
     pub pre_vote: bool,
+    /// `--initial-election-tick-advance`: the first election need not wait a whole timeout.
+    pub initial_election_tick_advance: bool,
     /// `--max-snapshots`: snapshot files kept, the newest durable one included (at least 1;
     /// `usize::MAX` for no limit).
     pub snapshot_files_kept: usize,
@@ -702,6 +704,7 @@ impl ServerConfig {
             force_new_cluster: args.force_new_cluster,
             strict_reconfig_check: args.strict_reconfig_check,
             pre_vote: args.pre_vote,
+            initial_election_tick_advance: args.initial_election_tick_advance,
             // etcd: 0 is no limit.
             snapshot_files_kept: match args.max_snapshots {
                 0 => usize::MAX,

@@ -98,6 +98,7 @@ pub fn node_config(config: &ServerConfig, cluster: &ClusterFile) -> NodeConfig {
         quota_bytes: config.quota_backend_bytes,
         strict_reconfig_check: config.strict_reconfig_check,
         pre_vote: config.pre_vote,
+        initial_election_tick_advance: config.initial_election_tick_advance,
         warning_apply_duration: config.warning_apply_duration,
     }
 }

@@ -514,3 +514,56 @@ async fn a_leader_without_quorum_steps_down_and_fails_fast() {
         Some(bytes("2"))
     );
 }
+
+/// `--initial-election-tick-advance` (on by default, as in etcd): members starting together
+/// greet each other, and a member that hears from a quorum before any leader advances its
+/// election clock, so the first election need not wait a whole election timeout. The first
+/// member to start always does (the first frame it receives is a peer's greeting); a follower
+/// restarted into a cluster with a leader hears the leader first and does not; with the flag
+/// off no member advances.
+#[tokio::test]
+async fn starting_members_advance_their_election_clock_unless_a_leader_is_known() {
+    const ADVANCED: &str = "advanced the election clock";
+    let log_of = |member: &api_support::Member| std::fs::read_to_string(&member.log).unwrap();
+    let mut cluster = Cluster::start(3, &[]).await;
+    assert!(
+        log_of(&cluster.members[0]).contains(ADVANCED),
+        "the first member to start did not advance; logs:\n{}",
+        cluster.logs()
+    );
+
+    let leader = cluster.leader_index().await;
+    let follower = (leader + 1) % 3;
+    cluster.restart(follower, &[]);
+    let restarted = cluster.members[follower].client_url.clone();
+    let knows_leader = eventually("the restarted follower to know the leader", || {
+        let url = restarted.clone();
+        async move {
+            let channel = api_support::try_connect(&url).await?;
+            let status = MaintenanceClient::new(channel)
+                .status(StatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            (status.leader != 0).then_some(())
+        }
+    })
+    .await;
+    assert!(knows_leader.is_some(), "logs:\n{}", cluster.logs());
+    let log = log_of(&cluster.members[follower]);
+    assert!(
+        !log.contains(ADVANCED),
+        "a restarted follower advanced:\n{log}"
+    );
+    drop(cluster);
+
+    let without = Cluster::start(3, &["--initial-election-tick-advance=false"]).await;
+    for member in &without.members {
+        let log = log_of(member);
+        assert!(
+            !log.contains(ADVANCED),
+            "{} advanced with the flag off:\n{log}",
+            member.name
+        );
+    }
+}

@@ -96,6 +96,8 @@ pub struct NodeConfig {
     pub strict_reconfig_check: bool,
     /// `--pre-vote`: the core asks for pre-votes before an election.
     pub pre_vote: bool,
+    /// `--initial-election-tick-advance`: see [`driver::Driver`]'s `tick_advance`.
+    pub initial_election_tick_advance: bool,
     /// `--experimental-warning-apply-duration`: an entry that takes longer to apply is logged
     /// and counted (`etcd_server_slow_apply_total`).
     pub warning_apply_duration: Duration,
@@ -1152,6 +1154,8 @@ pub fn start(
         deferred_conf_changes: Vec::new(),
         ticks: 0,
         heard_at_tick: std::collections::HashMap::new(),
+        tick_advance: None,
+        greeted_back: Vec::new(),
         durable_term_vote: (status.term, status.vote),
         pending_hard_state: None,
         no_space: shared.no_space.clone(),
