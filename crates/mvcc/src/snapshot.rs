@@ -316,6 +316,113 @@ impl Store {
     }
 }
 
+/// A put or a delete of one key as another store recorded it: an etcd backup's `key` bucket
+/// holds one per change. The input of [`Store::import`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportedChange {
+    pub key: Bytes,
+    pub main: i64,
+    pub sub: u32,
+    /// What was put; `None` for a delete.
+    pub put: Option<ImportedPut>,
+}
+
+/// The key-value pair a put left (etcd's `mvccpb.KeyValue` without the key and revision).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportedPut {
+    pub create_revision: i64,
+    pub version: i64,
+    pub lease: i64,
+    pub value: Bytes,
+}
+
+/// Everything [`Store::import`] builds a store from.
+#[derive(Debug, Clone, Default)]
+pub struct ImportedState {
+    /// The revision the store is at: at least every change's.
+    pub current_revision: i64,
+    /// The revision of the last finished compaction (-1 when none): the changes hold no history
+    /// below it that a read could need.
+    pub compact_revision: i64,
+    /// A compaction that was started but may not have finished (etcd's scheduled compact
+    /// revision); done during the import when above `compact_revision`.
+    pub scheduled_compact_revision: i64,
+    /// `(id, ttl_secs, remaining_ttl_secs)`, in any order.
+    pub leases: Vec<(i64, i64, i64)>,
+    /// In any order.
+    pub changes: Vec<ImportedChange>,
+}
+
+impl Store {
+    /// Builds a store from another store's records (an etcd backup: see the server's
+    /// `etcd_backup`), with the checks a snapshot's contents get: ordered, well-formed
+    /// versions, one change per revision, leases that exist for the keys that name them. The
+    /// store has applied nothing (`last_applied` 0).
+    pub fn import(state: ImportedState, config: StoreConfig) -> Result<Store, SnapshotError> {
+        let mut store = Store::new(config);
+        store.current_revision = state.current_revision;
+        store.compact_revision = state.compact_revision;
+        if store.current_revision < 1
+            || store.compact_revision < -1
+            || store.compact_revision > store.current_revision
+            || state.scheduled_compact_revision > store.current_revision
+        {
+            return Err(corrupt(format!(
+                "revisions out of order: current {}, compact {}, scheduled compact {}",
+                store.current_revision, store.compact_revision, state.scheduled_compact_revision
+            )));
+        }
+        let mut leases = state.leases;
+        leases.sort_unstable();
+        for (id, ttl_secs, remaining_ttl_secs) in leases {
+            let lease = Lease {
+                ttl_secs,
+                remaining_ttl_secs,
+                keys: BTreeSet::new(),
+            };
+            if id == 0 || store.leases.insert(id, lease).is_some() {
+                return Err(corrupt(format!("lease id {id} is zero or twice")));
+            }
+        }
+        let mut changes = state.changes;
+        changes.sort_unstable_by(|a, b| (&a.key, a.main, a.sub).cmp(&(&b.key, b.main, b.sub)));
+        let mut changes = changes.into_iter().peekable();
+        while let Some(first) = changes.next() {
+            let key = first.key.clone();
+            if key.is_empty() {
+                return Err(corrupt("a change of an empty key".to_string()));
+            }
+            let mut versions: Vec<Version> = Vec::new();
+            let mut next = Some(first);
+            while let Some(change) = next {
+                let entry = match change.put {
+                    Some(put) => Version {
+                        main: change.main,
+                        sub: change.sub,
+                        create_revision: put.create_revision,
+                        version: put.version,
+                        lease: put.lease,
+                        value: put.value,
+                        owned: true,
+                    },
+                    None => Version::tombstone(change.main, change.sub),
+                };
+                check_version(&versions, &entry, store.current_revision, &key)?;
+                versions.push(entry);
+                next = changes.next_if(|change| change.key == key);
+            }
+            store.keys.insert(key, KeyHistory { versions });
+        }
+        store.rebuild_derived()?;
+        if state.scheduled_compact_revision > store.compact_revision {
+            store
+                .compact(state.scheduled_compact_revision)
+                .map_err(|error| corrupt(format!("finishing the compaction: {error}")))?;
+        }
+        Ok(store)
+    }
+}
+
 fn corrupt(message: String) -> SnapshotError {
     SnapshotError::Corrupt(message)
 }
@@ -388,20 +495,32 @@ fn read_versions(
             value,
             owned: true,
         };
-        let ordered = versions
-            .last()
-            .is_none_or(|last| last.revision() < entry.revision());
-        let tombstone_ok =
-            entry.is_live() || (entry.version == 0 && entry.lease == 0 && entry.value.is_empty());
-        let live_ok = !entry.is_live() || (entry.version >= 1 && entry.create_revision <= main);
-        if main < 1 || main > current_revision || !ordered || !tombstone_ok || !live_ok {
-            return Err(corrupt(format!(
-                "key {key:?} has an invalid version at revision {main}.{sub}"
-            )));
-        }
+        check_version(&versions, &entry, current_revision, key)?;
         versions.push(entry);
     }
     Ok(versions)
+}
+
+/// Whether `entry` may follow `versions` in `key`'s history in a store at `current_revision`.
+fn check_version(
+    versions: &[Version],
+    entry: &Version,
+    current_revision: i64,
+    key: &Bytes,
+) -> Result<(), SnapshotError> {
+    let (main, sub) = entry.revision();
+    let ordered = versions
+        .last()
+        .is_none_or(|last| last.revision() < entry.revision());
+    let tombstone_ok =
+        entry.is_live() || (entry.version == 0 && entry.lease == 0 && entry.value.is_empty());
+    let live_ok = !entry.is_live() || (entry.version >= 1 && entry.create_revision <= main);
+    if main < 1 || main > current_revision || !ordered || !tombstone_ok || !live_ok {
+        return Err(corrupt(format!(
+            "key {key:?} has an invalid version at revision {main}.{sub}"
+        )));
+    }
+    Ok(())
 }
 
 fn check_magic(bytes: &[u8]) -> Result<(), SnapshotError> {

@@ -232,3 +232,103 @@ proptest! {
         let _ = Store::restore_padded(&signed, StoreConfig::default());
     }
 }
+
+/// The changes etcd's `key` bucket holds after [`etcd_sequence`], one per revision.
+fn etcd_sequence_changes() -> Vec<ballot_mvcc::ImportedChange> {
+    use ballot_mvcc::{ImportedChange, ImportedPut};
+    let put = |key: &str, main, sub, create_revision, version, value: &str| ImportedChange {
+        key: b(key),
+        main,
+        sub,
+        put: Some(ImportedPut {
+            create_revision,
+            version,
+            lease: 0,
+            value: b(value),
+        }),
+    };
+    // In bucket order (by revision), which is not the order the import needs.
+    vec![
+        put("a", 2, 0, 2, 1, "1"),
+        put("b", 3, 0, 3, 1, "2"),
+        put("a", 4, 0, 2, 2, "3"),
+        ImportedChange {
+            key: b("b"),
+            main: 5,
+            sub: 0,
+            put: None,
+        },
+        put("c", 6, 0, 6, 1, "4"),
+        put("d", 7, 0, 7, 1, "5"),
+        put("e", 7, 1, 7, 1, "6"),
+    ]
+}
+
+#[test]
+fn an_import_of_etcds_records_equals_the_store_that_made_them() {
+    use ballot_mvcc::ImportedState;
+    let node = etcd_sequence();
+    let state = ImportedState {
+        current_revision: 7,
+        compact_revision: -1,
+        scheduled_compact_revision: -1,
+        leases: vec![],
+        changes: etcd_sequence_changes(),
+    };
+    let imported = Store::import(state.clone(), StoreConfig::default()).unwrap();
+    assert_eq!(imported.current_revision(), 7);
+    assert_eq!(imported.last_applied(), 0);
+    assert_eq!(imported.hash_kv(0), node.store.hash_kv(0));
+    assert_eq!(
+        imported.hash_kv(0).unwrap().hash,
+        301_876_649,
+        "etcd's own hash"
+    );
+    let all = range_req("a", "z");
+    assert_eq!(imported.range(&all), node.store.range(&all));
+    assert_eq!(
+        imported.events_since(1, 100, b"\0", b"\0", 100).unwrap(),
+        node.store.events_since(1, 100, b"\0", b"\0", 100).unwrap()
+    );
+
+    // A compaction etcd scheduled but may not have finished is done by the import.
+    let mut compacted = etcd_sequence();
+    compacted.compact(4);
+    let imported = Store::import(
+        ImportedState {
+            scheduled_compact_revision: 4,
+            ..state.clone()
+        },
+        StoreConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(imported.compact_revision(), 4);
+    assert_eq!(imported.hash_kv(0), compacted.store.hash_kv(0));
+
+    // Records that no store could have made are refused, never trusted.
+    let refused = |state: ImportedState| Store::import(state, StoreConfig::default()).unwrap_err();
+    let mut twice = state.clone();
+    twice.changes.push(twice.changes[0].clone());
+    assert!(matches!(refused(twice), SnapshotError::Corrupt(_)));
+    let mut shared = state.clone();
+    shared.changes[1].main = 2;
+    assert!(matches!(refused(shared), SnapshotError::Corrupt(_)));
+    let mut future = state.clone();
+    future.current_revision = 6;
+    assert!(matches!(refused(future), SnapshotError::Corrupt(_)));
+    let mut orphan = state.clone();
+    if let Some(put) = &mut orphan.changes[6].put {
+        put.lease = 42;
+    }
+    assert!(matches!(refused(orphan), SnapshotError::Corrupt(_)));
+    let mut leased = state;
+    if let Some(put) = &mut leased.changes[6].put {
+        put.lease = 42;
+    }
+    leased.leases = vec![(42, 60, 0)];
+    let with_lease = Store::import(leased, StoreConfig::default()).unwrap();
+    assert_eq!(
+        with_lease.lease(42).map(|lease| lease.keys),
+        Some(vec![b("e")])
+    );
+}

@@ -114,8 +114,8 @@ pub enum BackupError {
     #[error("expected sha256 {expected}, got {actual}")]
     HashMismatch { expected: String, actual: String },
     #[error(
-        "{path} is not a Ballot backup ({source}); Ballot restores what `etcdctl snapshot save` \
-         took from a Ballot member (an etcd backup is a bbolt file, another format)"
+        "{path} is not a backup ({source}); Ballot reads what `etcdctl snapshot save` took from \
+         a Ballot member or from an etcd member"
     )]
     NotABackup {
         path: PathBuf,
@@ -127,6 +127,12 @@ pub enum BackupError {
         path: PathBuf,
         #[source]
         source: StoreSnapshotError,
+    },
+    #[error("{path} is an etcd backup that cannot be imported: {source}")]
+    EtcdBackup {
+        path: PathBuf,
+        #[source]
+        source: crate::etcd_backup::EtcdBackupError,
     },
     #[error("{0}")]
     Config(#[from] ConfigError),
@@ -141,6 +147,9 @@ pub enum BackupError {
 /// A backup file, read and checked.
 pub struct Backup {
     pub store: Store,
+    /// For a backup of an etcd member: the users it holds, which Ballot does not restore
+    /// (`None` for a Ballot backup).
+    pub etcd_users: Option<usize>,
     /// The file's size.
     pub file_len: u64,
     /// Whether the file ended with a SHA-256 that was checked.
@@ -175,6 +184,21 @@ pub fn read_backup(path: &Path, skip_hash_check: bool) -> Result<Backup, BackupE
     } else {
         return Err(BackupError::MissingHash);
     };
+    if crate::etcd_backup::is_etcd_backup(data) {
+        let imported =
+            crate::etcd_backup::import(data, StoreConfig::default()).map_err(|source| {
+                BackupError::EtcdBackup {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+        return Ok(Backup {
+            store: imported.store,
+            etcd_users: Some(imported.users),
+            file_len: bytes.len() as u64,
+            hash_checked,
+        });
+    }
     let (store, _) =
         Store::restore_padded(data, StoreConfig::default()).map_err(|source| match source {
             StoreSnapshotError::BadMagic => BackupError::NotABackup {
@@ -188,6 +212,7 @@ pub fn read_backup(path: &Path, skip_hash_check: bool) -> Result<Backup, BackupE
         })?;
     Ok(Backup {
         store,
+        etcd_users: None,
         file_len: bytes.len() as u64,
         hash_checked,
     })
@@ -296,6 +321,8 @@ pub struct Restored {
     pub cluster_id: u64,
     pub revision: i64,
     pub raft_index: u64,
+    /// For an etcd backup: the users it held, not restored.
+    pub etcd_users: Option<usize>,
 }
 
 /// Creates the data directory of `args.name` for the new cluster from the backup. Everything is
@@ -328,7 +355,11 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored, BackupError> {
     {
         return Err(BackupError::WalDirExists(wal_dir.clone()));
     }
-    let Backup { mut store, .. } = read_backup(&args.file, args.skip_hash_check)?;
+    let Backup {
+        mut store,
+        etcd_users,
+        ..
+    } = read_backup(&args.file, args.skip_hash_check)?;
 
     // The log continues after the index the store had applied, so that the store's own
     // record of it (which makes replayed entries no-ops) stays true.
@@ -403,6 +434,7 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored, BackupError> {
         cluster_id: membership.cluster_id,
         revision: store.current_revision(),
         raft_index,
+        etcd_users,
     })
 }
 

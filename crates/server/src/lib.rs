@@ -5,12 +5,14 @@
 pub mod access;
 pub mod api;
 pub mod backup;
+pub mod bbolt;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod config_file;
 pub mod corruption;
 pub mod dev;
+pub mod etcd_backup;
 pub mod gateway;
 pub mod http;
 pub mod metered_disk;

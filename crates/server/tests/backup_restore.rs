@@ -238,3 +238,133 @@ async fn a_backup_restores_into_a_new_cluster_with_the_same_data_and_revisions()
         "{stderr}"
     );
 }
+
+/// An etcd backup (`etcdctl snapshot save` from an etcd 3.4 member, made by
+/// `tests/data/make-etcd-backup.sh`) restores into a new three-member Ballot cluster with etcd's
+/// keys, history, revisions and leases: `etcdctl endpoint hashkv` gave etcd's hash of that
+/// state, and the restored members give the same one.
+#[tokio::test]
+async fn an_etcd_backup_restores_into_a_ballot_cluster_with_etcds_data_and_revisions() {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+    let backup = format!("{data}/etcd-3.4-backup.db");
+    let etcd_hash: u32 = std::fs::read_to_string(format!("{data}/etcd-3.4-backup.hashkv"))
+        .expect("etcd's hash")
+        .trim()
+        .parse()
+        .expect("a number");
+    let (ok, status, stderr) = run(&["snapshot", "status", &backup, "-w", "json"]);
+    assert!(ok, "snapshot status failed: {stderr}");
+    assert_eq!(
+        json_field(&status, "hash"),
+        i64::from(etcd_hash),
+        "{status}"
+    );
+    assert_eq!(json_field(&status, "revision"), 309);
+    assert_eq!(json_field(&status, "compactRevision"), 4);
+    assert_eq!(json_field(&status, "totalKey"), 306);
+    assert_eq!(json_field(&status, "leases"), 1);
+
+    let segment = api_support::TEST_WAL_SEGMENT_BYTES.to_string();
+    let restored = Cluster::start_prepared(TempDir::new("from-etcd"), 3, &[], |member| {
+        let data_dir = member.data_dir.to_str().expect("a UTF-8 path");
+        let (ok, stdout, stderr) = run(&[
+            "snapshot",
+            "restore",
+            &backup,
+            "--name",
+            &member.name,
+            "--data-dir",
+            data_dir,
+            "--initial-cluster",
+            &member.initial_cluster,
+            "--initial-advertise-peer-urls",
+            &member.peer_url,
+            "--wal-segment-bytes",
+            &segment,
+        ]);
+        assert!(ok, "restore of {} failed: {stderr}", member.name);
+        assert!(stdout.contains("imported an etcd backup"), "{stdout}");
+        assert!(stdout.contains("restored revision 309 into"), "{stdout}");
+    })
+    .await;
+
+    for member in &restored.members {
+        let channel = member.channel().await;
+        let mut kv = KvClient::new(channel.clone());
+        let at = |key: &str, revision: i64| RangeRequest {
+            revision,
+            ..get(key)
+        };
+        let kept = kv.range(get("kept")).await.expect("range").into_inner();
+        let kept = &kept.kvs[0];
+        assert_eq!(
+            (
+                kept.value.as_ref(),
+                kept.create_revision,
+                kept.mod_revision,
+                kept.version
+            ),
+            (&b"v2"[..], 3, 4, 2),
+            "on {}",
+            member.name
+        );
+        let gone = kv.range(get("gone")).await.expect("range").into_inner();
+        assert_eq!(gone.kvs[0].value, bytes("again"));
+        assert_eq!((gone.kvs[0].create_revision, gone.kvs[0].version), (309, 1));
+        assert_eq!(gone.header.expect("header").revision, 309);
+        let before_delete = kv.range(at("gone", 4)).await.expect("range").into_inner();
+        assert_eq!(before_delete.kvs[0].value, bytes("first"), "history kept");
+        let deleted = kv.range(at("gone", 5)).await.expect("range").into_inner();
+        assert!(deleted.kvs.is_empty(), "deleted at 5");
+        let compacted = kv.range(at("kept", 3)).await.expect_err("compacted");
+        assert_eq!(
+            compacted.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let txn = kv
+            .range(RangeRequest {
+                range_end: bytes("txn0"),
+                ..get("txn/")
+            })
+            .await
+            .expect("range")
+            .into_inner();
+        let revisions: Vec<i64> = txn.kvs.iter().map(|kv| kv.mod_revision).collect();
+        assert_eq!(revisions, [7, 7], "one transaction, one revision");
+        let many = kv
+            .range(RangeRequest {
+                range_end: bytes("many0"),
+                count_only: true,
+                ..get("many/")
+            })
+            .await
+            .expect("count")
+            .into_inner();
+        assert_eq!(many.count, 300);
+        let big = kv.range(get("big")).await.expect("range").into_inner();
+        assert_eq!(big.kvs[0].value.len(), 20_000, "a value on overflow pages");
+        let leased = kv.range(get("leased")).await.expect("range").into_inner();
+        let lease_id = leased.kvs[0].lease;
+        assert_ne!(lease_id, 0);
+        let ttl = LeaseClient::new(channel.clone())
+            .lease_time_to_live(LeaseTimeToLiveRequest {
+                id: lease_id,
+                keys: true,
+            })
+            .await
+            .expect("time to live")
+            .into_inner();
+        assert_eq!(ttl.granted_ttl, 3600);
+        assert!(ttl.ttl > 0, "the lease survives: {ttl:?}");
+        assert_eq!(ttl.keys, vec![bytes("leased").to_vec()]);
+        let hash = MaintenanceClient::new(channel)
+            .hash_kv(HashKvRequest { revision: 309 })
+            .await
+            .expect("hashkv")
+            .into_inner();
+        assert_eq!(hash.hash, etcd_hash, "etcd's hash on {}", member.name);
+    }
+
+    let mut kv = KvClient::new(restored.members[0].channel().await);
+    assert_eq!(put_revision(&mut kv, "after", "import").await, 310);
+}
