@@ -426,6 +426,29 @@ pub struct MemberArgs {
     )]
     pub experimental_warning_apply_duration: std::time::Duration,
 
+    /// Record each long lease's remaining TTL in the log every
+    /// --experimental-lease-checkpoint-interval, so a new leader goes on from it instead of
+    /// granting the whole TTL again (etcd's flag; off by default, as in etcd).
+    #[arg(
+        long,
+        env = "BALLOT_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub experimental_enable_lease_checkpoint: bool,
+
+    /// How often a lease's remaining TTL is checkpointed (`5m`, `30s`); only leases whose TTL
+    /// is longer are.
+    #[arg(
+        long,
+        env = "BALLOT_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL",
+        default_value = "5m",
+        value_parser = crate::bench::parse_duration
+    )]
+    pub experimental_lease_checkpoint_interval: std::time::Duration,
+
     /// Ask the other members for a pre-vote before starting an election (Raft thesis 9.6), so
     /// a member that was cut off cannot disturb a working leader when it returns. On by
     /// default, as in etcd 3.5 (etcd 3.4: off).

@@ -426,6 +426,9 @@ pub struct ServerConfig {
     pub snapshot_files_kept: usize,
     /// `--experimental-warning-apply-duration`: applies slower than this are logged.
     pub warning_apply_duration: Duration,
+    /// `--experimental-enable-lease-checkpoint` with its interval: how often the leader
+    /// records long leases' remaining TTLs in the log; `None`: never.
+    pub lease_checkpoint_interval: Option<Duration>,
     /// `--max-concurrent-streams`: HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
     /// `--experimental-watch-progress-notify-interval`.
@@ -711,6 +714,9 @@ impl ServerConfig {
                 kept => kept,
             },
             warning_apply_duration: args.experimental_warning_apply_duration,
+            lease_checkpoint_interval: args
+                .experimental_enable_lease_checkpoint
+                .then_some(args.experimental_lease_checkpoint_interval),
             max_concurrent_streams: args.max_concurrent_streams,
             watch_progress_notify_interval: args.experimental_watch_progress_notify_interval,
             initial_corrupt_check: args.experimental_initial_corrupt_check,

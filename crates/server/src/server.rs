@@ -100,6 +100,7 @@ pub fn node_config(config: &ServerConfig, cluster: &ClusterFile) -> NodeConfig {
         pre_vote: config.pre_vote,
         initial_election_tick_advance: config.initial_election_tick_advance,
         warning_apply_duration: config.warning_apply_duration,
+        lease_checkpoint_interval: config.lease_checkpoint_interval,
     }
 }
 

@@ -7,11 +7,11 @@ mod api_support;
 
 use api_support::{Cluster, bytes, eventually, get, put};
 use ballot_proto::etcdserverpb::{
-    LeaseGrantRequest, LeaseKeepAliveRequest, MemberAddRequest, MemberListRequest,
-    MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, PutRequest, StatusRequest,
-    WatchCreateRequest, WatchRequest, cluster_client::ClusterClient, kv_client::KvClient,
-    lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
-    watch_request::RequestUnion,
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest, MemberAddRequest,
+    MemberListRequest, MemberPromoteRequest, MemberRemoveRequest, MoveLeaderRequest, PutRequest,
+    StatusRequest, WatchCreateRequest, WatchRequest, cluster_client::ClusterClient,
+    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    watch_client::WatchClient, watch_request::RequestUnion,
 };
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -566,4 +566,62 @@ async fn starting_members_advance_their_election_clock_unless_a_leader_is_known(
             member.name
         );
     }
+}
+
+/// `--experimental-enable-lease-checkpoint`: the leader records long leases' remaining TTLs in
+/// the log, so after it dies the new leader goes on from the recorded TTL instead of granting
+/// the whole TTL again (which it does without checkpoints: the TTL would read 30 again here).
+/// The wait is the lease's time passing, which is what the test is about. Also: a lease
+/// request a follower forwarded to a leader that died is asked again of the new leader.
+#[tokio::test]
+async fn a_new_leader_keeps_the_checkpointed_remaining_ttl() {
+    let flags = [
+        "--experimental-enable-lease-checkpoint",
+        "--experimental-lease-checkpoint-interval",
+        "1s",
+    ];
+    let mut cluster = Cluster::start(3, &flags).await;
+    let leader = cluster.leader_index().await;
+    let granted_at = std::time::Instant::now();
+    let id = LeaseClient::new(cluster.members[leader].channel().await)
+        .lease_grant(LeaseGrantRequest { ttl: 30, id: 0 })
+        .await
+        .expect("grant")
+        .into_inner()
+        .id;
+    let waited = std::time::Duration::from_millis(4500);
+    tokio::time::sleep(waited.saturating_sub(granted_at.elapsed())).await;
+    cluster.members[leader].kill();
+    let survivor = (leader + 1) % 3;
+    let url = cluster.members[survivor].client_url.clone();
+    let ttl = eventually("a new leader to answer TimeToLive", || {
+        let url = url.clone();
+        async move {
+            let channel = api_support::try_connect(&url).await?;
+            let answer = LeaseClient::new(channel)
+                .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false })
+                .await
+                .ok()?
+                .into_inner();
+            Some(answer)
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("no TimeToLive answer; logs:\n{}", cluster.logs()));
+    let elapsed = granted_at.elapsed().as_secs_f64();
+    assert_eq!(ttl.granted_ttl, 30);
+    // The last checkpoint before the kill (they come about every second) recorded about
+    // 30 - 4 s; the new leader added one election timeout (0.5 s) and has counted down since.
+    // Without checkpoints it would have started again from 30.5 s when it took over, about
+    // 4.5 s after the grant, and read about 4.5 s more than this bound allows.
+    // The first TimeToLive reached the survivor while it still followed the dead leader: it
+    // asks again once a new leader is known, instead of waiting out the request timeout (6 s
+    // here, which would put the answer at 10.5 s).
+    assert!(elapsed < 9.5, "answered {elapsed:.1} s after the grant");
+    assert!(
+        (ttl.ttl as f64) <= 32.0 - elapsed && ttl.ttl > 0,
+        "TTL {} at {elapsed:.1} s after a 30 s grant: the new leader did not go on from a \
+         checkpoint",
+        ttl.ttl
+    );
 }

@@ -25,6 +25,8 @@ pub const OP_TIME_TO_LIVE: u8 = 2;
 
 /// Expired leases revoked per check; the rest wait for the next check.
 const REVOKES_PER_CHECK: usize = 500;
+/// Remaining TTLs checkpointed per check (etcd batches 1000 per proposal).
+const CHECKPOINTS_PER_CHECK: usize = 1000;
 
 /// The leader's lease timer and the term it was promoted in (0: not timing).
 pub struct LeaseKeeper {
@@ -33,9 +35,15 @@ pub struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
-    pub fn new() -> LeaseKeeper {
+    /// A keeper that checkpoints remaining TTLs every `checkpoint_interval`, if given.
+    pub fn new(checkpoint_interval: Option<Duration>) -> LeaseKeeper {
+        let config = ballot_mvcc::LeaseClockConfig {
+            checkpoint_interval_ms: checkpoint_interval
+                .map_or(0, |interval| interval.as_millis().max(1) as u64),
+            ..ballot_mvcc::LeaseClockConfig::default()
+        };
         LeaseKeeper {
-            clock: LeaseClock::new(ballot_mvcc::LeaseClockConfig::default()),
+            clock: LeaseClock::new(config),
             promoted_term: 0,
         }
     }
@@ -84,7 +92,10 @@ pub fn on_applied(shared: &NodeShared, granted: &[(i64, i64)], revoked: &[i64]) 
     }
 }
 
-/// The leader's periodic check: propose revokes for expired leases.
+/// The leader's periodic check: propose revokes for expired leases and, with
+/// `--experimental-enable-lease-checkpoint`, checkpoints of long leases' remaining TTLs (the
+/// clock schedules one per interval per lease, and one right after a keep-alive of a lease
+/// checkpointed before, whose recorded TTL is then too short).
 pub async fn run_expiry(shared: Arc<NodeShared>) {
     let period = shared
         .config
@@ -98,17 +109,29 @@ pub async fn run_expiry(shared: Arc<NodeShared>) {
             _ = ticker.tick() => {}
             _ = stop.changed() => return,
         }
-        let expired = {
+        let (expired, checkpoints) = {
             let mut keeper = shared.lock_leases();
             if !ensure_promoted(&shared, &mut keeper) {
                 continue;
             }
-            keeper.clock.expired(shared.now_ms(), REVOKES_PER_CHECK)
+            let now_ms = shared.now_ms();
+            (
+                keeper.clock.expired(now_ms, REVOKES_PER_CHECK),
+                keeper.clock.checkpoints(now_ms, CHECKPOINTS_PER_CHECK),
+            )
         };
         for id in expired {
             tracing::debug!(lease = id, "lease expired; proposing its revoke");
             metrics().leases_expired.inc();
             shared.propose_detached(Command::LeaseRevoke { id }).await;
+        }
+        for (id, remaining_ttl_secs) in checkpoints {
+            shared
+                .propose_detached(Command::LeaseCheckpoint {
+                    id,
+                    remaining_ttl_secs,
+                })
+                .await;
         }
     }
 }

@@ -101,6 +101,9 @@ pub struct NodeConfig {
     /// `--experimental-warning-apply-duration`: an entry that takes longer to apply is logged
     /// and counted (`etcd_server_slow_apply_total`).
     pub warning_apply_duration: Duration,
+    /// `--experimental-enable-lease-checkpoint`: how often the leader checkpoints long leases'
+    /// remaining TTLs; `None`: never.
+    pub lease_checkpoint_interval: Option<Duration>,
 }
 
 /// The core's view as last published by the driver.
@@ -574,11 +577,19 @@ impl NodeHandle {
     /// when the lease is unknown or expired, as etcd does.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, NodeError> {
         self.check_ready()?;
-        if self.is_leader() {
-            return lease::keep_alive_on_leader(&self.shared, id).await;
+        let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout;
+        loop {
+            if self.is_leader() {
+                return lease::keep_alive_on_leader(&self.shared, id).await;
+            }
+            match self
+                .ask_leader(lease::OP_KEEP_ALIVE, id, false, deadline)
+                .await?
+            {
+                Some(payload) => return lease::decode_keep_alive(&payload),
+                None => continue,
+            }
         }
-        let payload = self.ask_leader(lease::OP_KEEP_ALIVE, id, false).await?;
-        lease::decode_keep_alive(&payload)
     }
 
     /// etcd `LeaseTimeToLive`, answered by the leader (it alone times leases); `ttl` is -1 for
@@ -589,25 +600,44 @@ impl NodeHandle {
         keys: bool,
     ) -> Result<LeaseTimeToLiveResponse, NodeError> {
         self.check_ready()?;
-        let mut response = if self.is_leader() {
-            lease::time_to_live_on_leader(&self.shared, id, keys).await?
-        } else {
-            let payload = self.ask_leader(lease::OP_TIME_TO_LIVE, id, keys).await?;
-            lease::decode_time_to_live(&payload)?
+        let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout;
+        let mut response = loop {
+            if self.is_leader() {
+                break lease::time_to_live_on_leader(&self.shared, id, keys).await?;
+            }
+            if let Some(payload) = self
+                .ask_leader(lease::OP_TIME_TO_LIVE, id, keys, deadline)
+                .await?
+            {
+                break lease::decode_time_to_live(&payload)?;
+            }
         };
         let revision = response.header.as_ref().map_or(0, |header| header.revision);
         response.header = Some(self.header(revision));
         Ok(response)
     }
 
-    /// Sends a lease request to the leader over the peer transport and waits for its answer.
-    async fn ask_leader(&self, op: u8, lease_id: i64, keys: bool) -> Result<Bytes, NodeError> {
-        let leader = self.leader_id();
+    /// Sends a lease request to the leader over the peer transport and waits for its answer,
+    /// until `deadline`.
+    ///
+    /// `None` when the leader changed while waiting: the one asked may be gone and its answer
+    /// never come, so the caller asks again where leases are now timed (as etcd retries a
+    /// forwarded lease request on a leader change). Keep-alives and TimeToLive may be asked
+    /// twice. With no leader when asked, fails at once ("etcdserver: no leader").
+    async fn ask_leader(
+        &self,
+        op: u8,
+        lease_id: i64,
+        keys: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Bytes>, NodeError> {
+        let mut view = self.shared.view.subscribe();
+        let leader = view.borrow_and_update().leader;
         if leader == 0 {
             return Err(NodeError::NoLeader);
         }
         let request_id = self.shared.next_request_id();
-        let answer = self.shared.peer_requests.register(request_id);
+        let mut answer = self.shared.peer_requests.register(request_id);
         self.shared.transport.send_frame(
             leader,
             PeerFrame::LeaseRequest {
@@ -617,12 +647,33 @@ impl NodeHandle {
                 keys,
             },
         );
-        match tokio::time::timeout(self.shared.config.request_timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(NodeError::Stopped),
-            Err(_) => {
-                self.shared.peer_requests.cancel(request_id);
-                Err(NodeError::Timeout)
+        let mut leader_lost = false;
+        loop {
+            tokio::select! {
+                result = &mut answer => {
+                    return match result {
+                        Ok(result) => result.map(Some),
+                        Err(_) => Err(NodeError::Stopped),
+                    };
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.shared.peer_requests.cancel(request_id);
+                    return Err(NodeError::Timeout);
+                }
+                changed = view.changed() => {
+                    if changed.is_err() {
+                        self.shared.peer_requests.cancel(request_id);
+                        return Err(NodeError::Stopped);
+                    }
+                    let now = view.borrow_and_update().leader;
+                    if now == 0 {
+                        // Wait for the next leader; the old one may still answer meanwhile.
+                        leader_lost = true;
+                    } else if now != leader || leader_lost {
+                        self.shared.peer_requests.cancel(request_id);
+                        return Ok(None);
+                    }
+                }
             }
         }
     }
@@ -1099,6 +1150,7 @@ pub fn start(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |elapsed| elapsed.as_nanos() as u64)
         .max(1);
+    let leases = lease::LeaseKeeper::new(config.lease_checkpoint_interval);
     let shared = Arc::new(NodeShared {
         member_id: config.member_id,
         cluster_id: config.cluster_id,
@@ -1111,7 +1163,7 @@ pub fn start(
         requests: requests_tx,
         waiters: Waiters::default(),
         peer_requests: PeerRequests::default(),
-        leases: Mutex::new(lease::LeaseKeeper::new()),
+        leases: Mutex::new(leases),
         transport: transport.clone(),
         no_space: opened.wal.no_space(),
         wal: opened.wal.clone(),
