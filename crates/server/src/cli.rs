@@ -29,13 +29,7 @@ pub const DEFAULT_NAME: &str = "default";
 pub const DEFAULT_CLUSTER_TOKEN: &str = "ballot-cluster";
 /// A check interval: a duration (`30m`, `90s`, `500ms`), or 0 (`0`, `0s`) for none.
 fn parse_check_interval(text: &str) -> Result<std::time::Duration, String> {
-    match text
-        .trim()
-        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
-    {
-        "0" => Ok(std::time::Duration::ZERO),
-        _ => crate::bench::parse_duration(text),
-    }
+    crate::bench::parse_duration_or_zero(text)
 }
 
 /// etcd's `--max-request-bytes` default, 1.5 MiB.
@@ -286,6 +280,17 @@ pub struct MemberArgs {
     /// Log level.
     #[arg(long, env = "BALLOT_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+
+    /// Log at debug level: etcd 3.4's older spelling of --log-level debug.
+    #[arg(
+        long,
+        env = "BALLOT_DEBUG",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub debug: bool,
 
     /// Where logs go, comma-separated: `stderr` (or `default`), `stdout`, or file paths
     /// (appended to, created if missing). Under systemd, stderr reaches the journal.

@@ -726,7 +726,11 @@ impl ServerConfig {
                 cors: crate::access::Allowed::parse(&args.cors),
                 hosts: crate::access::Allowed::parse(&args.host_whitelist),
             },
-            log_level: args.log_level,
+            log_level: if args.debug {
+                LogLevel::Debug
+            } else {
+                args.log_level
+            },
             log_outputs: parse_log_outputs(&args.log_outputs)?,
         })
     }
@@ -1720,6 +1724,34 @@ mod tests {
         // With plain http client URLs the files are ignored, as etcd ignores them.
         let plain = config(&["--cert-file", "s.pem", "--key-file", "s.key"]).expect("ignored");
         assert_eq!(plain.client_tls, None);
+    }
+
+    #[test]
+    fn debug_is_etcds_older_spelling_of_the_debug_log_level() {
+        use crate::cli::LogLevel;
+        assert_eq!(config(&[]).expect("valid").log_level, LogLevel::Info);
+        assert_eq!(
+            config(&["--debug"]).expect("valid").log_level,
+            LogLevel::Debug
+        );
+        let level = config(&["--debug=false", "--log-level", "warn"]).expect("valid");
+        assert_eq!(level.log_level, LogLevel::Warn);
+    }
+
+    #[test]
+    fn durations_take_gos_form_as_etcd_prints_it() {
+        let config = config(&[
+            "--experimental-enable-lease-checkpoint",
+            "--experimental-lease-checkpoint-interval",
+            "5m0s",
+            "--experimental-corrupt-check-time",
+            "0m0s",
+        ])
+        .expect("valid");
+        assert_eq!(
+            config.lease_checkpoint_interval,
+            Some(Duration::from_secs(300))
+        );
     }
 
     #[test]

@@ -209,31 +209,61 @@ impl BenchArgs {
     }
 }
 
-/// Parses `10s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+/// Parses `10s`, `500ms`, `2m`, `1h`, a bare number of seconds, or Go's form of a duration as
+/// etcd prints and takes it (`5m0s`, `2h0m0s`, `1h30m`, `100us`); it must be positive.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration (examples: 10s, 500ms, 2m)"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "'{text}': unknown unit '{unit}' (use ms, s, m or h)"
-            ));
-        }
-    };
-    if seconds <= 0.0 || !seconds.is_finite() {
-        return Err(format!("'{text}': the duration must be positive"));
+    let duration = parse_duration_or_zero(text)?;
+    if duration.is_zero() {
+        return Err(format!("'{}': the duration must be positive", text.trim()));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(duration)
+}
+
+/// [`parse_duration`], also taking a zero duration (`0`, `0s`, `0m0s`).
+pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let not_a_duration =
+        || format!("'{text}' is not a duration (examples: 10s, 500ms, 2m, 1h30m, 5m0s)");
+    if let Ok(seconds) = text.parse::<f64>() {
+        return seconds_to_duration(text, seconds);
+    }
+    let mut seconds = 0.0;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(not_a_duration());
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("'{text}': a number without a unit at the end"))?;
+        let (number, after) = rest.split_at(number_len);
+        let value: f64 = number.parse().map_err(|_| not_a_duration())?;
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => {
+                return Err(format!(
+                    "'{text}': unknown unit '{unit}' (use ns, us, ms, s, m or h)"
+                ));
+            }
+        };
+        seconds += value * scale;
+        rest = after;
+    }
+    seconds_to_duration(text, seconds)
+}
+
+fn seconds_to_duration(text: &str, seconds: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("'{text}': not a duration from zero to many years"))
 }
 
 #[cfg(test)]
@@ -262,6 +292,18 @@ mod tests {
         assert!(parse_duration("10x").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("s").is_err());
+        // Go's form, as etcd prints its defaults and configurations carry them.
+        assert_eq!(parse_duration("5m0s"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h0m0s"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
+        assert_eq!(parse_duration("1m0.5s"), Ok(Duration::from_millis(60_500)));
+        assert!(parse_duration("0m0s").is_err(), "zero");
+        assert_eq!(parse_duration_or_zero("0m0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration_or_zero("0"), Ok(Duration::ZERO));
+        for bad in ["", "1m5", "-5s", "-5", "5d", "1h-3m", "NaN", "inf", "1e400"] {
+            assert!(parse_duration_or_zero(bad).is_err(), "{bad:?} was taken");
+        }
     }
 
     #[test]
