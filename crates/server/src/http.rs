@@ -5,6 +5,13 @@
 //!   `checkHealth`), else `"false"` with the reason (`ALARM NOSPACE`, `RAFT NO LEADER`,
 //!   `RANGE ERROR:...`) and 503. `?serializable=true` skips the read barrier and
 //!   `?exclude=NOSPACE` ignores that alarm, as in etcd.
+//! - `GET /livez`, `GET /readyz`: the probes of etcd 3.6 (and 3.5.11), in the Kubernetes
+//!   style: `/livez` checks that this member serves a serializable read (`serializable_read`),
+//!   `/readyz` also that no CORRUPT alarm is raised (`data_corruption`) and that a linearizable
+//!   read succeeds (`linearizable_read`, which needs a leader and a quorum). 200 and `ok`, or
+//!   with `?verbose` a `[+]<check> ok` line per check and `livez check passed`; when a check
+//!   fails, 503 with a `[-]<check> failed: <reason>` line for it and `readyz check failed`.
+//!   `?exclude=<check>` skips a check.
 //! - `GET /version`: `{"etcdserver":"3.5.0","etcdcluster":"3.5.0"}`.
 //! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
 //!
@@ -27,6 +34,8 @@ use bytes::Bytes;
 pub fn routes<N: ApiNode>(api: Api<N>) -> axum::Router {
     axum::Router::new()
         .route("/health", get(health::<N>))
+        .route("/livez", get(livez::<N>))
+        .route("/readyz", get(readyz::<N>))
         .route("/version", get(version))
         .route("/metrics", get(prometheus::<N>))
         .with_state(api)
@@ -90,6 +99,115 @@ async fn health<N: ApiNode>(State(api): State<Api<N>>, uri: Uri) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             health_body(false, "RANGE ERROR:etcdserver: request timed out"),
         ),
+    }
+}
+
+async fn livez<N: ApiNode>(State(api): State<Api<N>>, uri: Uri) -> Response {
+    probe(&api, "livez", &[Check::SerializableRead], &uri).await
+}
+
+async fn readyz<N: ApiNode>(State(api): State<Api<N>>, uri: Uri) -> Response {
+    let checks = [
+        Check::DataCorruption,
+        Check::SerializableRead,
+        Check::LinearizableRead,
+    ];
+    probe(&api, "readyz", &checks, &uri).await
+}
+
+/// The checks of `/livez` and `/readyz`, named as etcd names them.
+#[derive(Clone, Copy)]
+enum Check {
+    DataCorruption,
+    SerializableRead,
+    LinearizableRead,
+}
+
+impl Check {
+    fn name(self) -> &'static str {
+        match self {
+            Check::DataCorruption => "data_corruption",
+            Check::SerializableRead => "serializable_read",
+            Check::LinearizableRead => "linearizable_read",
+        }
+    }
+
+    async fn run<N: ApiNode>(self, api: &Api<N>) -> Result<(), String> {
+        let serializable = match self {
+            Check::DataCorruption => {
+                let status = api.node().status();
+                return match status
+                    .alarms
+                    .iter()
+                    .find(|raised| alarm_name(raised.alarm) == "CORRUPT")
+                {
+                    Some(_) => Err("ALARM CORRUPT".to_string()),
+                    None => Ok(()),
+                };
+            }
+            Check::SerializableRead => true,
+            Check::LinearizableRead => false,
+        };
+        let request = RangeRequest {
+            key: Bytes::from_static(b"health"),
+            keys_only: true,
+            limit: 1,
+            serializable,
+            ..RangeRequest::default()
+        };
+        match tokio::time::timeout(api.options.health_timeout, api.range(request)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(status.message().to_string()),
+            Err(_) => Err("etcdserver: request timed out".to_string()),
+        }
+    }
+}
+
+/// Runs `checks` (less those the query excludes) and answers in the Kubernetes probe format.
+async fn probe<N: ApiNode>(api: &Api<N>, name: &str, checks: &[Check], uri: &Uri) -> Response {
+    let query: Vec<&str> = uri
+        .query()
+        .map_or_else(Vec::new, |q| q.split('&').collect());
+    let verbose = query
+        .iter()
+        .any(|pair| *pair == "verbose" || pair.starts_with("verbose="));
+    let excluded = |check: Check| {
+        query
+            .iter()
+            .any(|pair| pair.strip_prefix("exclude=") == Some(check.name()))
+    };
+    let mut lines = String::new();
+    let mut failed = false;
+    for &check in checks {
+        if excluded(check) {
+            lines.push_str(&format!("[+]{} excluded: ok\n", check.name()));
+            continue;
+        }
+        match check.run(api).await {
+            Ok(()) => lines.push_str(&format!("[+]{} ok\n", check.name())),
+            Err(reason) => {
+                failed = true;
+                lines.push_str(&format!("[-]{} failed: {reason}\n", check.name()));
+            }
+        }
+    }
+    let text = |status: StatusCode, body: String| {
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            body,
+        )
+            .into_response()
+    };
+    if failed {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{lines}{name} check failed\n"),
+        )
+    } else if verbose {
+        text(StatusCode::OK, format!("{lines}{name} check passed\n"))
+    } else {
+        text(StatusCode::OK, "ok".to_string())
     }
 }
 

@@ -480,6 +480,18 @@ async fn a_leader_without_quorum_steps_down_and_fails_fast() {
             cluster.logs()
         ),
     }
+    // etcd 3.6's probes: alive (it serves local reads), not ready (no linearizable read).
+    let port = cluster.members[survivor].client_port;
+    assert_eq!(
+        api_support::http_get(port, "/livez").await,
+        (200, "ok".into())
+    );
+    let (code, body) = api_support::http_get(port, "/readyz?verbose").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("[+]data_corruption ok\n[+]serializable_read ok\n[-]linearizable_read failed: etcdserver: no leader\n"), "{body}");
+    assert!(body.ends_with("readyz check failed\n"), "{body}");
+    let (code, body) = api_support::http_get(port, "/readyz?exclude=linearizable_read").await;
+    assert_eq!((code, body.as_str()), (200, "ok"));
     let refused = kv.put(put("q", "lost")).await.expect_err("no quorum");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert_eq!(refused.message(), "etcdserver: no leader");
@@ -504,6 +516,13 @@ async fn a_leader_without_quorum_steps_down_and_fails_fast() {
     })
     .await;
     assert!(written.is_some(), "{}", cluster.logs());
+    let (code, body) = api_support::http_get(port, "/readyz?verbose").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body,
+        "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\nreadyz check \
+         passed\n"
+    );
     let event = tokio::time::timeout(api_support::DEADLINE, plain.next())
         .await
         .expect("an event in time")
