@@ -714,10 +714,21 @@ test_grow_from_one_member() {
 # --- snapshot ------------------------------------------------------------------------------
 
 test_snapshot() {
+  local revision
+  revision=$(current_revision)
   run etcdctl --endpoints="$first_endpoint" snapshot save "$work/snap.db"
   expect_out "snapshot save" "Snapshot saved at $work/snap.db"
   check "snapshot file is written and non-empty" "$work/snap.db with data" [ -s "$work/snap.db" ]
   check "no partial snapshot file is left" "no $work/snap.db.part" [ ! -e "$work/snap.db.part" ]
+  # The backup is etcd's backend database: etcdctl reads it and restores it as an etcd
+  # member's data directory.
+  run etcdctl snapshot status "$work/snap.db" -w json
+  expect_match "snapshot status reads the backup at the revision it was taken" \
+    '\{"hash":[0-9]+,"revision":'"$revision"',"totalKey":[0-9]+,"totalSize":[0-9]+\}'
+  run etcdctl snapshot restore "$work/snap.db" --data-dir "$work/restored" --name restored \
+    --initial-cluster restored=http://127.0.0.1:1 --initial-advertise-peer-urls http://127.0.0.1:1
+  check "snapshot restore makes a data directory of the backup" "$work/restored/member/snap/db" \
+    [ "$RC" -eq 0 -a -s "$work/restored/member/snap/db" ]
 }
 
 # --- lock ----------------------------------------------------------------------------------

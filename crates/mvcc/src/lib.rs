@@ -33,7 +33,7 @@ pub use hash::HashKv;
 pub use keys::{KeyRange, prefix_range_end};
 pub use lease::{LeaseClock, LeaseClockConfig};
 pub use read::EventsSince;
-pub use snapshot::{ImportedChange, ImportedPut, ImportedState, StoreSnapshot};
+pub use snapshot::{RecordedChange, RecordedPut, StoreRecords, StoreSnapshot};
 pub use store::{
     Applied, ApplyOutcome, LEASE_TTL_MAX_SECS, LeaseInfo, Store, StoreConfig, TXN_OPS_MAX_DEFAULT,
 };

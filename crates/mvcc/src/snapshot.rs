@@ -316,29 +316,32 @@ impl Store {
     }
 }
 
-/// A put or a delete of one key as another store recorded it: an etcd backup's `key` bucket
-/// holds one per change. The input of [`Store::import`].
+/// A put or a delete of one key as a store records it: an etcd backup's `key` bucket holds one
+/// per change. What [`Store::import`] takes and [`StoreSnapshot::records`] gives.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ImportedChange {
+pub struct RecordedChange {
     pub key: Bytes,
     pub main: i64,
     pub sub: u32,
     /// What was put; `None` for a delete.
-    pub put: Option<ImportedPut>,
+    pub put: Option<RecordedPut>,
 }
 
 /// The key-value pair a put left (etcd's `mvccpb.KeyValue` without the key and revision).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ImportedPut {
+pub struct RecordedPut {
     pub create_revision: i64,
     pub version: i64,
     pub lease: i64,
     pub value: Bytes,
 }
 
-/// Everything [`Store::import`] builds a store from.
+/// A store's state as records, in the terms of etcd's backend (an etcd backup holds these):
+/// everything [`Store::import`] builds a store from, and [`StoreSnapshot::records`] gives.
 #[derive(Debug, Clone, Default)]
-pub struct ImportedState {
+pub struct StoreRecords {
+    /// The Raft index the store had applied (etcd's consistent index).
+    pub last_applied: u64,
     /// The revision the store is at: at least every change's.
     pub current_revision: i64,
     /// The revision of the last finished compaction (-1 when none): the changes hold no history
@@ -347,19 +350,53 @@ pub struct ImportedState {
     /// A compaction that was started but may not have finished (etcd's scheduled compact
     /// revision); done during the import when above `compact_revision`.
     pub scheduled_compact_revision: i64,
-    /// `(id, ttl_secs, remaining_ttl_secs)`, in any order.
+    /// `(id, ttl_secs, remaining_ttl_secs)`, in any order ([`StoreSnapshot::records`]: by ID).
     pub leases: Vec<(i64, i64, i64)>,
-    /// In any order.
-    pub changes: Vec<ImportedChange>,
+    /// In any order ([`StoreSnapshot::records`]: by revision, as etcd's `key` bucket).
+    pub changes: Vec<RecordedChange>,
+}
+
+impl StoreSnapshot {
+    /// The state as records: every version of every key kept since the compaction, in
+    /// revision order, and the leases. `Store::import` of them gives the same store.
+    pub fn records(&self) -> StoreRecords {
+        let mut changes: Vec<RecordedChange> = self
+            .keys
+            .iter()
+            .flat_map(|slot| {
+                slot.history.versions.iter().map(|version| RecordedChange {
+                    key: slot.key.clone(),
+                    main: version.main,
+                    sub: version.sub,
+                    put: version.is_live().then(|| RecordedPut {
+                        create_revision: version.create_revision,
+                        version: version.version,
+                        lease: version.lease,
+                        value: version.value.clone(),
+                    }),
+                })
+            })
+            .collect();
+        changes.sort_unstable_by_key(|change| (change.main, change.sub));
+        StoreRecords {
+            last_applied: self.last_applied,
+            current_revision: self.current_revision,
+            compact_revision: self.compact_revision,
+            scheduled_compact_revision: self.compact_revision,
+            leases: self.leases.clone(),
+            changes,
+        }
+    }
 }
 
 impl Store {
     /// Builds a store from another store's records (an etcd backup: see the server's
     /// `etcd_backup`), with the checks a snapshot's contents get: ordered, well-formed
     /// versions, one change per revision, leases that exist for the keys that name them. The
-    /// store has applied nothing (`last_applied` 0).
-    pub fn import(state: ImportedState, config: StoreConfig) -> Result<Store, SnapshotError> {
+    /// store's applied index is the records'.
+    pub fn import(state: StoreRecords, config: StoreConfig) -> Result<Store, SnapshotError> {
         let mut store = Store::new(config);
+        store.last_applied = state.last_applied;
         store.current_revision = state.current_revision;
         store.compact_revision = state.compact_revision;
         if store.current_revision < 1

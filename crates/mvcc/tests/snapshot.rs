@@ -234,13 +234,13 @@ proptest! {
 }
 
 /// The changes etcd's `key` bucket holds after [`etcd_sequence`], one per revision.
-fn etcd_sequence_changes() -> Vec<ballot_mvcc::ImportedChange> {
-    use ballot_mvcc::{ImportedChange, ImportedPut};
-    let put = |key: &str, main, sub, create_revision, version, value: &str| ImportedChange {
+fn etcd_sequence_changes() -> Vec<ballot_mvcc::RecordedChange> {
+    use ballot_mvcc::{RecordedChange, RecordedPut};
+    let put = |key: &str, main, sub, create_revision, version, value: &str| RecordedChange {
         key: b(key),
         main,
         sub,
-        put: Some(ImportedPut {
+        put: Some(RecordedPut {
             create_revision,
             version,
             lease: 0,
@@ -252,7 +252,7 @@ fn etcd_sequence_changes() -> Vec<ballot_mvcc::ImportedChange> {
         put("a", 2, 0, 2, 1, "1"),
         put("b", 3, 0, 3, 1, "2"),
         put("a", 4, 0, 2, 2, "3"),
-        ImportedChange {
+        RecordedChange {
             key: b("b"),
             main: 5,
             sub: 0,
@@ -266,9 +266,10 @@ fn etcd_sequence_changes() -> Vec<ballot_mvcc::ImportedChange> {
 
 #[test]
 fn an_import_of_etcds_records_equals_the_store_that_made_them() {
-    use ballot_mvcc::ImportedState;
+    use ballot_mvcc::StoreRecords;
     let node = etcd_sequence();
-    let state = ImportedState {
+    let state = StoreRecords {
+        last_applied: 0,
         current_revision: 7,
         compact_revision: -1,
         scheduled_compact_revision: -1,
@@ -295,7 +296,7 @@ fn an_import_of_etcds_records_equals_the_store_that_made_them() {
     let mut compacted = etcd_sequence();
     compacted.compact(4);
     let imported = Store::import(
-        ImportedState {
+        StoreRecords {
             scheduled_compact_revision: 4,
             ..state.clone()
         },
@@ -306,7 +307,7 @@ fn an_import_of_etcds_records_equals_the_store_that_made_them() {
     assert_eq!(imported.hash_kv(0), compacted.store.hash_kv(0));
 
     // Records that no store could have made are refused, never trusted.
-    let refused = |state: ImportedState| Store::import(state, StoreConfig::default()).unwrap_err();
+    let refused = |state: StoreRecords| Store::import(state, StoreConfig::default()).unwrap_err();
     let mut twice = state.clone();
     twice.changes.push(twice.changes[0].clone());
     assert!(matches!(refused(twice), SnapshotError::Corrupt(_)));
@@ -331,4 +332,30 @@ fn an_import_of_etcds_records_equals_the_store_that_made_them() {
         with_lease.lease(42).map(|lease| lease.keys),
         Some(vec![b("e")])
     );
+}
+
+#[test]
+fn a_stores_records_import_into_the_same_store() {
+    let mut node = etcd_sequence();
+    node.apply(Command::LeaseGrant {
+        id: 3,
+        ttl_secs: 100,
+    });
+    node.put_lease("l", "v", 3);
+    node.compact(4);
+    node.delete("c", "");
+    node.apply(Command::LeaseCheckpoint {
+        id: 3,
+        remaining_ttl_secs: 50,
+    });
+    let records = node.store.snapshot_state().records();
+    assert!(
+        records
+            .changes
+            .windows(2)
+            .all(|pair| (pair[0].main, pair[0].sub) < (pair[1].main, pair[1].sub)),
+        "in revision order, as etcd's key bucket"
+    );
+    let imported = Store::import(records, StoreConfig::default()).unwrap();
+    assert_eq!(imported.snapshot(), node.store.snapshot(), "the same state");
 }

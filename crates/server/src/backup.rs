@@ -1,9 +1,12 @@
 //! `ballot snapshot status` and `ballot snapshot restore`: reading a backup that
-//! `etcdctl snapshot save` took from a Ballot member, and turning it into the data directory of
-//! a member of a new cluster, as `etcdctl snapshot restore` does for etcd.
+//! `etcdctl snapshot save` took from a Ballot or an etcd member, and turning it into the data
+//! directory of a member of a new cluster, as `etcdctl snapshot restore` does for etcd.
 //!
-//! A backup is what the Maintenance `Snapshot` stream sends (docs/api.md): the MVCC store's
-//! snapshot, zero bytes up to a multiple of 512, then the SHA-256 of all that. Restoring gives
+//! A backup is what the Maintenance `Snapshot` stream sends (docs/api.md): the store in etcd's
+//! backend format, a bbolt file ([`crate::etcd_backup`]; Ballot's own and etcd's backups are
+//! alike), then the SHA-256 of it. Backups taken by Ballot before it wrote bbolt hold the MVCC
+//! store's snapshot, zero bytes up to a multiple of 512, then the SHA-256; they are read too.
+//! Restoring gives
 //! every member of the new cluster the same starting point: the cluster and member IDs derived
 //! from `--initial-cluster` and `--initial-cluster-token` (as a member started with those flags
 //! derives them), and a Raft snapshot at the store's applied index, term 1, whose configuration
@@ -147,9 +150,9 @@ pub enum BackupError {
 /// A backup file, read and checked.
 pub struct Backup {
     pub store: Store,
-    /// For a backup of an etcd member: the users it holds, which Ballot does not restore
-    /// (`None` for a Ballot backup).
-    pub etcd_users: Option<usize>,
+    /// Users the backup holds (one taken from an etcd member with authentication on), which
+    /// Ballot does not restore.
+    pub users: usize,
     /// The file's size.
     pub file_len: u64,
     /// Whether the file ended with a SHA-256 that was checked.
@@ -194,7 +197,7 @@ pub fn read_backup(path: &Path, skip_hash_check: bool) -> Result<Backup, BackupE
             })?;
         return Ok(Backup {
             store: imported.store,
-            etcd_users: Some(imported.users),
+            users: imported.users,
             file_len: bytes.len() as u64,
             hash_checked,
         });
@@ -212,7 +215,7 @@ pub fn read_backup(path: &Path, skip_hash_check: bool) -> Result<Backup, BackupE
         })?;
     Ok(Backup {
         store,
-        etcd_users: None,
+        users: 0,
         file_len: bytes.len() as u64,
         hash_checked,
     })
@@ -321,8 +324,8 @@ pub struct Restored {
     pub cluster_id: u64,
     pub revision: i64,
     pub raft_index: u64,
-    /// For an etcd backup: the users it held, not restored.
-    pub etcd_users: Option<usize>,
+    /// Users the backup held, not restored.
+    pub users: usize,
 }
 
 /// Creates the data directory of `args.name` for the new cluster from the backup. Everything is
@@ -356,9 +359,7 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored, BackupError> {
         return Err(BackupError::WalDirExists(wal_dir.clone()));
     }
     let Backup {
-        mut store,
-        etcd_users,
-        ..
+        mut store, users, ..
     } = read_backup(&args.file, args.skip_hash_check)?;
 
     // The log continues after the index the store had applied, so that the store's own
@@ -434,7 +435,7 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored, BackupError> {
         cluster_id: membership.cluster_id,
         revision: store.current_revision(),
         raft_index,
-        etcd_users,
+        users,
     })
 }
 

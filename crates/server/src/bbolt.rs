@@ -1,6 +1,7 @@
-//! A read-only reader of bbolt files: etcd's backend database, which is what `etcdctl snapshot
+//! Reading and writing bbolt files: etcd's backend database, which is what `etcdctl snapshot
 //! save` writes when it backs up etcd. Ballot reads one to import an etcd cluster's data
-//! (`ballot snapshot restore` of an etcd backup, [`crate::etcd_backup`]).
+//! (`ballot snapshot restore` of an etcd backup, [`crate::etcd_backup`]), and writes one as its
+//! own backup (the Maintenance `Snapshot` stream), so etcd's tools read Ballot's backups.
 //!
 //! The layout, as bbolt 1.3 writes it on little-endian machines (every machine etcd ships
 //! for):
@@ -31,6 +32,9 @@ const BUCKET_HEADER: usize = 16;
 const BRANCH_PAGE: u16 = 0x01;
 const LEAF_PAGE: u16 = 0x02;
 const META_PAGE: u16 = 0x04;
+const FREELIST_PAGE: u16 = 0x10;
+/// The page size [`write`] uses (etcd's, on the machines it runs on).
+pub const PAGE_SIZE: usize = 4096;
 const BUCKET_LEAF: u32 = 0x01;
 /// The meta fields the checksum covers (all before it).
 const META_CHECKED: usize = 56;
@@ -291,6 +295,167 @@ impl Meta {
     }
 }
 
+/// A key and its value, as [`write`] takes them.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Writes a bbolt file holding `buckets`: each a name and its entries, names and keys in
+/// ascending byte order, no nested buckets. The layout is bbolt 1.3's: meta pages 0 and 1
+/// (transactions 2 and 1), an empty freelist at page 2, then each bucket's B+tree (leaves
+/// packed up to a page, an entry larger than a page on overflow pages, branches above them),
+/// and the root bucket's leaf last. bbolt opens it as a database whose every page is in use.
+pub fn write(buckets: &[(&[u8], Vec<KeyValue>)]) -> Vec<u8> {
+    let mut file = vec![0u8; 3 * PAGE_SIZE];
+    let mut roots = Vec::with_capacity(buckets.len());
+    for (name, entries) in buckets {
+        let items: Vec<(&[u8], &[u8], u32)> = entries
+            .iter()
+            .map(|(key, value)| (key.as_slice(), value.as_slice(), 0))
+            .collect();
+        let root = write_tree(&mut file, &items);
+        let mut header = Vec::with_capacity(BUCKET_HEADER);
+        header.extend_from_slice(&root.to_le_bytes());
+        header.extend_from_slice(&0u64.to_le_bytes());
+        roots.push((*name, header));
+    }
+    let root_items: Vec<(&[u8], &[u8], u32)> = roots
+        .iter()
+        .map(|(name, header)| (*name, header.as_slice(), BUCKET_LEAF))
+        .collect();
+    let root = write_tree(&mut file, &root_items);
+    let page_count = (file.len() / PAGE_SIZE) as u64;
+    for (page, txid) in [(0u64, 2u64), (1, 1)] {
+        let at = page as usize * PAGE_SIZE;
+        put_page_header(&mut file[at..], page, META_PAGE, 0, 0);
+        let mut meta = Vec::with_capacity(META_CHECKED + 8);
+        meta.extend_from_slice(&MAGIC.to_le_bytes());
+        meta.extend_from_slice(&VERSION.to_le_bytes());
+        meta.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+        meta.extend_from_slice(&0u32.to_le_bytes());
+        meta.extend_from_slice(&root.to_le_bytes());
+        meta.extend_from_slice(&0u64.to_le_bytes());
+        meta.extend_from_slice(&2u64.to_le_bytes());
+        meta.extend_from_slice(&page_count.to_le_bytes());
+        meta.extend_from_slice(&txid.to_le_bytes());
+        let checksum = fnv1a64(&meta);
+        meta.extend_from_slice(&checksum.to_le_bytes());
+        file[at + PAGE_HEADER..at + PAGE_HEADER + meta.len()].copy_from_slice(&meta);
+    }
+    put_page_header(&mut file[2 * PAGE_SIZE..], 2, FREELIST_PAGE, 0, 0);
+    file
+}
+
+/// Writes a B+tree of `items` (key, value, leaf flags; ascending keys) at the end of `file`;
+/// returns its root page.
+fn write_tree(file: &mut Vec<u8>, items: &[(&[u8], &[u8], u32)]) -> u64 {
+    let mut level: Vec<(Vec<u8>, u64)> = Vec::new();
+    for chunk in chunks(items.len(), |index| {
+        ELEMENT + items[index].0.len() + items[index].1.len()
+    }) {
+        let page = append_page(file, chunk.bytes, LEAF_PAGE, chunk.len());
+        let start = file.len() - chunk.bytes.div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
+        let mut data = PAGE_HEADER + chunk.len() * ELEMENT;
+        for (slot, &(key, value, flags)) in items[chunk.start..chunk.end].iter().enumerate() {
+            let element = start + PAGE_HEADER + slot * ELEMENT;
+            let position = (start + data - element) as u32;
+            file[element..element + 4].copy_from_slice(&flags.to_le_bytes());
+            file[element + 4..element + 8].copy_from_slice(&position.to_le_bytes());
+            file[element + 8..element + 12].copy_from_slice(&(key.len() as u32).to_le_bytes());
+            file[element + 12..element + 16].copy_from_slice(&(value.len() as u32).to_le_bytes());
+            file[start + data..start + data + key.len()].copy_from_slice(key);
+            data += key.len();
+            file[start + data..start + data + value.len()].copy_from_slice(value);
+            data += value.len();
+        }
+        let first = items
+            .get(chunk.start)
+            .map_or_else(Vec::new, |item| item.0.to_vec());
+        level.push((first, page));
+    }
+    while level.len() > 1 {
+        let children = std::mem::take(&mut level);
+        for chunk in chunks(children.len(), |index| ELEMENT + children[index].0.len()) {
+            let page = append_page(file, chunk.bytes, BRANCH_PAGE, chunk.len());
+            let start = file.len() - chunk.bytes.div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
+            let mut data = PAGE_HEADER + chunk.len() * ELEMENT;
+            for (slot, (key, child)) in children[chunk.start..chunk.end].iter().enumerate() {
+                let element = start + PAGE_HEADER + slot * ELEMENT;
+                let position = (start + data - element) as u32;
+                file[element..element + 4].copy_from_slice(&position.to_le_bytes());
+                file[element + 4..element + 8].copy_from_slice(&(key.len() as u32).to_le_bytes());
+                file[element + 8..element + 16].copy_from_slice(&child.to_le_bytes());
+                file[start + data..start + data + key.len()].copy_from_slice(key);
+                data += key.len();
+            }
+            level.push((children[chunk.start].0.clone(), page));
+        }
+    }
+    level[0].1
+}
+
+/// A run of elements written to one page (with its overflow pages).
+struct Chunk {
+    start: usize,
+    end: usize,
+    /// The page's bytes: header, elements and their data.
+    bytes: usize,
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// Splits `count` elements (`size(i)`: element header and data of element `i`) into pages:
+/// as many as fit in one page, at least one per page. No elements give one empty page.
+fn chunks(count: usize, size: impl Fn(usize) -> usize) -> Vec<Chunk> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut bytes = PAGE_HEADER;
+    for index in 0..count {
+        let more = size(index);
+        if index > start && bytes + more > PAGE_SIZE {
+            chunks.push(Chunk {
+                start,
+                end: index,
+                bytes,
+            });
+            start = index;
+            bytes = PAGE_HEADER;
+        }
+        bytes += more;
+    }
+    chunks.push(Chunk {
+        start,
+        end: count,
+        bytes,
+    });
+    chunks
+}
+
+/// Appends a zeroed page (with overflow pages for `bytes`) with its header; returns its ID.
+fn append_page(file: &mut Vec<u8>, bytes: usize, flags: u16, count: usize) -> u64 {
+    let pages = bytes.div_ceil(PAGE_SIZE).max(1);
+    let id = (file.len() / PAGE_SIZE) as u64;
+    let start = file.len();
+    file.resize(start + pages * PAGE_SIZE, 0);
+    put_page_header(
+        &mut file[start..],
+        id,
+        flags,
+        count as u16,
+        (pages - 1) as u32,
+    );
+    id
+}
+
+fn put_page_header(page: &mut [u8], id: u64, flags: u16, count: u16, overflow: u32) {
+    page[..8].copy_from_slice(&id.to_le_bytes());
+    page[8..10].copy_from_slice(&flags.to_le_bytes());
+    page[10..12].copy_from_slice(&count.to_le_bytes());
+    page[12..16].copy_from_slice(&overflow.to_le_bytes());
+}
+
 fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
@@ -353,6 +518,52 @@ mod tests {
         assert!(revisions.windows(2).all(|pair| pair[0] < pair[1]));
         assert_eq!(keys(&file.bucket(b"lease").unwrap().unwrap()).len(), 1);
         assert!(file.bucket(b"no such bucket").unwrap().is_none());
+    }
+
+    fn entries(bucket: &Bucket<'_, '_>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut entries = Vec::new();
+        bucket
+            .for_each(|entry| {
+                assert!(!entry.is_bucket);
+                entries.push((entry.key.to_vec(), entry.value.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        entries
+    }
+
+    #[test]
+    fn a_written_file_reads_back_bucket_by_bucket() {
+        // Enough entries for three levels of branches, values from empty to several pages.
+        let many: Vec<(Vec<u8>, Vec<u8>)> = (0..60_000u32)
+            .map(|i| {
+                let value = match i % 1000 {
+                    0 => vec![b'x'; 3 * PAGE_SIZE + 17],
+                    1 => Vec::new(),
+                    n => n.to_be_bytes().repeat(usize::try_from(n % 7).unwrap()),
+                };
+                (i.to_be_bytes().to_vec(), value)
+            })
+            .collect();
+        let small = vec![
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"b".to_vec(), b"2".to_vec()),
+        ];
+        let data = write(&[
+            (&b"empty"[..], Vec::new()),
+            (&b"many"[..], many.clone()),
+            (&b"small"[..], small.clone()),
+        ]);
+        assert_eq!(data.len() % PAGE_SIZE, 0);
+        let file = BoltFile::open(&data).unwrap();
+        assert_eq!(entries(&file.bucket(b"many").unwrap().unwrap()), many);
+        assert_eq!(entries(&file.bucket(b"small").unwrap().unwrap()), small);
+        assert!(entries(&file.bucket(b"empty").unwrap().unwrap()).is_empty());
+        assert!(file.bucket(b"other").unwrap().is_none());
+        // Both meta pages are valid; the current one is transaction 2, on page 0.
+        let meta = |page: usize| Meta::read(&data, page * PAGE_SIZE, PAGE_SIZE).unwrap();
+        assert_eq!((meta(0).txid, meta(1).txid), (2, 1));
+        assert_eq!(meta(0).page_count, (data.len() / PAGE_SIZE) as u64);
     }
 
     #[test]

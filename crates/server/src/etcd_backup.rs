@@ -18,7 +18,7 @@
 //! with `etcdctl snapshot restore`), alarms, and users and roles (Ballot has no
 //! authentication; the number found is reported).
 
-use ballot_mvcc::{ImportedChange, ImportedPut, ImportedState, Store, StoreConfig};
+use ballot_mvcc::{RecordedChange, RecordedPut, Store, StoreConfig, StoreRecords};
 use ballot_proto::mvccpb::KeyValue;
 use bytes::Bytes;
 use prost::Message as _;
@@ -84,12 +84,19 @@ pub fn import(data: &[u8], config: StoreConfig) -> Result<EtcdBackup, EtcdBackup
         })?;
     }
 
-    let (mut finished, mut scheduled) = (-1, -1);
+    let (mut finished, mut scheduled, mut consistent_index) = (-1, -1, 0);
     if let Some(meta) = file.bucket(b"meta")? {
         meta.for_each(|entry| {
             let target = match entry.key {
                 b"finishedCompactRev" => &mut finished,
                 b"scheduledCompactRev" => &mut scheduled,
+                b"consistent_index" => {
+                    let bytes: [u8; 8] = entry.value.try_into().map_err(|_| {
+                        BoltError::Damaged("the consistent index is not 8 bytes".into())
+                    })?;
+                    consistent_index = u64::from_be_bytes(bytes);
+                    return Ok(());
+                }
                 _ => return Ok(()),
             };
             *target = revision(entry.value)
@@ -110,7 +117,8 @@ pub fn import(data: &[u8], config: StoreConfig) -> Result<EtcdBackup, EtcdBackup
     }
 
     let newest = changes.iter().map(|change| change.main).max().unwrap_or(1);
-    let state = ImportedState {
+    let state = StoreRecords {
+        last_applied: consistent_index,
         current_revision: newest.max(finished).max(scheduled).max(1),
         compact_revision: finished,
         scheduled_compact_revision: scheduled,
@@ -121,8 +129,77 @@ pub fn import(data: &[u8], config: StoreConfig) -> Result<EtcdBackup, EtcdBackup
     Ok(EtcdBackup { store, users })
 }
 
+/// Writes `records` as etcd's backend holds them: a bbolt file with the buckets `key` (every
+/// change by revision), `lease` and `meta` (`consistent_index`, and the compact revision as
+/// both `finishedCompactRev` and `scheduledCompactRev` once there was a compaction). etcd's
+/// tools read it as a backup of an etcd member (`etcdctl snapshot status` and `snapshot
+/// restore`), and [`import`] reads it back into the same store.
+pub fn export(records: &StoreRecords) -> Vec<u8> {
+    let keys: Vec<(Vec<u8>, Vec<u8>)> = records
+        .changes
+        .iter()
+        .map(|change| {
+            let mut key = revision_bytes(change.main, i64::from(change.sub));
+            let kv = match &change.put {
+                Some(put) => KeyValue {
+                    key: change.key.clone(),
+                    create_revision: put.create_revision,
+                    mod_revision: change.main,
+                    version: put.version,
+                    value: put.value.clone(),
+                    lease: put.lease,
+                },
+                None => {
+                    key.push(b't');
+                    KeyValue {
+                        key: change.key.clone(),
+                        ..KeyValue::default()
+                    }
+                }
+            };
+            (key, kv.encode_to_vec())
+        })
+        .collect();
+    let mut leases: Vec<(Vec<u8>, Vec<u8>)> = records
+        .leases
+        .iter()
+        .map(|&(id, ttl, remaining_ttl)| {
+            let record = LeaseRecord {
+                id,
+                ttl,
+                remaining_ttl,
+            };
+            ((id as u64).to_be_bytes().to_vec(), record.encode_to_vec())
+        })
+        .collect();
+    leases.sort();
+    let mut meta = vec![(
+        b"consistent_index".to_vec(),
+        records.last_applied.to_be_bytes().to_vec(),
+    )];
+    if records.compact_revision > 0 {
+        let compacted = revision_bytes(records.compact_revision, 0);
+        meta.push((b"finishedCompactRev".to_vec(), compacted.clone()));
+        meta.push((b"scheduledCompactRev".to_vec(), compacted));
+    }
+    crate::bbolt::write(&[
+        (&b"key"[..], keys),
+        (&b"lease"[..], leases),
+        (&b"meta"[..], meta),
+    ])
+}
+
+/// etcd's revision key without the delete mark.
+fn revision_bytes(main: i64, sub: i64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(18);
+    bytes.extend_from_slice(&main.to_be_bytes());
+    bytes.push(b'_');
+    bytes.extend_from_slice(&sub.to_be_bytes());
+    bytes
+}
+
 /// A `key` bucket entry as a change.
-fn change(key: &[u8], value: &[u8]) -> Result<ImportedChange, String> {
+fn change(key: &[u8], value: &[u8]) -> Result<RecordedChange, String> {
     let (main, sub, tombstone) = revision(key)?;
     let sub = u32::try_from(sub).map_err(|_| format!("sub-revision {sub} out of range"))?;
     let kv = KeyValue::decode(value).map_err(|error| format!("not a KeyValue: {error}"))?;
@@ -135,14 +212,14 @@ fn change(key: &[u8], value: &[u8]) -> Result<ImportedChange, String> {
         if kv.mod_revision != main {
             return Err(format!("its KeyValue says revision {}", kv.mod_revision));
         }
-        Some(ImportedPut {
+        Some(RecordedPut {
             create_revision: kv.create_revision,
             version: kv.version,
             lease: kv.lease,
             value: Bytes::copy_from_slice(&kv.value),
         })
     };
-    Ok(ImportedChange {
+    Ok(RecordedChange {
         key: Bytes::copy_from_slice(&kv.key),
         main,
         sub,
@@ -172,6 +249,22 @@ fn revision(bytes: &[u8]) -> Result<(i64, i64, bool), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exported_store_imports_back_unchanged() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/etcd-3.4-backup.db");
+        let bytes = std::fs::read(path).expect("the etcd backup fixture");
+        let from_etcd = import(&bytes[..bytes.len() - 32], StoreConfig::default())
+            .expect("etcd's backup")
+            .store;
+        let exported = export(&from_etcd.snapshot_state().records());
+        let again = import(&exported, StoreConfig::default())
+            .expect("Ballot's export")
+            .store;
+        assert_eq!(again.snapshot(), from_etcd.snapshot(), "the same state");
+        assert_eq!(again.last_applied(), from_etcd.last_applied());
+        assert_eq!(again.compact_revision(), 4);
+    }
 
     #[test]
     fn revisions_read_as_etcd_writes_them() {

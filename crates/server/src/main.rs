@@ -44,14 +44,12 @@ fn run_snapshot(args: &SnapshotArgs) -> ExitCode {
         }
         SnapshotCommand::Restore(restore) => match backup::restore(restore) {
             Ok(restored) => {
-                if let Some(users) = restored.etcd_users {
-                    println!("imported an etcd backup: keys, history and leases");
-                    if users > 0 {
-                        println!(
-                            "note: its {users} user(s) and their roles are not restored: Ballot \
-                             has no authentication"
-                        );
-                    }
+                if restored.users > 0 {
+                    println!(
+                        "note: the backup's {} user(s) and their roles are not restored: Ballot \
+                         has no authentication",
+                        restored.users
+                    );
                 }
                 println!(
                     "restored revision {} into {} for member {:x} of cluster {:x} (Raft index {})",
