@@ -49,8 +49,8 @@ fn hash_kv_equals_etcds_for_the_same_history() {
     assert_eq!(node.store.hash_kv(10), Err(MvccError::FutureRevision));
 }
 
-#[test]
-fn snapshot_round_trip_is_exact() {
+/// [`etcd_sequence`], then a lease with a key, a compaction and a lease checkpoint.
+fn with_lease_and_compaction() -> Node {
     let mut node = etcd_sequence();
     node.apply(Command::LeaseGrant {
         id: 3,
@@ -62,6 +62,12 @@ fn snapshot_round_trip_is_exact() {
         id: 3,
         remaining_ttl_secs: 50,
     });
+    node
+}
+
+#[test]
+fn snapshot_round_trip_is_exact() {
+    let mut node = with_lease_and_compaction();
     let bytes = node.store.snapshot();
     let restored = Store::restore(&bytes, StoreConfig::default()).unwrap();
     assert_eq!(restored.snapshot(), bytes, "same state, same bytes");
@@ -336,18 +342,8 @@ fn an_import_of_etcds_records_equals_the_store_that_made_them() {
 
 #[test]
 fn a_stores_records_import_into_the_same_store() {
-    let mut node = etcd_sequence();
-    node.apply(Command::LeaseGrant {
-        id: 3,
-        ttl_secs: 100,
-    });
-    node.put_lease("l", "v", 3);
-    node.compact(4);
+    let mut node = with_lease_and_compaction();
     node.delete("c", "");
-    node.apply(Command::LeaseCheckpoint {
-        id: 3,
-        remaining_ttl_secs: 50,
-    });
     let records = node.store.snapshot_state().records();
     assert!(
         records

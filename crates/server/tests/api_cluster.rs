@@ -335,15 +335,7 @@ async fn a_cut_off_member_raises_its_term_only_without_pre_vote() {
     let (_plain_dir, plain) = Cluster::start_first_of(3, &["--pre-vote=false"]);
     let term_of = |member: &api_support::Member| {
         let url = member.client_url.clone();
-        async move {
-            let channel = api_support::try_connect(&url).await?;
-            let status = MaintenanceClient::new(channel)
-                .status(StatusRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            Some(status.raft_term)
-        }
+        async move { Some(api_support::try_status(&url).await?.raft_term) }
     };
     // Four elections at least: four election timeouts (at most two each) have passed, in which
     // the pre-voting member, started first, would have raised its term twice at least.
@@ -557,15 +549,7 @@ async fn starting_members_advance_their_election_clock_unless_a_leader_is_known(
     let restarted = cluster.members[follower].client_url.clone();
     let knows_leader = eventually("the restarted follower to know the leader", || {
         let url = restarted.clone();
-        async move {
-            let channel = api_support::try_connect(&url).await?;
-            let status = MaintenanceClient::new(channel)
-                .status(StatusRequest {})
-                .await
-                .ok()?
-                .into_inner();
-            (status.leader != 0).then_some(())
-        }
+        async move { (api_support::try_status(&url).await?.leader != 0).then_some(()) }
     })
     .await;
     assert!(knows_leader.is_some(), "logs:\n{}", cluster.logs());

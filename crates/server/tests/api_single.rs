@@ -698,12 +698,9 @@ async fn a_dedicated_wal_dir_holds_the_log_and_must_not_move() {
     );
 }
 
-/// A member configured by etcd's `ETCD_<FLAG>` variables alone, as etcd containers and systemd
-/// units configure it, starts as those variables say.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_configured_by_etcds_environment_variables_starts_as_they_say() {
-    let dir = api_support::TempDir::new("etcd-env");
-    let member = api_support::spawn_from_etcd_env(&dir, "from-env");
+/// Waits for `member` to serve, then checks it is the only member, named `name`, with the URLs
+/// it was started with.
+async fn serves_alone_as(member: &api_support::Member, name: &str) {
     let channel = eventually("the member to serve", || {
         api_support::try_connect(&member.client_url)
     })
@@ -711,9 +708,18 @@ async fn a_member_configured_by_etcds_environment_variables_starts_as_they_say()
     .unwrap_or_else(|| panic!("it never served:\n{}", member.log_tail()));
     let members = api_support::published_members(&channel).await;
     assert_eq!(members.len(), 1);
-    assert_eq!(members[0].name, "from-env");
+    assert_eq!(members[0].name, name);
     assert_eq!(members[0].client_ur_ls, vec![member.client_url.clone()]);
     assert_eq!(members[0].peer_ur_ls, vec![member.peer_url.clone()]);
+}
+
+/// A member configured by etcd's `ETCD_<FLAG>` variables alone, as etcd containers and systemd
+/// units configure it, starts as those variables say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_configured_by_etcds_environment_variables_starts_as_they_say() {
+    let dir = api_support::TempDir::new("etcd-env");
+    let member = api_support::spawn_from_etcd_env(&dir, "from-env");
+    serves_alone_as(&member, "from-env").await;
     assert!(
         dir.0
             .join("from-env")
@@ -730,16 +736,7 @@ async fn a_member_configured_by_etcds_environment_variables_starts_as_they_say()
 async fn a_member_configured_by_an_etcd_config_file_starts_as_it_says() {
     let dir = api_support::TempDir::new("config-file");
     let member = api_support::spawn_from_config_file(&dir, "from-file");
-    let channel = eventually("the member to serve", || {
-        api_support::try_connect(&member.client_url)
-    })
-    .await
-    .unwrap_or_else(|| panic!("it never served:\n{}", member.log_tail()));
-    let members = api_support::published_members(&channel).await;
-    assert_eq!(members.len(), 1);
-    assert_eq!(members[0].name, "from-file");
-    assert_eq!(members[0].client_ur_ls, vec![member.client_url.clone()]);
-    assert_eq!(members[0].peer_ur_ls, vec![member.peer_url.clone()]);
+    serves_alone_as(&member, "from-file").await;
     let data = dir.0.join("from-file").join("member");
     assert!(
         data.join("cluster").exists(),

@@ -30,6 +30,36 @@ fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A new three-member cluster, each member restored from `backup` with `ballot snapshot
+/// restore` and the new cluster's flags; `revision` is the backup's.
+async fn restored_cluster(what: &str, backup: &str, revision: i64) -> Cluster {
+    let segment = api_support::TEST_WAL_SEGMENT_BYTES.to_string();
+    Cluster::start_prepared(TempDir::new(what), 3, &[], |member| {
+        let data_dir = member.data_dir.to_str().expect("a UTF-8 path");
+        let (ok, stdout, stderr) = run(&[
+            "snapshot",
+            "restore",
+            backup,
+            "--name",
+            &member.name,
+            "--data-dir",
+            data_dir,
+            "--initial-cluster",
+            &member.initial_cluster,
+            "--initial-advertise-peer-urls",
+            &member.peer_url,
+            "--wal-segment-bytes",
+            &segment,
+        ]);
+        assert!(ok, "restore of {} failed: {stderr}", member.name);
+        assert!(
+            stdout.contains(&format!("restored revision {revision} into")),
+            "{stdout}"
+        );
+    })
+    .await
+}
+
 /// A field of the one-line JSON `ballot snapshot status -w json` prints.
 fn json_field(json: &str, name: &str) -> i64 {
     let start = json
@@ -117,31 +147,7 @@ async fn a_backup_restores_into_a_new_cluster_with_the_same_data_and_revisions()
     assert_eq!(json_field(&status, "totalSize"), saved.len() as i64);
 
     // Three new members, each restored from the same file with the new cluster's flags.
-    let segment = api_support::TEST_WAL_SEGMENT_BYTES.to_string();
-    let restored = Cluster::start_prepared(TempDir::new("restored"), 3, &[], |member| {
-        let data_dir = member.data_dir.to_str().expect("a UTF-8 path");
-        let (ok, stdout, stderr) = run(&[
-            "snapshot",
-            "restore",
-            backup_arg,
-            "--name",
-            &member.name,
-            "--data-dir",
-            data_dir,
-            "--initial-cluster",
-            &member.initial_cluster,
-            "--initial-advertise-peer-urls",
-            &member.peer_url,
-            "--wal-segment-bytes",
-            &segment,
-        ]);
-        assert!(ok, "restore of {} failed: {stderr}", member.name);
-        assert!(
-            stdout.contains(&format!("restored revision {revision} into")),
-            "{stdout}"
-        );
-    })
-    .await;
+    let restored = restored_cluster("restored", backup_arg, revision).await;
 
     for member in &restored.members {
         let channel = member.channel().await;
@@ -264,28 +270,7 @@ async fn an_etcd_backup_restores_into_a_ballot_cluster_with_etcds_data_and_revis
     assert_eq!(json_field(&status, "totalKey"), 306);
     assert_eq!(json_field(&status, "leases"), 1);
 
-    let segment = api_support::TEST_WAL_SEGMENT_BYTES.to_string();
-    let restored = Cluster::start_prepared(TempDir::new("from-etcd"), 3, &[], |member| {
-        let data_dir = member.data_dir.to_str().expect("a UTF-8 path");
-        let (ok, stdout, stderr) = run(&[
-            "snapshot",
-            "restore",
-            &backup,
-            "--name",
-            &member.name,
-            "--data-dir",
-            data_dir,
-            "--initial-cluster",
-            &member.initial_cluster,
-            "--initial-advertise-peer-urls",
-            &member.peer_url,
-            "--wal-segment-bytes",
-            &segment,
-        ]);
-        assert!(ok, "restore of {} failed: {stderr}", member.name);
-        assert!(stdout.contains("restored revision 309 into"), "{stdout}");
-    })
-    .await;
+    let restored = restored_cluster("from-etcd", &backup, 309).await;
 
     for member in &restored.members {
         let channel = member.channel().await;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ballot_proto::etcdserverpb::{
-    MemberListRequest, PutRequest, RangeRequest, ResponseHeader, StatusRequest,
+    MemberListRequest, PutRequest, RangeRequest, ResponseHeader, StatusRequest, StatusResponse,
     cluster_client::ClusterClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
 use bytes::Bytes;
@@ -452,6 +452,16 @@ pub async fn try_connect(url: &str) -> Option<Channel> {
         .connect()
         .await
         .ok()
+}
+
+/// The Status of the member at `url`, if it answers.
+pub async fn try_status(url: &str) -> Option<StatusResponse> {
+    let channel = try_connect(url).await?;
+    let status = MaintenanceClient::new(channel)
+        .status(StatusRequest {})
+        .await
+        .ok()?;
+    Some(status.into_inner())
 }
 
 pub async fn connect(url: &str) -> Channel {
