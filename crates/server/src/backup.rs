@@ -44,11 +44,11 @@ pub struct SnapshotArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
-    /// Show what a backup file (from `etcdctl snapshot save`) holds: its hash, revision, keys
-    /// and size.
+    /// Show what a backup file (from `etcdctl snapshot save` against Ballot or etcd) holds: its
+    /// HashKV hash, revision, keys and size.
     Status(StatusArgs),
     /// Create a member's data directory for a new cluster from a backup file (from `etcdctl
-    /// snapshot save` against Ballot), as `etcdctl snapshot restore` does for etcd.
+    /// snapshot save` against Ballot or etcd), as `etcdctl snapshot restore` does for etcd.
     Restore(RestoreArgs),
 }
 

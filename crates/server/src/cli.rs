@@ -194,7 +194,8 @@ pub enum Command {
     Dev(DevArgs),
     /// Closed-loop load generator for any etcd v3 endpoint (Ballot or etcd).
     Bench(BenchArgs),
-    /// Inspect a backup taken with `etcdctl snapshot save`, or restore a cluster from it.
+    /// Inspect a backup taken with `etcdctl snapshot save` (from Ballot or etcd), or restore a
+    /// cluster from it.
     Snapshot(SnapshotArgs),
 }
 
