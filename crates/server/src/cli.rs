@@ -564,6 +564,11 @@ pub struct MemberArgs {
     #[arg(long, env = "BALLOT_CLIENT_CRL_FILE")]
     pub client_crl_file: Option<PathBuf>,
 
+    /// A host name a client's certificate must be valid for (its subject alternative names),
+    /// besides being signed by --trusted-ca-file. Needs --client-cert-auth.
+    #[arg(long, env = "BALLOT_CLIENT_CERT_ALLOWED_HOSTNAME")]
+    pub client_cert_allowed_hostname: Option<String>,
+
     /// TLS 1.2 cipher suites offered to clients and peers, comma-separated, by Go's names as
     /// etcd takes them (e.g. TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256) [default: all Ballot
     /// supports, AEAD suites with ECDHE]. TLS 1.3 suites are always offered, as in etcd.

@@ -70,6 +70,8 @@ pub struct ClientTls {
     /// `--auto-tls` without certificate files: `cert_file` and `key_file` are this
     /// self-signed certificate's, made at start if missing.
     pub self_signed: Option<SelfSigned>,
+    /// `--client-cert-allowed-hostname`: a host name a client's certificate must be valid for.
+    pub allowed_hostname: Option<String>,
 }
 
 /// `--auto-tls`, `--peer-auto-tls`: a certificate the member makes and signs itself, as etcd
@@ -119,6 +121,12 @@ impl ClientTls {
         if args.client_cert_auth && args.trusted_ca_file.is_none() {
             return Err(ConfigError::TlsFlags(
                 "--client-cert-auth needs --trusted-ca-file".into(),
+            ));
+        }
+        if args.client_cert_allowed_hostname.is_some() && !args.client_cert_auth {
+            // Without required certificates a client could skip the check by presenting none.
+            return Err(ConfigError::TlsFlags(
+                "--client-cert-allowed-hostname needs --client-cert-auth".into(),
             ));
         }
         if args.client_crl_file.is_some() && args.trusted_ca_file.is_none() {
@@ -174,6 +182,7 @@ impl ClientTls {
             crl_file: args.client_crl_file.clone(),
             cipher_suites: cipher_suites.to_vec(),
             self_signed,
+            allowed_hostname: args.client_cert_allowed_hostname.clone(),
         }))
     }
 }
@@ -1721,6 +1730,11 @@ mod tests {
         ])
         .expect_err("refused");
         assert_eq!(half.to_string(), "--cert-file and --key-file go together");
+        let host = config(&["--client-cert-allowed-hostname", "client"]).expect_err("refused");
+        assert_eq!(
+            host.to_string(),
+            "--client-cert-allowed-hostname needs --client-cert-auth"
+        );
         // With plain http client URLs the files are ignored, as etcd ignores them.
         let plain = config(&["--cert-file", "s.pem", "--key-file", "s.key"]).expect("ignored");
         assert_eq!(plain.client_tls, None);

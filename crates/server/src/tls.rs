@@ -200,17 +200,51 @@ fn client_cert_verifier(
     .map_err(setup_error)
 }
 
-/// `--peer-cert-allowed-cn` and `--peer-cert-allowed-hostname`: a peer's certificate, once
-/// verified against the CA (and its revocation list), must also carry that common name and be
-/// valid for that host name, as etcd checks them.
+/// `--peer-cert-allowed-cn`, `--peer-cert-allowed-hostname` and
+/// `--client-cert-allowed-hostname`: a peer's or client's certificate, once verified against
+/// the CA (and its revocation list), must also carry that common name and be valid for that
+/// host name, as etcd checks them.
 #[derive(Debug)]
-struct PeerIdentityCheck {
+struct IdentityCheck {
     verifier: Arc<dyn ClientCertVerifier>,
     allowed_cn: Option<String>,
     allowed_hostname: Option<ServerName<'static>>,
+    /// The flags, for the reason logged with a refusal.
+    cn_flag: &'static str,
+    hostname_flag: &'static str,
+    /// What is refused: "a peer connection", "a client connection".
+    refused: &'static str,
 }
 
-impl PeerIdentityCheck {
+/// `verifier` with an [`IdentityCheck`] when a name or host is required.
+fn with_identity_check(
+    verifier: Arc<dyn ClientCertVerifier>,
+    allowed_cn: Option<&String>,
+    allowed_hostname: Option<&String>,
+    cn_flag: &'static str,
+    hostname_flag: &'static str,
+    refused: &'static str,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    if allowed_cn.is_none() && allowed_hostname.is_none() {
+        return Ok(verifier);
+    }
+    let allowed_hostname = allowed_hostname
+        .map(|host| {
+            ServerName::try_from(host.clone())
+                .map_err(|error| TlsError::Setup(format!("{hostname_flag} {host:?}: {error}")))
+        })
+        .transpose()?;
+    Ok(Arc::new(IdentityCheck {
+        verifier,
+        allowed_cn: allowed_cn.cloned(),
+        allowed_hostname,
+        cn_flag,
+        hostname_flag,
+        refused,
+    }))
+}
+
+impl IdentityCheck {
     fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), String> {
         if let Some(allowed) = &self.allowed_cn {
             let (_, certificate) = x509_parser::parse_x509_certificate(end_entity.as_ref())
@@ -222,7 +256,8 @@ impl PeerIdentityCheck {
                 .collect();
             if !names.iter().any(|name| name == allowed) {
                 return Err(format!(
-                    "common name {names:?} is not --peer-cert-allowed-cn {allowed:?}"
+                    "common name {names:?} is not {} {allowed:?}",
+                    self.cn_flag
                 ));
             }
         }
@@ -230,13 +265,13 @@ impl PeerIdentityCheck {
             webpki::EndEntityCert::try_from(end_entity)
                 .map_err(|error| format!("unreadable certificate: {error}"))?
                 .verify_is_valid_for_subject_name(allowed)
-                .map_err(|_| format!("not valid for --peer-cert-allowed-hostname {allowed:?}"))?;
+                .map_err(|_| format!("not valid for {} {allowed:?}", self.hostname_flag))?;
         }
         Ok(())
     }
 }
 
-impl ClientCertVerifier for PeerIdentityCheck {
+impl ClientCertVerifier for IdentityCheck {
     fn offer_client_auth(&self) -> bool {
         self.verifier.offer_client_auth()
     }
@@ -259,7 +294,7 @@ impl ClientCertVerifier for PeerIdentityCheck {
             .verifier
             .verify_client_cert(end_entity, intermediates, now)?;
         self.check(end_entity).map_err(|reason| {
-            tracing::warn!(%reason, "refused a peer connection");
+            tracing::warn!(%reason, "refused {}", self.refused);
             rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             )
@@ -366,11 +401,13 @@ pub fn acceptor(settings: &ClientTls) -> Result<TlsAcceptor, TlsError> {
             let roots = roots("--trusted-ca-file", path)?;
             let crls =
                 optional_revocation_lists("--client-crl-file", settings.crl_file.as_deref())?;
-            builder.with_client_cert_verifier(client_cert_verifier(
-                roots,
-                &provider,
-                settings.client_cert_auth,
-                crls,
+            builder.with_client_cert_verifier(with_identity_check(
+                client_cert_verifier(roots, &provider, settings.client_cert_auth, crls)?,
+                None,
+                settings.allowed_hostname.as_ref(),
+                "",
+                "--client-cert-allowed-hostname",
+                "a client connection",
             )?)
         }
         None => builder.with_no_client_auth(),
@@ -410,28 +447,19 @@ pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
     let roots = roots("--peer-trusted-ca-file", trusted_ca_file)?;
 
     let crls = optional_revocation_lists("--peer-crl-file", settings.crl_file.as_deref())?;
-    let mut verifier = client_cert_verifier(
-        Arc::clone(&roots),
-        &provider,
-        settings.client_cert_auth,
-        crls.clone(),
+    let verifier = with_identity_check(
+        client_cert_verifier(
+            Arc::clone(&roots),
+            &provider,
+            settings.client_cert_auth,
+            crls.clone(),
+        )?,
+        settings.allowed_cn.as_ref(),
+        settings.allowed_hostname.as_ref(),
+        "--peer-cert-allowed-cn",
+        "--peer-cert-allowed-hostname",
+        "a peer connection",
     )?;
-    if settings.allowed_cn.is_some() || settings.allowed_hostname.is_some() {
-        let allowed_hostname = settings
-            .allowed_hostname
-            .as_ref()
-            .map(|host| {
-                ServerName::try_from(host.clone()).map_err(|error| {
-                    TlsError::Setup(format!("--peer-cert-allowed-hostname {host:?}: {error}"))
-                })
-            })
-            .transpose()?;
-        verifier = Arc::new(PeerIdentityCheck {
-            verifier,
-            allowed_cn: settings.allowed_cn.clone(),
-            allowed_hostname,
-        });
-    }
     let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(setup_error)?

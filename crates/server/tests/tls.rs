@@ -360,6 +360,35 @@ async fn client_cert_auth_admits_only_clients_with_a_certificate_from_the_truste
 
 /// `--client-crl-file`: a client certificate the CA has revoked is refused; the others from
 /// the same CA are served.
+/// `--client-cert-allowed-hostname`: a client certificate from the trusted CA must also be valid
+/// for that host name; another from the same CA is refused.
+#[tokio::test]
+async fn client_certificates_must_be_valid_for_the_allowed_hostname() {
+    let dir = TempDir::new("tls-client-host");
+    let pki = pki(&dir.0);
+    let ca = pki.ca_file.to_str().expect("UTF-8 path");
+    let mut args = files(&pki).to_vec();
+    args.extend(["--trusted-ca-file", ca, "--client-cert-auth"]);
+    args.extend(["--client-cert-allowed-hostname", "client"]);
+    let member = start(&dir.0, &args);
+    let channel = connect_tls(&member, &pki, true).await;
+    put_and_get(channel)
+        .await
+        .expect("KV with a certificate for the allowed host");
+    // The "revoked" certificate (not revoked here: no CRL is given) names another host.
+    let other = (&pki.revoked_cert_pem, &pki.revoked_key_pem);
+    let refused = match tls_channel_as(member.port, &pki, Some(other)).await {
+        Err(_) => true,
+        Ok(channel) => KvClient::new(channel).range(get("secure")).await.is_err(),
+    };
+    assert!(refused, "a certificate for another host was served");
+    let log = std::fs::read_to_string(&member.log).unwrap_or_default();
+    assert!(
+        log.contains("not valid for --client-cert-allowed-hostname"),
+        "{log}"
+    );
+}
+
 #[tokio::test]
 async fn a_revoked_client_certificate_is_refused() {
     let dir = TempDir::new("tls-crl");
