@@ -137,6 +137,8 @@ pub struct Host {
     /// The members whose removal this node applied, refused after a grace period as the
     /// server's transport refuses them (`removal.rs`).
     removed_senders: RemovedSenders,
+    /// Advance the election clock at every start (`SimOptions::tick_advance`).
+    tick_advance: bool,
 }
 
 impl Host {
@@ -186,9 +188,15 @@ impl Host {
             defect: None,
             ticks_elapsed: 0,
             removed_senders: RemovedSenders::new(removed_sender_grace_ticks),
+            tick_advance: false,
         };
         host.tick_interval_steps = skewed_tick_interval(rng, tick_steps, tick_skew_steps);
         host
+    }
+
+    /// Makes every start advance the election clock (`SimOptions::tick_advance`).
+    pub fn advance_ticks_at_start(&mut self) {
+        self.tick_advance = true;
     }
 
     /// Persists through the real WAL on `wal`'s faulty disk instead of the in-memory model;
@@ -266,6 +274,15 @@ impl Host {
         } else {
             self.restore_from_disk(world)?
         };
+        let mut raft = raft;
+        if self.tick_advance {
+            let ticks = self.config.election_tick.saturating_sub(2);
+            raft.advance_ticks(ticks);
+            world.stats.tick_advances += 1;
+            world
+                .trace
+                .event(world.now, || format!("n{} advances {ticks} ticks", self.id));
+        }
         self.raft = Some(raft);
         self.removed_senders.restart_at(self.kv.applied_index());
         self.observe_membership(world, None);

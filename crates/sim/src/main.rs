@@ -47,6 +47,10 @@ struct Args {
     /// ballot-raft's Ready contract prescribes; unsafe, see docs/sim.md "Findings").
     #[arg(long)]
     hard_state_before_entries: bool,
+    /// Every node advances its election clock by election_tick - 2 ticks at each start, as the
+    /// server does with --initial-election-tick-advance.
+    #[arg(long)]
+    tick_advance: bool,
     /// Build Raft with a deliberate defect (feature `defects`): VoteIgnoresLog,
     /// CommitOldTermByCount, VoteTwiceInTerm, AckBeforePersist, ReadWithoutQuorum.
     #[cfg(feature = "defects")]
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
     options.chaos_steps = args.steps;
     options.disk_faults = args.disk_faults;
     options.hard_state_before_entries = args.hard_state_before_entries;
+    options.tick_advance = args.tick_advance;
     #[cfg(feature = "defects")]
     if let Some(name) = &args.defect {
         match parse_defect(name) {
@@ -201,6 +206,7 @@ fn print_report(report: &SeedReport, args: &Args, always: bool) {
                 args.hard_state_before_entries,
                 " --hard-state-before-entries",
             ),
+            (args.tick_advance, " --tick-advance"),
         ]
         .iter()
         .filter(|(set, _)| *set)

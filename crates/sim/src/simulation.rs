@@ -65,6 +65,10 @@ pub struct SimOptions {
     /// On by default; the self-test turns it off to show that the Raft checks, which run on
     /// the recovered state, catch a broken persistence path on their own.
     pub check_wal_recovery: bool,
+    /// Every node advances its election clock by `election_tick - 2` ticks each time it
+    /// starts, as the server does at start with `--initial-election-tick-advance`
+    /// (`RaftNode::advance_ticks`, which a restarted node with lease reads refuses).
+    pub tick_advance: bool,
 }
 
 impl SimOptions {
@@ -78,6 +82,7 @@ impl SimOptions {
             persistence_defect: None,
             hard_state_before_entries: false,
             check_wal_recovery: true,
+            tick_advance: false,
         }
     }
 }
@@ -255,6 +260,7 @@ impl Simulation {
             })
             .collect();
         let network_profile = world.network.profile().clone();
+        world.stats.lease_read_runs = u64::from(profile.lease_reads);
         world.trace.event(0, || {
             format!(
                 "seed {seed}: {} nodes, {keys} keys, {client_count} clients, {network_profile:?}, {profile:?}",
@@ -320,6 +326,9 @@ impl Simulation {
                 .trace
                 .event(self.world.now, || format!("n{id} disk: {profile:?}"));
             host.use_wal(WalDisk::new(id, profile), self.options.persistence_defect);
+        }
+        if self.options.tick_advance {
+            host.advance_ticks_at_start();
         }
         host.start(&mut self.world)?;
         self.hosts.insert(id, host);

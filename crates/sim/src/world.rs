@@ -63,6 +63,10 @@ pub struct RunStats {
     pub transfers: u64,
     pub operations_completed: u64,
     pub operations_unknown: u64,
+    /// Starts at which a node advanced its election clock (`SimOptions::tick_advance`).
+    pub tick_advances: u64,
+    /// 1 when the run used lease reads.
+    pub lease_read_runs: u64,
 }
 
 /// A client's side of the conversation.
