@@ -388,6 +388,8 @@ pub struct ServerConfig {
     pub advertise_peer_urls: Vec<String>,
     /// Extra HTTP-only listeners for `/metrics` and `/health` (`--listen-metrics-urls`).
     pub metrics_listen_addrs: Vec<SocketAddr>,
+    /// `--metrics extensive`: gRPC calls are timed.
+    pub extensive_metrics: bool,
     /// The bootstrap membership, in the order given; contains this member.
     pub initial_cluster: Vec<InitialMember>,
     pub initial_cluster_state: ClusterState,
@@ -723,6 +725,7 @@ impl ServerConfig {
                 kept => kept,
             },
             warning_apply_duration: args.experimental_warning_apply_duration,
+            extensive_metrics: args.metrics == crate::cli::MetricsLevel::Extensive,
             lease_checkpoint_interval: args
                 .experimental_enable_lease_checkpoint
                 .then_some(args.experimental_lease_checkpoint_interval),

@@ -14,7 +14,7 @@
 //! etcd work unchanged; quantities etcd does not have are prefixed `ballot_`.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A monotonically increasing count.
@@ -132,18 +132,34 @@ impl DurationHistogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         header(out, name, help, "histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// The series of one histogram, with `labels` (`a="x",b="y"`, or empty) on each.
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        let (open, comma) = if labels.is_empty() {
+            (String::new(), "")
+        } else {
+            (format!("{{{labels}}}"), ",")
+        };
         let mut cumulative = 0u64;
         for (bound, bucket) in DURATION_BUCKETS_SECONDS.iter().zip(&self.buckets) {
             cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{comma}le=\"{bound}\"}} {cumulative}"
+            );
         }
         cumulative += self.overflow.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{comma}le=\"+Inf\"}} {cumulative}"
+        );
         let sum_seconds = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum_seconds}");
+        let _ = writeln!(out, "{name}_sum{open} {sum_seconds}");
         // The count line uses the cumulative bucket total so that `+Inf == count` holds in every
         // scrape even while observations race with rendering.
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        let _ = writeln!(out, "{name}_count{open} {cumulative}");
     }
 }
 
@@ -283,16 +299,45 @@ const CODE_NAMES: [&str; CODE_COUNT] = [
 ];
 
 /// Handled gRPC requests by method and status code: a fixed table of atomics, so counting a
-/// request never allocates or locks.
+/// request never allocates or locks. With `--metrics extensive`, also how long each took.
 #[derive(Debug)]
 pub struct GrpcCounters {
     handled: [[AtomicU64; CODE_COUNT]; METHOD_COUNT],
+    /// `--metrics extensive`: `handling` is kept and rendered.
+    extensive: AtomicBool,
+    /// Seconds from a request's arrival to its answer (for streams: the stream's life).
+    handling: [DurationHistogram; METHOD_COUNT],
+}
+
+tokio::task_local! {
+    /// When the request the current task serves arrived (`--metrics extensive` only).
+    static REQUEST_STARTED: std::time::Instant;
 }
 
 impl GrpcCounters {
     const fn new() -> GrpcCounters {
         GrpcCounters {
             handled: [const { [const { AtomicU64::new(0) }; CODE_COUNT] }; METHOD_COUNT],
+            extensive: AtomicBool::new(false),
+            handling: [const { DurationHistogram::new() }; METHOD_COUNT],
+        }
+    }
+
+    /// `--metrics extensive`: time every request (`grpc_server_handling_seconds`), as etcd does
+    /// at that level.
+    pub fn set_extensive(&self, extensive: bool) {
+        self.extensive.store(extensive, Ordering::Relaxed);
+    }
+
+    /// Runs `request`, the serving of one gRPC call, with its arrival time noted for
+    /// [`GrpcCounters::handled`] when requests are timed.
+    pub async fn timed<F: std::future::Future>(&self, request: F) -> F::Output {
+        if self.extensive.load(Ordering::Relaxed) {
+            REQUEST_STARTED
+                .scope(std::time::Instant::now(), request)
+                .await
+        } else {
+            request.await
         }
     }
 
@@ -300,6 +345,9 @@ impl GrpcCounters {
     pub fn handled(&self, method: GrpcMethod, code: tonic::Code) {
         let code_index = (code as usize).min(CODE_COUNT - 1);
         self.handled[method.index()][code_index].fetch_add(1, Ordering::Relaxed);
+        if let Ok(started) = REQUEST_STARTED.try_with(|started| *started) {
+            self.handling[method.index()].observe(started.elapsed());
+        }
     }
 
     pub fn get(&self, method: GrpcMethod, code: tonic::Code) -> u64 {
@@ -308,6 +356,36 @@ impl GrpcCounters {
     }
 
     fn render(&self, out: &mut String) {
+        self.render_handled(out);
+        if self.extensive.load(Ordering::Relaxed) {
+            self.render_handling(out);
+        }
+    }
+
+    /// `grpc_server_handling_seconds`, one histogram per method that was called.
+    fn render_handling(&self, out: &mut String) {
+        let name = "grpc_server_handling_seconds";
+        header(
+            out,
+            name,
+            "Histogram of response latency (seconds) of gRPC that had been application-level \
+             handled by the server.",
+            "histogram",
+        );
+        for method in GrpcMethod::ALL {
+            let histogram = &self.handling[method.index()];
+            if histogram.count() == 0 {
+                continue;
+            }
+            let (service, method_name, kind) = method.labels();
+            let labels = format!(
+                "grpc_method=\"{method_name}\",grpc_service=\"{service}\",grpc_type=\"{kind}\""
+            );
+            histogram.render_series(out, name, &labels);
+        }
+    }
+
+    fn render_handled(&self, out: &mut String) {
         let name = "grpc_server_handled_total";
         header(
             out,

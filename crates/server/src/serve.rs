@@ -321,10 +321,15 @@ fn dispatch<N: ApiNode>(
     if let Some(api) = &service.kv
         && let Some(method) = KvMethod::of(&request)
     {
-        return Box::pin(unary_kv(api.clone(), method, request, respond));
+        let call = unary_kv(api.clone(), method, request, respond);
+        return Box::pin(crate::metrics::metrics().grpc.timed(call));
     }
     let router = service.router.clone();
-    tokio::spawn(route(router, request, respond));
+    tokio::spawn(
+        crate::metrics::metrics()
+            .grpc
+            .timed(route(router, request, respond)),
+    );
     Box::pin(std::future::ready(()))
 }
 

@@ -106,6 +106,9 @@ pub fn node_config(config: &ServerConfig, cluster: &ClusterFile) -> NodeConfig {
 
 /// Runs a member until it is told to stop (SIGINT / SIGTERM) or fails.
 pub async fn run(config: ServerConfig) -> Result<(), ServerError> {
+    crate::metrics::metrics()
+        .grpc
+        .set_extensive(config.extensive_metrics);
     // The certificate files first: a mistake in them stops the member before it touches its
     // data or the network.
     let tls_acceptor = config

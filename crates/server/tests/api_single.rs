@@ -781,6 +781,46 @@ async fn slow_applies_are_logged_and_counted() {
     );
 }
 
+/// `--metrics extensive` adds etcd's per-method handling-time histograms to `/metrics`, for calls
+/// served on the connection (Put) and through the router (LeaseGrant); `basic`, the default,
+/// leaves them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extensive_metrics_time_every_grpc_call() {
+    let histogram = "grpc_server_handling_seconds";
+    let cluster = Cluster::start(1, &["--metrics", "extensive"]).await;
+    let member = &cluster.members[0];
+    let channel = member.channel().await;
+    KvClient::new(channel.clone())
+        .put(put("timed", "1"))
+        .await
+        .expect("put");
+    LeaseClient::new(channel)
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .expect("grant");
+    let (_, metrics) = http_get(member.client_port, "/metrics").await;
+    for method in [
+        "grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\"",
+        "grpc_method=\"LeaseGrant\",grpc_service=\"etcdserverpb.Lease\"",
+    ] {
+        let count = format!("{histogram}_count{{{method},grpc_type=\"unary\"}} 1");
+        assert!(metrics.contains(&count), "no {count:?} in:\n{metrics}");
+        let inf = format!("{histogram}_bucket{{{method},grpc_type=\"unary\",le=\"+Inf\"}} 1");
+        assert!(metrics.contains(&inf), "no {inf:?} in:\n{metrics}");
+    }
+    drop(cluster);
+
+    let basic = Cluster::start(1, &[]).await;
+    let member = &basic.members[0];
+    KvClient::new(member.channel().await)
+        .put(put("untimed", "1"))
+        .await
+        .expect("put");
+    let (_, metrics) = http_get(member.client_port, "/metrics").await;
+    assert!(metrics.contains("grpc_server_handled_total"), "{metrics}");
+    assert!(!metrics.contains(histogram), "{metrics}");
+}
+
 /// `--log-outputs`: the log goes to every output named (here a file and stderr); `--logger
 /// zap`, as etcd command lines name etcd's logger, is accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
