@@ -351,8 +351,7 @@ fn write_tree(file: &mut Vec<u8>, items: &[(&[u8], &[u8], u32)]) -> u64 {
     for chunk in chunks(items.len(), |index| {
         ELEMENT + items[index].0.len() + items[index].1.len()
     }) {
-        let page = append_page(file, chunk.bytes, LEAF_PAGE, chunk.len());
-        let start = file.len() - chunk.bytes.div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
+        let (page, start) = append_page(file, chunk.bytes, LEAF_PAGE, chunk.len());
         let mut data = PAGE_HEADER + chunk.len() * ELEMENT;
         for (slot, &(key, value, flags)) in items[chunk.start..chunk.end].iter().enumerate() {
             let element = start + PAGE_HEADER + slot * ELEMENT;
@@ -374,8 +373,7 @@ fn write_tree(file: &mut Vec<u8>, items: &[(&[u8], &[u8], u32)]) -> u64 {
     while level.len() > 1 {
         let children = std::mem::take(&mut level);
         for chunk in chunks(children.len(), |index| ELEMENT + children[index].0.len()) {
-            let page = append_page(file, chunk.bytes, BRANCH_PAGE, chunk.len());
-            let start = file.len() - chunk.bytes.div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
+            let (page, start) = append_page(file, chunk.bytes, BRANCH_PAGE, chunk.len());
             let mut data = PAGE_HEADER + chunk.len() * ELEMENT;
             for (slot, (key, child)) in children[chunk.start..chunk.end].iter().enumerate() {
                 let element = start + PAGE_HEADER + slot * ELEMENT;
@@ -433,8 +431,9 @@ fn chunks(count: usize, size: impl Fn(usize) -> usize) -> Vec<Chunk> {
     chunks
 }
 
-/// Appends a zeroed page (with overflow pages for `bytes`) with its header; returns its ID.
-fn append_page(file: &mut Vec<u8>, bytes: usize, flags: u16, count: usize) -> u64 {
+/// Appends a zeroed page (with overflow pages for `bytes`) with its header; returns its ID and
+/// its offset in `file`.
+fn append_page(file: &mut Vec<u8>, bytes: usize, flags: u16, count: usize) -> (u64, usize) {
     let pages = bytes.div_ceil(PAGE_SIZE).max(1);
     let id = (file.len() / PAGE_SIZE) as u64;
     let start = file.len();
@@ -446,7 +445,7 @@ fn append_page(file: &mut Vec<u8>, bytes: usize, flags: u16, count: usize) -> u6
         count as u16,
         (pages - 1) as u32,
     );
-    id
+    (id, start)
 }
 
 fn put_page_header(page: &mut [u8], id: u64, flags: u16, count: u16, overflow: u32) {

@@ -27,11 +27,6 @@ pub const DEFAULT_PEER_URL: &str = "http://127.0.0.1:2380";
 pub const DEFAULT_NAME: &str = "default";
 /// Cluster token used when `--initial-cluster-token` is not given. etcd uses "etcd-cluster".
 pub const DEFAULT_CLUSTER_TOKEN: &str = "ballot-cluster";
-/// A check interval: a duration (`30m`, `90s`, `500ms`), or 0 (`0`, `0s`) for none.
-fn parse_check_interval(text: &str) -> Result<std::time::Duration, String> {
-    crate::bench::parse_duration_or_zero(text)
-}
-
 /// etcd's `--max-request-bytes` default, 1.5 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1536 * 1024;
 /// `--quota-backend-bytes` when 0 is given, etcd's `DefaultQuotaBytes` (2 GiB).
@@ -385,7 +380,7 @@ pub struct MemberArgs {
         long,
         env = "BALLOT_EXPERIMENTAL_CORRUPT_CHECK_TIME",
         default_value = "0s",
-        value_parser = parse_check_interval
+        value_parser = crate::bench::parse_duration_or_zero
     )]
     pub experimental_corrupt_check_time: std::time::Duration,
 

@@ -204,49 +204,45 @@ fn client_cert_verifier(
 /// `--client-cert-allowed-hostname`: a peer's or client's certificate, once verified against
 /// the CA (and its revocation list), must also carry that common name and be valid for that
 /// host name, as etcd checks them.
+/// Each required name or host comes with its flag, named in the reason logged with a refusal.
 #[derive(Debug)]
 struct IdentityCheck {
     verifier: Arc<dyn ClientCertVerifier>,
-    allowed_cn: Option<String>,
-    allowed_hostname: Option<ServerName<'static>>,
-    /// The flags, for the reason logged with a refusal.
-    cn_flag: &'static str,
-    hostname_flag: &'static str,
+    allowed_cn: Option<(&'static str, String)>,
+    allowed_hostname: Option<(&'static str, ServerName<'static>)>,
     /// What is refused: "a peer connection", "a client connection".
     refused: &'static str,
 }
 
-/// `verifier` with an [`IdentityCheck`] when a name or host is required.
+/// `verifier` with an [`IdentityCheck`] when a name or host is required (each given with its
+/// flag).
 fn with_identity_check(
     verifier: Arc<dyn ClientCertVerifier>,
-    allowed_cn: Option<&String>,
-    allowed_hostname: Option<&String>,
-    cn_flag: &'static str,
-    hostname_flag: &'static str,
+    allowed_cn: Option<(&'static str, &String)>,
+    allowed_hostname: Option<(&'static str, &String)>,
     refused: &'static str,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     if allowed_cn.is_none() && allowed_hostname.is_none() {
         return Ok(verifier);
     }
     let allowed_hostname = allowed_hostname
-        .map(|host| {
+        .map(|(flag, host)| {
             ServerName::try_from(host.clone())
-                .map_err(|error| TlsError::Setup(format!("{hostname_flag} {host:?}: {error}")))
+                .map(|name| (flag, name))
+                .map_err(|error| TlsError::Setup(format!("{flag} {host:?}: {error}")))
         })
         .transpose()?;
     Ok(Arc::new(IdentityCheck {
         verifier,
-        allowed_cn: allowed_cn.cloned(),
+        allowed_cn: allowed_cn.map(|(flag, name)| (flag, name.clone())),
         allowed_hostname,
-        cn_flag,
-        hostname_flag,
         refused,
     }))
 }
 
 impl IdentityCheck {
     fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), String> {
-        if let Some(allowed) = &self.allowed_cn {
+        if let Some((flag, allowed)) = &self.allowed_cn {
             let (_, certificate) = x509_parser::parse_x509_certificate(end_entity.as_ref())
                 .map_err(|error| format!("unreadable certificate: {error}"))?;
             let names: Vec<&str> = certificate
@@ -255,17 +251,14 @@ impl IdentityCheck {
                 .filter_map(|name| name.as_str().ok())
                 .collect();
             if !names.iter().any(|name| name == allowed) {
-                return Err(format!(
-                    "common name {names:?} is not {} {allowed:?}",
-                    self.cn_flag
-                ));
+                return Err(format!("common name {names:?} is not {flag} {allowed:?}"));
             }
         }
-        if let Some(allowed) = &self.allowed_hostname {
+        if let Some((flag, allowed)) = &self.allowed_hostname {
             webpki::EndEntityCert::try_from(end_entity)
                 .map_err(|error| format!("unreadable certificate: {error}"))?
                 .verify_is_valid_for_subject_name(allowed)
-                .map_err(|_| format!("not valid for {} {allowed:?}", self.hostname_flag))?;
+                .map_err(|_| format!("not valid for {flag} {allowed:?}"))?;
         }
         Ok(())
     }
@@ -404,9 +397,10 @@ pub fn acceptor(settings: &ClientTls) -> Result<TlsAcceptor, TlsError> {
             builder.with_client_cert_verifier(with_identity_check(
                 client_cert_verifier(roots, &provider, settings.client_cert_auth, crls)?,
                 None,
-                settings.allowed_hostname.as_ref(),
-                "",
-                "--client-cert-allowed-hostname",
+                settings
+                    .allowed_hostname
+                    .as_ref()
+                    .map(|host| ("--client-cert-allowed-hostname", host)),
                 "a client connection",
             )?)
         }
@@ -454,10 +448,14 @@ pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
             settings.client_cert_auth,
             crls.clone(),
         )?,
-        settings.allowed_cn.as_ref(),
-        settings.allowed_hostname.as_ref(),
-        "--peer-cert-allowed-cn",
-        "--peer-cert-allowed-hostname",
+        settings
+            .allowed_cn
+            .as_ref()
+            .map(|name| ("--peer-cert-allowed-cn", name)),
+        settings
+            .allowed_hostname
+            .as_ref()
+            .map(|host| ("--peer-cert-allowed-hostname", host)),
         "a peer connection",
     )?;
     let server = ServerConfig::builder_with_provider(Arc::clone(&provider))

@@ -60,6 +60,22 @@ async fn restored_cluster(what: &str, backup: &str, revision: i64) -> Cluster {
     .await
 }
 
+/// Checks that lease `id` is alive with `key` attached; returns its TimeToLive answer.
+async fn lease_survives_with_key(
+    channel: tonic::transport::Channel,
+    id: i64,
+    key: &str,
+) -> ballot_proto::etcdserverpb::LeaseTimeToLiveResponse {
+    let ttl = LeaseClient::new(channel)
+        .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true })
+        .await
+        .expect("time to live")
+        .into_inner();
+    assert!(ttl.ttl > 0, "the lease survives: {ttl:?}");
+    assert_eq!(ttl.keys, vec![bytes(key).to_vec()]);
+    ttl
+}
+
 /// A field of the one-line JSON `ballot snapshot status -w json` prints.
 fn json_field(json: &str, name: &str) -> i64 {
     let start = json
@@ -189,16 +205,7 @@ async fn a_backup_restores_into_a_new_cluster_with_the_same_data_and_revisions()
         assert_eq!(hash.compact_revision, 10);
         let cluster_id = status_header(&mut maintenance).await.cluster_id;
         assert_ne!(cluster_id, source_cluster, "a new cluster");
-        let ttl = LeaseClient::new(channel)
-            .lease_time_to_live(LeaseTimeToLiveRequest {
-                id: lease_id,
-                keys: true,
-            })
-            .await
-            .expect("time to live")
-            .into_inner();
-        assert!(ttl.ttl > 0, "the lease survives: {ttl:?}");
-        assert_eq!(ttl.keys, vec![bytes("leased").to_vec()]);
+        lease_survives_with_key(channel, lease_id, "leased").await;
     }
 
     // The new cluster takes writes after the restored revision, and every member applies them.
@@ -330,17 +337,8 @@ async fn an_etcd_backup_restores_into_a_ballot_cluster_with_etcds_data_and_revis
         let leased = kv.range(get("leased")).await.expect("range").into_inner();
         let lease_id = leased.kvs[0].lease;
         assert_ne!(lease_id, 0);
-        let ttl = LeaseClient::new(channel.clone())
-            .lease_time_to_live(LeaseTimeToLiveRequest {
-                id: lease_id,
-                keys: true,
-            })
-            .await
-            .expect("time to live")
-            .into_inner();
+        let ttl = lease_survives_with_key(channel.clone(), lease_id, "leased").await;
         assert_eq!(ttl.granted_ttl, 3600);
-        assert!(ttl.ttl > 0, "the lease survives: {ttl:?}");
-        assert_eq!(ttl.keys, vec![bytes("leased").to_vec()]);
         let hash = MaintenanceClient::new(channel)
             .hash_kv(HashKvRequest { revision: 309 })
             .await

@@ -122,13 +122,13 @@ pub struct Driver {
     /// The tick at which each peer's last frame arrived: the leader hears from every member at
     /// each heartbeat, which is what `--strict-reconfig-check` calls active.
     pub heard_at_tick: HashMap<u64, u64>,
-    /// `--initial-election-tick-advance`: from start until enough voters to make a quorum with
-    /// this member have been heard from, the ones heard so far. Each member greets its peers
-    /// with an empty frame at start, so the members of a cluster starting together hear from
-    /// each other at once, well before any election timeout. Then, if no leader is known, the
-    /// election clock is advanced to two ticks short of the election timeout (etcd's
-    /// `advanceTicks`, which waits for peer connections the same way), and this is `None`.
-    pub tick_advance: Option<Vec<u64>>,
+    /// `--initial-election-tick-advance`: true from start until enough voters to make a quorum
+    /// with this member have been heard from (`heard_at_tick` names them). Each member greets
+    /// its peers with an empty frame at start, so the members of a cluster starting together
+    /// hear from each other at once, well before any election timeout. Then, if no leader is
+    /// known, the election clock is advanced to two ticks short of the election timeout (etcd's
+    /// `advanceTicks`, which waits for peer connections the same way), and this is false.
+    pub tick_advance_pending: bool,
     /// The peers whose greeting was answered with one: once per peer and process, so that a
     /// member started before its peers (whose greetings to them were lost) is heard too, and
     /// two members never greet each other back and forth.
@@ -168,7 +168,7 @@ impl Driver {
             && status.role != Role::Leader
             && status.conf.voters.contains(&self.shared.member_id)
         {
-            self.tick_advance = Some(Vec::new());
+            self.tick_advance_pending = true;
             for &peer in status.conf.voters.iter() {
                 if peer != self.shared.member_id {
                     self.transport
@@ -293,7 +293,7 @@ impl Driver {
     }
 
     fn on_frame(&mut self, from: u64, frame: PeerFrame) {
-        self.heard_at_tick.insert(from, self.ticks);
+        let first_from_peer = self.heard_at_tick.insert(from, self.ticks).is_none();
         let greeting = matches!(&frame, PeerFrame::Messages(messages) if messages.is_empty());
         if greeting && !self.greeted_back.contains(&from) {
             self.greeted_back.push(from);
@@ -301,26 +301,24 @@ impl Driver {
                 .send_frame(from, PeerFrame::Messages(Vec::new()));
         }
         self.step_frame(from, frame);
-        if let Some(heard) = &mut self.tick_advance
-            && !heard.contains(&from)
-        {
-            heard.push(from);
+        if self.tick_advance_pending && first_from_peer {
             self.advance_election_clock_once_quorum_heard();
         }
     }
 
-    /// `--initial-election-tick-advance` (see `tick_advance`), once enough voters are heard.
+    /// `--initial-election-tick-advance` (see `tick_advance_pending`), once enough voters are
+    /// heard.
     fn advance_election_clock_once_quorum_heard(&mut self) {
         let status = self.raft.status();
-        let Some(heard) = &self.tick_advance else {
-            return;
-        };
         let voters = &status.conf.voters;
-        let heard_voters = heard.iter().filter(|id| voters.contains(id)).count();
+        let heard_voters = voters
+            .iter()
+            .filter(|id| self.heard_at_tick.contains_key(id))
+            .count();
         if heard_voters + 1 < voters.len() / 2 + 1 {
             return;
         }
-        self.tick_advance = None;
+        self.tick_advance_pending = false;
         if status.leader != 0 || status.role != Role::Follower {
             return;
         }

@@ -96,7 +96,7 @@ pub struct NodeConfig {
     pub strict_reconfig_check: bool,
     /// `--pre-vote`: the core asks for pre-votes before an election.
     pub pre_vote: bool,
-    /// `--initial-election-tick-advance`: see [`driver::Driver`]'s `tick_advance`.
+    /// `--initial-election-tick-advance`: see [`driver::Driver`]'s `tick_advance_pending`.
     pub initial_election_tick_advance: bool,
     /// `--experimental-warning-apply-duration`: an entry that takes longer to apply is logged
     /// and counted (`etcd_server_slow_apply_total`).
@@ -577,18 +577,12 @@ impl NodeHandle {
     /// when the lease is unknown or expired, as etcd does.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, NodeError> {
         self.check_ready()?;
-        let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout;
-        loop {
-            if self.is_leader() {
-                return lease::keep_alive_on_leader(&self.shared, id).await;
-            }
-            match self
-                .ask_leader(lease::OP_KEEP_ALIVE, id, false, deadline)
-                .await?
-            {
-                Some(payload) => return lease::decode_keep_alive(&payload),
-                None => continue,
-            }
+        match self
+            .forward_to_leader(lease::OP_KEEP_ALIVE, id, false)
+            .await?
+        {
+            Some(payload) => lease::decode_keep_alive(&payload),
+            None => lease::keep_alive_on_leader(&self.shared, id).await,
         }
     }
 
@@ -600,21 +594,34 @@ impl NodeHandle {
         keys: bool,
     ) -> Result<LeaseTimeToLiveResponse, NodeError> {
         self.check_ready()?;
-        let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout;
-        let mut response = loop {
-            if self.is_leader() {
-                break lease::time_to_live_on_leader(&self.shared, id, keys).await?;
-            }
-            if let Some(payload) = self
-                .ask_leader(lease::OP_TIME_TO_LIVE, id, keys, deadline)
-                .await?
-            {
-                break lease::decode_time_to_live(&payload)?;
-            }
+        let mut response = match self
+            .forward_to_leader(lease::OP_TIME_TO_LIVE, id, keys)
+            .await?
+        {
+            Some(payload) => lease::decode_time_to_live(&payload)?,
+            None => lease::time_to_live_on_leader(&self.shared, id, keys).await?,
         };
         let revision = response.header.as_ref().map_or(0, |header| header.revision);
         response.header = Some(self.header(revision));
         Ok(response)
+    }
+
+    /// The leader's answer to a lease request, asked again of each new leader until one
+    /// answers (within the request timeout); `None` once this member leads, which answers
+    /// itself.
+    async fn forward_to_leader(
+        &self,
+        op: u8,
+        lease_id: i64,
+        keys: bool,
+    ) -> Result<Option<Bytes>, NodeError> {
+        let deadline = tokio::time::Instant::now() + self.shared.config.request_timeout;
+        while !self.is_leader() {
+            if let Some(payload) = self.ask_leader(op, lease_id, keys, deadline).await? {
+                return Ok(Some(payload));
+            }
+        }
+        Ok(None)
     }
 
     /// Sends a lease request to the leader over the peer transport and waits for its answer,
@@ -1208,7 +1215,7 @@ pub fn start(
         deferred_conf_changes: Vec::new(),
         ticks: 0,
         heard_at_tick: std::collections::HashMap::new(),
-        tick_advance: None,
+        tick_advance_pending: false,
         greeted_back: Vec::new(),
         durable_term_vote: (status.term, status.vote),
         pending_hard_state: None,
