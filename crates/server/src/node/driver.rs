@@ -656,6 +656,9 @@ impl Driver {
             self.on_soft_state(soft_state);
         }
         self.learn_new_peers(&ready.entries);
+        if let Some(state) = ready.hard_state {
+            self.publish_commit(state.commit);
+        }
         let must_persist = ready.must_persist();
         for message in std::mem::take(&mut ready.messages) {
             self.transport.send_message(message);
@@ -776,6 +779,21 @@ impl Driver {
             // refused back to their origin.
             self.retry_deferred_conf_changes();
         }
+    }
+
+    /// Makes a new commit index visible before any message carrying it leaves: a follower may
+    /// apply an entry and acknowledge it to its client as soon as it learns the entry is
+    /// committed, and a request that then reaches the leader and waits for "everything
+    /// committed" to be applied (TimeToLive with keys) must wait for that entry too. The rest of
+    /// the view follows after the Ready is handled, which may wait on a full apply queue.
+    fn publish_commit(&self, commit: u64) {
+        self.shared.view.send_if_modified(|current| {
+            if current.commit >= commit {
+                return false;
+            }
+            current.commit = commit;
+            true
+        });
     }
 
     fn publish_view(&self) {
