@@ -298,96 +298,256 @@ impl Meta {
 /// A key and its value, as [`write`] takes them.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
-/// Writes a bbolt file holding `buckets`: each a name and its entries, names and keys in
-/// ascending byte order, no nested buckets. The layout is bbolt 1.3's: meta pages 0 and 1
-/// (transactions 2 and 1), an empty freelist at page 2, then each bucket's B+tree (leaves
-/// packed up to a page, an entry larger than a page on overflow pages, branches above them),
-/// and the root bucket's leaf last. bbolt opens it as a database whose every page is in use.
+/// A bucket to write: its entries in ascending key order, read by index, so a file is written
+/// page by page without its entries ever being held encoded all at once.
+pub trait BucketSource {
+    fn entry_count(&self) -> usize;
+    /// Key and value lengths of entry `index`.
+    fn entry_len(&self, index: usize) -> (usize, usize);
+    /// Appends the key of entry `index` to `out`.
+    fn key(&self, index: usize, out: &mut Vec<u8>);
+    /// Appends the value of entry `index` to `out`.
+    fn value(&self, index: usize, out: &mut Vec<u8>);
+}
+
+impl BucketSource for Vec<KeyValue> {
+    fn entry_count(&self) -> usize {
+        Vec::len(self)
+    }
+
+    fn entry_len(&self, index: usize) -> (usize, usize) {
+        (self[index].0.len(), self[index].1.len())
+    }
+
+    fn key(&self, index: usize, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self[index].0);
+    }
+
+    fn value(&self, index: usize, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self[index].1);
+    }
+}
+
+/// Where every page of a bbolt file goes, planned from its entries' sizes alone; the meta pages
+/// at the front name the root and the page count, so the plan comes before the first byte.
+///
+/// The layout is bbolt 1.3's: meta pages 0 and 1 (transactions 2 and 1), an empty freelist at
+/// page 2, then each bucket's B+tree (leaves packed up to a page, an entry larger than a page
+/// on overflow pages, branches above them), and the root bucket's leaf last. bbolt opens it as
+/// a database whose every page is in use. Bucket names and keys must be in ascending byte order;
+/// no nested buckets.
+pub struct Layout {
+    trees: Vec<TreeLayout>,
+    /// The root bucket's entries: each bucket's name and header (its root page).
+    root_entries: Vec<KeyValue>,
+    root_tree: TreeLayout,
+    pages: u64,
+}
+
+struct TreeLayout {
+    leaves: Vec<LeafPage>,
+    /// Branch pages in the order they are written: level by level, from the leaves up.
+    branches: Vec<BranchPage>,
+    root: u64,
+}
+
+struct LeafPage {
+    id: u64,
+    chunk: Chunk,
+}
+
+struct BranchPage {
+    id: u64,
+    bytes: usize,
+    /// Each child's first key and page.
+    children: Vec<(Vec<u8>, u64)>,
+}
+
+/// The first page after the two meta pages and the freelist.
+const FIRST_TREE_PAGE: u64 = 3;
+
+impl Layout {
+    pub fn plan(buckets: &[(&[u8], &dyn BucketSource)]) -> Layout {
+        let mut next_page = FIRST_TREE_PAGE;
+        let mut trees = Vec::with_capacity(buckets.len());
+        let mut root_entries = Vec::with_capacity(buckets.len());
+        for (name, source) in buckets {
+            let tree = plan_tree(*source, &mut next_page);
+            let mut header = Vec::with_capacity(BUCKET_HEADER);
+            header.extend_from_slice(&tree.root.to_le_bytes());
+            header.extend_from_slice(&0u64.to_le_bytes());
+            root_entries.push((name.to_vec(), header));
+            trees.push(tree);
+        }
+        let root_tree = plan_tree(&root_entries, &mut next_page);
+        Layout {
+            trees,
+            root_entries,
+            root_tree,
+            pages: next_page,
+        }
+    }
+
+    /// The file's size in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.pages * PAGE_SIZE as u64
+    }
+
+    /// Writes the file of `buckets`, the ones this layout was planned from, to `out`, one page
+    /// (with its overflow pages) at a time.
+    pub fn write_to(
+        &self,
+        buckets: &[(&[u8], &dyn BucketSource)],
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        assert_eq!(buckets.len(), self.trees.len(), "the buckets planned");
+        out.write_all(&self.meta_pages())?;
+        let mut page = Vec::with_capacity(PAGE_SIZE);
+        for ((_, source), tree) in buckets.iter().zip(&self.trees) {
+            write_tree(*source, 0, tree, &mut page, out)?;
+        }
+        write_tree(
+            &self.root_entries,
+            BUCKET_LEAF,
+            &self.root_tree,
+            &mut page,
+            out,
+        )
+    }
+
+    /// Pages 0 to 2: the meta pages of transactions 2 and 1, and an empty freelist.
+    fn meta_pages(&self) -> Vec<u8> {
+        let mut pages = vec![0u8; 3 * PAGE_SIZE];
+        for (page, txid) in [(0u64, 2u64), (1, 1)] {
+            let at = page as usize * PAGE_SIZE;
+            put_page_header(&mut pages[at..], page, META_PAGE, 0, 0);
+            let mut meta = Vec::with_capacity(META_CHECKED + 8);
+            meta.extend_from_slice(&MAGIC.to_le_bytes());
+            meta.extend_from_slice(&VERSION.to_le_bytes());
+            meta.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+            meta.extend_from_slice(&0u32.to_le_bytes());
+            meta.extend_from_slice(&self.root_tree.root.to_le_bytes());
+            meta.extend_from_slice(&0u64.to_le_bytes());
+            meta.extend_from_slice(&2u64.to_le_bytes());
+            meta.extend_from_slice(&self.pages.to_le_bytes());
+            meta.extend_from_slice(&txid.to_le_bytes());
+            let checksum = fnv1a64(&meta);
+            meta.extend_from_slice(&checksum.to_le_bytes());
+            pages[at + PAGE_HEADER..at + PAGE_HEADER + meta.len()].copy_from_slice(&meta);
+        }
+        put_page_header(&mut pages[2 * PAGE_SIZE..], 2, FREELIST_PAGE, 0, 0);
+        pages
+    }
+}
+
+/// Writes a bbolt file holding `buckets` (see [`Layout`]) in memory.
 pub fn write(buckets: &[(&[u8], Vec<KeyValue>)]) -> Vec<u8> {
-    let mut file = vec![0u8; 3 * PAGE_SIZE];
-    let mut roots = Vec::with_capacity(buckets.len());
-    for (name, entries) in buckets {
-        let items: Vec<(&[u8], &[u8], u32)> = entries
-            .iter()
-            .map(|(key, value)| (key.as_slice(), value.as_slice(), 0))
-            .collect();
-        let root = write_tree(&mut file, &items);
-        let mut header = Vec::with_capacity(BUCKET_HEADER);
-        header.extend_from_slice(&root.to_le_bytes());
-        header.extend_from_slice(&0u64.to_le_bytes());
-        roots.push((*name, header));
-    }
-    let root_items: Vec<(&[u8], &[u8], u32)> = roots
+    let sources: Vec<(&[u8], &dyn BucketSource)> = buckets
         .iter()
-        .map(|(name, header)| (*name, header.as_slice(), BUCKET_LEAF))
+        .map(|(name, entries)| (*name, entries as &dyn BucketSource))
         .collect();
-    let root = write_tree(&mut file, &root_items);
-    let page_count = (file.len() / PAGE_SIZE) as u64;
-    for (page, txid) in [(0u64, 2u64), (1, 1)] {
-        let at = page as usize * PAGE_SIZE;
-        put_page_header(&mut file[at..], page, META_PAGE, 0, 0);
-        let mut meta = Vec::with_capacity(META_CHECKED + 8);
-        meta.extend_from_slice(&MAGIC.to_le_bytes());
-        meta.extend_from_slice(&VERSION.to_le_bytes());
-        meta.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
-        meta.extend_from_slice(&0u32.to_le_bytes());
-        meta.extend_from_slice(&root.to_le_bytes());
-        meta.extend_from_slice(&0u64.to_le_bytes());
-        meta.extend_from_slice(&2u64.to_le_bytes());
-        meta.extend_from_slice(&page_count.to_le_bytes());
-        meta.extend_from_slice(&txid.to_le_bytes());
-        let checksum = fnv1a64(&meta);
-        meta.extend_from_slice(&checksum.to_le_bytes());
-        file[at + PAGE_HEADER..at + PAGE_HEADER + meta.len()].copy_from_slice(&meta);
-    }
-    put_page_header(&mut file[2 * PAGE_SIZE..], 2, FREELIST_PAGE, 0, 0);
+    let layout = Layout::plan(&sources);
+    let mut file = Vec::with_capacity(layout.size_bytes() as usize);
+    layout
+        .write_to(&sources, &mut file)
+        .expect("writing to memory cannot fail");
     file
 }
 
-/// Writes a B+tree of `items` (key, value, leaf flags; ascending keys) at the end of `file`;
-/// returns its root page.
-fn write_tree(file: &mut Vec<u8>, items: &[(&[u8], &[u8], u32)]) -> u64 {
+/// Plans a B+tree of `source`'s entries from `next_page` on.
+fn plan_tree(source: &dyn BucketSource, next_page: &mut u64) -> TreeLayout {
+    let mut take_pages = |bytes: usize| {
+        let id = *next_page;
+        *next_page += bytes.div_ceil(PAGE_SIZE).max(1) as u64;
+        id
+    };
+    let mut leaves = Vec::new();
     let mut level: Vec<(Vec<u8>, u64)> = Vec::new();
-    for chunk in chunks(items.len(), |index| {
-        ELEMENT + items[index].0.len() + items[index].1.len()
+    for chunk in chunks(source.entry_count(), |index| {
+        let (key, value) = source.entry_len(index);
+        ELEMENT + key + value
     }) {
-        let (page, start) = append_page(file, chunk.bytes, LEAF_PAGE, chunk.len());
-        let mut data = PAGE_HEADER + chunk.len() * ELEMENT;
-        for (slot, &(key, value, flags)) in items[chunk.start..chunk.end].iter().enumerate() {
-            let element = start + PAGE_HEADER + slot * ELEMENT;
-            let position = (start + data - element) as u32;
-            file[element..element + 4].copy_from_slice(&flags.to_le_bytes());
-            file[element + 4..element + 8].copy_from_slice(&position.to_le_bytes());
-            file[element + 8..element + 12].copy_from_slice(&(key.len() as u32).to_le_bytes());
-            file[element + 12..element + 16].copy_from_slice(&(value.len() as u32).to_le_bytes());
-            file[start + data..start + data + key.len()].copy_from_slice(key);
-            data += key.len();
-            file[start + data..start + data + value.len()].copy_from_slice(value);
-            data += value.len();
+        let id = take_pages(chunk.bytes);
+        let mut first = Vec::new();
+        if chunk.len() > 0 {
+            source.key(chunk.start, &mut first);
         }
-        let first = items
-            .get(chunk.start)
-            .map_or_else(Vec::new, |item| item.0.to_vec());
-        level.push((first, page));
+        level.push((first, id));
+        leaves.push(LeafPage { id, chunk });
     }
+    let mut branches = Vec::new();
     while level.len() > 1 {
         let children = std::mem::take(&mut level);
         for chunk in chunks(children.len(), |index| ELEMENT + children[index].0.len()) {
-            let (page, start) = append_page(file, chunk.bytes, BRANCH_PAGE, chunk.len());
-            let mut data = PAGE_HEADER + chunk.len() * ELEMENT;
-            for (slot, (key, child)) in children[chunk.start..chunk.end].iter().enumerate() {
-                let element = start + PAGE_HEADER + slot * ELEMENT;
-                let position = (start + data - element) as u32;
-                file[element..element + 4].copy_from_slice(&position.to_le_bytes());
-                file[element + 4..element + 8].copy_from_slice(&(key.len() as u32).to_le_bytes());
-                file[element + 8..element + 16].copy_from_slice(&child.to_le_bytes());
-                file[start + data..start + data + key.len()].copy_from_slice(key);
-                data += key.len();
-            }
-            level.push((children[chunk.start].0.clone(), page));
+            let id = take_pages(chunk.bytes);
+            level.push((children[chunk.start].0.clone(), id));
+            branches.push(BranchPage {
+                id,
+                bytes: chunk.bytes,
+                children: children[chunk.start..chunk.end].to_vec(),
+            });
         }
     }
-    level[0].1
+    TreeLayout {
+        leaves,
+        branches,
+        root: level[0].1,
+    }
+}
+
+/// Writes the pages of `tree` (leaf elements with `flags`), built one at a time in `page`.
+fn write_tree(
+    source: &dyn BucketSource,
+    flags: u32,
+    tree: &TreeLayout,
+    page: &mut Vec<u8>,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    for leaf in &tree.leaves {
+        let chunk = &leaf.chunk;
+        start_page(page, leaf.id, chunk.bytes, LEAF_PAGE, chunk.len());
+        let mut data = PAGE_HEADER + chunk.len() * ELEMENT;
+        for (slot, index) in (chunk.start..chunk.end).enumerate() {
+            let element = PAGE_HEADER + slot * ELEMENT;
+            let position = (data - element) as u32;
+            let key_at = page.len();
+            source.key(index, page);
+            let value_at = page.len();
+            source.value(index, page);
+            let (key_len, value_len) = (value_at - key_at, page.len() - value_at);
+            debug_assert_eq!((key_len, value_len), source.entry_len(index));
+            // The entry was appended after the page; it belongs at `data`.
+            page.copy_within(key_at.., data);
+            page.truncate(key_at);
+            page[element..element + 4].copy_from_slice(&flags.to_le_bytes());
+            page[element + 4..element + 8].copy_from_slice(&position.to_le_bytes());
+            page[element + 8..element + 12].copy_from_slice(&(key_len as u32).to_le_bytes());
+            page[element + 12..element + 16].copy_from_slice(&(value_len as u32).to_le_bytes());
+            data += key_len + value_len;
+        }
+        out.write_all(page)?;
+    }
+    for branch in &tree.branches {
+        start_page(
+            page,
+            branch.id,
+            branch.bytes,
+            BRANCH_PAGE,
+            branch.children.len(),
+        );
+        let mut data = PAGE_HEADER + branch.children.len() * ELEMENT;
+        for (slot, (key, child)) in branch.children.iter().enumerate() {
+            let element = PAGE_HEADER + slot * ELEMENT;
+            let position = (data - element) as u32;
+            page[element..element + 4].copy_from_slice(&position.to_le_bytes());
+            page[element + 4..element + 8].copy_from_slice(&(key.len() as u32).to_le_bytes());
+            page[element + 8..element + 16].copy_from_slice(&child.to_le_bytes());
+            page[data..data + key.len()].copy_from_slice(key);
+            data += key.len();
+        }
+        out.write_all(page)?;
+    }
+    Ok(())
 }
 
 /// A run of elements written to one page (with its overflow pages).
@@ -431,21 +591,12 @@ fn chunks(count: usize, size: impl Fn(usize) -> usize) -> Vec<Chunk> {
     chunks
 }
 
-/// Appends a zeroed page (with overflow pages for `bytes`) with its header; returns its ID and
-/// its offset in `file`.
-fn append_page(file: &mut Vec<u8>, bytes: usize, flags: u16, count: usize) -> (u64, usize) {
+/// Makes `page` a zeroed page `id` (with overflow pages for `bytes`) with its header.
+fn start_page(page: &mut Vec<u8>, id: u64, bytes: usize, flags: u16, count: usize) {
     let pages = bytes.div_ceil(PAGE_SIZE).max(1);
-    let id = (file.len() / PAGE_SIZE) as u64;
-    let start = file.len();
-    file.resize(start + pages * PAGE_SIZE, 0);
-    put_page_header(
-        &mut file[start..],
-        id,
-        flags,
-        count as u16,
-        (pages - 1) as u32,
-    );
-    (id, start)
+    page.clear();
+    page.resize(pages * PAGE_SIZE, 0);
+    put_page_header(page, id, flags, count as u16, (pages - 1) as u32);
 }
 
 fn put_page_header(page: &mut [u8], id: u64, flags: u16, count: u16, overflow: u32) {
@@ -554,6 +705,16 @@ mod tests {
             (&b"small"[..], small.clone()),
         ]);
         assert_eq!(data.len() % PAGE_SIZE, 0);
+        let sources: [(&[u8], &dyn BucketSource); 3] = [
+            (b"empty", &Vec::<KeyValue>::new()),
+            (b"many", &many),
+            (b"small", &small),
+        ];
+        assert_eq!(
+            Layout::plan(&sources).size_bytes(),
+            data.len() as u64,
+            "as planned"
+        );
         let file = BoltFile::open(&data).unwrap();
         assert_eq!(entries(&file.bucket(b"many").unwrap().unwrap()), many);
         assert_eq!(entries(&file.bucket(b"small").unwrap().unwrap()), small);

@@ -23,7 +23,7 @@ use ballot_proto::mvccpb::KeyValue;
 use bytes::Bytes;
 use prost::Message as _;
 
-use crate::bbolt::{BoltError, BoltFile};
+use crate::bbolt::{BoltError, BoltFile, BucketSource, Layout};
 
 /// An etcd backup, imported.
 pub struct EtcdBackup {
@@ -129,64 +129,125 @@ pub fn import(data: &[u8], config: StoreConfig) -> Result<EtcdBackup, EtcdBackup
     Ok(EtcdBackup { store, users })
 }
 
-/// Writes `records` as etcd's backend holds them: a bbolt file with the buckets `key` (every
-/// change by revision), `lease` and `meta` (`consistent_index`, and the compact revision as
-/// both `finishedCompactRev` and `scheduledCompactRev` once there was a compaction). etcd's
-/// tools read it as a backup of an etcd member (`etcdctl snapshot status` and `snapshot
-/// restore`), and [`import`] reads it back into the same store.
-pub fn export(records: &StoreRecords) -> Vec<u8> {
-    let keys: Vec<(Vec<u8>, Vec<u8>)> = records
-        .changes
-        .iter()
-        .map(|change| {
-            let mut key = revision_bytes(change.main, i64::from(change.sub));
-            let kv = match &change.put {
-                Some(put) => KeyValue {
-                    key: change.key.clone(),
-                    create_revision: put.create_revision,
-                    mod_revision: change.main,
-                    version: put.version,
-                    value: put.value.clone(),
-                    lease: put.lease,
-                },
-                None => {
-                    key.push(b't');
-                    KeyValue {
-                        key: change.key.clone(),
-                        ..KeyValue::default()
-                    }
-                }
-            };
-            (key, kv.encode_to_vec())
-        })
-        .collect();
-    let mut leases: Vec<(Vec<u8>, Vec<u8>)> = records
-        .leases
-        .iter()
-        .map(|&(id, ttl, remaining_ttl)| {
-            let record = LeaseRecord {
-                id,
-                ttl,
-                remaining_ttl,
-            };
-            ((id as u64).to_be_bytes().to_vec(), record.encode_to_vec())
-        })
-        .collect();
-    leases.sort();
-    let mut meta = vec![(
-        b"consistent_index".to_vec(),
-        records.last_applied.to_be_bytes().to_vec(),
-    )];
-    if records.compact_revision > 0 {
-        let compacted = revision_bytes(records.compact_revision, 0);
-        meta.push((b"finishedCompactRev".to_vec(), compacted.clone()));
-        meta.push((b"scheduledCompactRev".to_vec(), compacted));
+/// `records` as etcd's backend holds them: a bbolt file with the buckets `key` (every change
+/// by revision), `lease` and `meta` (`consistent_index`, and the compact revision as both
+/// `finishedCompactRev` and `scheduledCompactRev` once there was a compaction). etcd's tools
+/// read it as a backup of an etcd member (`etcdctl snapshot status` and `snapshot restore`),
+/// and [`import`] reads it back into the same store.
+///
+/// Its size is known before it is written, and it is written a page at a time: the changes are
+/// encoded as each page is filled, so a backup never holds the store's data a second time in
+/// memory (the records share keys and values with the store).
+pub struct Export {
+    records: StoreRecords,
+    leases: Vec<crate::bbolt::KeyValue>,
+    meta: Vec<crate::bbolt::KeyValue>,
+    layout: Layout,
+}
+
+impl Export {
+    pub fn new(records: StoreRecords) -> Export {
+        let mut leases: Vec<crate::bbolt::KeyValue> = records
+            .leases
+            .iter()
+            .map(|&(id, ttl, remaining_ttl)| {
+                let record = LeaseRecord {
+                    id,
+                    ttl,
+                    remaining_ttl,
+                };
+                ((id as u64).to_be_bytes().to_vec(), record.encode_to_vec())
+            })
+            .collect();
+        leases.sort();
+        let mut meta = vec![(
+            b"consistent_index".to_vec(),
+            records.last_applied.to_be_bytes().to_vec(),
+        )];
+        if records.compact_revision > 0 {
+            let compacted = revision_bytes(records.compact_revision, 0);
+            meta.push((b"finishedCompactRev".to_vec(), compacted.clone()));
+            meta.push((b"scheduledCompactRev".to_vec(), compacted));
+        }
+        let mut export = Export {
+            records,
+            leases,
+            meta,
+            layout: Layout::plan(&[]),
+        };
+        export.layout = Layout::plan(&export.buckets());
+        export
     }
-    crate::bbolt::write(&[
-        (&b"key"[..], keys),
-        (&b"lease"[..], leases),
-        (&b"meta"[..], meta),
-    ])
+
+    /// The file's size in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.layout.size_bytes()
+    }
+
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        self.layout.write_to(&self.buckets(), out)
+    }
+
+    /// The file in memory.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut file = Vec::with_capacity(self.layout.size_bytes() as usize);
+        self.write_to(&mut file)
+            .expect("writing to memory cannot fail");
+        file
+    }
+
+    fn buckets(&self) -> [(&[u8], &dyn BucketSource); 3] {
+        [
+            (b"key", &self.records.changes),
+            (b"lease", &self.leases),
+            (b"meta", &self.meta),
+        ]
+    }
+}
+
+/// The `key` bucket's value of `change`: an `mvccpb.KeyValue` (a delete's holds only the key).
+fn key_value(change: &RecordedChange) -> KeyValue {
+    match &change.put {
+        Some(put) => KeyValue {
+            key: change.key.clone(),
+            create_revision: put.create_revision,
+            mod_revision: change.main,
+            version: put.version,
+            value: put.value.clone(),
+            lease: put.lease,
+        },
+        None => KeyValue {
+            key: change.key.clone(),
+            ..KeyValue::default()
+        },
+    }
+}
+
+/// The `key` bucket: each change under its revision key (with `t` for a delete).
+impl BucketSource for Vec<RecordedChange> {
+    fn entry_count(&self) -> usize {
+        Vec::len(self)
+    }
+
+    fn entry_len(&self, index: usize) -> (usize, usize) {
+        let change = &self[index];
+        let key = if change.put.is_some() { 17 } else { 18 };
+        (key, key_value(change).encoded_len())
+    }
+
+    fn key(&self, index: usize, out: &mut Vec<u8>) {
+        let change = &self[index];
+        out.extend_from_slice(&revision_bytes(change.main, i64::from(change.sub)));
+        if change.put.is_none() {
+            out.push(b't');
+        }
+    }
+
+    fn value(&self, index: usize, out: &mut Vec<u8>) {
+        key_value(&self[index])
+            .encode(out)
+            .expect("a Vec grows to take the message");
+    }
 }
 
 /// etcd's revision key without the delete mark.
@@ -257,7 +318,9 @@ mod tests {
         let from_etcd = import(&bytes[..bytes.len() - 32], StoreConfig::default())
             .expect("etcd's backup")
             .store;
-        let exported = export(&from_etcd.snapshot_state().records());
+        let export = Export::new(from_etcd.snapshot_state().records());
+        let exported = export.to_vec();
+        assert_eq!(exported.len() as u64, export.size_bytes(), "as long as planned");
         let again = import(&exported, StoreConfig::default())
             .expect("Ballot's export")
             .store;

@@ -12,13 +12,14 @@
 //! compacted in place, and a snapshot rewrites its durable form without the compacted history,
 //! which is what brings `dbSize` down (docs/api.md).
 
+use std::io;
 use std::pin::Pin;
 
 use ballot_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
     DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
-    maintenance_server::Maintenance,
+    MoveLeaderResponse, ResponseHeader, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse, maintenance_server::Maintenance,
 };
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
@@ -35,37 +36,138 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
 /// (`hasChecksum` in etcd's snapshot package), so the data is padded to a multiple of it.
 pub const SNAPSHOT_ALIGN_BYTES: usize = 512;
 
-/// The Snapshot stream's messages for `data`: etcd's format as `etcdctl snapshot save` writes
-/// it: the data (zero-padded to a multiple of 512 bytes) in chunks whose `remaining_bytes` count
-/// the data still to come, then one message with the SHA-256 of the padded data and
-/// `remaining_bytes = 0`.
-pub fn snapshot_messages(data: &[u8]) -> Vec<SnapshotResponse> {
-    let padded_len = data.len().div_ceil(SNAPSHOT_ALIGN_BYTES) * SNAPSHOT_ALIGN_BYTES;
-    let mut padded = BytesMut::with_capacity(padded_len);
-    padded.extend_from_slice(data);
-    padded.resize(padded_len, 0);
-    let padded = padded.freeze();
-    let digest = Sha256::digest(&padded);
-    let mut messages = Vec::with_capacity(padded_len / SNAPSHOT_CHUNK_BYTES + 2);
-    let mut sent = 0;
-    while sent < padded_len {
-        let end = (sent + SNAPSHOT_CHUNK_BYTES).min(padded_len);
-        messages.push(SnapshotResponse {
-            header: None,
-            remaining_bytes: (padded_len - end) as u64,
-            blob: padded.slice(sent..end),
-            version: String::new(),
-        });
-        sent = end;
+/// A backup for the Snapshot stream: its size, known before the first byte, and its bytes,
+/// written in order (a piece at a time, so the whole backup need not be in memory).
+pub trait BackupSource: Send + 'static {
+    fn size_bytes(&self) -> u64;
+    fn write_to(&self, out: &mut dyn io::Write) -> io::Result<()>;
+}
+
+impl BackupSource for Bytes {
+    fn size_bytes(&self) -> u64 {
+        Bytes::len(self) as u64
     }
-    messages.push(SnapshotResponse {
-        header: None,
-        remaining_bytes: 0,
-        blob: Bytes::copy_from_slice(digest.as_slice()),
-        version: String::new(),
+
+    fn write_to(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        out.write_all(self)
+    }
+}
+
+impl BackupSource for crate::etcd_backup::Export {
+    fn size_bytes(&self) -> u64 {
+        crate::etcd_backup::Export::size_bytes(self)
+    }
+
+    fn write_to(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        crate::etcd_backup::Export::write_to(self, out)
+    }
+}
+
+/// Cuts a backup written into it into the Snapshot stream's messages, in etcd's format as
+/// `etcdctl snapshot save` writes it: the data (zero-padded to a multiple of 512 bytes) in
+/// chunks whose `remaining_bytes` count the data still to come, then one message with the
+/// SHA-256 of the padded data and `remaining_bytes = 0`. Each message goes to `send` as soon
+/// as it is full; an error from `send` (the client went away) ends the writing.
+pub struct SnapshotChunker<F> {
+    send: F,
+    header: Option<ResponseHeader>,
+    padded_len: u64,
+    sent: u64,
+    chunk: BytesMut,
+    digest: Sha256,
+}
+
+impl<F: FnMut(SnapshotResponse) -> io::Result<()>> SnapshotChunker<F> {
+    /// For a backup of `len` bytes.
+    pub fn new(len: u64, header: Option<ResponseHeader>, send: F) -> Self {
+        let align = SNAPSHOT_ALIGN_BYTES as u64;
+        SnapshotChunker {
+            send,
+            header,
+            padded_len: len.div_ceil(align) * align,
+            sent: 0,
+            chunk: BytesMut::with_capacity(SNAPSHOT_CHUNK_BYTES),
+            digest: Sha256::new(),
+        }
+    }
+
+    /// Pads the data, sends what is left of it and then the checksum. Fails if more or less
+    /// than the announced length (give or take the padding) was written.
+    pub fn finish(mut self) -> io::Result<()> {
+        let written = self.sent + self.chunk.len() as u64;
+        let align = SNAPSHOT_ALIGN_BYTES as u64;
+        if written.div_ceil(align) * align != self.padded_len {
+            return Err(io::Error::other(format!(
+                "the backup was {written} bytes, not the {} announced",
+                self.padded_len
+            )));
+        }
+        let padding = vec![0u8; (self.padded_len - written) as usize];
+        io::Write::write_all(&mut self, &padding)?;
+        self.send_chunk()?;
+        let digest = std::mem::take(&mut self.digest).finalize();
+        (self.send)(SnapshotResponse {
+            header: self.header,
+            remaining_bytes: 0,
+            blob: Bytes::copy_from_slice(digest.as_slice()),
+            version: String::new(),
+        })
+    }
+
+    fn send_chunk(&mut self) -> io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let blob = self.chunk.split().freeze();
+        self.digest.update(&blob);
+        self.sent += blob.len() as u64;
+        (self.send)(SnapshotResponse {
+            header: self.header,
+            remaining_bytes: self.padded_len - self.sent,
+            blob,
+            version: String::new(),
+        })
+    }
+}
+
+impl<F: FnMut(SnapshotResponse) -> io::Result<()>> io::Write for SnapshotChunker<F> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.sent + self.chunk.len() as u64;
+        if written + bytes.len() as u64 > self.padded_len {
+            return Err(io::Error::other(format!(
+                "the backup is longer than the {} bytes announced",
+                self.padded_len
+            )));
+        }
+        let take = bytes.len().min(SNAPSHOT_CHUNK_BYTES - self.chunk.len());
+        self.chunk.extend_from_slice(&bytes[..take]);
+        if self.chunk.len() == SNAPSHOT_CHUNK_BYTES {
+            self.send_chunk()?;
+        }
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The Snapshot stream's messages for `data` (see [`SnapshotChunker`]), all at once.
+pub fn snapshot_messages(data: &[u8]) -> Vec<SnapshotResponse> {
+    let mut messages = Vec::new();
+    let mut chunker = SnapshotChunker::new(data.len() as u64, None, |message| {
+        messages.push(message);
+        Ok(())
     });
+    io::Write::write_all(&mut chunker, data)
+        .and_then(|()| chunker.finish())
+        .expect("the data is as long as announced and kept in memory");
     messages
 }
+
+/// Messages of a Snapshot stream waiting to be sent: a few chunks, so a backup is made about
+/// as fast as the client takes it and no faster.
+const SNAPSHOT_QUEUE_MESSAGES: usize = 4;
 
 impl<N: ApiNode> Api<N> {
     pub(crate) fn status(&self) -> StatusResponse {
@@ -126,14 +228,10 @@ impl<N: ApiNode> Api<N> {
         })
     }
 
-    pub(crate) async fn snapshot(&self) -> Result<Vec<SnapshotResponse>, Status> {
-        let data = self.node.backup_snapshot().await?;
-        let header = self.current_header();
-        let mut messages = snapshot_messages(&data);
-        for message in &mut messages {
-            message.header = header;
-        }
-        Ok(messages)
+    /// The Snapshot stream of this member's backup.
+    pub(crate) async fn snapshot(&self) -> Result<SnapshotStream, Status> {
+        let backup = self.node.backup_snapshot().await?;
+        Ok(stream_backup(backup, self.current_header()))
     }
 
     pub(crate) async fn move_leader(
@@ -148,6 +246,35 @@ impl<N: ApiNode> Api<N> {
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+/// A Snapshot stream of `backup`, written on a blocking thread as the client reads it: at most
+/// a few messages ahead of the client, so a backup never sits whole in memory. A client that
+/// goes away ends the writing.
+fn stream_backup(backup: Box<dyn BackupSource>, header: Option<ResponseHeader>) -> SnapshotStream {
+    let (sender, receiver) = tokio::sync::mpsc::channel(SNAPSHOT_QUEUE_MESSAGES);
+    tokio::task::spawn_blocking(move || {
+        let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "the client went away");
+        let mut chunker = SnapshotChunker::new(backup.size_bytes(), header, |message| {
+            sender.blocking_send(Ok(message)).map_err(|_| gone())
+        });
+        let result = backup
+            .write_to(&mut chunker)
+            .and_then(|()| chunker.finish());
+        match result {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {
+                tracing::debug!("a Snapshot stream ended before the backup did")
+            }
+            Err(error) => {
+                tracing::error!(%error, "writing a backup failed");
+                let _ = sender.blocking_send(Err(Status::internal(format!(
+                    "ballot: writing the backup failed: {error}"
+                ))));
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
+}
 
 #[tonic::async_trait]
 impl<N: ApiNode> Maintenance for Api<N> {
@@ -208,9 +335,8 @@ impl<N: ApiNode> Maintenance for Api<N> {
         &self,
         _request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let messages = record(GrpcMethod::MaintenanceSnapshot, Api::snapshot(self).await)?;
-        let stream = futures::stream::iter(messages.into_iter().map(Ok));
-        Ok(Response::new(Box::pin(stream)))
+        let stream = record(GrpcMethod::MaintenanceSnapshot, Api::snapshot(self).await)?;
+        Ok(Response::new(stream))
     }
 
     async fn move_leader(
@@ -234,7 +360,152 @@ impl<N: ApiNode> Maintenance for Api<N> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+
+    /// A backup that writes `wrote` bytes after announcing `announced`.
+    fn chunk(announced: u64, wrote: usize) -> io::Result<usize> {
+        let mut messages = 0;
+        let mut chunker = SnapshotChunker::new(announced, None, |_| {
+            messages += 1;
+            Ok(())
+        });
+        io::Write::write_all(&mut chunker, &vec![7u8; wrote]).and_then(|()| chunker.finish())?;
+        Ok(messages)
+    }
+
+    #[test]
+    fn a_backup_of_another_length_than_announced_is_an_error() {
+        assert_eq!(chunk(1000, 1000).unwrap(), 2);
+        assert!(
+            chunk(1000, 1001).is_ok(),
+            "within the padding the length is not told"
+        );
+        let longer = chunk(1000, 1025).unwrap_err();
+        assert!(
+            longer
+                .to_string()
+                .contains("longer than the 1024 bytes announced")
+        );
+        let shorter = chunk(100_000, 1000).unwrap_err();
+        assert!(
+            shorter
+                .to_string()
+                .contains("was 1000 bytes, not the 100352 announced")
+        );
+    }
+
+    #[test]
+    fn a_failed_send_ends_the_writing() {
+        let mut sent = 0;
+        let mut chunker = SnapshotChunker::new(10 * SNAPSHOT_CHUNK_BYTES as u64, None, |_| {
+            sent += 1;
+            if sent == 2 {
+                return Err(io::Error::new(io::ErrorKind::BrokenPipe, "gone"));
+            }
+            Ok(())
+        });
+        let error =
+            io::Write::write_all(&mut chunker, &vec![0u8; 10 * SNAPSHOT_CHUNK_BYTES]).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::BrokenPipe);
+        drop(chunker);
+        assert_eq!(sent, 2, "nothing sent after the failure");
+    }
+
+    /// A backup of `chunks` Snapshot messages that counts the bytes it has written and tells
+    /// how its writing ended.
+    struct CountingBackup {
+        chunks: usize,
+        written: Arc<AtomicUsize>,
+        ended: Mutex<Option<tokio::sync::oneshot::Sender<Option<io::ErrorKind>>>>,
+    }
+
+    impl CountingBackup {
+        fn new(
+            chunks: usize,
+        ) -> (
+            CountingBackup,
+            Arc<AtomicUsize>,
+            tokio::sync::oneshot::Receiver<Option<io::ErrorKind>>,
+        ) {
+            let written = Arc::new(AtomicUsize::new(0));
+            let (ended, end) = tokio::sync::oneshot::channel();
+            let backup = CountingBackup {
+                chunks,
+                written: written.clone(),
+                ended: Mutex::new(Some(ended)),
+            };
+            (backup, written, end)
+        }
+
+        fn write_pages(&self, out: &mut dyn io::Write) -> io::Result<()> {
+            let page = vec![1u8; 4096];
+            for _ in 0..self.chunks * SNAPSHOT_CHUNK_BYTES / page.len() {
+                out.write_all(&page)?;
+                self.written.fetch_add(page.len(), Ordering::SeqCst);
+            }
+            Ok(())
+        }
+    }
+
+    impl BackupSource for CountingBackup {
+        fn size_bytes(&self) -> u64 {
+            (self.chunks * SNAPSHOT_CHUNK_BYTES) as u64
+        }
+
+        fn write_to(&self, out: &mut dyn io::Write) -> io::Result<()> {
+            let result = self.write_pages(out);
+            if let Some(ended) = self.ended.lock().unwrap().take() {
+                let _ = ended.send(result.as_ref().err().map(io::Error::kind));
+            }
+            result
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backup_is_written_no_faster_than_the_client_reads_it() {
+        use futures::StreamExt;
+        let (backup, written, ended) = CountingBackup::new(64);
+        let mut stream = stream_backup(Box::new(backup), None);
+        // Ahead of the client: the queue, the message being sent, the chunk being filled.
+        let ahead = (SNAPSHOT_QUEUE_MESSAGES + 2) * SNAPSHOT_CHUNK_BYTES;
+        let mut received = 0;
+        let mut messages = 0;
+        while let Some(message) = stream.next().await {
+            let message = message.expect("a chunk");
+            messages += 1;
+            received += message.blob.len();
+            let written = written.load(Ordering::SeqCst);
+            assert!(
+                written <= received + ahead,
+                "{written} bytes written with {received} received"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(messages, 64 + 1, "every chunk, then the checksum");
+        assert_eq!(ended.await.expect("the writing ended"), None);
+        assert_eq!(written.load(Ordering::SeqCst), 64 * SNAPSHOT_CHUNK_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_ends_the_writing() {
+        use futures::StreamExt;
+        // 32 GiB, were it written to the end.
+        let (backup, written, ended) = CountingBackup::new(1 << 20);
+        let mut stream = stream_backup(Box::new(backup), None);
+        stream
+            .next()
+            .await
+            .expect("a first chunk")
+            .expect("a chunk");
+        drop(stream);
+        let error = ended.await.expect("the writing ended");
+        assert_eq!(error, Some(io::ErrorKind::BrokenPipe));
+        let written = written.load(Ordering::SeqCst);
+        assert!(written < 64 * SNAPSHOT_CHUNK_BYTES, "stopped at {written}");
+    }
 
     #[test]
     fn snapshot_stream_is_padded_and_ends_with_its_sha256() {

@@ -47,7 +47,6 @@ use ballot_proto::etcdserverpb::{
 };
 use ballot_proto::v3electionpb::election_server::ElectionServer;
 use ballot_proto::v3lockpb::lock_server::LockServer;
-use bytes::Bytes;
 use tonic::Status;
 
 use crate::config::ServerConfig;
@@ -105,7 +104,10 @@ pub trait ApiNode: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Member>, NodeError>> + Send;
     fn move_leader(&self, target: u64) -> impl Future<Output = Result<(), NodeError>> + Send;
     fn status(&self) -> NodeStatus;
-    fn backup_snapshot(&self) -> impl Future<Output = Result<Bytes, NodeError>> + Send;
+    /// A backup of the member's data, as the Snapshot stream sends it.
+    fn backup_snapshot(
+        &self,
+    ) -> impl Future<Output = Result<Box<dyn maintenance::BackupSource>, NodeError>> + Send;
     fn defragment(&self) -> impl Future<Output = Result<(), NodeError>> + Send;
     /// etcd's Alarm RPC: GET, ACTIVATE or DEACTIVATE (`AlarmRequest.action`).
     fn alarm(
@@ -192,8 +194,9 @@ impl ApiNode for NodeHandle {
     fn leader_id(&self) -> u64 {
         NodeHandle::leader_id(self)
     }
-    fn backup_snapshot(&self) -> impl Future<Output = Result<Bytes, NodeError>> + Send {
-        NodeHandle::backup_snapshot(self)
+    async fn backup_snapshot(&self) -> Result<Box<dyn maintenance::BackupSource>, NodeError> {
+        let backup = NodeHandle::backup_snapshot(self).await?;
+        Ok(Box::new(backup))
     }
     fn defragment(&self) -> impl Future<Output = Result<(), NodeError>> + Send {
         NodeHandle::defragment(self)

@@ -13,7 +13,6 @@ use ballot_mvcc::{ApplyOutcome, Command, Store, StoreConfig, WatchHub};
 use ballot_proto::etcdserverpb::{
     AlarmMember, LeaseTimeToLiveResponse, Member, ResponseHeader, alarm_request::AlarmAction,
 };
-use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -264,8 +263,10 @@ impl ApiNode for LocalNode {
         }
     }
 
-    async fn backup_snapshot(&self) -> Result<Bytes, NodeError> {
-        Ok(self.with_store(Store::snapshot))
+    async fn backup_snapshot(
+        &self,
+    ) -> Result<Box<dyn super::maintenance::BackupSource>, NodeError> {
+        Ok(Box::new(self.with_store(Store::snapshot)))
     }
 
     /// Nothing to rewrite: this node keeps no snapshot files.

@@ -1006,13 +1006,11 @@ impl NodeHandle {
     }
 
     /// A consistent snapshot of the store, for Maintenance.Snapshot.
-    pub async fn backup_snapshot(&self) -> Result<Bytes, NodeError> {
+    pub async fn backup_snapshot(&self) -> Result<crate::etcd_backup::Export, NodeError> {
         let store = lock_read(&self.shared.store).snapshot_state();
-        tokio::task::spawn_blocking(move || {
-            Bytes::from(crate::etcd_backup::export(&store.records()))
-        })
-        .await
-        .map_err(|_| NodeError::Stopped)
+        tokio::task::spawn_blocking(move || crate::etcd_backup::Export::new(store.records()))
+            .await
+            .map_err(|_| NodeError::Stopped)
     }
 
     /// Resolves once the node stops; the reason if it failed.
