@@ -15,6 +15,7 @@ use prost::Message;
 
 use crate::error::MvccError;
 use crate::history::{KeyHistory, Version};
+use crate::snapshot::StoreSnapshot;
 use crate::store::Store;
 
 /// Answer of [`Store::hash_kv`].
@@ -35,78 +36,108 @@ impl Store {
     /// revision at or below the compact revision is refused as compacted,
     /// one above the current revision as a future revision.
     pub fn hash_kv(&self, revision: i64) -> Result<HashKv, MvccError> {
-        if revision > 0 && revision <= self.compact_revision {
-            return Err(MvccError::Compacted);
-        }
-        if revision > self.current_revision {
-            return Err(MvccError::FutureRevision);
-        }
-        let hash_revision = if revision <= 0 {
-            self.current_revision
-        } else {
-            revision
-        };
-        let compact = self.compact_revision;
-        // etcd includes an old revision only if a compaction at the hashed
-        // revision would keep it, unless no key at all is live there, in
-        // which case every stored old revision counts.
-        let any_live_at_hash = self
-            .keys
-            .iter()
-            .any(|(_, _, history)| history.visible(Some(hash_revision)).is_some());
-        let mut included: Vec<(&Bytes, &Version)> = Vec::new();
-        for (_, key, history) in self.keys.iter() {
-            for version in &history.versions {
-                if version.main > hash_revision {
-                    break;
-                }
-                let counts = version.main > compact
-                    || if any_live_at_hash {
-                        is_kept(history, version, hash_revision)
-                    } else {
-                        is_kept(history, version, compact)
-                    };
-                if counts {
-                    included.push((key, version));
-                }
+        hash_histories(
+            || self.keys.iter().map(|(_, key, history)| (key, history)),
+            self.compact_revision,
+            self.current_revision,
+            revision,
+        )
+    }
+}
+
+impl StoreSnapshot {
+    /// [`Store::hash_kv`] of the store this snapshot was taken of, as it
+    /// was then: a caller hashes a large store from a snapshot, outside the
+    /// store's lock, so writes go on meanwhile.
+    pub fn hash_kv(&self, revision: i64) -> Result<HashKv, MvccError> {
+        hash_histories(
+            || self.keys().map(|slot| (&slot.key, &slot.history)),
+            self.compact_revision(),
+            self.current_revision(),
+            revision,
+        )
+    }
+}
+
+/// HashKV over `histories` (each key with its history, in key order; the
+/// function is called once per pass over them).
+fn hash_histories<'a, I>(
+    histories: impl Fn() -> I,
+    compact: i64,
+    current_revision: i64,
+    revision: i64,
+) -> Result<HashKv, MvccError>
+where
+    I: Iterator<Item = (&'a Bytes, &'a KeyHistory)>,
+{
+    if revision > 0 && revision <= compact {
+        return Err(MvccError::Compacted);
+    }
+    if revision > current_revision {
+        return Err(MvccError::FutureRevision);
+    }
+    let hash_revision = if revision <= 0 {
+        current_revision
+    } else {
+        revision
+    };
+    // etcd includes an old revision only if a compaction at the hashed
+    // revision would keep it, unless no key at all is live there, in
+    // which case every stored old revision counts.
+    let any_live_at_hash =
+        histories().any(|(_, history)| history.visible(Some(hash_revision)).is_some());
+    let mut included: Vec<(&Bytes, &Version)> = Vec::new();
+    for (key, history) in histories() {
+        for version in &history.versions {
+            if version.main > hash_revision {
+                break;
+            }
+            let counts = version.main > compact
+                || if any_live_at_hash {
+                    is_kept(history, version, hash_revision)
+                } else {
+                    is_kept(history, version, compact)
+                };
+            if counts {
+                included.push((key, version));
             }
         }
-        included.sort_unstable_by_key(|(_, version)| version.revision());
-        let mut crc = crc32c::crc32c(b"key");
-        let mut value = Vec::new();
-        for (key, version) in included {
-            let mut bucket_key = [0u8; 18];
-            bucket_key[..8].copy_from_slice(&version.main.to_be_bytes());
-            bucket_key[8] = b'_';
-            bucket_key[9..17].copy_from_slice(&i64::from(version.sub).to_be_bytes());
-            let bucket_key_len = if version.is_live() {
-                17
-            } else {
-                bucket_key[17] = b't';
-                18
-            };
-            crc = crc32c::crc32c_append(crc, &bucket_key[..bucket_key_len]);
-            value.clear();
-            let stored = if version.is_live() {
-                version.key_value(key)
-            } else {
-                KeyValue {
-                    key: key.clone(),
-                    ..KeyValue::default()
-                }
-            };
-            stored
-                .encode(&mut value)
-                .unwrap_or_else(|error| panic!("encoding into a Vec cannot fail: {error}"));
-            crc = crc32c::crc32c_append(crc, &value);
-        }
-        Ok(HashKv {
-            hash: crc,
-            compact_revision: compact,
-            hash_revision,
-            current_revision: self.current_revision,
-        })
     }
+    included.sort_unstable_by_key(|(_, version)| version.revision());
+    let mut crc = crc32c::crc32c(b"key");
+    let mut value = Vec::new();
+    for (key, version) in included {
+        let mut bucket_key = [0u8; 18];
+        bucket_key[..8].copy_from_slice(&version.main.to_be_bytes());
+        bucket_key[8] = b'_';
+        bucket_key[9..17].copy_from_slice(&i64::from(version.sub).to_be_bytes());
+        let bucket_key_len = if version.is_live() {
+            17
+        } else {
+            bucket_key[17] = b't';
+            18
+        };
+        crc = crc32c::crc32c_append(crc, &bucket_key[..bucket_key_len]);
+        value.clear();
+        let stored = if version.is_live() {
+            version.key_value(key)
+        } else {
+            KeyValue {
+                key: key.clone(),
+                ..KeyValue::default()
+            }
+        };
+        stored
+            .encode(&mut value)
+            .unwrap_or_else(|error| panic!("encoding into a Vec cannot fail: {error}"));
+        crc = crc32c::crc32c_append(crc, &value);
+    }
+    Ok(HashKv {
+        hash: crc,
+        compact_revision: compact,
+        hash_revision,
+        current_revision,
+    })
 }
 
 /// Whether a compaction at `revision` keeps `version`: it is its key's

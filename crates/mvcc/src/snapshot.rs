@@ -112,6 +112,21 @@ const LEASE_BYTES: u64 = 8 * 3;
 const VERSION_FIXED_BYTES: u64 = 8 + 4 + 8 + 8 + 8 + 4;
 
 impl StoreSnapshot {
+    /// Every key with its history, in key order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &Slot> {
+        self.keys.iter().map(|slot| &**slot)
+    }
+
+    /// The store's compact revision when the snapshot was taken.
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_revision
+    }
+
+    /// The store's revision when the snapshot was taken.
+    pub fn current_revision(&self) -> i64 {
+        self.current_revision
+    }
+
     /// The applied index the snapshot is of.
     pub fn last_applied(&self) -> u64 {
         self.last_applied

@@ -663,6 +663,7 @@ fn check_snapshot(store: &Store) -> Result<(), TestCaseError> {
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(restored.snapshot(), bytes);
     prop_assert_eq!(restored.hash_kv(0), store.hash_kv(0));
+    prop_assert_eq!(store.snapshot_state().hash_kv(0), store.hash_kv(0));
     let everything = RangeRequest {
         key: Bytes::from_static(b"\0"),
         range_end: Bytes::from_static(b"\0"),

@@ -37,16 +37,25 @@ fn hash_kv_equals_etcds_for_the_same_history() {
         (fresh.hash, fresh.compact_revision, fresh.hash_revision),
         (301_876_649, -1, 7)
     );
+    let at_7 = node.store.snapshot_state();
     node.compact(4);
     node.put("a", "7");
     assert_eq!(node.store.hash_kv(0).unwrap().hash, 3_093_902_304);
     assert_eq!(node.store.hash_kv(6).unwrap().hash, 2_450_235_489);
+    let at_8 = node.store.snapshot_state();
+    assert_eq!(at_8.hash_kv(0), node.store.hash_kv(0));
+    assert_eq!(at_8.hash_kv(6), node.store.hash_kv(6));
     node.delete("a", "");
     assert_eq!(node.store.hash_kv(0).unwrap().hash, 2_585_066_847);
     node.compact(9);
     assert_eq!(node.store.hash_kv(0).unwrap().hash, 4_154_747_874);
     assert_eq!(node.store.hash_kv(9), Err(MvccError::Compacted));
     assert_eq!(node.store.hash_kv(10), Err(MvccError::FutureRevision));
+    // A snapshot hashes the store as it was when taken, whatever came after.
+    assert_eq!(at_7.hash_kv(0), Ok(fresh));
+    assert_eq!(at_8.hash_kv(0).unwrap().hash, 3_093_902_304);
+    assert_eq!(at_8.hash_kv(4), Err(MvccError::Compacted));
+    assert_eq!(at_8.hash_kv(9), Err(MvccError::FutureRevision));
 }
 
 /// [`etcd_sequence`], then a lease with a key, a compaction and a lease checkpoint.

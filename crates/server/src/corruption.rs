@@ -41,7 +41,11 @@ pub struct StoreHashes(pub NodeHandle);
 
 impl HashKvSource for StoreHashes {
     fn hash_kv(&self, revision: i64) -> Result<HashKv, MvccError> {
-        self.0.with_store(|store| store.hash_kv(revision))
+        // From a snapshot, outside the store's lock: applying goes on while the history is
+        // hashed.
+        self.0
+            .with_store(|store| store.snapshot_state())
+            .hash_kv(revision)
     }
 }
 
@@ -111,10 +115,12 @@ async fn ask_peers(transport: &Transport, revision: i64) -> Vec<PeerAnswer> {
 /// history).
 async fn own_hash(handle: &NodeHandle) -> Result<HashKv, String> {
     let handle = handle.clone();
-    tokio::task::spawn_blocking(move || handle.with_store(|store| store.hash_kv(0)))
-        .await
-        .map_err(|error| error.to_string())?
-        .map_err(|error| error.to_string())
+    tokio::task::spawn_blocking(move || {
+        handle.with_store(|store| store.snapshot_state()).hash_kv(0)
+    })
+    .await
+    .map_err(|error| error.to_string())?
+    .map_err(|error| error.to_string())
 }
 
 /// The initial check: see the module documentation.

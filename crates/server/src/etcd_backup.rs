@@ -320,7 +320,11 @@ mod tests {
             .store;
         let export = Export::new(from_etcd.snapshot_state().records());
         let exported = export.to_vec();
-        assert_eq!(exported.len() as u64, export.size_bytes(), "as long as planned");
+        assert_eq!(
+            exported.len() as u64,
+            export.size_bytes(),
+            "as long as planned"
+        );
         let again = import(&exported, StoreConfig::default())
             .expect("Ballot's export")
             .store;

@@ -15,6 +15,7 @@
 use std::io;
 use std::pin::Pin;
 
+use ballot_mvcc::Store;
 use ballot_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
     DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
@@ -202,13 +203,10 @@ impl<N: ApiNode> Api<N> {
         }
     }
 
-    pub(crate) fn hash_kv(&self, req: HashKvRequest) -> Result<HashKvResponse, Status> {
-        let (result, current) = self
-            .node
-            .with_store(|store| (store.hash_kv(req.revision), store.current_revision()));
-        let hash = result.map_err(error::mvcc)?;
+    pub(crate) async fn hash_kv(&self, req: HashKvRequest) -> Result<HashKvResponse, Status> {
+        let hash = self.hash_store(req.revision).await?;
         Ok(HashKvResponse {
-            header: self.header_at(current),
+            header: self.header_at(hash.current_revision),
             hash: hash.hash,
             compact_revision: hash.compact_revision,
             hash_revision: hash.hash_revision,
@@ -217,15 +215,23 @@ impl<N: ApiNode> Api<N> {
 
     /// etcd hashes its whole backend file; Ballot's nearest equivalent is the hash of every key
     /// version kept, i.e. HashKV at the current revision.
-    pub(crate) fn hash(&self) -> Result<HashResponse, Status> {
-        let (result, current) = self
-            .node
-            .with_store(|store| (store.hash_kv(0), store.current_revision()));
-        let hash = result.map_err(error::mvcc)?;
+    pub(crate) async fn hash(&self) -> Result<HashResponse, Status> {
+        let hash = self.hash_store(0).await?;
         Ok(HashResponse {
-            header: self.header_at(current),
+            header: self.header_at(hash.current_revision),
             hash: hash.hash,
         })
+    }
+
+    /// HashKV at `revision`, of a snapshot of the store hashed on a blocking thread: the hash
+    /// reads the whole history, and neither the store's writers nor this runtime's workers
+    /// wait for it.
+    async fn hash_store(&self, revision: i64) -> Result<ballot_mvcc::HashKv, Status> {
+        let snapshot = self.node.with_store(Store::snapshot_state);
+        tokio::task::spawn_blocking(move || snapshot.hash_kv(revision))
+            .await
+            .map_err(|_| Status::internal("ballot: the hash was not computed"))?
+            .map_err(error::mvcc)
     }
 
     /// The Snapshot stream of this member's backup.
@@ -318,14 +324,14 @@ impl<N: ApiNode> Maintenance for Api<N> {
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        record(GrpcMethod::MaintenanceHash, Api::hash(self)).map(Response::new)
+        record(GrpcMethod::MaintenanceHash, Api::hash(self).await).map(Response::new)
     }
 
     async fn hash_kv(
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        let result = Api::hash_kv(self, request.into_inner());
+        let result = Api::hash_kv(self, request.into_inner()).await;
         record(GrpcMethod::MaintenanceHashKv, result).map(Response::new)
     }
 
