@@ -604,6 +604,20 @@ pub struct MemberArgs {
     #[arg(long, env = "BALLOT_PEER_CERT_ALLOWED_HOSTNAME")]
     pub peer_cert_allowed_hostname: Option<String>,
 
+    /// Accept a connecting peer's certificate from any address. By default, as in etcd, a peer
+    /// certificate that names IP addresses or DNS names (subject alternative names) is refused
+    /// unless the connection comes from one of those addresses or from an address one of those
+    /// names resolves to (or reverse-resolves from).
+    #[arg(
+        long,
+        env = "BALLOT_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub experimental_peer_skip_client_san_verification: bool,
+
     /// Certificate revocation list (PEM or DER, from the CA of --peer-trusted-ca-file): peer
     /// certificates it lists are refused, on connections accepted and dialled.
     #[arg(long, env = "BALLOT_PEER_CRL_FILE")]

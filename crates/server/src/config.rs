@@ -225,6 +225,9 @@ pub struct PeerTls {
     /// `--peer-auto-tls` without certificate files: `cert_file` and `key_file` are this
     /// self-signed certificate's, made at start if missing.
     pub self_signed: Option<SelfSigned>,
+    /// `--experimental-peer-skip-client-san-verification`: accept a connecting peer's
+    /// certificate whatever address it comes from.
+    pub skip_client_san_verification: bool,
 }
 
 impl PeerTls {
@@ -275,6 +278,7 @@ impl PeerTls {
                 allowed_cn: args.peer_cert_allowed_cn.clone(),
                 allowed_hostname: args.peer_cert_allowed_hostname.clone(),
                 self_signed: None,
+                skip_client_san_verification: args.experimental_peer_skip_client_san_verification,
             })),
             (None, None, _) if args.peer_auto_tls => {
                 if args.peer_client_cert_auth {
@@ -299,6 +303,8 @@ impl PeerTls {
                     allowed_cn: None,
                     allowed_hostname: None,
                     self_signed: Some(made),
+                    skip_client_san_verification: args
+                        .experimental_peer_skip_client_san_verification,
                 }))
             }
             _ => Err(ConfigError::TlsFlags(format!(

@@ -142,6 +142,9 @@ fn section_flag(section: &str, key: &str) -> String {
         (CLIENT_SECTION, _) => key.to_string(),
         (_, "allowed-cn") => "peer-cert-allowed-cn".to_string(),
         (_, "allowed-hostname") => "peer-cert-allowed-hostname".to_string(),
+        (_, "skip-client-san-verification") => {
+            "experimental-peer-skip-client-san-verification".to_string()
+        }
         (_, _) => format!("peer-{key}"),
     }
 }

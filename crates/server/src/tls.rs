@@ -10,6 +10,7 @@
 //! members the certificate is both the server's and the client's, and a peer's certificate must
 //! be signed by `--peer-trusted-ca-file` and name the host of the peer URL dialled.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -23,6 +24,8 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use x509_parser::extensions::GeneralName;
 
 use crate::config::{ClientTls, PeerTls, SelfSigned};
 
@@ -419,6 +422,9 @@ pub fn acceptor(settings: &ClientTls) -> Result<TlsAcceptor, TlsError> {
 pub struct PeerTlsConfig {
     pub acceptor: TlsAcceptor,
     pub connector: TlsConnector,
+    /// Check a connecting peer's certificate against its address ([`check_client_san`]);
+    /// off with `--experimental-peer-skip-client-san-verification`.
+    pub verify_client_san: bool,
 }
 
 /// Loads the peer TLS files: this member's certificate serves both ends, and peers are checked
@@ -479,7 +485,153 @@ pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
     Ok(PeerTlsConfig {
         acceptor: TlsAcceptor::from(Arc::new(server)),
         connector: TlsConnector::from(Arc::new(client)),
+        verify_client_san: !settings.skip_client_san_verification,
     })
+}
+
+/// etcd's check of the certificate a connecting peer presented against the address it connects
+/// from (`checkCertSAN` in etcd's transport package): a certificate with no IP or DNS subject
+/// alternative names passes; otherwise the address must be one of its IP names, or one of its
+/// DNS names must be the address's reverse (PTR) name (`*.` names match its suffix) or resolve
+/// to the address. So a certificate stolen from one member is of no use from another host.
+/// The error says why, in etcd's words.
+pub async fn check_client_san(
+    certificate: &CertificateDer<'_>,
+    remote: IpAddr,
+) -> Result<(), String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref())
+        .map_err(|error| format!("unreadable certificate: {error}"))?;
+    let mut ips = Vec::new();
+    let mut dns_names = Vec::new();
+    if let Ok(Some(names)) = parsed.subject_alternative_name() {
+        for name in &names.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => dns_names.push(dns.to_string()),
+                GeneralName::IPAddress(bytes) => {
+                    if let Some(ip) = ip_from_bytes(bytes) {
+                        ips.push(ip);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if ips.is_empty() && dns_names.is_empty() {
+        return Ok(());
+    }
+    let remote = remote.to_canonical();
+    if !ips.is_empty() {
+        if ips.contains(&remote) {
+            return Ok(());
+        }
+        if dns_names.is_empty() {
+            let valid: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+            return Err(format!(
+                "x509: certificate is valid for {}, not {remote}",
+                valid.join(", ")
+            ));
+        }
+    }
+    let (wildcards, names): (Vec<&String>, Vec<&String>) =
+        dns_names.iter().partition(|name| name.starts_with("*."));
+    if let Some(reverse) = reverse_lookup(remote).await {
+        let reverse = reverse.trim_end_matches('.');
+        if names.iter().any(|name| name.as_str() == reverse)
+            || wildcards
+                .iter()
+                .any(|wildcard| reverse.ends_with(&wildcard[1..]))
+        {
+            return Ok(());
+        }
+    }
+    for name in names {
+        if let Ok(addresses) = tokio::net::lookup_host((name.as_str(), 0)).await
+            && addresses
+                .map(|address| address.ip().to_canonical())
+                .any(|ip| ip == remote)
+        {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "tls: {:?} does not match any of DNSNames {dns_names:?}",
+        remote.to_string()
+    ))
+}
+
+fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+/// The name `ip` resolves back to (its PTR record, through the system resolver), if any.
+async fn reverse_lookup(ip: IpAddr) -> Option<String> {
+    tokio::task::spawn_blocking(move || {
+        let address = std::net::SocketAddr::new(ip, 0);
+        let (storage, length) = socket_address(&address);
+        let mut host = [0 as libc::c_char; 1025]; // NI_MAXHOST
+        // SAFETY: `storage` holds a socket address of `length` bytes and `host` is a writable
+        // buffer of the length given; getnameinfo writes a NUL-terminated name into it.
+        let result = unsafe {
+            libc::getnameinfo(
+                (&raw const storage).cast::<libc::sockaddr>(),
+                length,
+                host.as_mut_ptr(),
+                host.len() as libc::socklen_t,
+                std::ptr::null_mut(),
+                0,
+                libc::NI_NAMEREQD,
+            )
+        };
+        if result != 0 {
+            return None;
+        }
+        // SAFETY: on success getnameinfo left a NUL-terminated string in `host`.
+        let name = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) };
+        name.to_str().ok().map(str::to_owned)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// `address` as the C socket address getnameinfo takes.
+fn socket_address(address: &std::net::SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is a valid (empty) value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let length = match address {
+        std::net::SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is large and aligned enough for any socket address.
+            unsafe { std::ptr::write((&raw mut storage).cast::<libc::sockaddr_in>(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&raw mut storage).cast::<libc::sockaddr_in6>(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, length as libc::socklen_t)
 }
 
 /// Both ends of `--peer-auto-tls`: no client certificates asked for, servers' certificates
@@ -505,6 +657,8 @@ fn unverified_peer(
     Ok(PeerTlsConfig {
         acceptor: TlsAcceptor::from(Arc::new(server)),
         connector: TlsConnector::from(Arc::new(client)),
+        // No connecting peer is asked for a certificate, so there is none to check.
+        verify_client_san: false,
     })
 }
 
@@ -673,9 +827,48 @@ mod tests {
             allowed_cn: None,
             allowed_hostname: None,
             self_signed: Some(made.clone()),
+            skip_client_san_verification: false,
         };
         assert!(peer(&settings).is_ok());
         std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    /// A self-signed certificate for `names` (IP addresses or DNS names).
+    fn certificate_for(names: &[&str]) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("params");
+        params.self_signed(&key).expect("sign").der().clone()
+    }
+
+    #[tokio::test]
+    async fn a_peer_certificate_must_name_the_address_it_comes_from() {
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let elsewhere: IpAddr = "10.1.2.3".parse().unwrap();
+        let check = |names: &'static [&'static str], from: IpAddr| async move {
+            check_client_san(&certificate_for(names), from).await
+        };
+        // No addresses or names in the certificate: nothing to check.
+        assert_eq!(check(&[], elsewhere).await, Ok(()));
+        assert_eq!(check(&["127.0.0.1"], loopback).await, Ok(()));
+        assert_eq!(
+            check(&["127.0.0.1"], "::ffff:127.0.0.1".parse().unwrap()).await,
+            Ok(()),
+            "an IPv4 peer on a dual-stack listener"
+        );
+        assert_eq!(
+            check(&["127.0.0.1"], elsewhere).await,
+            Err("x509: certificate is valid for 127.0.0.1, not 10.1.2.3".into())
+        );
+        // A DNS name that resolves to the address (forward or reverse) passes.
+        assert_eq!(check(&["localhost"], loopback).await, Ok(()));
+        assert_eq!(check(&["10.9.9.9", "localhost"], loopback).await, Ok(()));
+        assert_eq!(
+            check(&["members.invalid"], loopback).await,
+            Err(r#"tls: "127.0.0.1" does not match any of DNSNames ["members.invalid"]"#.into())
+        );
+        assert!(check(&["*.invalid"], loopback).await.is_err());
+        assert!(check(&["localhost"], elsewhere).await.is_err());
     }
 
     fn names(suites: &[rustls::SupportedCipherSuite]) -> Vec<&'static str> {

@@ -601,10 +601,35 @@ impl Transport {
                 "an https peer listener without peer TLS settings".into(),
             ));
         };
+        let remote = stream.peer_addr()?;
         let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, config.acceptor.accept(stream))
             .await
             .map_err(|_| TransportError::Timeout)?
             .map_err(|error| TransportError::Tls(error.to_string()))?;
+        let presented = accepted
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first());
+        if config.verify_client_san
+            && let Some(certificate) = presented
+        {
+            let checked = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                crate::tls::check_client_san(certificate, remote.ip()),
+            )
+            .await
+            .unwrap_or_else(|_| Err("resolving its names timed out".into()));
+            if let Err(reason) = checked {
+                tracing::warn!(
+                    remote = %remote,
+                    %reason,
+                    "refused a peer connection: its certificate is not for the address it comes \
+                     from (--experimental-peer-skip-client-san-verification)"
+                );
+                return Err(TransportError::Tls(reason));
+            }
+        }
         Ok(Box::new(accepted))
     }
 

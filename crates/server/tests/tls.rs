@@ -886,6 +886,76 @@ async fn cipher_suites_limit_what_tls12_clients_may_use() {
         .expect("TLS 1.3 whatever the list");
 }
 
+/// A member certificate from `ca` with common name `cn` for `names` (IP addresses or DNS
+/// names), good as server and as client, written to `dir` under `tag`.
+fn signed_identity(
+    dir: &Path,
+    (ca, ca_key): (&Certificate, &KeyPair),
+    tag: &str,
+    cn: &str,
+    names: &[&str],
+) -> PeerPki {
+    let key = KeyPair::generate().expect("key");
+    let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+    let mut params = CertificateParams::new(names).expect("params");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params.signed_by(&key, ca, ca_key).expect("sign");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(format!("{tag}-{name}.pem"));
+        std::fs::write(&path, text).expect("write a PEM file");
+        path.to_str().expect("UTF-8 path").to_owned()
+    };
+    PeerPki {
+        ca_file: write("ca", &ca.pem()),
+        cert_file: write("peer", &cert.pem()),
+        key_file: write("peer-key", &key.serialize_pem()),
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        revoked_cert_pem: String::new(),
+        revoked_key_pem: String::new(),
+        crl_file: String::new(),
+    }
+}
+
+/// A connecting peer's certificate must name the address it comes from (etcd's SAN check of
+/// peer client certificates), unless `--experimental-peer-skip-client-san-verification`.
+#[tokio::test]
+async fn a_peer_certificate_for_another_address_is_refused_unless_the_check_is_skipped() {
+    let dir = TempDir::new("peer-san");
+    let (ca, ca_key) = certificate_authority("ballot peer CA san");
+    let member = signed_identity(&dir.0, (&ca, &ca_key), "member", "m", &["127.0.0.1"]);
+    let elsewhere = signed_identity(&dir.0, (&ca, &ca_key), "elsewhere", "m", &["10.9.9.9"]);
+    let by_name = signed_identity(&dir.0, (&ca, &ca_key), "by-name", "m", &["localhost"]);
+
+    let (cluster, port) = https_peer_member(&peer_flags(&member)).await;
+    for allowed in [&member, &by_name] {
+        assert_eq!(
+            peer_probe(port, &member, Some(allowed)).await,
+            Ok(1),
+            "a certificate for 127.0.0.1 reaches the handshake, which refuses cluster 0"
+        );
+    }
+    let refused = peer_probe(port, &member, Some(&elsewhere)).await;
+    assert!(refused.is_err(), "got {refused:?}");
+    let log = cluster.members[0].log_tail();
+    assert!(
+        log.contains("x509: certificate is valid for 10.9.9.9, not 127.0.0.1"),
+        "{log}"
+    );
+    drop(cluster);
+
+    let mut flags = peer_flags(&member);
+    flags.push("--experimental-peer-skip-client-san-verification");
+    let (_cluster, port) = https_peer_member(&flags).await;
+    assert_eq!(peer_probe(port, &member, Some(&elsewhere)).await, Ok(1));
+}
+
 /// `--peer-cert-allowed-cn` and `--peer-cert-allowed-hostname`: a peer certificate from the
 /// trusted CA is also refused unless it carries the allowed common name and is valid for the
 /// allowed host name.
@@ -896,32 +966,7 @@ async fn peer_certificates_must_carry_the_allowed_name_and_host() {
     // Each certificate serves 127.0.0.1 (the probe checks the member's as a server) and names
     // the member; `cn` and `host` vary.
     let identity = |tag: &str, cn: &str, host: &str| {
-        let key = KeyPair::generate().expect("key");
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".into(), host.into()]).expect("params");
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
-        let write = |name: &str, text: &str| {
-            let path = dir.0.join(format!("{tag}-{name}.pem"));
-            std::fs::write(&path, text).expect("write a PEM file");
-            path.to_str().expect("UTF-8 path").to_owned()
-        };
-        PeerPki {
-            ca_file: write("ca", &ca.pem()),
-            cert_file: write("peer", &cert.pem()),
-            key_file: write("peer-key", &key.serialize_pem()),
-            ca_pem: ca.pem(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            revoked_cert_pem: String::new(),
-            revoked_key_pem: String::new(),
-            crl_file: String::new(),
-        }
+        signed_identity(&dir.0, (&ca, &ca_key), tag, cn, &["127.0.0.1", host])
     };
     let member = identity("member", "ballot-member", "members.example");
     let wrong_cn = identity("wrong-cn", "intruder", "members.example");
