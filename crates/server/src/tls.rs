@@ -4,15 +4,17 @@
 //! `--peer-key-file`, `--peer-trusted-ca-file`, `--peer-client-cert-auth`, `--peer-crl-file`).
 //! A revocation list refuses the certificates it names, and only those.
 //!
-//! The files are read once, when the member starts; a missing or malformed file stops it with
-//! the flag and the reason. On client URLs ALPN offers `h2` (gRPC) and `http/1.1` (`/health`,
+//! The files are read when the member starts; a missing or malformed file stops it with the
+//! flag and the reason. The certificate and key files are read again at a handshake after they
+//! change ([`ReloadingIdentity`]), so a certificate is renewed without a restart. On client URLs ALPN offers `h2` (gRPC) and `http/1.1` (`/health`,
 //! `/metrics`, `/version`), so both keep sharing the port as they do without TLS. Between
 //! members the certificate is both the server's and the client's, and a peer's certificate must
 //! be signed by `--peer-trusted-ca-file` and name the host of the peer URL dialled.
 
 use std::net::IpAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::crypto::CryptoProvider;
@@ -22,6 +24,7 @@ use tokio_rustls::rustls::pki_types::{
 };
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::server::danger::ClientCertVerifier;
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -381,14 +384,141 @@ pub fn ensure_self_signed(flag: &'static str, made: &SelfSigned) -> Result<(), T
     Ok(())
 }
 
+/// A certificate and its key, read from their files and read again at a handshake when either
+/// file has changed (size or modification time), so a renewed certificate is used without a
+/// restart (etcd reads the files at every handshake). A renewal that cannot be loaded (a file
+/// still being written, a key that does not match the certificate) is logged and the previous
+/// pair stays in use until the files change again.
+#[derive(Debug)]
+pub struct ReloadingIdentity {
+    cert_flag: &'static str,
+    cert_file: PathBuf,
+    key_flag: &'static str,
+    key_file: PathBuf,
+    provider: Arc<CryptoProvider>,
+    /// `None` only while [`ReloadingIdentity::load`] reads the files the first time.
+    state: Mutex<Option<IdentityState>>,
+}
+
+#[derive(Debug)]
+struct IdentityState {
+    current: Arc<CertifiedKey>,
+    /// The files as `current` was read from them.
+    read_from: FileStamps,
+    /// The files as a reload last failed on them: not tried again until they change.
+    failed_on: Option<FileStamps>,
+}
+
+/// Inode, size and modification time of the certificate and key files (`None`: unreadable):
+/// a file replaced by a rename (as Kubernetes swaps a secret's files) has a new inode.
+type FileStamps = [Option<(u64, u64, SystemTime)>; 2];
+
+impl ReloadingIdentity {
+    /// Reads the pair; an error here stops the member's start.
+    pub fn load(
+        (cert_flag, cert_file): (&'static str, &Path),
+        (key_flag, key_file): (&'static str, &Path),
+        provider: Arc<CryptoProvider>,
+    ) -> Result<ReloadingIdentity, TlsError> {
+        let identity = ReloadingIdentity {
+            cert_flag,
+            cert_file: cert_file.to_path_buf(),
+            key_flag,
+            key_file: key_file.to_path_buf(),
+            provider,
+            state: Mutex::new(None),
+        };
+        let read_from = identity.stamps();
+        let current = Arc::new(identity.read()?);
+        *identity.lock_state() = Some(IdentityState {
+            current,
+            read_from,
+            failed_on: None,
+        });
+        Ok(identity)
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, Option<IdentityState>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The pair to present now, read again first if the files changed.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        let stamps = self.stamps();
+        let mut guard = self.lock_state();
+        let state = guard.as_mut().expect("read when loaded");
+        if stamps != state.read_from && state.failed_on != Some(stamps) {
+            match self.read() {
+                Ok(renewed) => {
+                    tracing::info!(cert = %self.cert_file.display(), "read the renewed certificate");
+                    state.current = Arc::new(renewed);
+                    state.read_from = stamps;
+                    state.failed_on = None;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        "the certificate or key file changed but cannot be used; \
+                         the previous certificate stays in use"
+                    );
+                    state.failed_on = Some(stamps);
+                }
+            }
+        }
+        Arc::clone(&state.current)
+    }
+
+    fn stamps(&self) -> FileStamps {
+        let stamp = |path: &Path| {
+            let metadata = std::fs::metadata(path).ok()?;
+            Some((
+                std::os::unix::fs::MetadataExt::ino(&metadata),
+                metadata.len(),
+                metadata.modified().ok()?,
+            ))
+        };
+        [stamp(&self.cert_file), stamp(&self.key_file)]
+    }
+
+    fn read(&self) -> Result<CertifiedKey, TlsError> {
+        let certs = certificates(self.cert_flag, &self.cert_file)?;
+        let key = private_key(self.key_flag, &self.key_file)?;
+        CertifiedKey::from_der(certs, key, &self.provider)
+            .map_err(|error| file_error(self.key_flag, &self.key_file, error))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingIdentity {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for ReloadingIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// The acceptor for the member's `https` client listeners.
 pub fn acceptor(settings: &ClientTls) -> Result<TlsAcceptor, TlsError> {
     if let Some(made) = &settings.self_signed {
         ensure_self_signed("--auto-tls", made)?;
     }
     let provider = member_provider(&settings.cipher_suites)?;
-    let certs = certificates("--cert-file", &settings.cert_file)?;
-    let key = private_key("--key-file", &settings.key_file)?;
+    let identity = ReloadingIdentity::load(
+        ("--cert-file", &settings.cert_file),
+        ("--key-file", &settings.key_file),
+        Arc::clone(&provider),
+    )?;
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(setup_error)?;
@@ -409,9 +539,7 @@ pub fn acceptor(settings: &ClientTls) -> Result<TlsAcceptor, TlsError> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|error| file_error("--key-file", &settings.key_file, error))?;
+    let mut config = builder.with_cert_resolver(Arc::new(identity));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -439,10 +567,13 @@ pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
         ensure_self_signed("--peer-auto-tls", made)?;
     }
     let provider = member_provider(&settings.cipher_suites)?;
-    let certs = certificates("--peer-cert-file", &settings.cert_file)?;
-    let key = private_key("--peer-key-file", &settings.key_file)?;
+    let identity = Arc::new(ReloadingIdentity::load(
+        ("--peer-cert-file", &settings.cert_file),
+        ("--peer-key-file", &settings.key_file),
+        Arc::clone(&provider),
+    )?);
     let Some(trusted_ca_file) = &settings.trusted_ca_file else {
-        return unverified_peer(provider, certs, key, &settings.key_file);
+        return unverified_peer(provider, identity);
     };
     let roots = roots("--peer-trusted-ca-file", trusted_ca_file)?;
 
@@ -468,20 +599,8 @@ pub fn peer(settings: &PeerTls) -> Result<PeerTlsConfig, TlsError> {
         .with_safe_default_protocol_versions()
         .map_err(setup_error)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs.clone(), key.clone_key())
-        .map_err(|error| file_error("--peer-key-file", &settings.key_file, error))?;
-
-    let client = client_config(
-        roots,
-        provider,
-        Some(Identity {
-            certs,
-            key,
-            key_flag: "--peer-key-file",
-            key_path: &settings.key_file,
-        }),
-        crls,
-    )?;
+        .with_cert_resolver(identity.clone());
+    let client = client_config(roots, provider, Some(identity), crls)?;
     Ok(PeerTlsConfig {
         acceptor: TlsAcceptor::from(Arc::new(server)),
         connector: TlsConnector::from(Arc::new(client)),
@@ -638,16 +757,13 @@ fn socket_address(address: &std::net::SocketAddr) -> (libc::sockaddr_storage, li
 /// taken unverified ([`AnyServerCertificate`]).
 fn unverified_peer(
     provider: Arc<CryptoProvider>,
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    key_path: &Path,
+    identity: Arc<ReloadingIdentity>,
 ) -> Result<PeerTlsConfig, TlsError> {
     let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(setup_error)?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|error| file_error("--peer-key-file", key_path, error))?;
+        .with_cert_resolver(identity);
     let client = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(setup_error)?
@@ -718,19 +834,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCertificate {
 }
 
 /// A certificate a client presents, with the key's flag and file for an error.
-struct Identity<'a> {
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    key_flag: &'static str,
-    key_path: &'a Path,
-}
-
 /// A client's TLS settings: servers verified against `roots` (and refused when `crls` lists
 /// them), presenting `identity` if given.
 fn client_config(
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
-    identity: Option<Identity<'_>>,
+    identity: Option<Arc<ReloadingIdentity>>,
     crls: Vec<CertificateRevocationListDer<'static>>,
 ) -> Result<ClientConfig, TlsError> {
     let verifier = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
@@ -743,12 +852,10 @@ fn client_config(
         .with_safe_default_protocol_versions()
         .map_err(setup_error)?
         .with_webpki_verifier(verifier);
-    match identity {
-        Some(identity) => builder
-            .with_client_auth_cert(identity.certs, identity.key)
-            .map_err(|error| file_error(identity.key_flag, identity.key_path, error)),
-        None => Ok(builder.with_no_client_auth()),
-    }
+    Ok(match identity {
+        Some(identity) => builder.with_client_cert_resolver(identity),
+        None => builder.with_no_client_auth(),
+    })
 }
 
 /// The connector of a gRPC client (`ballot bench` on `https` endpoints): servers verified
@@ -761,12 +868,11 @@ pub fn grpc_connector(
     let provider = provider();
     let roots = roots("--cacert", cacert)?;
     let identity = match identity {
-        Some((cert, key)) => Some(Identity {
-            certs: certificates("--cert", cert)?,
-            key: private_key("--key", key)?,
-            key_flag: "--key",
-            key_path: key,
-        }),
+        Some((cert, key)) => Some(Arc::new(ReloadingIdentity::load(
+            ("--cert", cert),
+            ("--key", key),
+            Arc::clone(&provider),
+        )?)),
         None => None,
     };
     let mut config = client_config(roots, provider, identity, Vec::new())?;
@@ -830,6 +936,64 @@ mod tests {
             skip_client_san_verification: false,
         };
         assert!(peer(&settings).is_ok());
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    /// Writes `text` to `path` with the modification time `second` seconds after the epoch, so
+    /// each change is seen whatever the clock's granularity.
+    fn write_at(path: &Path, text: &str, second: u64) {
+        std::fs::write(path, text).expect("write");
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|file| {
+                file.set_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(second))
+            })
+            .expect("set the modification time");
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_read_at_the_next_handshake_and_a_broken_one_is_not() {
+        let dir = std::env::temp_dir().join(format!("ballot-tls-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let pair = |name: &str| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+                .expect("params")
+                .self_signed(&key)
+                .expect("sign");
+            (cert.pem(), key.serialize_pem(), cert.der().clone())
+        };
+        let (first_cert, first_key, first_der) = pair("first.example");
+        write_at(&cert_file, &first_cert, 1);
+        write_at(&key_file, &first_key, 1);
+        let identity = ReloadingIdentity::load(
+            ("--cert-file", &cert_file),
+            ("--key-file", &key_file),
+            provider(),
+        )
+        .expect("load");
+        assert_eq!(identity.current().cert[0], first_der);
+        assert_eq!(identity.current().cert[0], first_der, "unchanged files");
+
+        let (second_cert, second_key, second_der) = pair("second.example");
+        write_at(&cert_file, &second_cert, 2);
+        write_at(&key_file, &second_key, 2);
+        assert_eq!(identity.current().cert[0], second_der, "renewed");
+
+        // Half written, then a certificate with another's key: the renewed pair stays.
+        write_at(&cert_file, &second_cert[..40], 3);
+        assert_eq!(identity.current().cert[0], second_der);
+        let (third_cert, third_key, third_der) = pair("third.example");
+        write_at(&cert_file, &third_cert, 4);
+        assert_eq!(
+            identity.current().cert[0],
+            second_der,
+            "the key does not match"
+        );
+        write_at(&key_file, &third_key, 4);
+        assert_eq!(identity.current().cert[0], third_der, "both files renewed");
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 

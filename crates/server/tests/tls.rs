@@ -257,6 +257,32 @@ async fn https_client_urls_serve_grpc_over_tls_and_refuse_plain_text() {
     }
 }
 
+/// A member reads its certificate and key again when their files change (etcd reads them at
+/// every handshake): after a renewal by another CA, new connections get the new certificate
+/// without a restart.
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let dir = TempDir::new("tls-renew");
+    let first = pki(&dir.0);
+    let member = start(&dir.0, &files(&first));
+    let channel = connect_tls(&member, &first, false).await;
+    put_and_get(channel).await.expect("KV over TLS");
+
+    let renewed_dir = dir.0.join("renewed");
+    std::fs::create_dir_all(&renewed_dir).expect("dir");
+    let renewed = pki(&renewed_dir);
+    std::fs::copy(&renewed.server_cert, &first.server_cert).expect("renew the certificate");
+    std::fs::copy(&renewed.server_key, &first.server_key).expect("renew the key");
+    let channel = tls_channel(member.port, &renewed, false)
+        .await
+        .expect("a connection that trusts the renewed certificate's CA");
+    put_and_get(channel).await.expect("KV over the renewed TLS");
+    let old_trust = tls_channel(member.port, &first, false).await;
+    assert!(old_trust.is_err(), "the old certificate is still served");
+    let log = std::fs::read_to_string(&member.log).unwrap_or_default();
+    assert!(log.contains("read the renewed certificate"), "{log}");
+}
+
 /// `--auto-tls`: with no certificate files, an https client URL is served with a certificate
 /// the member made for its hosts in `<data-dir>/fixtures/client`; a client that trusts that
 /// certificate reaches it over TLS.
