@@ -5,13 +5,14 @@
 //!   `checkHealth`), else `"false"` with the reason (`ALARM NOSPACE`, `RAFT NO LEADER`,
 //!   `RANGE ERROR:...`) and 503. `?serializable=true` skips the read barrier and
 //!   `?exclude=NOSPACE` ignores that alarm, as in etcd.
-//! - `GET /livez`, `GET /readyz`: the probes of etcd 3.6 (and 3.5.11), in the Kubernetes
-//!   style: `/livez` checks that this member serves a serializable read (`serializable_read`),
-//!   `/readyz` also that no CORRUPT alarm is raised (`data_corruption`) and that a linearizable
-//!   read succeeds (`linearizable_read`, which needs a leader and a quorum). 200 and `ok`, or
-//!   with `?verbose` a `[+]<check> ok` line per check and `livez check passed`; when a check
-//!   fails, 503 with a `[-]<check> failed: <reason>` line for it and `readyz check failed`.
-//!   `?exclude=<check>` skips a check.
+//! - `GET /livez`, `GET /readyz`: the probes of etcd 3.6 (and 3.5.11), answered as etcd
+//!   answers them: `/livez` checks that this member serves a serializable read
+//!   (`serializable_read`); `/readyz` that no CORRUPT alarm is raised (`data_corruption`), that
+//!   it serves a serializable and a linearizable read (`linearizable_read` needs a leader and a
+//!   quorum) and that it is not a learner (`non_learner`). 200 and `ok`, after a
+//!   `[+]<check> ok` line per check with `?verbose`; when a check fails, 503 with a
+//!   `[+]<check> ok` or `[-]<check> failed: <reason>` line per check. `?exclude=<check>` skips a
+//!   check; `/livez/<check>` and `/readyz/<check>` run one.
 //! - `GET /version`: `{"etcdserver":"3.5.0","etcdcluster":"3.5.0"}`.
 //! - `GET /metrics`: Prometheus text ([`crate::metrics`]).
 //!
@@ -36,6 +37,8 @@ pub fn routes<N: ApiNode>(api: Api<N>) -> axum::Router {
         .route("/health", get(health::<N>))
         .route("/livez", get(livez::<N>))
         .route("/readyz", get(readyz::<N>))
+        .route("/livez/{check}", get(livez_check::<N>))
+        .route("/readyz/{check}", get(readyz_check::<N>))
         .route("/version", get(version))
         .route("/metrics", get(prometheus::<N>))
         .with_state(api)
@@ -102,25 +105,55 @@ async fn health<N: ApiNode>(State(api): State<Api<N>>, uri: Uri) -> Response {
     }
 }
 
+/// The checks of `/livez`, in the order they run.
+const LIVEZ: [Check; 1] = [Check::SerializableRead];
+/// The checks of `/readyz`, in the order they run.
+const READYZ: [Check; 4] = [
+    Check::DataCorruption,
+    Check::SerializableRead,
+    Check::LinearizableRead,
+    Check::NonLearner,
+];
+
 async fn livez<N: ApiNode>(State(api): State<Api<N>>, uri: Uri) -> Response {
-    probe(&api, "livez", &[Check::SerializableRead], &uri).await
+    probe(&api, &LIVEZ, &uri).await
 }
 
 async fn readyz<N: ApiNode>(State(api): State<Api<N>>, uri: Uri) -> Response {
-    let checks = [
-        Check::DataCorruption,
-        Check::SerializableRead,
-        Check::LinearizableRead,
-    ];
-    probe(&api, "readyz", &checks, &uri).await
+    probe(&api, &READYZ, &uri).await
+}
+
+async fn livez_check<N: ApiNode>(
+    State(api): State<Api<N>>,
+    axum::extract::Path(check): axum::extract::Path<String>,
+    uri: Uri,
+) -> Response {
+    one_check(&api, &LIVEZ, &check, &uri).await
+}
+
+async fn readyz_check<N: ApiNode>(
+    State(api): State<Api<N>>,
+    axum::extract::Path(check): axum::extract::Path<String>,
+    uri: Uri,
+) -> Response {
+    one_check(&api, &READYZ, &check, &uri).await
+}
+
+/// `/livez/<check>` and `/readyz/<check>`: one check of the probe; 404 for another name.
+async fn one_check<N: ApiNode>(api: &Api<N>, checks: &[Check], name: &str, uri: &Uri) -> Response {
+    match checks.iter().find(|check| check.name() == name) {
+        Some(&check) => answer(run_checks(api, &[check]).await, uri),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 /// The checks of `/livez` and `/readyz`, named as etcd names them.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Check {
     DataCorruption,
     SerializableRead,
     LinearizableRead,
+    NonLearner,
 }
 
 impl Check {
@@ -129,6 +162,7 @@ impl Check {
             Check::DataCorruption => "data_corruption",
             Check::SerializableRead => "serializable_read",
             Check::LinearizableRead => "linearizable_read",
+            Check::NonLearner => "non_learner",
         }
     }
 
@@ -141,8 +175,14 @@ impl Check {
                     .iter()
                     .find(|raised| alarm_name(raised.alarm) == "CORRUPT")
                 {
-                    Some(_) => Err("ALARM CORRUPT".to_string()),
+                    Some(_) => Err("alarm activated: CORRUPT".to_string()),
                     None => Ok(()),
+                };
+            }
+            Check::NonLearner => {
+                return match api.node().status().is_learner {
+                    true => Err("not supported for learner".to_string()),
+                    false => Ok(()),
                 };
             }
             Check::SerializableRead => true,
@@ -163,51 +203,83 @@ impl Check {
     }
 }
 
-/// Runs `checks` (less those the query excludes) and answers in the Kubernetes probe format.
-async fn probe<N: ApiNode>(api: &Api<N>, name: &str, checks: &[Check], uri: &Uri) -> Response {
-    let query: Vec<&str> = uri
-        .query()
-        .map_or_else(Vec::new, |q| q.split('&').collect());
-    let verbose = query
-        .iter()
-        .any(|pair| *pair == "verbose" || pair.starts_with("verbose="));
-    let excluded = |check: Check| {
-        query
-            .iter()
-            .any(|pair| pair.strip_prefix("exclude=") == Some(check.name()))
+/// The outcome of some checks: whether all passed, and a `[+]<check> ok` or
+/// `[-]<check> failed: <reason>` line for each.
+struct Outcome {
+    passed: bool,
+    lines: String,
+}
+
+async fn run_checks<N: ApiNode>(api: &Api<N>, checks: &[Check]) -> Outcome {
+    let mut outcome = Outcome {
+        passed: true,
+        lines: String::new(),
     };
-    let mut lines = String::new();
-    let mut failed = false;
-    for &check in checks {
-        if excluded(check) {
-            lines.push_str(&format!("[+]{} excluded: ok\n", check.name()));
-            continue;
-        }
+    for check in checks {
         match check.run(api).await {
-            Ok(()) => lines.push_str(&format!("[+]{} ok\n", check.name())),
+            Ok(()) => outcome.lines.push_str(&format!("[+]{} ok\n", check.name())),
             Err(reason) => {
-                failed = true;
-                lines.push_str(&format!("[-]{} failed: {reason}\n", check.name()));
+                outcome.passed = false;
+                outcome
+                    .lines
+                    .push_str(&format!("[-]{} failed: {reason}\n", check.name()));
             }
         }
     }
+    outcome
+}
+
+/// Runs `checks`, less those `?exclude=<check>` names (a name that is not a check of the probe
+/// is logged and ignored, as etcd does), and answers.
+async fn probe<N: ApiNode>(api: &Api<N>, checks: &[Check], uri: &Uri) -> Response {
+    let excluded: Vec<&str> = query_pairs(uri)
+        .filter_map(|pair| pair.strip_prefix("exclude="))
+        .collect();
+    for name in &excluded {
+        if !checks.iter().any(|check| check.name() == *name) {
+            tracing::warn!(
+                check = name,
+                path = uri.path(),
+                "cannot exclude an unknown health check"
+            );
+        }
+    }
+    let run: Vec<Check> = checks
+        .iter()
+        .copied()
+        .filter(|check| !excluded.contains(&check.name()))
+        .collect();
+    answer(run_checks(api, &run).await, uri)
+}
+
+fn query_pairs(uri: &Uri) -> impl Iterator<Item = &str> {
+    uri.query().into_iter().flat_map(|query| query.split('&'))
+}
+
+/// etcd's answer to a probe: 200 `ok` (after the check lines with `?verbose`), or 503 with the
+/// check lines whatever the query.
+fn answer(outcome: Outcome, uri: &Uri) -> Response {
     let text = |status: StatusCode, body: String| {
         (
             status,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
             body,
         )
             .into_response()
     };
-    if failed {
-        text(
+    if !outcome.passed {
+        return text(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{lines}{name} check failed\n"),
-        )
-    } else if verbose {
-        text(StatusCode::OK, format!("{lines}{name} check passed\n"))
-    } else {
-        text(StatusCode::OK, "ok".to_string())
+            format!("{}\n", outcome.lines),
+        );
+    }
+    let verbose = query_pairs(uri).any(|pair| pair == "verbose" || pair.starts_with("verbose="));
+    match verbose {
+        true => text(StatusCode::OK, format!("{}ok\n", outcome.lines)),
+        false => text(StatusCode::OK, "ok\n".to_string()),
     }
 }
 

@@ -1569,6 +1569,26 @@ async fn alarms_are_listed_disarmed_and_reported_in_status_and_health() {
     assert!(alarm(AlarmAction::Get, 0, AlarmType::None).await.is_empty());
     let (code, _) = http_get(server.addr, "/health").await;
     assert_eq!(code, 200);
+
+    // A CORRUPT alarm makes a member not ready, still alive (etcd 3.6's probes).
+    alarm(AlarmAction::Activate, 7, AlarmType::Corrupt).await;
+    let corrupt = "[-]data_corruption failed: alarm activated: CORRUPT\n\n";
+    assert_eq!(
+        http_get(server.addr, "/readyz/data_corruption").await,
+        (503, corrupt.to_owned())
+    );
+    let (code, body) = http_get(server.addr, "/readyz").await;
+    assert_eq!(code, 503);
+    assert!(body.starts_with(corrupt.trim_end_matches('\n')), "{body}");
+    assert_eq!(
+        http_get(server.addr, "/readyz?exclude=data_corruption").await,
+        (200, "ok\n".to_owned())
+    );
+    assert_eq!(
+        http_get(server.addr, "/livez?verbose").await,
+        (200, "[+]serializable_read ok\nok\n".to_owned())
+    );
+    assert_eq!(http_get(server.addr, "/readyz/no_such_check").await.0, 404);
 }
 
 #[tokio::test]
