@@ -234,10 +234,17 @@ impl<N: ApiNode> Api<N> {
             .map_err(error::mvcc)
     }
 
-    /// The Snapshot stream of this member's backup.
-    pub(crate) async fn snapshot(&self) -> Result<SnapshotStream, Status> {
+    /// The Snapshot stream of this member's backup. With `require_leader` (the `hasleader`
+    /// metadata) it ends with "etcdserver: no leader" once the member has lost its leader, as
+    /// etcd ends its streams (the backup being written stops with it).
+    pub(crate) async fn snapshot(&self, require_leader: bool) -> Result<SnapshotStream, Status> {
         let backup = self.node.backup_snapshot().await?;
-        Ok(stream_backup(backup, self.current_header()))
+        let stream = stream_backup(backup, self.current_header());
+        if !require_leader {
+            return Ok(stream);
+        }
+        let lost = super::leader_lost_if(self.node.clone(), self.options.election_timeout, true);
+        Ok(end_when(stream, lost))
     }
 
     pub(crate) async fn move_leader(
@@ -252,6 +259,40 @@ impl<N: ApiNode> Api<N> {
 }
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+/// `stream` until `lost` completes, then "etcdserver: no leader" and the end. `lost` runs on a
+/// task of its own, so it keeps time however fast or slow the client reads; the task ends
+/// with the stream.
+fn end_when(
+    stream: SnapshotStream,
+    lost: impl std::future::Future<Output = ()> + Send + 'static,
+) -> SnapshotStream {
+    use futures::StreamExt;
+    let (signal, lost_signal) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut signal = signal;
+        tokio::select! {
+            () = lost => {
+                let _ = signal.send(());
+            }
+            () = signal.closed() => {}
+        }
+    });
+    Box::pin(futures::stream::unfold(
+        (stream, Some(lost_signal)),
+        |(mut stream, lost)| async move {
+            let mut lost = lost?;
+            tokio::select! {
+                biased;
+                Ok(()) = &mut lost => {
+                    let status = Status::from(crate::node::NodeError::NoLeader);
+                    Some((Err(status), (stream, None)))
+                }
+                item = stream.next() => item.map(|item| (item, (stream, Some(lost)))),
+            }
+        },
+    ))
+}
 
 /// A Snapshot stream of `backup`, written on a blocking thread as the client reads it: at most
 /// a few messages ahead of the client, so a backup never sits whole in memory. A client that
@@ -339,9 +380,13 @@ impl<N: ApiNode> Maintenance for Api<N> {
 
     async fn snapshot(
         &self,
-        _request: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let stream = record(GrpcMethod::MaintenanceSnapshot, Api::snapshot(self).await)?;
+        let require_leader = super::requires_leader(request.metadata().as_ref());
+        let stream = record(
+            GrpcMethod::MaintenanceSnapshot,
+            Api::snapshot(self, require_leader).await,
+        )?;
         Ok(Response::new(stream))
     }
 
@@ -511,6 +556,45 @@ mod tests {
         assert_eq!(error, Some(io::ErrorKind::BrokenPipe));
         let written = written.load(Ordering::SeqCst);
         assert!(written < 64 * SNAPSHOT_CHUNK_BYTES, "stopped at {written}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_with_no_leader_when_the_leader_is_lost_however_it_is_read() {
+        use futures::StreamExt;
+        let chunk = || {
+            Ok(SnapshotResponse {
+                blob: Bytes::from_static(b"chunk"),
+                ..SnapshotResponse::default()
+            })
+        };
+        // An endless stream: it ends only by the leader's loss.
+        let endless: SnapshotStream = Box::pin(futures::stream::repeat_with(chunk));
+        let (lose, lost) = tokio::sync::oneshot::channel::<()>();
+        let mut stream = end_when(endless, async move {
+            let _ = lost.await;
+        });
+        for _ in 0..3 {
+            assert!(matches!(stream.next().await, Some(Ok(_))));
+        }
+        lose.send(()).expect("the monitor is waiting");
+        // The monitor's task tells the stream; chunks ready meanwhile may still come first.
+        let mut chunks_after = 0;
+        let ended = loop {
+            match stream.next().await {
+                Some(Ok(_)) => chunks_after += 1,
+                other => break other,
+            }
+            assert!(chunks_after < 1_000_000, "the stream did not end");
+            tokio::task::yield_now().await;
+        };
+        match ended {
+            Some(Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable);
+                assert_eq!(status.message(), "etcdserver: no leader");
+            }
+            other => panic!("expected no leader, got {other:?}"),
+        }
+        assert!(stream.next().await.is_none(), "nothing after the error");
     }
 
     #[test]
