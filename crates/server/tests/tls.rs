@@ -236,13 +236,20 @@ fn files(pki: &Pki) -> [&str; 4] {
     ]
 }
 
-#[tokio::test]
-async fn https_client_urls_serve_grpc_over_tls_and_refuse_plain_text() {
-    let dir = TempDir::new("tls");
+/// A member serving clients over TLS with a fresh [`pki`] under a new directory, once a put
+/// and a read over TLS have worked.
+async fn serving_over_tls(tag: &str) -> (TempDir, Pki, Member) {
+    let dir = TempDir::new(tag);
     let pki = pki(&dir.0);
     let member = start(&dir.0, &files(&pki));
     let channel = connect_tls(&member, &pki, false).await;
     put_and_get(channel).await.expect("KV over TLS");
+    (dir, pki, member)
+}
+
+#[tokio::test]
+async fn https_client_urls_serve_grpc_over_tls_and_refuse_plain_text() {
+    let (_dir, _pki, member) = serving_over_tls("tls").await;
 
     // A plain-text gRPC client gets no answer from the TLS port.
     let plain = Channel::from_shared(format!("http://127.0.0.1:{}", member.port))
@@ -262,11 +269,7 @@ async fn https_client_urls_serve_grpc_over_tls_and_refuse_plain_text() {
 /// without a restart.
 #[tokio::test]
 async fn a_renewed_certificate_is_served_without_a_restart() {
-    let dir = TempDir::new("tls-renew");
-    let first = pki(&dir.0);
-    let member = start(&dir.0, &files(&first));
-    let channel = connect_tls(&member, &first, false).await;
-    put_and_get(channel).await.expect("KV over TLS");
+    let (dir, first, member) = serving_over_tls("tls-renew").await;
 
     let renewed_dir = dir.0.join("renewed");
     std::fs::create_dir_all(&renewed_dir).expect("dir");
