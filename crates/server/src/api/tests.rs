@@ -1799,3 +1799,217 @@ async fn client_connections_are_told_the_stream_limit() {
         3
     );
 }
+
+/// A deterministic xorshift generator for the randomized requests below.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+
+    /// Revisions, limits, TTLs and IDs: small, negative, huge and the extremes.
+    fn number(&mut self) -> i64 {
+        match self.below(8) {
+            0 => 0,
+            1 => -(self.below(5) as i64) - 1,
+            2 => i64::MAX,
+            3 => i64::MIN,
+            4 => self.next() as i64,
+            _ => self.below(40) as i64,
+        }
+    }
+
+    /// Enum fields: the valid values and some that no enum has.
+    fn enumeration(&mut self) -> i32 {
+        match self.below(6) {
+            0 => -1,
+            1 => i32::MAX,
+            _ => self.below(6) as i32,
+        }
+    }
+
+    /// Keys and range ends: empty, `\0`, short ones that exist, and random bytes.
+    fn key(&mut self) -> Bytes {
+        match self.below(6) {
+            0 => Bytes::new(),
+            1 => Bytes::from_static(b"\0"),
+            2 => Bytes::from(vec![0xff; self.below(3) as usize + 1]),
+            3 => {
+                let length = self.below(12) as usize;
+                Bytes::from((0..length).map(|_| self.next() as u8).collect::<Vec<u8>>())
+            }
+            _ => Bytes::from(format!("k{}", self.below(8))),
+        }
+    }
+
+    fn range(&mut self) -> RangeRequest {
+        RangeRequest {
+            key: self.key(),
+            range_end: self.key(),
+            limit: self.number(),
+            revision: self.number(),
+            sort_order: self.enumeration(),
+            sort_target: self.enumeration(),
+            serializable: self.below(2) == 0,
+            keys_only: self.below(2) == 0,
+            count_only: self.below(2) == 0,
+            min_mod_revision: self.number(),
+            max_mod_revision: self.number(),
+            min_create_revision: self.number(),
+            max_create_revision: self.number(),
+        }
+    }
+
+    fn put(&mut self) -> PutRequest {
+        PutRequest {
+            key: self.key(),
+            value: self.key(),
+            lease: if self.below(3) == 0 { self.number() } else { 0 },
+            prev_kv: self.below(2) == 0,
+            ignore_value: self.below(4) == 0,
+            ignore_lease: self.below(4) == 0,
+        }
+    }
+
+    fn delete(&mut self) -> DeleteRangeRequest {
+        DeleteRangeRequest {
+            key: self.key(),
+            range_end: self.key(),
+            prev_kv: self.below(2) == 0,
+        }
+    }
+
+    fn compare(&mut self) -> Compare {
+        let target_union = match self.below(6) {
+            0 => None,
+            1 => Some(compare::TargetUnion::Version(self.number())),
+            2 => Some(compare::TargetUnion::CreateRevision(self.number())),
+            3 => Some(compare::TargetUnion::ModRevision(self.number())),
+            4 => Some(compare::TargetUnion::Value(self.key())),
+            _ => Some(compare::TargetUnion::Lease(self.number())),
+        };
+        Compare {
+            result: self.enumeration(),
+            target: self.enumeration(),
+            key: self.key(),
+            range_end: self.key(),
+            target_union,
+        }
+    }
+
+    fn op(&mut self, depth: u32) -> RequestOp {
+        let request = match self.below(if depth < 2 { 5 } else { 4 }) {
+            0 => None,
+            1 => Some(request_op::Request::RequestRange(self.range())),
+            2 => Some(request_op::Request::RequestPut(self.put())),
+            3 => Some(request_op::Request::RequestDeleteRange(self.delete())),
+            _ => Some(request_op::Request::RequestTxn(self.txn(depth + 1))),
+        };
+        RequestOp { request }
+    }
+
+    fn txn(&mut self, depth: u32) -> TxnRequest {
+        let (compares, successes, failures) = (self.below(3), self.below(4), self.below(4));
+        TxnRequest {
+            compare: (0..compares).map(|_| self.compare()).collect(),
+            success: (0..successes).map(|_| self.op(depth)).collect(),
+            failure: (0..failures).map(|_| self.op(depth)).collect(),
+        }
+    }
+}
+
+/// Every KV, lease and watch request with random and extreme field values (negative and huge
+/// revisions and limits, enum values no enum has, empty and `\0` keys, nested txns) is answered
+/// with a response or one of etcd's client errors, never an internal error or a dropped
+/// connection, and the server serves normally afterwards.
+#[tokio::test]
+async fn random_and_extreme_requests_get_answers_or_client_errors() {
+    let (_server, channel) = server().await;
+    let mut kv = KvClient::new(channel.clone());
+    let mut leases = LeaseClient::new(channel.clone());
+    for key in ["k0", "k1", "k2"] {
+        kv.put(put(key, "v")).await.expect("put");
+    }
+    let client_errors = [
+        Code::InvalidArgument,
+        Code::OutOfRange,
+        Code::NotFound,
+        Code::FailedPrecondition,
+        Code::ResourceExhausted,
+    ];
+    let mut random = Random(0x2545_f491_4f6c_dd1d);
+    let mut answered = 0;
+    for round in 0..3000 {
+        let result = match random.below(8) {
+            0 => kv.range(random.range()).await.map(drop),
+            1 => kv.put(random.put()).await.map(drop),
+            2 => kv.delete_range(random.delete()).await.map(drop),
+            3 | 4 => kv.txn(random.txn(0)).await.map(drop),
+            5 => kv
+                .compact(CompactionRequest {
+                    revision: random.number(),
+                    physical: random.below(2) == 0,
+                })
+                .await
+                .map(drop),
+            6 => leases
+                .lease_grant(LeaseGrantRequest {
+                    ttl: random.number(),
+                    id: random.number(),
+                })
+                .await
+                .map(drop),
+            _ => leases
+                .lease_time_to_live(LeaseTimeToLiveRequest {
+                    id: random.number(),
+                    keys: random.below(2) == 0,
+                })
+                .await
+                .map(drop),
+        };
+        match result {
+            Ok(()) => answered += 1,
+            Err(status) => assert!(
+                client_errors.contains(&status.code()),
+                "round {round}: {status:?}"
+            ),
+        }
+    }
+    assert!(answered > 300, "only {answered} requests were answered");
+    // Random watch creates on one stream: each is created or refused, the stream lives on.
+    let mut watcher = Watcher::open(channel.clone()).await;
+    for _ in 0..200 {
+        let create = WatchCreateRequest {
+            key: random.key(),
+            range_end: random.key(),
+            start_revision: random.number(),
+            progress_notify: random.below(2) == 0,
+            filters: (0..random.below(3)).map(|_| random.enumeration()).collect(),
+            prev_kv: random.below(2) == 0,
+            watch_id: if random.below(3) == 0 {
+                random.number()
+            } else {
+                0
+            },
+            fragment: random.below(2) == 0,
+        };
+        watcher.create(create).await;
+        // Events of the watchers created before may come first.
+        let mut answer = watcher.next().await;
+        while !answer.created && !answer.canceled {
+            answer = watcher.next().await;
+        }
+    }
+    // Still serving.
+    kv.put(put("after", "random")).await.expect("put after");
+    let read = kv.range(get("after")).await.expect("range").into_inner();
+    assert_eq!(read.kvs[0].value, bytes("random"));
+}
