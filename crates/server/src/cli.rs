@@ -53,8 +53,18 @@ pub fn parse() -> (Cli, Vec<String>) {
     let names: Vec<String> = std::env::vars_os()
         .filter_map(|(name, _)| name.into_string().ok())
         .collect();
-    let (command, warnings) = with_etcd_env(Cli::command(), &names);
-    let matches = command.clone().get_matches();
+    let (command, mut warnings) = with_etcd_env(Cli::command(), &names);
+    let args = match crate::etcd_only::strip_from_args(std::env::args_os().collect()) {
+        Ok((args, ignored)) => {
+            warnings.extend(ignored);
+            args
+        }
+        Err(error) => {
+            eprintln!("ballot: error: {error}");
+            std::process::exit(2);
+        }
+    };
+    let matches = command.clone().get_matches_from(args);
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     let Some(path) = cli
         .member

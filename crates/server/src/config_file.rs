@@ -19,6 +19,7 @@
 
 use std::fmt;
 
+use crate::etcd_only::EtcdOnly;
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// The two sections of TLS settings in etcd's file format.
@@ -117,9 +118,19 @@ impl FileSettings {
             return Ok(());
         }
         if !is_flag(flag) {
-            self.warnings.push(format!(
-                "`{place}` is not a setting of Ballot (no --{flag} flag); ignored"
-            ));
+            match crate::etcd_only::classify(flag, &text) {
+                Some(EtcdOnly::Refused(instead)) => {
+                    return Err(ConfigFileError(format!(
+                        "`{place}` is an etcd setting Ballot does not support: {instead}"
+                    )));
+                }
+                Some(EtcdOnly::Ignored(why)) => self.warnings.push(format!(
+                    "`{place}` is an etcd setting Ballot does not have; ignored ({why})"
+                )),
+                None => self.warnings.push(format!(
+                    "`{place}` is not a setting of Ballot (no --{flag} flag); ignored"
+                )),
+            }
             return Ok(());
         }
         if let Some((_, first)) = seen.iter().find(|(seen_flag, _)| seen_flag == flag) {
@@ -284,13 +295,32 @@ mod tests {
         assert_eq!(
             settings.warnings,
             [
-                "`enable-pprof` is not a setting of Ballot (no --enable-pprof flag); ignored",
-                "`proxy` is not a setting of Ballot (no --proxy flag); ignored",
+                "`enable-pprof` is an etcd setting Ballot does not have; ignored (Ballot has \
+                 no Go profiler; /metrics has its figures)",
+                "`proxy` is an etcd setting Ballot does not have; ignored (applies only to \
+                 etcd's v2 proxy mode, which is off)",
                 "`peer-transport-security.auto-tls` is not a setting of Ballot (no \
                  --peer-auto-tls flag); ignored",
                 "`config-file` in a configuration file is ignored (files do not include others)",
             ]
         );
+    }
+
+    #[test]
+    fn etcd_settings_that_choose_the_cluster_are_refused() {
+        for (text, place) in [
+            ("discovery: https://discovery.etcd.io/x\n", "discovery"),
+            ("discovery-srv: example.com\n", "discovery-srv"),
+            ("proxy: 'on'\n", "proxy"),
+        ] {
+            let error = read(text).unwrap_err().to_string();
+            assert!(
+                error.starts_with(&format!(
+                    "`{place}` is an etcd setting Ballot does not support: "
+                )),
+                "{error}"
+            );
+        }
     }
 
     #[test]

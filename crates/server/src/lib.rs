@@ -13,6 +13,7 @@ pub mod config_file;
 pub mod corruption;
 pub mod dev;
 pub mod etcd_backup;
+pub mod etcd_only;
 pub mod gateway;
 pub mod http;
 pub mod metered_disk;

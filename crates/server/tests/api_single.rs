@@ -747,10 +747,51 @@ async fn a_member_configured_by_an_etcd_config_file_starts_as_it_says() {
     for warning in [
         "--name is ignored: with --config-file every setting comes from the file",
         "ETCD_DATA_DIR is ignored: with --config-file every setting comes from the file",
-        "`enable-pprof` is not a setting of Ballot (no --enable-pprof flag); ignored",
+        "`enable-pprof` is an etcd setting Ballot does not have; ignored",
     ] {
         assert!(log.contains(warning), "no {warning:?} in:\n{log}");
     }
+}
+
+/// etcd flags Ballot does not have: the harmless ones are ignored with a warning and the member
+/// starts; one that chooses the cluster (`--discovery`) stops it with the reason, exit code 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_only_flags_are_ignored_with_a_warning_or_refused_with_the_reason() {
+    let cluster = Cluster::start(
+        1,
+        &[
+            "--grpc-keepalive-min-time",
+            "5s",
+            "--max-wals=5",
+            "--enable-pprof",
+        ],
+    )
+    .await;
+    let member = &cluster.members[0];
+    KvClient::new(member.channel().await)
+        .put(put("etcd-flags", "1"))
+        .await
+        .expect("put");
+    let log = member.log_tail();
+    for flag in ["--grpc-keepalive-min-time", "--max-wals", "--enable-pprof"] {
+        let warning = format!("{flag} is an etcd flag Ballot does not have; ignored");
+        assert!(log.contains(&warning), "no {warning:?} in:\n{log}");
+    }
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_ballot"))
+        .args([
+            "--discovery",
+            "https://discovery.etcd.io/3e86b59982e49066c5d813af1c2e2579",
+        ])
+        .output()
+        .expect("run ballot");
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--discovery is an etcd flag Ballot does not support")
+            && stderr.contains("--initial-cluster"),
+        "{stderr}"
+    );
 }
 
 /// `--experimental-warning-apply-duration`: an entry that applies slower than the limit is
