@@ -50,10 +50,16 @@ const BALLOT_ENV_PREFIX: &str = "BALLOT_";
 /// come from that file, and every other flag and variable is ignored with a warning, as etcd
 /// ignores them; a file that cannot be used ends the process with the reason.
 pub fn parse() -> (Cli, Vec<String>) {
-    let names: Vec<String> = std::env::vars_os()
-        .filter_map(|(name, _)| name.into_string().ok())
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let value = value.to_string_lossy().into_owned();
+            name.into_string().ok().map(|name| (name, value))
+        })
         .collect();
-    let (command, mut warnings) = with_etcd_env(Cli::command(), &names);
+    let (command, mut warnings) = with_etcd_env(Cli::command(), &env).unwrap_or_else(|error| {
+        eprintln!("ballot: error: {error}");
+        std::process::exit(2);
+    });
     let args = match crate::etcd_only::strip_from_args(std::env::args_os().collect()) {
         Ok((args, ignored)) => {
             warnings.extend(ignored);
@@ -144,14 +150,17 @@ pub fn member_from_config_file(
     Ok((member, warnings))
 }
 
-/// Makes each member flag read `ETCD_<FLAG>` when it is among `env_names` and `BALLOT_<FLAG>`
-/// is not. The warnings name the `ETCD_` variables no flag reads.
+/// Makes each member flag read `ETCD_<FLAG>` when that variable is in `env` (names and values)
+/// and `BALLOT_<FLAG>` is not. The warnings name the `ETCD_` variables no flag reads; one for an
+/// etcd setting that chooses the cluster (`ETCD_DISCOVERY` with a value, see
+/// [`crate::etcd_only`]) is an error.
 pub fn with_etcd_env(
     mut command: clap::Command,
-    env_names: &[String],
-) -> (clap::Command, Vec<String>) {
+    env: &[(String, String)],
+) -> Result<(clap::Command, Vec<String>), String> {
     let mut warnings = Vec::new();
-    for name in env_names {
+    let is_set = |wanted: &str| env.iter().any(|(name, _)| name == wanted);
+    for (name, value) in env {
         let Some(flag) = name.strip_prefix(ETCD_ENV_PREFIX) else {
             continue;
         };
@@ -163,16 +172,26 @@ pub fn with_etcd_env(
             .get_arguments()
             .find(|arg| arg.get_env().is_some_and(|env| env == ballot_name.as_str()))
             .map(|arg| arg.get_id().clone());
+        let flag = flag.to_ascii_lowercase().replace('_', "-");
         match id {
-            Some(_) if env_names.contains(&ballot_name) => {}
+            Some(_) if is_set(&ballot_name) => {}
             Some(id) => command = command.mut_arg(id, |arg| arg.env(name.clone())),
-            None => warnings.push(format!(
-                "{name} is not a setting of Ballot (no --{} flag); ignored",
-                flag.to_ascii_lowercase().replace('_', "-")
-            )),
+            None => match crate::etcd_only::classify(&flag, value) {
+                Some(crate::etcd_only::EtcdOnly::Refused(instead)) => {
+                    return Err(format!(
+                        "{name} is an etcd setting Ballot does not support: {instead}"
+                    ));
+                }
+                Some(crate::etcd_only::EtcdOnly::Ignored(why)) => warnings.push(format!(
+                    "{name} is an etcd setting Ballot does not have; ignored ({why})"
+                )),
+                None => warnings.push(format!(
+                    "{name} is not a setting of Ballot (no --{flag} flag); ignored"
+                )),
+            },
         }
     }
-    (command, warnings)
+    Ok((command, warnings))
 }
 
 #[derive(Debug, Parser)]
@@ -764,18 +783,20 @@ mod tests {
 
     #[test]
     fn member_flags_read_etcds_variables_unless_ballots_are_set() {
-        let names: Vec<String> = [
+        let names: Vec<(String, String)> = [
             "ETCD_NAME",
             "ETCD_DATA_DIR",
             "BALLOT_DATA_DIR",
             "ETCD_INITIAL_CLUSTER_STATE",
             "ETCD_ENABLE_V2",
+            "ETCD_NO_SUCH_SETTING",
+            "ETCD_DISCOVERY",
             "ETCDCTL_API",
             "PATH",
         ]
-        .map(str::to_owned)
+        .map(|name| (name.to_owned(), String::new()))
         .to_vec();
-        let (command, warnings) = with_etcd_env(Cli::command(), &names);
+        let (command, warnings) = with_etcd_env(Cli::command(), &names).expect("no refusal");
         assert_eq!(env_of(&command, "name").as_deref(), Some("ETCD_NAME"));
         assert_eq!(
             env_of(&command, "initial-cluster-state").as_deref(),
@@ -793,9 +814,26 @@ mod tests {
         );
         assert_eq!(
             warnings,
-            ["ETCD_ENABLE_V2 is not a setting of Ballot (no --enable-v2 flag); ignored"]
+            [
+                "ETCD_ENABLE_V2 is an etcd setting Ballot does not have; ignored (Ballot \
+                 serves the v3 API only; v2 requests are answered 404)",
+                "ETCD_NO_SUCH_SETTING is not a setting of Ballot (no --no-such-setting flag); \
+                 ignored",
+                "ETCD_DISCOVERY is an etcd setting Ballot does not have; ignored (applies \
+                 only to discovery, which Ballot does not have)",
+            ]
         );
         command.debug_assert();
+        // With a value, discovery would choose another cluster: refused.
+        let discovery = [(
+            "ETCD_DISCOVERY".to_owned(),
+            "https://discovery.etcd.io/x".to_owned(),
+        )];
+        let error = with_etcd_env(Cli::command(), &discovery).unwrap_err();
+        assert!(
+            error.starts_with("ETCD_DISCOVERY is an etcd setting Ballot does not support: "),
+            "{error}"
+        );
     }
 
     #[test]
