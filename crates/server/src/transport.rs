@@ -621,13 +621,11 @@ impl Transport {
             .await
             .unwrap_or_else(|_| Err("resolving its names timed out".into()));
             if let Err(reason) = checked {
-                tracing::warn!(
-                    remote = %remote,
-                    %reason,
-                    "refused a peer connection: its certificate is not for the address it comes \
-                     from (--experimental-peer-skip-client-san-verification)"
-                );
-                return Err(TransportError::Tls(reason));
+                // Logged by the caller with the address ("refused a peer connection").
+                return Err(TransportError::Tls(format!(
+                    "its certificate is not for the address it comes from: {reason} \
+                     (--experimental-peer-skip-client-san-verification)"
+                )));
             }
         }
         Ok(Box::new(accepted))
