@@ -658,11 +658,7 @@ fn peer_pki(dir: &Path, tag: &str) -> PeerPki {
         &ca_key,
         Some(REVOKED_SERIAL),
     );
-    let write = |name: &str, text: &str| {
-        let path = dir.join(format!("{tag}-{name}.pem"));
-        std::fs::write(&path, text).expect("write a PEM file");
-        path.to_str().expect("UTF-8 path").to_owned()
-    };
+    let write = |name: &str, text: &str| write_pem(dir, tag, name, text);
     PeerPki {
         ca_file: write("ca", &ca.pem()),
         cert_file: write("peer", &cert_pem),
@@ -915,6 +911,13 @@ async fn cipher_suites_limit_what_tls12_clients_may_use() {
         .expect("TLS 1.3 whatever the list");
 }
 
+/// Writes `text` to `<dir>/<tag>-<name>.pem`; returns the path.
+fn write_pem(dir: &Path, tag: &str, name: &str, text: &str) -> String {
+    let path = dir.join(format!("{tag}-{name}.pem"));
+    std::fs::write(&path, text).expect("write a PEM file");
+    path.to_str().expect("UTF-8 path").to_owned()
+}
+
 /// A member certificate from `ca` with common name `cn` for `names` (IP addresses or DNS
 /// names), good as server and as client, written to `dir` under `tag`.
 fn signed_identity(
@@ -934,11 +937,7 @@ fn signed_identity(
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     let cert = params.signed_by(&key, ca, ca_key).expect("sign");
-    let write = |name: &str, text: &str| {
-        let path = dir.join(format!("{tag}-{name}.pem"));
-        std::fs::write(&path, text).expect("write a PEM file");
-        path.to_str().expect("UTF-8 path").to_owned()
-    };
+    let write = |name: &str, text: &str| write_pem(dir, tag, name, text);
     PeerPki {
         ca_file: write("ca", &ca.pem()),
         cert_file: write("peer", &cert.pem()),

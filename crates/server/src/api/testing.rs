@@ -67,6 +67,18 @@ impl LocalNode {
         self.state.leader_id.store(leader_id, Ordering::SeqCst);
     }
 
+    /// Makes this member a learner (or a voter again), as its own member record says.
+    pub fn set_learner(&self, learner: bool) {
+        let mut members = self
+            .state
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(own) = members.iter_mut().find(|member| member.id == MEMBER_ID) {
+            own.is_learner = learner;
+        }
+    }
+
     fn check_leader(&self) -> Result<(), NodeError> {
         if self.state.leader_id.load(Ordering::SeqCst) == 0 {
             return Err(NodeError::NoLeader);
@@ -254,7 +266,13 @@ impl ApiNode for LocalNode {
             commit_index: applied,
             applied_index: applied,
             last_index: applied,
-            is_learner: false,
+            is_learner: self
+                .state
+                .members
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|member| member.id == MEMBER_ID && member.is_learner),
             db_size_bytes: 4096,
             leader_changes: 1,
             alarms: self

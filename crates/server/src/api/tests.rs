@@ -1589,6 +1589,26 @@ async fn alarms_are_listed_disarmed_and_reported_in_status_and_health() {
         (200, "[+]serializable_read ok\nok\n".to_owned())
     );
     assert_eq!(http_get(server.addr, "/readyz/no_such_check").await.0, 404);
+    alarm(AlarmAction::Deactivate, 7, AlarmType::Corrupt).await;
+
+    // A learner is alive and not ready (it takes no part in the quorum).
+    server.node.set_learner(true);
+    assert_eq!(
+        http_get(server.addr, "/readyz/non_learner").await,
+        (
+            503,
+            "[-]non_learner failed: not supported for learner\n\n".to_owned()
+        )
+    );
+    assert_eq!(
+        http_get(server.addr, "/livez").await,
+        (200, "ok\n".to_owned())
+    );
+    server.node.set_learner(false);
+    assert_eq!(
+        http_get(server.addr, "/readyz").await,
+        (200, "ok\n".to_owned())
+    );
 }
 
 #[tokio::test]
