@@ -98,17 +98,17 @@ pub fn periodic_mismatch(
     })
 }
 
-/// Asks every peer for its HashKV at `revision`, one after another (a cluster has few members).
+/// Asks every peer for its HashKV at `revision`, all at once, so a peer that is down or slow
+/// delays the check by one timeout, not one per such peer; the answers come in peer order.
 async fn ask_peers(transport: &Transport, revision: i64) -> Vec<PeerAnswer> {
-    let mut answers = Vec::new();
-    for id in transport.peer_ids() {
+    let asks = transport.peer_ids().into_iter().map(|id| async move {
         let answer = transport
             .peer_hash_kv(id, revision)
             .await
             .map_err(|error| error.to_string());
-        answers.push((id, answer));
-    }
-    answers
+        (id, answer)
+    });
+    futures::future::join_all(asks).await
 }
 
 /// This member's HashKV at its current revision, on a blocking thread (it reads the whole
