@@ -295,7 +295,7 @@ impl Meta {
     }
 }
 
-/// A key and its value, as [`write`] takes them.
+/// A key and its value: a [`BucketSource`] of them in memory.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// A bucket to write: its entries in ascending key order, read by index, so a file is written
@@ -438,20 +438,6 @@ impl Layout {
         put_page_header(&mut pages[2 * PAGE_SIZE..], 2, FREELIST_PAGE, 0, 0);
         pages
     }
-}
-
-/// Writes a bbolt file holding `buckets` (see [`Layout`]) in memory.
-pub fn write(buckets: &[(&[u8], Vec<KeyValue>)]) -> Vec<u8> {
-    let sources: Vec<(&[u8], &dyn BucketSource)> = buckets
-        .iter()
-        .map(|(name, entries)| (*name, entries as &dyn BucketSource))
-        .collect();
-    let layout = Layout::plan(&sources);
-    let mut file = Vec::with_capacity(layout.size_bytes() as usize);
-    layout
-        .write_to(&sources, &mut file)
-        .expect("writing to memory cannot fail");
-    file
 }
 
 /// Plans a B+tree of `source`'s entries from `next_page` on.
@@ -627,6 +613,20 @@ fn u64_at(data: &[u8], at: usize) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes a bbolt file holding `buckets` (see [`Layout`]) in memory.
+    fn write(buckets: &[(&[u8], Vec<KeyValue>)]) -> Vec<u8> {
+        let sources: Vec<(&[u8], &dyn BucketSource)> = buckets
+            .iter()
+            .map(|(name, entries)| (*name, entries as &dyn BucketSource))
+            .collect();
+        let layout = Layout::plan(&sources);
+        let mut file = Vec::with_capacity(layout.size_bytes() as usize);
+        layout
+            .write_to(&sources, &mut file)
+            .expect("writing to memory cannot fail");
+        file
+    }
 
     /// The backup tests/etcd_import.rs restores, made by etcd 3.4 (see make-etcd-backup.sh).
     fn backup() -> Vec<u8> {

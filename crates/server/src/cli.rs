@@ -176,15 +176,9 @@ pub fn with_etcd_env(
         match id {
             Some(_) if is_set(&ballot_name) => {}
             Some(id) => command = command.mut_arg(id, |arg| arg.env(name.clone())),
-            None => match crate::etcd_only::classify(&flag, value) {
-                Some(crate::etcd_only::EtcdOnly::Refused(instead)) => {
-                    return Err(format!(
-                        "{name} is an etcd setting Ballot does not support: {instead}"
-                    ));
-                }
-                Some(crate::etcd_only::EtcdOnly::Ignored(why)) => warnings.push(format!(
-                    "{name} is an etcd setting Ballot does not have; ignored ({why})"
-                )),
+            None => match crate::etcd_only::judge(name, "setting", &flag, value) {
+                Some(Ok(warning)) => warnings.push(warning),
+                Some(Err(refusal)) => return Err(refusal),
                 None => warnings.push(format!(
                     "{name} is not a setting of Ballot (no --{flag} flag); ignored"
                 )),

@@ -19,7 +19,6 @@
 
 use std::fmt;
 
-use crate::etcd_only::EtcdOnly;
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// The two sections of TLS settings in etcd's file format.
@@ -118,15 +117,9 @@ impl FileSettings {
             return Ok(());
         }
         if !is_flag(flag) {
-            match crate::etcd_only::classify(flag, &text) {
-                Some(EtcdOnly::Refused(instead)) => {
-                    return Err(ConfigFileError(format!(
-                        "`{place}` is an etcd setting Ballot does not support: {instead}"
-                    )));
-                }
-                Some(EtcdOnly::Ignored(why)) => self.warnings.push(format!(
-                    "`{place}` is an etcd setting Ballot does not have; ignored ({why})"
-                )),
+            match crate::etcd_only::judge(&format!("`{place}`"), "setting", flag, &text) {
+                Some(Ok(warning)) => self.warnings.push(warning),
+                Some(Err(refusal)) => return Err(ConfigFileError(refusal)),
                 None => self.warnings.push(format!(
                     "`{place}` is not a setting of Ballot (no --{flag} flag); ignored"
                 )),

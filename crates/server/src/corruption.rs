@@ -115,12 +115,10 @@ async fn ask_peers(transport: &Transport, revision: i64) -> Vec<PeerAnswer> {
 /// history).
 async fn own_hash(handle: &NodeHandle) -> Result<HashKv, String> {
     let handle = handle.clone();
-    tokio::task::spawn_blocking(move || {
-        handle.with_store(|store| store.snapshot_state()).hash_kv(0)
-    })
-    .await
-    .map_err(|error| error.to_string())?
-    .map_err(|error| error.to_string())
+    tokio::task::spawn_blocking(move || StoreHashes(handle).hash_kv(0))
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())
 }
 
 /// The initial check: see the module documentation.

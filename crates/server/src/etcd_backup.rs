@@ -169,14 +169,13 @@ impl Export {
             meta.push((b"finishedCompactRev".to_vec(), compacted.clone()));
             meta.push((b"scheduledCompactRev".to_vec(), compacted));
         }
-        let mut export = Export {
+        let layout = Layout::plan(&buckets(&records.changes, &leases, &meta));
+        Export {
             records,
             leases,
             meta,
-            layout: Layout::plan(&[]),
-        };
-        export.layout = Layout::plan(&export.buckets());
-        export
+            layout,
+        }
     }
 
     /// The file's size in bytes.
@@ -185,24 +184,27 @@ impl Export {
     }
 
     pub fn write_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        self.layout.write_to(&self.buckets(), out)
+        let buckets = buckets(&self.records.changes, &self.leases, &self.meta);
+        self.layout.write_to(&buckets, out)
     }
 
     /// The file in memory.
-    pub fn to_vec(&self) -> Vec<u8> {
+    #[cfg(test)]
+    fn to_vec(&self) -> Vec<u8> {
         let mut file = Vec::with_capacity(self.layout.size_bytes() as usize);
         self.write_to(&mut file)
             .expect("writing to memory cannot fail");
         file
     }
+}
 
-    fn buckets(&self) -> [(&[u8], &dyn BucketSource); 3] {
-        [
-            (b"key", &self.records.changes),
-            (b"lease", &self.leases),
-            (b"meta", &self.meta),
-        ]
-    }
+/// The buckets of an etcd backup, in name order.
+fn buckets<'a>(
+    changes: &'a Vec<RecordedChange>,
+    leases: &'a Vec<crate::bbolt::KeyValue>,
+    meta: &'a Vec<crate::bbolt::KeyValue>,
+) -> [(&'static [u8], &'a dyn BucketSource); 3] {
+    [(b"key", changes), (b"lease", leases), (b"meta", meta)]
 }
 
 /// The `key` bucket's value of `change`: an `mvccpb.KeyValue` (a delete's holds only the key).

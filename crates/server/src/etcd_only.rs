@@ -72,6 +72,21 @@ pub fn classify(flag: &str, value: &str) -> Option<EtcdOnly> {
     Some(outcome)
 }
 
+/// What to tell the user who set etcd's `--flag` to `value` as `subject` (`--max-wals`,
+/// `ETCD_MAX_WALS`, `` `max-wals` ``), an etcd `kind` ("flag", "setting"): `Ok` with a warning
+/// when Ballot ignores it, `Err` with the reason when it refuses it; `None` when etcd has no such
+/// flag either.
+pub fn judge(subject: &str, kind: &str, flag: &str, value: &str) -> Option<Result<String, String>> {
+    Some(match classify(flag, value)? {
+        EtcdOnly::Ignored(why) => Ok(format!(
+            "{subject} is an etcd {kind} Ballot does not have; ignored ({why})"
+        )),
+        EtcdOnly::Refused(instead) => Err(format!(
+            "{subject} is an etcd {kind} Ballot does not support: {instead}"
+        )),
+    })
+}
+
 /// `args` (the program's arguments, its name first) without the etcd flags Ballot ignores,
 /// with a warning for each; the first refused flag is an error naming it and what to do.
 pub fn strip_from_args(args: Vec<OsString>) -> Result<(Vec<OsString>, Vec<String>), String> {
@@ -93,7 +108,8 @@ pub fn strip_from_args(args: Vec<OsString>) -> Result<(Vec<OsString>, Vec<String
             Some((flag, value)) => (flag.to_string(), Some(value.to_string())),
             None => (text.to_string(), None),
         };
-        if classify(&flag, "").is_none() && classify(&flag, "x").is_none() {
+        // Every etcd-only flag is known without its value (a value only decides a refusal).
+        if classify(&flag, "").is_none() {
             kept.push(arg);
             continue;
         }
@@ -105,15 +121,9 @@ pub fn strip_from_args(args: Vec<OsString>) -> Result<(Vec<OsString>, Vec<String
                 None => return Err(format!("--{flag} needs a value")),
             },
         };
-        match classify(&flag, &value) {
-            Some(EtcdOnly::Refused(instead)) => {
-                return Err(format!(
-                    "--{flag} is an etcd flag Ballot does not support: {instead}"
-                ));
-            }
-            Some(EtcdOnly::Ignored(why)) => warnings.push(format!(
-                "--{flag} is an etcd flag Ballot does not have; ignored ({why})"
-            )),
+        match judge(&format!("--{flag}"), "flag", &flag, &value) {
+            Some(Ok(warning)) => warnings.push(warning),
+            Some(Err(refusal)) => return Err(refusal),
             None => kept.push(arg),
         }
     }

@@ -385,19 +385,24 @@ pub fn ensure_self_signed(flag: &'static str, made: &SelfSigned) -> Result<(), T
 }
 
 /// A certificate and its key, read from their files and read again at a handshake when either
-/// file has changed (size or modification time), so a renewed certificate is used without a
+/// file has changed (inode, size or modification time), so a renewed certificate is used without a
 /// restart (etcd reads the files at every handshake). A renewal that cannot be loaded (a file
 /// still being written, a key that does not match the certificate) is logged and the previous
 /// pair stays in use until the files change again.
 #[derive(Debug)]
 pub struct ReloadingIdentity {
+    files: IdentityFiles,
+    state: Mutex<IdentityState>,
+}
+
+/// Where a certificate and its key are read from, and the flags that named the files.
+#[derive(Debug)]
+struct IdentityFiles {
     cert_flag: &'static str,
     cert_file: PathBuf,
     key_flag: &'static str,
     key_file: PathBuf,
     provider: Arc<CryptoProvider>,
-    /// `None` only while [`ReloadingIdentity::load`] reads the files the first time.
-    state: Mutex<Option<IdentityState>>,
 }
 
 #[derive(Debug)]
@@ -420,37 +425,36 @@ impl ReloadingIdentity {
         (key_flag, key_file): (&'static str, &Path),
         provider: Arc<CryptoProvider>,
     ) -> Result<ReloadingIdentity, TlsError> {
-        let identity = ReloadingIdentity {
+        let files = IdentityFiles {
             cert_flag,
             cert_file: cert_file.to_path_buf(),
             key_flag,
             key_file: key_file.to_path_buf(),
             provider,
-            state: Mutex::new(None),
         };
-        let read_from = identity.stamps();
-        let current = Arc::new(identity.read()?);
-        *identity.lock_state() = Some(IdentityState {
-            current,
-            read_from,
-            failed_on: None,
-        });
-        Ok(identity)
-    }
-
-    fn lock_state(&self) -> std::sync::MutexGuard<'_, Option<IdentityState>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        let read_from = files.stamps();
+        let current = Arc::new(files.read()?);
+        Ok(ReloadingIdentity {
+            files,
+            state: Mutex::new(IdentityState {
+                current,
+                read_from,
+                failed_on: None,
+            }),
+        })
     }
 
     /// The pair to present now, read again first if the files changed.
     pub fn current(&self) -> Arc<CertifiedKey> {
-        let stamps = self.stamps();
-        let mut guard = self.lock_state();
-        let state = guard.as_mut().expect("read when loaded");
+        let stamps = self.files.stamps();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if stamps != state.read_from && state.failed_on != Some(stamps) {
-            match self.read() {
+            match self.files.read() {
                 Ok(renewed) => {
-                    tracing::info!(cert = %self.cert_file.display(), "read the renewed certificate");
+                    tracing::info!(
+                        cert = %self.files.cert_file.display(),
+                        "read the renewed certificate"
+                    );
                     state.current = Arc::new(renewed);
                     state.read_from = stamps;
                     state.failed_on = None;
@@ -467,7 +471,9 @@ impl ReloadingIdentity {
         }
         Arc::clone(&state.current)
     }
+}
 
+impl IdentityFiles {
     fn stamps(&self) -> FileStamps {
         let stamp = |path: &Path| {
             let metadata = std::fs::metadata(path).ok()?;

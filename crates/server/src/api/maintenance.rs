@@ -243,7 +243,8 @@ impl<N: ApiNode> Api<N> {
         if !require_leader {
             return Ok(stream);
         }
-        let lost = super::leader_lost_if(self.node.clone(), self.options.election_timeout, true);
+        let (node, election_timeout) = (self.node.clone(), self.options.election_timeout);
+        let lost = async move { super::leader_lost(&node, election_timeout).await };
         Ok(end_when(stream, lost))
     }
 
