@@ -89,6 +89,23 @@ impl Member {
         }
     }
 
+    /// Waits until the member's log holds every one of `needles`; the log's tail if it does
+    /// not within [`DEADLINE`]. For what the member logs after a client has seen its effect
+    /// (a refused handshake is logged after the peer has seen the refusal).
+    pub async fn await_log(&self, needles: &[&str]) -> Result<(), String> {
+        let logged = || async {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            needles
+                .iter()
+                .all(|needle| text.contains(needle))
+                .then_some(())
+        };
+        match eventually("log lines", logged).await {
+            Some(()) => Ok(()),
+            None => Err(format!("expected {needles:?} in:\n{}", self.log_tail())),
+        }
+    }
+
     /// The member's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
