@@ -411,11 +411,12 @@ async fn client_certificates_must_be_valid_for_the_allowed_hostname() {
         Ok(channel) => KvClient::new(channel).range(get("secure")).await.is_err(),
     };
     assert!(refused, "a certificate for another host was served");
-    let log = std::fs::read_to_string(&member.log).unwrap_or_default();
-    assert!(
-        log.contains("not valid for --client-cert-allowed-hostname"),
-        "{log}"
-    );
+    api_support::await_log(
+        &member.log,
+        &["not valid for --client-cert-allowed-hostname"],
+    )
+    .await
+    .expect("the refusal is logged");
 }
 
 #[tokio::test]

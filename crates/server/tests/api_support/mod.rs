@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -89,28 +89,14 @@ impl Member {
         }
     }
 
-    /// Waits until the member's log holds every one of `needles`; the log's tail if it does
-    /// not within [`DEADLINE`]. For what the member logs after a client has seen its effect
-    /// (a refused handshake is logged after the peer has seen the refusal).
+    /// Waits until the member's log holds every one of `needles` ([`await_log`]).
     pub async fn await_log(&self, needles: &[&str]) -> Result<(), String> {
-        let logged = || async {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            needles
-                .iter()
-                .all(|needle| text.contains(needle))
-                .then_some(())
-        };
-        match eventually("log lines", logged).await {
-            Some(()) => Ok(()),
-            None => Err(format!("expected {needles:?} in:\n{}", self.log_tail())),
-        }
+        await_log(&self.log, needles).await
     }
 
     /// The member's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        log_tail(&self.log)
     }
 }
 
@@ -486,6 +472,30 @@ pub async fn connect(url: &str) -> Channel {
         Some(channel) => channel,
         None => panic!("cannot connect to {url}"),
     }
+}
+
+/// Waits until the log file at `path` holds every one of `needles`; its last lines if it does
+/// not within [`DEADLINE`]. For what a member logs after a client has seen the effect (a
+/// refused handshake is logged after the peer has seen the refusal).
+pub async fn await_log(path: &Path, needles: &[&str]) -> Result<(), String> {
+    let logged = || async {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        needles
+            .iter()
+            .all(|needle| text.contains(needle))
+            .then_some(())
+    };
+    match eventually("log lines", logged).await {
+        Some(()) => Ok(()),
+        None => Err(format!("expected {needles:?} in:\n{}", log_tail(path))),
+    }
+}
+
+/// The last 30 lines of the log file at `path`, for failure messages.
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 /// Polls `check` until it gives a value or [`DEADLINE`] passes (then `None`). The pause
