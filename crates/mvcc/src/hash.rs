@@ -18,6 +18,30 @@ use crate::history::{KeyHistory, Version};
 use crate::snapshot::StoreSnapshot;
 use crate::store::Store;
 
+/// etcd's key for a revision in its bolt `key` bucket: main and sub revision big-endian around
+/// `'_'` (17 bytes), plus `'t'` when the revision deletes the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevisionKey {
+    bytes: [u8; 18],
+    len: usize,
+}
+
+impl RevisionKey {
+    pub fn new(main: i64, sub: i64, tombstone: bool) -> Self {
+        let mut bytes = [0u8; 18];
+        bytes[..8].copy_from_slice(&main.to_be_bytes());
+        bytes[8] = b'_';
+        bytes[9..17].copy_from_slice(&sub.to_be_bytes());
+        bytes[17] = b't';
+        let len = if tombstone { 18 } else { 17 };
+        RevisionKey { bytes, len }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// Answer of [`Store::hash_kv`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HashKv {
@@ -107,17 +131,8 @@ where
     let mut crc = crc32c::crc32c(b"key");
     let mut value = Vec::new();
     for (key, version) in included {
-        let mut bucket_key = [0u8; 18];
-        bucket_key[..8].copy_from_slice(&version.main.to_be_bytes());
-        bucket_key[8] = b'_';
-        bucket_key[9..17].copy_from_slice(&i64::from(version.sub).to_be_bytes());
-        let bucket_key_len = if version.is_live() {
-            17
-        } else {
-            bucket_key[17] = b't';
-            18
-        };
-        crc = crc32c::crc32c_append(crc, &bucket_key[..bucket_key_len]);
+        let bucket_key = RevisionKey::new(version.main, i64::from(version.sub), !version.is_live());
+        crc = crc32c::crc32c_append(crc, bucket_key.as_bytes());
         value.clear();
         let stored = if version.is_live() {
             version.key_value(key)

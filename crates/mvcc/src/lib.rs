@@ -29,7 +29,7 @@ mod watch;
 
 pub use command::Command;
 pub use error::{CommandDecodeError, GrpcCode, MvccError, SnapshotError};
-pub use hash::HashKv;
+pub use hash::{HashKv, RevisionKey};
 pub use keys::{KeyRange, prefix_range_end};
 pub use lease::{LeaseClock, LeaseClockConfig};
 pub use read::EventsSince;

@@ -18,7 +18,7 @@
 //! with `etcdctl snapshot restore`), alarms, and users and roles (Ballot has no
 //! authentication; the number found is reported).
 
-use ballot_mvcc::{RecordedChange, RecordedPut, Store, StoreConfig, StoreRecords};
+use ballot_mvcc::{RecordedChange, RecordedPut, RevisionKey, Store, StoreConfig, StoreRecords};
 use ballot_proto::mvccpb::KeyValue;
 use bytes::Bytes;
 use prost::Message as _;
@@ -165,9 +165,15 @@ impl Export {
             records.last_applied.to_be_bytes().to_vec(),
         )];
         if records.compact_revision > 0 {
-            let compacted = revision_bytes(records.compact_revision, 0);
-            meta.push((b"finishedCompactRev".to_vec(), compacted.clone()));
-            meta.push((b"scheduledCompactRev".to_vec(), compacted));
+            let compacted = RevisionKey::new(records.compact_revision, 0, false);
+            meta.push((
+                b"finishedCompactRev".to_vec(),
+                compacted.as_bytes().to_vec(),
+            ));
+            meta.push((
+                b"scheduledCompactRev".to_vec(),
+                compacted.as_bytes().to_vec(),
+            ));
         }
         let layout = Layout::plan(&buckets(&records.changes, &leases, &meta));
         Export {
@@ -233,16 +239,14 @@ impl BucketSource for Vec<RecordedChange> {
 
     fn entry_len(&self, index: usize) -> (usize, usize) {
         let change = &self[index];
-        let key = if change.put.is_some() { 17 } else { 18 };
-        (key, key_value(change).encoded_len())
+        (
+            revision_key(change).as_bytes().len(),
+            key_value(change).encoded_len(),
+        )
     }
 
     fn key(&self, index: usize, out: &mut Vec<u8>) {
-        let change = &self[index];
-        out.extend_from_slice(&revision_bytes(change.main, i64::from(change.sub)));
-        if change.put.is_none() {
-            out.push(b't');
-        }
+        out.extend_from_slice(revision_key(&self[index]).as_bytes());
     }
 
     fn value(&self, index: usize, out: &mut Vec<u8>) {
@@ -252,13 +256,9 @@ impl BucketSource for Vec<RecordedChange> {
     }
 }
 
-/// etcd's revision key without the delete mark.
-fn revision_bytes(main: i64, sub: i64) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(18);
-    bytes.extend_from_slice(&main.to_be_bytes());
-    bytes.push(b'_');
-    bytes.extend_from_slice(&sub.to_be_bytes());
-    bytes
+/// etcd's bucket key for a change: its revision, marked when it deletes.
+fn revision_key(change: &RecordedChange) -> RevisionKey {
+    RevisionKey::new(change.main, i64::from(change.sub), change.put.is_none())
 }
 
 /// A `key` bucket entry as a change.
