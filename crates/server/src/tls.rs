@@ -659,7 +659,7 @@ pub async fn check_client_san(
     }
     let (wildcards, names): (Vec<&String>, Vec<&String>) =
         dns_names.iter().partition(|name| name.starts_with("*."));
-    if let Some(reverse) = reverse_lookup(remote).await {
+    for reverse in reverse_lookup(remote).await {
         let reverse = reverse.trim_end_matches('.');
         if names.iter().any(|name| name.as_str() == reverse)
             || wildcards
@@ -692,35 +692,65 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
-/// The name `ip` resolves back to (its PTR record, through the system resolver), if any.
-async fn reverse_lookup(ip: IpAddr) -> Option<String> {
+/// The names `ip` resolves back to, as Go's resolver gives them to etcd: every name the hosts
+/// file gives it, then the system resolver's (getnameinfo; for DNS, the PTR record's name).
+async fn reverse_lookup(ip: IpAddr) -> Vec<String> {
     tokio::task::spawn_blocking(move || {
-        let address = std::net::SocketAddr::new(ip, 0);
-        let (storage, length) = socket_address(&address);
-        let mut host = [0 as libc::c_char; 1025]; // NI_MAXHOST
-        // SAFETY: `storage` holds a socket address of `length` bytes and `host` is a writable
-        // buffer of the length given; getnameinfo writes a NUL-terminated name into it.
-        let result = unsafe {
-            libc::getnameinfo(
-                (&raw const storage).cast::<libc::sockaddr>(),
-                length,
-                host.as_mut_ptr(),
-                host.len() as libc::socklen_t,
-                std::ptr::null_mut(),
-                0,
-                libc::NI_NAMEREQD,
-            )
-        };
-        if result != 0 {
-            return None;
+        let mut names = std::fs::read_to_string(HOSTS_FILE)
+            .map(|hosts| hosts_file_names(&hosts, ip))
+            .unwrap_or_default();
+        if let Some(name) = name_info(ip)
+            && !names.contains(&name)
+        {
+            names.push(name);
         }
-        // SAFETY: on success getnameinfo left a NUL-terminated string in `host`.
-        let name = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) };
-        name.to_str().ok().map(str::to_owned)
+        names
     })
     .await
-    .ok()
-    .flatten()
+    .unwrap_or_default()
+}
+
+const HOSTS_FILE: &str = "/etc/hosts";
+
+/// Every name a hosts file gives `ip` (canonical and aliases, in the file's order), as Go's
+/// resolver reads it.
+fn hosts_file_names(hosts: &str, ip: IpAddr) -> Vec<String> {
+    hosts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split('#').next()?.split_whitespace();
+            let address: IpAddr = fields.next()?.parse().ok()?;
+            (address.to_canonical() == ip).then_some(fields)
+        })
+        .flatten()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The system resolver's name for `ip` (getnameinfo with `NI_NAMEREQD`), if it has one.
+fn name_info(ip: IpAddr) -> Option<String> {
+    let address = std::net::SocketAddr::new(ip, 0);
+    let (storage, length) = socket_address(&address);
+    let mut host = [0 as libc::c_char; 1025]; // NI_MAXHOST
+    // SAFETY: `storage` holds a socket address of `length` bytes and `host` is a writable
+    // buffer of the length given; getnameinfo writes a NUL-terminated name into it.
+    let result = unsafe {
+        libc::getnameinfo(
+            (&raw const storage).cast::<libc::sockaddr>(),
+            length,
+            host.as_mut_ptr(),
+            host.len() as libc::socklen_t,
+            std::ptr::null_mut(),
+            0,
+            libc::NI_NAMEREQD,
+        )
+    };
+    if result != 0 {
+        return None;
+    }
+    // SAFETY: on success getnameinfo left a NUL-terminated string in `host`.
+    let name = unsafe { std::ffi::CStr::from_ptr(host.as_ptr()) };
+    name.to_str().ok().map(str::to_owned)
 }
 
 /// `address` as the C socket address getnameinfo takes.
@@ -1039,6 +1069,24 @@ mod tests {
         );
         assert!(check(&["*.invalid"], loopback).await.is_err());
         assert!(check(&["localhost"], elsewhere).await.is_err());
+    }
+
+    #[test]
+    fn every_name_the_hosts_file_gives_an_address_counts() {
+        let hosts = "# comment 10.0.0.1 commented\n\
+                     127.0.0.1 localhost\n\
+                     10.0.0.1\tm1.example m1 # first member\n\
+                     ::ffff:10.0.0.2 m2.example\n\
+                     fe80::1%eth0 zoned\n\
+                     not-an-address m9\n\
+                     10.0.0.1 m1-alias\n";
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            hosts_file_names(hosts, ip("10.0.0.1")),
+            ["m1.example", "m1", "m1-alias"]
+        );
+        assert_eq!(hosts_file_names(hosts, ip("10.0.0.2")), ["m2.example"]);
+        assert!(hosts_file_names(hosts, ip("10.0.0.3")).is_empty());
     }
 
     fn names(suites: &[rustls::SupportedCipherSuite]) -> Vec<&'static str> {
