@@ -407,6 +407,29 @@ pub struct MemberArgs {
     )]
     pub experimental_corrupt_check_time: std::time::Duration,
 
+    /// Have the leader compare, every --experimental-compact-hash-check-time, the hash each
+    /// member made of its history at the last compactions; a difference raises a CORRUPT alarm
+    /// (for member 0: which member is wrong is not known), and the cluster takes no writes
+    /// until it is disarmed.
+    #[arg(
+        long,
+        env = "BALLOT_EXPERIMENTAL_COMPACT_HASH_CHECK_ENABLED",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub experimental_compact_hash_check_enabled: bool,
+
+    /// How often the leader runs the compaction hash check (`1m`, `30s`, `500ms`).
+    #[arg(
+        long,
+        env = "BALLOT_EXPERIMENTAL_COMPACT_HASH_CHECK_TIME",
+        default_value = "1m",
+        value_parser = crate::bench::parse_duration
+    )]
+    pub experimental_compact_hash_check_time: std::time::Duration,
+
     /// Restart this member alone, as a one-member cluster keeping its data, after its cluster
     /// has lost its quorum for good: entries it never knew to be committed are discarded and
     /// every other member is removed. Use once, then restart without it; never restart the

@@ -455,6 +455,9 @@ pub struct ServerConfig {
     /// `--experimental-corrupt-check-time`: how often the leader compares HashKVs; `None` for
     /// never.
     pub corrupt_check_interval: Option<Duration>,
+    /// `--experimental-compact-hash-check-enabled` with `--experimental-compact-hash-check-time`:
+    /// how often the leader compares compaction hashes; `None` for never.
+    pub compact_hash_check_interval: Option<Duration>,
     /// `--cors` and `--host-whitelist`: the checks on the client listeners' HTTP requests.
     pub access: crate::access::AccessControl,
     pub log_level: LogLevel,
@@ -740,6 +743,9 @@ impl ServerConfig {
             initial_corrupt_check: args.experimental_initial_corrupt_check,
             corrupt_check_interval: Some(args.experimental_corrupt_check_time)
                 .filter(|interval| !interval.is_zero()),
+            compact_hash_check_interval: args
+                .experimental_compact_hash_check_enabled
+                .then_some(args.experimental_compact_hash_check_time),
             access: crate::access::AccessControl {
                 cors: crate::access::Allowed::parse(&args.cors),
                 hosts: crate::access::Allowed::parse(&args.host_whitelist),
@@ -1524,14 +1530,32 @@ mod tests {
         );
         assert!(!defaults.initial_corrupt_check);
         assert_eq!(defaults.corrupt_check_interval, None);
+        assert_eq!(defaults.compact_hash_check_interval, None);
         let on = config(&[
             "--experimental-initial-corrupt-check",
             "--experimental-corrupt-check-time",
             "5m",
+            "--experimental-compact-hash-check-enabled",
         ])
         .expect("valid");
         assert!(on.initial_corrupt_check);
         assert_eq!(on.corrupt_check_interval, Some(Duration::from_secs(300)));
+        assert_eq!(
+            on.compact_hash_check_interval,
+            Some(Duration::from_secs(60)),
+            "etcd's default interval"
+        );
+        let often = config(&[
+            "--experimental-compact-hash-check-enabled=true",
+            "--experimental-compact-hash-check-time=2m0s",
+        ])
+        .expect("valid");
+        assert_eq!(
+            often.compact_hash_check_interval,
+            Some(Duration::from_secs(120))
+        );
+        let argv = ["ballot", "--experimental-compact-hash-check-time", "0s"];
+        assert!(Cli::try_parse_from(argv).is_err(), "a zero interval");
         // etcd's spellings of "off".
         let off = config(&[
             "--experimental-initial-corrupt-check=false",

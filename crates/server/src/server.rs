@@ -224,6 +224,9 @@ pub async fn start_member(
     if let Some(interval) = config.corrupt_check_interval {
         crate::corruption::spawn_periodic(handle.clone(), transport.clone(), interval);
     }
+    if let Some(interval) = config.compact_hash_check_interval {
+        crate::corruption::spawn_compaction_check(handle.clone(), transport.clone(), interval);
+    }
     Ok(Member {
         handle,
         transport,

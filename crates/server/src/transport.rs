@@ -67,6 +67,10 @@ const CONN_CLUSTER_INFO: u8 = 3;
 /// A member asking another for its HashKV at a revision (the corruption checks; etcd's
 /// `/members/hashkv` peer endpoint).
 const CONN_HASH_KV: u8 = 4;
+/// A member asking another for its hash of its compaction to a revision (the compaction hash
+/// check); answered as `CONN_HASH_KV` is. A member older than this question refuses the
+/// connection, which the check counts as no answer.
+const CONN_COMPACTION_HASH: u8 = 5;
 
 /// How a HashKV answer begins: the hash, or why there is none.
 const HASH_KV_OK: u8 = 0;
@@ -333,6 +337,11 @@ pub trait ClusterInfoSource: Send + Sync + 'static {
 /// while on a large store: it is called on a blocking thread).
 pub trait HashKvSource: Send + Sync + 'static {
     fn hash_kv(&self, revision: i64) -> Result<ballot_mvcc::HashKv, ballot_mvcc::MvccError>;
+
+    /// The member's hash of its compaction to `revision` (etcd's `HashByRev` of its hash
+    /// storage: the kept hash, else the HashKV at `revision` computed now).
+    fn compaction_hash(&self, revision: i64)
+    -> Result<ballot_mvcc::HashKv, ballot_mvcc::MvccError>;
 }
 
 /// A peer's answer to a HashKV question.
@@ -439,6 +448,25 @@ impl Transport {
         to: NodeId,
         revision: i64,
     ) -> Result<PeerHash, TransportError> {
+        self.ask_hash(to, CONN_HASH_KV, revision).await
+    }
+
+    /// Asks member `to` for its hash of its compaction to `revision`
+    /// ([`HashKvSource::compaction_hash`]), on a connection of its own.
+    pub async fn peer_compaction_hash(
+        &self,
+        to: NodeId,
+        revision: i64,
+    ) -> Result<PeerHash, TransportError> {
+        self.ask_hash(to, CONN_COMPACTION_HASH, revision).await
+    }
+
+    async fn ask_hash(
+        &self,
+        to: NodeId,
+        kind: u8,
+        revision: i64,
+    ) -> Result<PeerHash, TransportError> {
         let Some(peer) = self.peer(to) else {
             return Err(TransportError::Refused("no such peer"));
         };
@@ -447,7 +475,7 @@ impl Transport {
             let mut stream = dial(
                 inner.tls.as_ref(),
                 &peer.urls,
-                CONN_HASH_KV,
+                kind,
                 inner.cluster_id,
                 inner.member_id,
                 to,
@@ -660,13 +688,21 @@ impl Transport {
         }
         match kind {
             CONN_STREAM => self.read_stream(stream, from).await,
-            CONN_HASH_KV => self.answer_hash_kv(stream).await,
+            CONN_HASH_KV => self.answer_hash(stream, false).await,
+            CONN_COMPACTION_HASH => self.answer_hash(stream, true).await,
             _ => self.receive_snapshot(stream, from).await,
         }
     }
 
     fn check_handshake(&self, kind: u8, cluster_id: u64, from: NodeId, to: NodeId) -> u8 {
-        if kind != CONN_STREAM && kind != CONN_SNAPSHOT && kind != CONN_HASH_KV {
+        if ![
+            CONN_STREAM,
+            CONN_SNAPSHOT,
+            CONN_HASH_KV,
+            CONN_COMPACTION_HASH,
+        ]
+        .contains(&kind)
+        {
             return STATUS_BAD_KIND;
         }
         if cluster_id != self.inner.cluster_id {
@@ -699,7 +735,12 @@ impl Transport {
         Ok(())
     }
 
-    async fn answer_hash_kv(&self, mut stream: PeerStream) -> Result<(), TransportError> {
+    /// Answers a HashKV question, or with `compaction` a compaction hash question.
+    async fn answer_hash(
+        &self,
+        mut stream: PeerStream,
+        compaction: bool,
+    ) -> Result<(), TransportError> {
         let mut revision = [0u8; 8];
         tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut revision))
             .await
@@ -708,9 +749,15 @@ impl Transport {
         let source = lock(&self.inner.hash_kv).clone();
         let answer = match source {
             None => None,
-            Some(source) => tokio::task::spawn_blocking(move || source.hash_kv(revision))
-                .await
-                .ok(),
+            Some(source) => tokio::task::spawn_blocking(move || {
+                if compaction {
+                    source.compaction_hash(revision)
+                } else {
+                    source.hash_kv(revision)
+                }
+            })
+            .await
+            .ok(),
         };
         let mut buf = BytesMut::new();
         let start = buf.len();
@@ -924,7 +971,7 @@ async fn dial_addr(
     Ok(stream)
 }
 
-/// Reads a HashKV answer (see `Transport::answer_hash_kv`).
+/// Reads a HashKV answer (see `Transport::answer_hash`).
 fn decode_peer_hash(body: &[u8]) -> Result<PeerHash, TransportError> {
     let bad = || TransportError::Protocol(format!("a HashKV answer of {} bytes", body.len()));
     let (&tag, rest) = body.split_first().ok_or_else(bad)?;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use api_support::{Cluster, eventually, get, http_get, put};
 use ballot::storage::SnapshotPayload;
 use ballot_proto::etcdserverpb::{
-    AlarmMember, AlarmRequest, AlarmType, DefragmentRequest, RangeRequest, StatusRequest,
-    kv_client::KvClient, maintenance_client::MaintenanceClient,
+    AlarmMember, AlarmRequest, AlarmType, CompactionRequest, DefragmentRequest, RangeRequest,
+    StatusRequest, kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
 use ballot_wal::{RealDisk, SnapshotStore};
 use bytes::Bytes;
@@ -82,13 +82,19 @@ async fn value_of(channel: &Channel, key: &str, serializable: bool) -> String {
     String::from_utf8(kvs.first().expect("the key exists").value.to_vec()).expect("utf-8")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_whose_data_differs_is_refused_at_start_and_alarmed_while_running() {
-    let mut cluster = Cluster::start(3, PERIODIC).await;
+/// The leader and the follower whose data was corrupted (killed, not restarted), with its ID.
+struct Corrupted {
+    leader: usize,
+    corrupt: usize,
+    corrupt_id: u64,
+}
+
+/// Writes keys and `x` = [`ORIGINAL`] through the leader, has a follower that applied them
+/// write a snapshot, kills it and changes `x` in that snapshot to [`CORRUPTED`].
+async fn corrupt_a_follower(cluster: &mut Cluster) -> Corrupted {
     let leader = cluster.leader_index().await;
     let corrupt = (leader + 1) % 3;
-    let leader_channel = cluster.members[leader].channel().await;
-    let mut kv = KvClient::new(leader_channel.clone());
+    let mut kv = KvClient::new(cluster.members[leader].channel().await);
     for i in 0..10 {
         kv.put(put(&format!("k{i}"), "v")).await.expect("put");
     }
@@ -116,6 +122,22 @@ async fn a_member_whose_data_differs_is_refused_at_start_and_alarmed_while_runni
     cluster.members[corrupt].kill();
     let data_dir = cluster.dir.0.join(&cluster.members[corrupt].name);
     corrupt_newest_snapshot(&data_dir, ORIGINAL, CORRUPTED);
+    Corrupted {
+        leader,
+        corrupt,
+        corrupt_id,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_data_differs_is_refused_at_start_and_alarmed_while_running() {
+    let mut cluster = Cluster::start(3, PERIODIC).await;
+    let Corrupted {
+        leader,
+        corrupt,
+        corrupt_id,
+    } = corrupt_a_follower(&mut cluster).await;
+    let leader_channel = cluster.members[leader].channel().await;
 
     // With the initial check, the member stops before serving, saying why.
     cluster.restart(corrupt, &["--experimental-initial-corrupt-check"]);
@@ -159,4 +181,90 @@ async fn a_member_whose_data_differs_is_refused_at_start_and_alarmed_while_runni
     let (code, body) = http_get(cluster.members[leader].client_port, "/health").await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("ALARM CORRUPT"), "{body}");
+}
+
+const COMPACT_HASH_CHECK: &[&str] = &[
+    "--experimental-compact-hash-check-enabled",
+    "--experimental-compact-hash-check-time",
+    "200ms",
+];
+
+/// Compacts the cluster at its current revision through `channel`; the revision.
+async fn compact_now(channel: &Channel) -> i64 {
+    let mut kv = KvClient::new(channel.clone());
+    let revision = kv
+        .put(put("compact-here", "v"))
+        .await
+        .expect("put")
+        .into_inner()
+        .header
+        .expect("header")
+        .revision;
+    kv.compact(CompactionRequest {
+        revision,
+        physical: true,
+    })
+    .await
+    .expect("compact");
+    revision
+}
+
+/// `--experimental-compact-hash-check-enabled`: every member hashes its history at each
+/// compaction, and the leader compares the hashes. Members with the same data agree; one whose
+/// data differs makes the leader raise a CORRUPT alarm for member 0, as etcd 3.5 does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_hashes_that_differ_raise_a_corrupt_alarm() {
+    let mut cluster = Cluster::start(3, COMPACT_HASH_CHECK).await;
+    let leader = cluster.leader_index().await;
+    let leader_channel = cluster.members[leader].channel().await;
+    compact_now(&leader_channel).await;
+    cluster.members[leader]
+        .await_log(&["successfully checked hash on whole cluster"])
+        .await
+        .expect("the members agree on their first compaction");
+    assert_eq!(alarm_list(&leader_channel).await, Some(Vec::new()));
+
+    let Corrupted {
+        leader, corrupt, ..
+    } = corrupt_a_follower(&mut cluster).await;
+    cluster.restart(corrupt, COMPACT_HASH_CHECK);
+    let leader_channel = cluster.members[leader].channel().await;
+    // The restarted member must hash this compaction too: it has applied everything before.
+    let restarted = cluster.members[corrupt].channel().await;
+    let caught_up = eventually("the restarted member serves x", || async {
+        let answer = KvClient::new(restarted.clone())
+            .range(RangeRequest {
+                serializable: true,
+                ..get("x")
+            })
+            .await
+            .ok()?;
+        (!answer.into_inner().kvs.is_empty()).then_some(())
+    })
+    .await;
+    assert!(caught_up.is_some(), "{}", cluster.logs());
+    let revision = compact_now(&leader_channel).await;
+
+    let expected = vec![AlarmMember {
+        member_id: 0,
+        alarm: AlarmType::Corrupt as i32,
+    }];
+    let raised = eventually("the leader raises CORRUPT", || async {
+        let alarms = alarm_list(&leader_channel).await?;
+        (!alarms.is_empty()).then_some(alarms)
+    })
+    .await;
+    assert_eq!(raised, Some(expected), "{}", cluster.logs());
+    cluster.members[leader]
+        .await_log(&[
+            "failed compaction hash check",
+            &format!("revision={revision}"),
+        ])
+        .await
+        .expect("the leader says which compaction differs");
+    let refused = KvClient::new(leader_channel)
+        .put(put("after", "v"))
+        .await
+        .expect_err("a write with CORRUPT up");
+    assert_eq!(refused.message(), "etcdserver: corrupt cluster");
 }

@@ -59,6 +59,9 @@ struct BatchEffects {
     applied_commands: u64,
     /// Payload bytes of the entries applied, for `dbSize`.
     applied_bytes: u64,
+    /// Compactions applied: the store as it was just before each, and its revision, to hash
+    /// ([`super::compaction_hashes`]).
+    compactions: Vec<(StoreSnapshot, i64)>,
 }
 
 impl Applier {
@@ -204,7 +207,23 @@ impl Applier {
                     Err(super::NodeError::NoSpace)
                 }
                 Ok(command) => {
+                    // What a compaction that will take effect compacts, to hash (a snapshot
+                    // costs a reference count per key: not for compactions refused anyway).
+                    let before_compaction = match &command {
+                        Command::Compact(request)
+                            if request.revision > store.compact_revision()
+                                && request.revision <= store.current_revision() =>
+                        {
+                            Some((store.snapshot_state(), request.revision))
+                        }
+                        _ => None,
+                    };
                     let applied = store.apply(entry.index, &command);
+                    if let Some(compaction) = before_compaction
+                        && !matches!(applied.outcome, ApplyOutcome::Error(_))
+                    {
+                        effects.compactions.push(compaction);
+                    }
                     effects.applied_commands += 1;
                     track_leases(&command, &applied.outcome, effects);
                     if !applied.events.is_empty() {
@@ -334,6 +353,13 @@ impl Applier {
     /// Hands a batch's results out: watchers first (a client that sees its write acknowledged
     /// and then watches from "now" must not miss later events), then leases, then clients.
     fn deliver(&self, effects: BatchEffects) {
+        for (before, revision) in effects.compactions {
+            let shared = Arc::clone(&self.shared);
+            tokio::task::spawn_blocking(move || match before.hash_kv(revision) {
+                Ok(hash) => shared.compaction_hashes().store(hash),
+                Err(error) => tracing::warn!(revision, %error, "could not hash a compaction"),
+            });
+        }
         for (revision, events) in &effects.revisions {
             self.shared.watch_hub.notify(*revision, events);
         }

@@ -10,6 +10,7 @@
 pub mod alarms;
 mod apply;
 pub mod auto_compaction;
+mod compaction_hashes;
 mod db_size;
 mod driver;
 pub mod envelope;
@@ -184,6 +185,8 @@ pub(crate) struct NodeShared {
     snapshot_index: AtomicU64,
     /// The cluster's alarms, replicated: changed only by the apply task ([`alarms`]).
     alarms: RwLock<Alarms>,
+    /// This member's hashes of its last compactions ([`compaction_hashes`]).
+    compaction_hashes: Mutex<compaction_hashes::CompactionHashes>,
     /// A proposal raising this member's NOSPACE alarm is in flight (one at a time).
     raising_nospace: AtomicBool,
     /// Defragment requests for the apply task, which takes a snapshot now for each.
@@ -253,6 +256,12 @@ impl NodeShared {
 
     fn lock_leases(&self) -> MutexGuard<'_, lease::LeaseKeeper> {
         self.leases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn compaction_hashes(&self) -> MutexGuard<'_, compaction_hashes::CompactionHashes> {
+        self.compaction_hashes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn next_request_id(&self) -> u64 {
@@ -567,6 +576,17 @@ impl NodeHandle {
     /// Serializable access to the local store. Keep `f` short: apply waits while it runs.
     pub fn with_store<R>(&self, f: impl FnOnce(&Store) -> R) -> R {
         f(&lock_read(&self.shared.store))
+    }
+
+    /// This member's hash of its compaction to `revision`, if it keeps one
+    /// ([`compaction_hashes`]).
+    pub fn compaction_hash(&self, revision: i64) -> Option<ballot_mvcc::HashKv> {
+        self.shared.compaction_hashes().at(revision)
+    }
+
+    /// This member's hashes of its compactions after `revision`, newest first.
+    pub fn compaction_hashes_after(&self, revision: i64) -> Vec<ballot_mvcc::HashKv> {
+        self.shared.compaction_hashes().newer_than(revision)
     }
 
     pub fn watch_hub(&self) -> &WatchHub {
@@ -1179,6 +1199,7 @@ pub fn start(
         snapshot_done: tokio::sync::Notify::new(),
         snapshot_index: AtomicU64::new(snapshot_index),
         alarms: RwLock::new(alarms),
+        compaction_hashes: Mutex::default(),
         raising_nospace: AtomicBool::new(false),
         defrag: defrag_tx,
         removed: AtomicBool::new(false),
