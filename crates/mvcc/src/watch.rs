@@ -310,7 +310,10 @@ impl WatchStream {
     /// Handles a create request (etcd semantics): an empty key means
     /// `"\0"`; `range_end` empty is one key, `"\0"` every key from `key` on;
     /// `start_revision` 0 means "after the current revision", anything else
-    /// is inclusive (future revisions allowed); `watch_id` 0 picks the
+    /// is inclusive (future revisions allowed). A negative one is taken as
+    /// etcd takes it: below the compact revision (-1 before the first
+    /// compaction) it is canceled as compacted; -1 before the first
+    /// compaction gets what comes after the current revision; `watch_id` 0 picks the
     /// lowest free ID from 0 up. The "created" response is queued before any
     /// event of the watcher. Returns the watch ID, or -1 when refused (a
     /// created-and-canceled response with etcd's reason is queued then).
@@ -352,7 +355,7 @@ impl WatchStream {
         let mut created = response(revision, watch_id);
         created.created = true;
         stream.push(created);
-        let next_revision = if req.start_revision <= 0 {
+        let next_revision = if req.start_revision == 0 {
             revision + 1
         } else {
             req.start_revision
@@ -515,6 +518,12 @@ fn catch_up(state: &mut HubState, stream_id: u64, store: &Store, events_max: usi
         ) {
             if budget == 0 || !stream.has_room_for(1) {
                 return;
+            }
+            // etcd reads history from a negative start it did not cancel as compacted (only
+            // -1, before the first compaction) as from a huge unsigned revision: it finds
+            // nothing, and the watcher goes on from after the current revision.
+            if watcher.next_revision < 0 && watcher.next_revision >= store.compact_revision() {
+                watcher.next_revision = state.revision + 1;
             }
             if watcher.next_revision > end {
                 watcher.synced = watcher.next_revision > state.revision;

@@ -166,6 +166,44 @@ fn historic_start_catches_up_and_compacted_start_cancels() {
     );
 }
 
+/// A negative start revision as etcd 3.4.23 takes it: below the compact revision (-1 before
+/// the first compaction) it is canceled as compacted; -1 before the first compaction reads no
+/// history (etcd's read of it finds nothing) and goes on from after the current revision.
+#[test]
+fn negative_starts_are_compacted_or_from_the_beginning_as_in_etcd() {
+    let mut node = Node::new();
+    node.put("k", "1"); // 2
+    let hub = WatchHub::new(node.store.current_revision());
+    let stream = hub.open_stream(100);
+    let minus_five = create(&stream, "k", "", -5);
+    let minus_one = create(&stream, "k", "", -1);
+    let responses = stream.poll(&node.store, 1000);
+    let canceled = responses
+        .iter()
+        .find(|r| r.watch_id == minus_five && r.canceled)
+        .expect("-5 is canceled");
+    assert_eq!(canceled.compact_revision, -1);
+    assert_eq!(
+        canceled.cancel_reason,
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    assert!(events(&responses).is_empty(), "no history for -1");
+    put(&mut node, &hub, "k", "2"); // 3
+    assert_eq!(
+        events(&stream.poll(&node.store, 1000)),
+        vec![(minus_one, vec![(EventType::Put as i32, "k".into(), 3)])]
+    );
+
+    node.compact(2);
+    let after_compaction = create(&stream, "k", "", -1);
+    let responses = stream.poll(&node.store, 1000);
+    let canceled = responses
+        .iter()
+        .find(|r| r.watch_id == after_compaction && r.canceled)
+        .expect("-1 is below the compact revision now");
+    assert_eq!(canceled.compact_revision, 2);
+}
+
 #[test]
 fn future_start_waits_for_its_revision() {
     let mut node = Node::new();
