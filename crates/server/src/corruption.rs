@@ -256,16 +256,42 @@ pub fn spawn_periodic(
     transport: Transport,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
+    spawn_while_leading(
+        handle,
+        transport,
+        interval,
+        (),
+        |handle, transport, ()| async move {
+            periodic_check(&handle, &transport).await;
+        },
+    )
+}
+
+/// Runs `round` every `interval` while this member leads, until the node stops; each round gets
+/// what the one before returned (`first` for the first).
+fn spawn_while_leading<State, Round, Fut>(
+    handle: NodeHandle,
+    transport: Transport,
+    interval: Duration,
+    first: State,
+    mut round: Round,
+) -> tokio::task::JoinHandle<()>
+where
+    State: Send + 'static,
+    Round: FnMut(NodeHandle, Transport, State) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = State> + Send,
+{
     tokio::spawn(async move {
         let stopped = handle.clone();
         let checks = async {
+            let mut state = first;
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticks.tick().await;
             loop {
                 ticks.tick().await;
                 if handle.is_leader() {
-                    periodic_check(&handle, &transport).await;
+                    state = round(handle.clone(), transport.clone(), state).await;
                 }
             }
         };
@@ -341,27 +367,17 @@ pub fn spawn_compaction_check(
     transport: Transport,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let stopped = handle.clone();
-        let checks = async {
-            // The newest compaction revision found alike on every member.
-            let mut checked = 0;
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
-            loop {
-                ticks.tick().await;
-                if handle.is_leader() {
-                    checked =
-                        checked.max(compaction_check_round(&handle, &transport, checked).await);
-                }
-            }
-        };
-        tokio::select! {
-            _ = stopped.stopped() => {}
-            () = checks => {}
-        }
-    })
+    // The state: the newest compaction revision found alike on every member.
+    spawn_while_leading(
+        handle,
+        transport,
+        interval,
+        0,
+        |handle, transport, checked| async move {
+            let found = compaction_check_round(&handle, &transport, checked).await;
+            checked.max(found)
+        },
+    )
 }
 
 /// One round of the compaction hash check over the kept hashes newer than `checked`; the

@@ -11,7 +11,7 @@ mod api_support;
 use std::path::Path;
 use std::time::Duration;
 
-use api_support::{Cluster, eventually, get, http_get, put};
+use api_support::{Cluster, eventually, get, http_get, put, put_revision};
 use ballot::storage::SnapshotPayload;
 use ballot_proto::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmType, CompactionRequest, DefragmentRequest, RangeRequest,
@@ -82,6 +82,23 @@ async fn value_of(channel: &Channel, key: &str, serializable: bool) -> String {
     String::from_utf8(kvs.first().expect("the key exists").value.to_vec()).expect("utf-8")
 }
 
+/// Whether the member behind `channel` comes to serve `x` from its own store (a serializable
+/// read) within the deadline: it has applied the write.
+async fn serves_x(channel: &Channel) -> bool {
+    let served = eventually("the member serves x", || async {
+        let answer = KvClient::new(channel.clone())
+            .range(RangeRequest {
+                serializable: true,
+                ..get("x")
+            })
+            .await
+            .ok()?;
+        (!answer.into_inner().kvs.is_empty()).then_some(())
+    })
+    .await;
+    served.is_some()
+}
+
 /// The leader and the follower whose data was corrupted (killed, not restarted), with its ID.
 struct Corrupted {
     leader: usize,
@@ -103,18 +120,7 @@ async fn corrupt_a_follower(cluster: &mut Cluster) -> Corrupted {
     // The member to corrupt has applied every write and holds them in a snapshot.
     let corrupt_channel = cluster.members[corrupt].channel().await;
     let corrupt_id = member_id(&corrupt_channel).await;
-    let applied = eventually("the member applies x", || async {
-        let answer = KvClient::new(corrupt_channel.clone())
-            .range(RangeRequest {
-                serializable: true,
-                ..get("x")
-            })
-            .await
-            .ok()?;
-        (!answer.into_inner().kvs.is_empty()).then_some(())
-    })
-    .await;
-    assert!(applied.is_some(), "{}", cluster.logs());
+    assert!(serves_x(&corrupt_channel).await, "{}", cluster.logs());
     MaintenanceClient::new(corrupt_channel)
         .defragment(DefragmentRequest {})
         .await
@@ -192,14 +198,7 @@ const COMPACT_HASH_CHECK: &[&str] = &[
 /// Compacts the cluster at its current revision through `channel`; the revision.
 async fn compact_now(channel: &Channel) -> i64 {
     let mut kv = KvClient::new(channel.clone());
-    let revision = kv
-        .put(put("compact-here", "v"))
-        .await
-        .expect("put")
-        .into_inner()
-        .header
-        .expect("header")
-        .revision;
+    let revision = put_revision(&mut kv, "compact-here", "v").await;
     kv.compact(CompactionRequest {
         revision,
         physical: true,
@@ -231,18 +230,7 @@ async fn compaction_hashes_that_differ_raise_a_corrupt_alarm() {
     let leader_channel = cluster.members[leader].channel().await;
     // The restarted member must hash this compaction too: it has applied everything before.
     let restarted = cluster.members[corrupt].channel().await;
-    let caught_up = eventually("the restarted member serves x", || async {
-        let answer = KvClient::new(restarted.clone())
-            .range(RangeRequest {
-                serializable: true,
-                ..get("x")
-            })
-            .await
-            .ok()?;
-        (!answer.into_inner().kvs.is_empty()).then_some(())
-    })
-    .await;
-    assert!(caught_up.is_some(), "{}", cluster.logs());
+    assert!(serves_x(&restarted).await, "{}", cluster.logs());
     let revision = compact_now(&leader_channel).await;
 
     let expected = vec![AlarmMember {
