@@ -30,7 +30,7 @@ use ballot_proto::etcdserverpb::{AlarmType, alarm_request::AlarmAction};
 use ballot_raft::NodeId;
 
 use crate::node::NodeHandle;
-use crate::transport::{HashKvSource, PeerHash, Transport};
+use crate::transport::{HashKvSource, HashQuestion, PeerHash, Transport};
 
 /// One peer's answer, or why there is none.
 pub type PeerAnswer = (NodeId, Result<PeerHash, String>);
@@ -117,8 +117,8 @@ pub fn periodic_mismatch(
 /// What a compaction hash check found for one of the leader's kept hashes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CompactionCheck {
-    /// This peer hashed the same compaction differently.
-    Mismatch(NodeId),
+    /// This peer hashed the same compaction differently: its hash.
+    Mismatch { peer: NodeId, hash: u32 },
     /// Every peer hashed it alike: the revision is checked.
     Agreed,
     /// Only this many peers could be compared (the others did not answer, or answered for
@@ -134,7 +134,10 @@ pub fn compaction_check(own: &HashKv, answers: &[PeerAnswer]) -> CompactionCheck
         match answer {
             Ok(PeerHash::Hash(peer)) if peer.compact_revision == own.compact_revision => {
                 if peer.hash != own.hash {
-                    return CompactionCheck::Mismatch(*id);
+                    return CompactionCheck::Mismatch {
+                        peer: *id,
+                        hash: peer.hash,
+                    };
                 }
                 compared += 1;
             }
@@ -148,29 +151,19 @@ pub fn compaction_check(own: &HashKv, answers: &[PeerAnswer]) -> CompactionCheck
     }
 }
 
-/// The question put to every peer.
-#[derive(Clone, Copy)]
-enum Question {
-    HashKv,
-    CompactionHash,
-}
-
 /// Asks every peer for its HashKV at `revision`, all at once, so a peer that is down or slow
 /// delays the check by one timeout, not one per such peer; the answers come in peer order.
 async fn ask_peers(transport: &Transport, revision: i64) -> Vec<PeerAnswer> {
-    ask_every_peer(transport, Question::HashKv, revision).await
+    ask_every_peer(transport, HashQuestion::HashKv, revision).await
 }
 
 async fn ask_every_peer(
     transport: &Transport,
-    question: Question,
+    question: HashQuestion,
     revision: i64,
 ) -> Vec<PeerAnswer> {
     let asks = transport.peer_ids().into_iter().map(|id| async move {
-        let answer = match question {
-            Question::HashKv => transport.peer_hash_kv(id, revision).await,
-            Question::CompactionHash => transport.peer_compaction_hash(id, revision).await,
-        };
+        let answer = transport.peer_hash(id, question, revision).await;
         (id, answer.map_err(|error| error.to_string()))
     });
     futures::future::join_all(asks).await
@@ -336,11 +329,7 @@ async fn periodic_check(handle: &NodeHandle, transport: &Transport) {
     let Some(corrupt) = periodic_mismatch(handle.member_id(), &before, &after, &answers) else {
         return;
     };
-    let raised_already = handle
-        .alarms()
-        .iter()
-        .any(|alarm| alarm.member_id == corrupt && alarm.alarm == AlarmType::Corrupt as i32);
-    if raised_already {
+    if corrupt_alarm_up(handle, corrupt) {
         return;
     }
     tracing::error!(
@@ -348,10 +337,23 @@ async fn periodic_check(handle: &NodeHandle, transport: &Transport) {
         revision = before.hash_revision,
         "corruption check: the member's data differs; raising a CORRUPT alarm"
     );
+    raise_corrupt(handle, corrupt).await;
+}
+
+/// Whether a CORRUPT alarm for `member_id` is up (then a check proposes none).
+fn corrupt_alarm_up(handle: &NodeHandle, member_id: u64) -> bool {
+    handle
+        .alarms()
+        .iter()
+        .any(|alarm| alarm.member_id == member_id && alarm.alarm == AlarmType::Corrupt as i32)
+}
+
+/// Raises a CORRUPT alarm for `member_id` through the log; a failure is logged.
+async fn raise_corrupt(handle: &NodeHandle, member_id: u64) {
     let raised = handle
         .alarm(
             AlarmAction::Activate as i32,
-            corrupt,
+            member_id,
             AlarmType::Corrupt as i32,
         )
         .await;
@@ -374,8 +376,7 @@ pub fn spawn_compaction_check(
         interval,
         0,
         |handle, transport, checked| async move {
-            let found = compaction_check_round(&handle, &transport, checked).await;
-            checked.max(found)
+            compaction_check_round(&handle, &transport, checked).await
         },
     )
 }
@@ -385,7 +386,8 @@ pub fn spawn_compaction_check(
 async fn compaction_check_round(handle: &NodeHandle, transport: &Transport, checked: i64) -> i64 {
     let hashes = handle.compaction_hashes_after(checked);
     for own in &hashes {
-        let answers = ask_every_peer(transport, Question::CompactionHash, own.hash_revision).await;
+        let answers =
+            ask_every_peer(transport, HashQuestion::CompactionHash, own.hash_revision).await;
         match compaction_check(own, &answers) {
             CompactionCheck::Agreed => {
                 tracing::info!(
@@ -401,32 +403,19 @@ async fn compaction_check_round(handle: &NodeHandle, transport: &Transport, chec
                 peers = answers.len(),
                 "compaction hash check: not every peer could be compared; trying an older one"
             ),
-            CompactionCheck::Mismatch(peer) => {
-                let theirs = answers.iter().find_map(|(id, answer)| match answer {
-                    Ok(PeerHash::Hash(hash)) if *id == peer => Some(hash.hash),
-                    _ => None,
-                });
+            CompactionCheck::Mismatch { peer, hash } => {
                 tracing::error!(
                     revision = own.hash_revision,
                     leader_compact_revision = own.compact_revision,
                     leader_hash = own.hash,
-                    follower_hash = theirs,
+                    follower_hash = hash,
                     follower_peer_id = %format_args!("{peer:x}"),
                     "failed compaction hash check; raising a CORRUPT alarm"
                 );
                 // For member 0, as etcd 3.5 does: two hashes differ, and which member holds
                 // the wrong data is not known.
-                let already = handle
-                    .alarms()
-                    .iter()
-                    .any(|alarm| alarm.member_id == 0 && alarm.alarm == AlarmType::Corrupt as i32);
-                if !already {
-                    let raised = handle
-                        .alarm(AlarmAction::Activate as i32, 0, AlarmType::Corrupt as i32)
-                        .await;
-                    if let Err(error) = raised {
-                        tracing::warn!(%error, "could not raise the CORRUPT alarm");
-                    }
+                if !corrupt_alarm_up(handle, 0) {
+                    raise_corrupt(handle, 0).await;
                 }
                 return checked;
             }
@@ -489,7 +478,7 @@ mod tests {
         );
         assert_eq!(
             compaction_check(&own, &[alike.clone(), answer(3, hash(8, 10, 20))]),
-            CompactionCheck::Mismatch(3)
+            CompactionCheck::Mismatch { peer: 3, hash: 8 }
         );
         // A peer that answers for another compact revision (it has not kept the hash and has
         // compacted since, or restarted) or not at all is not compared.

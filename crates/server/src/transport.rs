@@ -344,6 +344,25 @@ pub trait HashKvSource: Send + Sync + 'static {
     -> Result<ballot_mvcc::HashKv, ballot_mvcc::MvccError>;
 }
 
+/// What one member asks another about its hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashQuestion {
+    /// Its HashKV at a revision ([`HashKvSource::hash_kv`]).
+    HashKv,
+    /// Its hash of its compaction to a revision ([`HashKvSource::compaction_hash`]).
+    CompactionHash,
+}
+
+impl HashQuestion {
+    /// The connection kind the question is asked on.
+    fn kind(self) -> u8 {
+        match self {
+            HashQuestion::HashKv => CONN_HASH_KV,
+            HashQuestion::CompactionHash => CONN_COMPACTION_HASH,
+        }
+    }
+}
+
 /// A peer's answer to a HashKV question.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerHash {
@@ -442,29 +461,11 @@ impl Transport {
         ids
     }
 
-    /// Asks member `to` for its HashKV at `revision`, on a connection of its own.
-    pub async fn peer_hash_kv(
+    /// Asks member `to` the hash `question` about `revision`, on a connection of its own.
+    pub async fn peer_hash(
         &self,
         to: NodeId,
-        revision: i64,
-    ) -> Result<PeerHash, TransportError> {
-        self.ask_hash(to, CONN_HASH_KV, revision).await
-    }
-
-    /// Asks member `to` for its hash of its compaction to `revision`
-    /// ([`HashKvSource::compaction_hash`]), on a connection of its own.
-    pub async fn peer_compaction_hash(
-        &self,
-        to: NodeId,
-        revision: i64,
-    ) -> Result<PeerHash, TransportError> {
-        self.ask_hash(to, CONN_COMPACTION_HASH, revision).await
-    }
-
-    async fn ask_hash(
-        &self,
-        to: NodeId,
-        kind: u8,
+        question: HashQuestion,
         revision: i64,
     ) -> Result<PeerHash, TransportError> {
         let Some(peer) = self.peer(to) else {
@@ -475,7 +476,7 @@ impl Transport {
             let mut stream = dial(
                 inner.tls.as_ref(),
                 &peer.urls,
-                kind,
+                question.kind(),
                 inner.cluster_id,
                 inner.member_id,
                 to,
@@ -688,8 +689,8 @@ impl Transport {
         }
         match kind {
             CONN_STREAM => self.read_stream(stream, from).await,
-            CONN_HASH_KV => self.answer_hash(stream, false).await,
-            CONN_COMPACTION_HASH => self.answer_hash(stream, true).await,
+            CONN_HASH_KV => self.answer_hash(stream, HashQuestion::HashKv).await,
+            CONN_COMPACTION_HASH => self.answer_hash(stream, HashQuestion::CompactionHash).await,
             _ => self.receive_snapshot(stream, from).await,
         }
     }
@@ -735,11 +736,11 @@ impl Transport {
         Ok(())
     }
 
-    /// Answers a HashKV question, or with `compaction` a compaction hash question.
+    /// Answers a hash `question`.
     async fn answer_hash(
         &self,
         mut stream: PeerStream,
-        compaction: bool,
+        question: HashQuestion,
     ) -> Result<(), TransportError> {
         let mut revision = [0u8; 8];
         tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.read_exact(&mut revision))
@@ -749,12 +750,9 @@ impl Transport {
         let source = lock(&self.inner.hash_kv).clone();
         let answer = match source {
             None => None,
-            Some(source) => tokio::task::spawn_blocking(move || {
-                if compaction {
-                    source.compaction_hash(revision)
-                } else {
-                    source.hash_kv(revision)
-                }
+            Some(source) => tokio::task::spawn_blocking(move || match question {
+                HashQuestion::HashKv => source.hash_kv(revision),
+                HashQuestion::CompactionHash => source.compaction_hash(revision),
             })
             .await
             .ok(),
